@@ -1,0 +1,34 @@
+# Set-up and the two everyday commands. Each target creates .venv on first use and reuses it after:
+# the install runs again only when pyproject.toml or requirements.lock changes.
+#   make train   runs the main job:  kedro run --pipelines training
+#   make test    runs the test suite
+# Extra arguments go through ARGS, e.g.  make train ARGS='--params "ingestion.source=/data/cell_images.zip"'
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Kedro's telemetry never asks and never sends from this project.
+export DO_NOT_TRACK := 1
+
+.PHONY: install train test clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The constraints file pins every transitive package, so pip can't pick the CPU-only torch 2.13.0 file
+	# that some machines have locally (torchvision's compiled ops don't import against it).
+	$(BIN)/python -m pip install --quiet --constraint requirements.lock --editable ".[test]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/kedro run --pipelines training $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,4 @@
+"""malaria-pipeline
+"""
+
+__version__ = "0.1"
