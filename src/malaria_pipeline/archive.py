@@ -1,0 +1,116 @@
+"""Read-only access to a collection of cell images: a ``.zip`` archive or a folder.
+
+No Kedro and no torch here: an :class:`ImageArchive` is a small, picklable description (a path),
+so that worker processes can open it themselves and read their share of the images.
+"""
+
+from __future__ import annotations
+
+import functools
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+# The official archive holds cell_images/{Parasitized,Uninfected}/*.png; the class folders may also sit
+# at the top level.
+ROOT_FOLDER = "cell_images"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class ArchiveError(ValueError):
+    """The source is missing, unreadable, or holds no usable images."""
+
+
+@dataclass(frozen=True)
+class ImageArchive:
+    """A zip archive or a folder of image files.
+
+    Attributes:
+        path: the local ``.zip`` file or folder.
+        source: what the user named (a URL or a path), for messages.
+    """
+
+    path: Path
+    source: str
+
+    @classmethod
+    def open(cls, path: str | Path, source: str | None = None) -> ImageArchive:
+        """Checks that ``path`` is a folder or a zip archive and describes it.
+
+        Raises:
+            ArchiveError: ``path`` does not exist or is neither a folder nor a zip archive.
+        """
+        path = Path(path).expanduser().resolve()
+        source = source or str(path)
+        if not path.exists():
+            raise ArchiveError(
+                f"Image source {source!r} does not exist. Set ingestion.source to a .zip archive or a "
+                "folder holding cell_images/<class>/*.png, for example "
+                '--params "ingestion.source=/abs/path/cell_images.zip".'
+            )
+        if not path.is_dir() and not zipfile.is_zipfile(path):
+            raise ArchiveError(
+                f"Image source {source!r} is neither a folder nor a zip archive ({path.stat().st_size} "
+                "bytes). Point ingestion.source at the .zip file or at the extracted folder."
+            )
+        return cls(path=path, source=source)
+
+    @property
+    def is_zip(self) -> bool:
+        return not self.path.is_dir()
+
+    def members(self) -> list[str]:
+        """Every file in the archive as a POSIX path relative to its top, sorted."""
+        if self.is_zip:
+            names = (info.filename for info in _zip(self.path).infolist() if not info.is_dir())
+        else:
+            names = (p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file())
+        return sorted(names)
+
+    def read(self, member: str) -> bytes:
+        """The bytes of one member, as stored (no decoding)."""
+        if self.is_zip:
+            return _zip(self.path).read(member)
+        return (self.path / member).read_bytes()
+
+
+@functools.lru_cache(maxsize=4)
+def _zip(path: Path) -> zipfile.ZipFile:
+    # One open handle per archive and process; zipfile serialises reads on it.
+    return zipfile.ZipFile(path)
+
+
+def sort_members(members: list[str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Sorts archive files into image candidates per class and files to skip.
+
+    The class folders are ``cell_images/<class>/`` when the archive has a ``cell_images`` folder
+    (the official layout), else ``<class>/`` at the top level; a class is named by its folder.
+
+    Returns:
+        ``(member, class)`` for each file with an image suffix directly inside a class folder, and
+        ``(member, reason)`` for every other file.
+    """
+    root = ROOT_FOLDER if any(m.startswith(ROOT_FOLDER + "/") for m in members) else ""
+    root_parts = (root,) if root else ()
+    expected = f"{root}/<class>/<file>" if root else "<class>/<file>"
+    candidates, skipped = [], []
+    for member in members:
+        path = PurePosixPath(member)
+        if len(path.parts) != len(root_parts) + 2 or path.parts[: len(root_parts)] != root_parts:
+            skipped.append((member, f"outside the class folders (expected {expected})"))
+        elif not member.lower().endswith(IMAGE_SUFFIXES):
+            skipped.append(
+                (member, f"not an image file (suffix {path.suffix or 'none'!r}; expected .png, .jpg or .jpeg)")
+            )
+        else:
+            candidates.append((member, path.parts[-2]))
+    return candidates, skipped
+
+
+def patient_id(member: str) -> str | None:
+    """The patient of a cell image: the file-name prefix before ``_IMG_``, or None without one.
+
+    ``C33P1thinF_IMG_20150619_114756a_cell_179.png`` belongs to ``C33P1thinF``.
+    """
+    name = PurePosixPath(member).name
+    return name.split("_IMG_", 1)[0] if "_IMG_" in name else None

@@ -1,0 +1,139 @@
+"""Kedro datasets of this project: the image source, and versioned torch tensors.
+
+In ``catalog.yml`` they are named by their full import path, e.g.
+``type: malaria_pipeline.datasets.TorchTensorDataset``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import fsspec
+import torch
+from kedro.io.core import (
+    AbstractDataset,
+    AbstractVersionedDataset,
+    DatasetError,
+    Version,
+    get_filepath_str,
+    get_protocol_and_path,
+)
+
+from malaria_pipeline.archive import ImageArchive
+from malaria_pipeline.download import download_archive, is_url
+
+
+class CellImageSourceDataset(AbstractDataset[None, ImageArchive]):
+    """Reads cell images from a URL, a local ``.zip`` or a folder (read-only).
+
+    A URL is downloaded once into ``download_dir``, resumably, and verified against the size and
+    SHA-256 of the matching entry of ``known_archives``; a verified copy is reused by later runs.
+
+    Example ``catalog.yml`` entry:
+
+    .. code-block:: yaml
+
+        cell_images:
+          type: malaria_pipeline.datasets.CellImageSourceDataset
+          source: /data/cell_images.zip
+          download_dir: data/01_raw
+          known_archives:
+            - {url: https://example.org/cell_images.zip, size: 353452851, sha256: 0a94...}
+    """
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        download_dir: str = "data/01_raw",
+        known_archives: list[dict[str, Any]] | None = None,
+        timeout: float = 10.0,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._source = str(source)
+        self._download_dir = download_dir
+        self._known = {entry["url"]: entry for entry in known_archives or []}
+        self._timeout = timeout
+        self.metadata = metadata
+
+    def load(self) -> ImageArchive:
+        if not is_url(self._source):
+            return ImageArchive.open(self._source)
+        known = self._known.get(self._source, {})
+        if not known:
+            self._logger.warning("No size or SHA-256 is known for %s: the download is not verified", self._source)
+        path = download_archive(
+            self._source,
+            self._download_dir,
+            size=known.get("size"),
+            sha256=known.get("sha256"),
+            timeout=self._timeout,
+        )
+        return ImageArchive.open(path, source=self._source)
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{type(self).__name__} is read-only: it reads the images of {self._source}")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"source": self._source, "download_dir": self._download_dir}
+
+    def _exists(self) -> bool:
+        return is_url(self._source) or Path(self._source).expanduser().exists()
+
+
+class TorchTensorDataset(AbstractVersionedDataset[torch.Tensor, torch.Tensor]):
+    """One tensor in a ``torch.save`` file, loaded safely (``weights_only=True``) and memory-mapped.
+
+    Example ``catalog.yml`` entry:
+
+    .. code-block:: yaml
+
+        image_tensors:
+          type: malaria_pipeline.datasets.TorchTensorDataset
+          filepath: data/02_intermediate/image_tensors.pt
+          versioned: true
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        version: Version | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        protocol, path = get_protocol_and_path(filepath, version)
+        if protocol != "file":
+            raise DatasetError(f"TorchTensorDataset reads local files only, not {filepath!r}")
+        self._protocol = protocol
+        self._fs = fsspec.filesystem(protocol, auto_mkdir=True)
+        self.metadata = metadata
+        super().__init__(
+            filepath=PurePosixPath(path),
+            version=version,
+            exists_function=self._fs.exists,
+            glob_function=self._fs.glob,
+        )
+
+    def load(self) -> torch.Tensor:
+        path = get_filepath_str(self._get_load_path(), self._protocol)
+        # mmap: a large tensor is paged in as it is used, not read whole.
+        return torch.load(path, weights_only=True, mmap=True)
+
+    def save(self, data: torch.Tensor) -> None:
+        if not isinstance(data, torch.Tensor):
+            raise DatasetError(f"TorchTensorDataset saves a torch.Tensor, got {type(data).__name__}")
+        path = Path(get_filepath_str(self._get_save_path(), self._protocol))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(data.contiguous(), path)
+        self._fs.invalidate_cache(str(path))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._filepath, "version": self._version}
+
+    def _exists(self) -> bool:
+        try:
+            path = get_filepath_str(self._get_load_path(), self._protocol)
+        except DatasetError:
+            return False
+        return self._fs.exists(path)

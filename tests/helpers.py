@@ -1,0 +1,75 @@
+"""Helpers for the tests: real image files and small cell-image archives."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# CI and developers have ../shared beside the checkout; MALARIA_SHARED_DIR points elsewhere.
+SHARED_DIR = Path(os.environ.get("MALARIA_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
+SHARED_ZIP = SHARED_DIR / "data" / "malaria_cells_50px.zip"
+
+def image_bytes(width: int = 20, height: int = 20, mode: str = "RGB", fmt: str = "PNG", seed: int = 0) -> bytes:
+    """A real PNG or JPEG file of random pixels."""
+    rng = np.random.default_rng(seed)
+    channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[mode]
+    pixels = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
+    image = Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode=mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def cell_name(patient: str, number: int) -> str:
+    return f"{patient}_IMG_20150101_000000_cell_{number}.png"
+
+
+def write_cells(
+    root: Path, patients: dict[str, dict[str, int]], size: int = 20, prefix: str = "cell_images"
+) -> list[str]:
+    """Writes ``{patient: {class: count}}`` PNG files under ``root/prefix/<class>/``.
+
+    Parasitized cells are brighter than uninfected ones, so that statistics and splits have something
+    to tell apart. Returns the archive paths written, sorted.
+    """
+    written = []
+    number = 0
+    for patient, counts in patients.items():
+        for label, count in counts.items():
+            folder = root / prefix / label if prefix else root / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for _ in range(count):
+                number += 1
+                (folder / cell_name(patient, number)).write_bytes(
+                    image_bytes(size, size, "RGB", seed=number)
+                )
+                written.append((folder / cell_name(patient, number)).relative_to(root).as_posix())
+    return sorted(written)
+
+
+def zip_folder(folder: Path, zip_path: Path) -> Path:
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(folder).as_posix())
+    return zip_path
+
+
+# Six patients: four with cells of both classes, two with uninfected cells only (as in the real data).
+SMALL_PATIENTS = {
+    f"C{i}P{i}ThinF": ({"Parasitized": 4, "Uninfected": 4} if i < 4 else {"Uninfected": 5}) for i in range(6)
+}
+
+
+
+def shared_zip_or_skip() -> Path:
+    if not SHARED_ZIP.exists():
+        pytest.skip(f"the shared data set is absent: {SHARED_ZIP} (set MALARIA_SHARED_DIR to its folder)")
+    return SHARED_ZIP
