@@ -1,0 +1,97 @@
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from malaria_pipeline import packing
+from malaria_pipeline.archive import ArchiveError, ImageArchive
+from malaria_pipeline.ml.images import decode_cell_image
+from malaria_pipeline.pipelines.ingestion.nodes import index_images
+from tests.helpers import image_bytes, zip_folder
+
+PARAMS = {"image_size": 16, "workers": 1}
+
+
+def add_bad_files(root: Path) -> dict[str, str]:
+    """Adds the kinds of bad input the official archive (or a careless copy) holds; returns path → reason."""
+    parasitized = root / "cell_images" / "Parasitized"
+    uninfected = root / "cell_images" / "Uninfected"
+    (parasitized / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 windows thumbnail cache")
+    (uninfected / "C9P9ThinF_IMG_1_cell_empty.png").write_bytes(b"")
+    (uninfected / "C9P9ThinF_IMG_1_cell_truncated.png").write_bytes(image_bytes(40, 40, seed=99)[:150])
+    (parasitized / "C9P9ThinF_IMG_1_cell_text.png").write_text("I am a text file")
+    (root / "cell_images" / "README.txt").write_text("about the data")
+    return {
+        "cell_images/Parasitized/Thumbs.db": "not an image file (suffix '.db'",
+        "cell_images/Uninfected/C9P9ThinF_IMG_1_cell_empty.png": "empty file (0 bytes)",
+        "cell_images/Uninfected/C9P9ThinF_IMG_1_cell_truncated.png": "truncated or corrupt image",
+        "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_text.png": "not a PNG or JPEG image",
+        "cell_images/README.txt": "outside the class folders",
+    }
+
+
+def test_indexes_every_valid_image_and_packs_it_in_index_order(cell_folder: Path):
+    index, tensors, report = index_images(ImageArchive.open(cell_folder), PARAMS)
+    assert len(index) == 42 and tensors.shape == (42, 3, 16, 16) and tensors.dtype == torch.uint8
+    assert list(index.columns) == ["path", "label", "patient_id", "width", "height", "mode", "sha1"]
+    assert index["path"].is_monotonic_increasing
+    assert index["label"].value_counts().to_dict() == {"Uninfected": 26, "Parasitized": 16}
+    assert index["patient_id"].nunique() == 6 and (index["width"] == 20).all() and (index["mode"] == "RGB").all()
+    row = 17
+    expected, _ = decode_cell_image((cell_folder / index["path"][row]).read_bytes(), 16)
+    assert torch.equal(tensors[row], expected)
+    assert report["images"] == 42 and report["patients"] == 6 and report["skipped"] == []
+
+
+def test_bad_files_are_skipped_listed_with_their_reason_and_lose_nothing_else(cell_folder: Path):
+    expected = add_bad_files(cell_folder)
+    index, tensors, report = index_images(ImageArchive.open(cell_folder), PARAMS)
+    assert len(index) == 42 and len(tensors) == 42
+    skipped = {entry["path"]: entry["reason"] for entry in report["skipped"]}
+    assert skipped.keys() == expected.keys()
+    for path, reason in expected.items():
+        assert skipped[path].startswith(reason), (path, skipped[path])
+    assert report["files"] == 47
+
+
+def test_byte_identical_images_are_reported_but_kept(cell_folder: Path):
+    source = cell_folder / "cell_images" / "Parasitized"
+    original = sorted(source.iterdir())[0]
+    copy = source / ("C0P0ThinF_IMG_copy_" + original.name)
+    shutil.copy(original, copy)
+    index, _, report = index_images(ImageArchive.open(cell_folder), PARAMS)
+    assert len(index) == 43
+    assert [group["paths"] for group in report["duplicates"]] == [
+        sorted([f"cell_images/Parasitized/{original.name}", f"cell_images/Parasitized/{copy.name}"])
+    ]
+
+
+def test_a_zip_gives_the_same_index_and_tensors_as_its_folder(cell_folder: Path, tmp_path: Path):
+    from_folder = index_images(ImageArchive.open(cell_folder), PARAMS)
+    from_zip = index_images(ImageArchive.open(zip_folder(cell_folder, tmp_path / "c.zip")), PARAMS)
+    assert from_folder[0].equals(from_zip[0]) and torch.equal(from_folder[1], from_zip[1])
+
+
+def test_decoding_on_several_processes_matches_one_process(cell_folder: Path, monkeypatch):
+    add_bad_files(cell_folder)
+    archive = ImageArchive.open(cell_folder)
+    serial = index_images(archive, PARAMS)
+    monkeypatch.setattr(packing, "MIN_FILES_PER_WORKER", 5)
+    monkeypatch.setattr(packing, "CHUNK_FILES", 7)
+    parallel = index_images(archive, {"image_size": 16, "workers": 2})
+    assert serial[0].equals(parallel[0]) and torch.equal(serial[1], parallel[1])
+    assert serial[2]["skipped"] == parallel[2]["skipped"]
+
+
+def test_a_source_with_one_class_only_is_an_error_naming_it(cell_folder: Path):
+    shutil.rmtree(cell_folder / "cell_images" / "Uninfected")
+    with pytest.raises(ArchiveError, match=f"{cell_folder}.* one class only .'Parasitized', 16 images"):
+        index_images(ImageArchive.open(cell_folder), PARAMS)
+
+
+def test_a_source_without_valid_images_is_an_error_naming_it(tmp_path: Path):
+    (tmp_path / "junk" / "Parasitized").mkdir(parents=True)
+    (tmp_path / "junk" / "Parasitized" / "a.png").write_text("text")
+    with pytest.raises(ArchiveError, match=r"junk holds no valid image: 1 files.*a.png: not a PNG or JPEG"):
+        index_images(ImageArchive.open(tmp_path / "junk"), PARAMS)
