@@ -1,0 +1,22 @@
+"""Project pipelines."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline
+
+from malaria_pipeline.pipelines import ingestion, preprocessing
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    """Registers the project's pipelines.
+
+    Each pipeline is built explicitly rather than with ``find_pipelines()``: since Kedro 1.7 that
+    loads only the folders named by ``--pipelines``, and ``training`` is composed of several folders.
+
+    Returns:
+        A mapping from pipeline names to ``Pipeline`` objects: ``ingestion``, ``preprocessing``, and
+        ``training`` (the whole chain from the archive onwards, also ``__default__``).
+    """
+    parts = {"ingestion": ingestion.create_pipeline(), "preprocessing": preprocessing.create_pipeline()}
+    training = parts["ingestion"] + parts["preprocessing"]
+    return {**parts, "training": training, "__default__": training}

@@ -1,0 +1,24 @@
+"""Wiring of the preprocessing pipeline."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import compute_normalization_stats, split_images
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                func=split_images,
+                inputs=["image_index", "params:preprocessing.split"],
+                outputs="data_split",
+                name="split_images_node",
+            ),
+            Node(
+                func=compute_normalization_stats,
+                inputs=["image_tensors", "image_index", "data_split"],
+                outputs="normalization_stats",
+                name="compute_normalization_stats_node",
+            ),
+        ]
+    )

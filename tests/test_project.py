@@ -1,0 +1,43 @@
+"""The project as a user runs it: a KedroSession over conf/, in a fresh folder."""
+
+import mlflow
+import yaml
+
+from tests.helpers import PROJECT_ROOT
+
+
+def test_every_dataset_the_pipelines_write_is_versioned():
+    catalog = yaml.safe_load((PROJECT_ROOT / "conf" / "base" / "catalog.yml").read_text())
+    written = {name: entry for name, entry in catalog.items() if "filepath" in entry}
+    assert {"image_index", "image_tensors", "ingestion_report", "data_split", "normalization_stats"} <= written.keys()
+    assert [name for name, entry in written.items() if entry.get("versioned") is not True] == []
+
+
+def test_telemetry_consent_is_off():
+    assert yaml.safe_load((PROJECT_ROOT / ".telemetry").read_text()) == {"consent": False}
+
+
+def test_two_runs_leave_two_versions_of_every_dataset(kedro_project, cell_folder):
+    params = {"ingestion": {"source": str(cell_folder), "image_size": 16},
+              "preprocessing": {"split": {"folds": 6, "fractions": {"train": 4 / 6, "validation": 1 / 6, "test": 1 / 6}}}}
+    kedro_project.run("training", **params)
+    kedro_project.run("training", **params)
+    data = kedro_project.root / "data"
+    for path in ("02_intermediate/image_index.parquet", "02_intermediate/image_tensors.pt",
+                 "08_reporting/ingestion_report.json", "05_model_input/data_split.parquet",
+                 "05_model_input/normalization_stats.json"):
+        versions = sorted(p.name for p in (data / path).iterdir())
+        assert len(versions) == 2, (path, versions)
+    report = kedro_project.load("ingestion_report")
+    assert report["source"] == str(cell_folder.resolve()) and report["images"] == 42
+
+
+def test_each_run_is_one_finished_mlflow_run_and_none_stays_open(kedro_project, cell_folder):
+    params = {"ingestion": {"source": str(cell_folder), "image_size": 16}}
+    kedro_project.run("ingestion", **params)
+    kedro_project.run("ingestion", **params)  # a second session in the same process, as in a notebook
+    assert mlflow.active_run() is None
+    mlflow.set_tracking_uri(f"sqlite:///{kedro_project.root / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["malaria-pipeline"], output_format="list")
+    assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]
+    assert {run.data.params["ingestion.source"] for run in runs} == {str(cell_folder)}
