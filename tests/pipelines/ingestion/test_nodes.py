@@ -95,3 +95,11 @@ def test_a_source_without_valid_images_is_an_error_naming_it(tmp_path: Path):
     (tmp_path / "junk" / "Parasitized" / "a.png").write_text("text")
     with pytest.raises(ArchiveError, match=r"junk holds no valid image: 1 files.*a.png: not a PNG or JPEG"):
         index_images(ImageArchive.open(tmp_path / "junk"), PARAMS)
+
+
+def test_a_source_parameter_the_catalog_did_not_read_is_refused(cell_folder: Path, tmp_path: Path):
+    archive = ImageArchive.open(cell_folder)
+    index, _, _ = index_images(archive, {**PARAMS, "source": str(cell_folder)})  # the same: accepted
+    assert len(index) == 42
+    with pytest.raises(ArchiveError, match="ingestion.source is .*elsewhere.zip' but the catalog's cell_images read"):
+        index_images(archive, {**PARAMS, "source": str(tmp_path / "elsewhere.zip")})
