@@ -16,11 +16,11 @@ export DO_NOT_TRACK := 1
 
 install: $(STAMP)
 
+# The constraints file pins every transitive package, so pip can't pick the CPU-only torch 2.13.0 file
+# that some machines have locally (torchvision's compiled ops don't import against it).
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# The constraints file pins every transitive package, so pip can't pick the CPU-only torch 2.13.0 file
-	# that some machines have locally (torchvision's compiled ops don't import against it).
 	$(BIN)/python -m pip install --quiet --constraint requirements.lock --editable ".[test]"
 	touch $(STAMP)
 
