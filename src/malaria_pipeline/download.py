@@ -141,7 +141,7 @@ def _fetch(url: str, part: Path, *, size: int | None, timeout: float) -> None:
         received = 0
         with (
             open(part, "ab" if offset else "wb") as file,
-            tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=part.name) as bar,
+            tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=part.name, disable=None) as bar,
         ):
             try:
                 while block := response.read(CHUNK_BYTES):

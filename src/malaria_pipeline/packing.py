@@ -56,13 +56,14 @@ def pack_images(
         archive: where the files are.
         members: the archive paths to decode, in the output's order.
         size: the side of the square output images, in pixels.
-        workers: processes to decode with; None uses every core.
+        workers: processes to decode with; None uses every core. The workers are spawned, so a
+            script that calls this needs the usual ``if __name__ == "__main__":`` guard.
     """
     workers = min(workers or os.cpu_count() or 1, max(1, len(members) // MIN_FILES_PER_WORKER))
     chunks = [members[i : i + CHUNK_FILES] for i in range(0, len(members), CHUNK_FILES)]
     images = torch.empty((len(members), 3, size, size), dtype=torch.uint8)
     packed = PackedImages(images=images)
-    with tqdm(total=len(members), unit="img", desc="Decoding images") as bar:
+    with tqdm(total=len(members), unit="img", desc="Decoding images", disable=None) as bar:
         for result in _map_chunks(archive, chunks, size, workers):
             decoded, array, skipped = result
             start = len(packed.members)
