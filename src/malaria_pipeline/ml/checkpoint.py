@@ -1,0 +1,36 @@
+"""Where a training run keeps its last epoch, so that an interrupted run can resume."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckpointStore:
+    """One checkpoint file, ``<folder>/last.pt``, replaced atomically after each epoch."""
+
+    folder: Path
+
+    @property
+    def path(self) -> Path:
+        return Path(self.folder) / "last.pt"
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".pt.partial")
+        torch.save(state, partial)
+        os.replace(partial, self.path)  # a crash while saving never leaves half a checkpoint
+
+    def load(self) -> dict[str, Any] | None:
+        """The last checkpoint, or None when there is none."""
+        if not self.path.exists():
+            return None
+        return torch.load(self.path, weights_only=True, map_location="cpu")

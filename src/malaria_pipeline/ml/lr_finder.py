@@ -1,0 +1,105 @@
+"""The learning-rate range test (Leslie Smith's, as fastai's ``lr_find``): pick the one-cycle max LR.
+
+Training starts at a tiny learning rate that grows geometrically every batch; the loss first falls,
+then explodes. The steepest fall of the smoothed loss suggests the max LR of the one-cycle schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from malaria_pipeline.ml.augment import augment_batch
+from malaria_pipeline.ml.train import TrainConfig, TrainData
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LRSweep:
+    """Learning rates tried, one per batch, with the smoothed training loss after each."""
+
+    lrs: list[float]
+    losses: list[float]
+    suggested_lr: float
+    min_loss_lr: float
+
+
+def lr_range_test(
+    network: nn.Module,
+    data: TrainData,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    start_lr: float = 1e-6,
+    end_lr: float = 1.0,
+    num_batches: int = 200,
+    diverge: float = 4.0,
+    smoothing: float = 0.98,
+) -> LRSweep:
+    """Sweeps the learning rate from ``start_lr`` to ``end_lr`` over ``num_batches`` training batches.
+
+    Uses the optimizer, weight decay, augmentation and batch size of ``config``; stops early once the
+    smoothed loss exceeds ``diverge`` times its minimum. The network's weights are changed.
+    """
+    torch.manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    network = network.to(device).train()
+    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_class(network.parameters(), lr=start_lr, weight_decay=config.weight_decay)
+    images, labels = data.train_images.to(device), data.train_labels.to(device)
+    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+    batch = min(config.batch_size, len(images))
+    factor = (end_lr / start_lr) ** (1 / max(1, num_batches - 1))
+
+    lrs, losses, average, best = [], [], 0.0, math.inf
+    order = torch.randperm(len(images), device=device, generator=generator)
+    position = 0
+    for step in tqdm(range(num_batches), desc="LR sweep", unit="batch", disable=None):
+        if position + batch > len(images):
+            order, position = torch.randperm(len(images), device=device, generator=generator), 0
+        rows = order[position : position + batch]
+        position += batch
+        lr = start_lr * factor**step
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x = augment_batch(images[rows].float().div_(255), generator, config.pad, config.flips, config.rotations)
+        loss = F.cross_entropy(network((x - mean) / std), labels[rows], label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            nn.utils.clip_grad_value_(network.parameters(), config.grad_clip)
+        optimizer.step()
+        average = smoothing * average + (1 - smoothing) * float(loss.detach())
+        smoothed = average / (1 - smoothing ** (step + 1))
+        lrs.append(lr)
+        losses.append(smoothed)
+        best = min(best, smoothed)
+        if not math.isfinite(smoothed) or smoothed > diverge * best:
+            logger.info("Loss diverged at LR %.2e after %d batches: sweep stopped", lr, step + 1)
+            break
+    suggested, min_loss = suggest_lr(lrs, losses)
+    logger.info("LR range test: steepest descent at %.2e, lowest loss at %.2e; suggested max LR %.2e",
+                suggested, min_loss, suggested)
+    return LRSweep(lrs=lrs, losses=losses, suggested_lr=suggested, min_loss_lr=min_loss)
+
+
+def suggest_lr(lrs: list[float], losses: list[float]) -> tuple[float, float]:
+    """The LR where the smoothed loss falls fastest (per log-LR), and the LR of the lowest loss.
+
+    Only the part of the sweep before the lowest loss is searched for the steepest fall.
+    """
+    if len(lrs) < 3:
+        raise ValueError(f"The LR sweep has {len(lrs)} points: too few to suggest a learning rate")
+    lowest = int(np.argmin(losses))
+    end = max(lowest, 2) + 1
+    slopes = np.gradient(np.asarray(losses[:end]), np.log(np.asarray(lrs[:end])))
+    return float(lrs[int(np.argmin(slopes))]), float(lrs[lowest])

@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+import torch
+
+from malaria_pipeline.ml.lr_finder import lr_range_test, suggest_lr
+from malaria_pipeline.ml.models import build_network
+from tests.ml.test_train import quick, tiny_data
+
+
+def test_suggestion_is_the_steepest_fall_before_the_lowest_loss():
+    lrs = list(np.logspace(-6, 0, 61))
+    # flat, then falling fastest around 1e-3, lowest at 1e-2, then exploding
+    losses = [1.0 - 0.8 / (1 + np.exp(-3 * (np.log10(lr) + 3))) + max(0.0, np.log10(lr) + 2) ** 2 for lr in lrs]
+    suggested, lowest = suggest_lr(lrs, losses)
+    assert suggested == pytest.approx(1e-3, rel=0.3)
+    assert lowest == pytest.approx(lrs[int(np.argmin(losses))])
+
+
+def test_sweep_raises_the_lr_every_batch_and_stops_when_the_loss_explodes():
+    sweep = lr_range_test(build_network("resnet9", width=4), tiny_data(), quick(batch_size=12), torch.device("cpu"),
+                          start_lr=1e-5, end_lr=10.0, num_batches=40)
+    assert sweep.lrs[0] == pytest.approx(1e-5)
+    assert all(b > a for a, b in zip(sweep.lrs, sweep.lrs[1:]))
+    assert len(sweep.lrs) == len(sweep.losses) <= 40
+    assert sweep.lrs[0] <= sweep.suggested_lr <= sweep.min_loss_lr * 1.0001
+
+
+def test_too_short_a_sweep_is_an_error():
+    with pytest.raises(ValueError, match="too few"):
+        suggest_lr([1e-3, 1e-2], [1.0, 0.5])
