@@ -9,7 +9,8 @@ from tests.helpers import PROJECT_ROOT
 def test_every_dataset_the_pipelines_write_is_versioned():
     catalog = yaml.safe_load((PROJECT_ROOT / "conf" / "base" / "catalog.yml").read_text())
     written = {name: entry for name, entry in catalog.items() if "filepath" in entry}
-    assert {"image_index", "image_tensors", "ingestion_report", "data_split", "normalization_stats"} <= written.keys()
+    assert {"image_index", "image_tensors", "ingestion_report", "data_split", "normalization_stats", "model",
+            "training_history", "lr_finder_result", "lr_finder_plot"} <= written.keys()
     assert [name for name, entry in written.items() if entry.get("versioned") is not True] == []
 
 
@@ -19,13 +20,14 @@ def test_telemetry_consent_is_off():
 
 def test_two_runs_leave_two_versions_of_every_dataset(kedro_project, cell_folder):
     params = {"ingestion": {"source": str(cell_folder), "image_size": 16},
-              "preprocessing": {"split": {"folds": 6, "fractions": {"train": 4 / 6, "validation": 1 / 6, "test": 1 / 6}}}}
+              "preprocessing": {"split": {"folds": 6, "fractions": {"train": 4 / 6, "validation": 1 / 6, "test": 1 / 6}}},
+              "training": {"width": 4, "epochs": 1, "batch_size": 8}}
     kedro_project.run("training", **params)
     kedro_project.run("training", **params)
     data = kedro_project.root / "data"
     for path in ("02_intermediate/image_index.parquet", "02_intermediate/image_tensors.pt",
                  "08_reporting/ingestion_report.json", "05_model_input/data_split.parquet",
-                 "05_model_input/normalization_stats.json"):
+                 "05_model_input/normalization_stats.json", "06_models/model.pt", "08_reporting/training_history.csv"):
         versions = sorted(p.name for p in (data / path).iterdir())
         assert len(versions) == 2, (path, versions)
     report = kedro_project.load("ingestion_report")

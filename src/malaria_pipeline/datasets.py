@@ -1,7 +1,7 @@
-"""Kedro datasets of this project: the image source, and versioned torch tensors.
+"""Kedro datasets of this project: the image source, versioned torch files, the training checkpoint.
 
 In ``catalog.yml`` they are named by their full import path, e.g.
-``type: malaria_pipeline.datasets.TorchTensorDataset``.
+``type: malaria_pipeline.datasets.TorchDataset``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from kedro.io.core import (
 
 from malaria_pipeline.archive import ImageArchive
 from malaria_pipeline.download import download_archive, is_url
+from malaria_pipeline.ml.checkpoint import CheckpointStore
 
 
 class CellImageSourceDataset(AbstractDataset[None, ImageArchive]):
@@ -82,15 +83,18 @@ class CellImageSourceDataset(AbstractDataset[None, ImageArchive]):
         return is_url(self._source) or Path(self._source).expanduser().exists()
 
 
-class TorchTensorDataset(AbstractVersionedDataset[torch.Tensor, torch.Tensor]):
-    """One tensor in a ``torch.save`` file, loaded safely (``weights_only=True``) and memory-mapped.
+class TorchDataset(AbstractVersionedDataset[Any, Any]):
+    """A ``torch.save`` file of tensors, or of dicts and lists of tensors, strings and numbers.
+
+    Loaded safely (``weights_only=True``: no code runs) and memory-mapped, so a large tensor is paged
+    in as it is used.
 
     Example ``catalog.yml`` entry:
 
     .. code-block:: yaml
 
         image_tensors:
-          type: malaria_pipeline.datasets.TorchTensorDataset
+          type: malaria_pipeline.datasets.TorchDataset
           filepath: data/02_intermediate/image_tensors.pt
           versioned: true
     """
@@ -104,7 +108,7 @@ class TorchTensorDataset(AbstractVersionedDataset[torch.Tensor, torch.Tensor]):
     ) -> None:
         protocol, path = get_protocol_and_path(filepath, version)
         if protocol != "file":
-            raise DatasetError(f"TorchTensorDataset reads local files only, not {filepath!r}")
+            raise DatasetError(f"TorchDataset reads local files only, not {filepath!r}")
         self._protocol = protocol
         self._fs = fsspec.filesystem(protocol, auto_mkdir=True)
         self.metadata = metadata
@@ -115,17 +119,14 @@ class TorchTensorDataset(AbstractVersionedDataset[torch.Tensor, torch.Tensor]):
             glob_function=self._fs.glob,
         )
 
-    def load(self) -> torch.Tensor:
+    def load(self) -> Any:
         path = get_filepath_str(self._get_load_path(), self._protocol)
-        # mmap: a large tensor is paged in as it is used, not read whole.
         return torch.load(path, weights_only=True, mmap=True)
 
-    def save(self, data: torch.Tensor) -> None:
-        if not isinstance(data, torch.Tensor):
-            raise DatasetError(f"TorchTensorDataset saves a torch.Tensor, got {type(data).__name__}")
+    def save(self, data: Any) -> None:
         path = Path(get_filepath_str(self._get_save_path(), self._protocol))
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(data.contiguous(), path)
+        torch.save(data.contiguous() if isinstance(data, torch.Tensor) else data, path)
         self._fs.invalidate_cache(str(path))
 
     def _describe(self) -> dict[str, Any]:
@@ -137,3 +138,35 @@ class TorchTensorDataset(AbstractVersionedDataset[torch.Tensor, torch.Tensor]):
         except DatasetError:
             return False
         return self._fs.exists(path)
+
+
+class CheckpointStoreDataset(AbstractDataset[None, CheckpointStore]):
+    """Hands the training node the store where it keeps each epoch's state (read-only).
+
+    The checkpoint is a working file that one run replaces after every epoch, so that an interrupted
+    run can resume (``training.resume: true``); it is not a versioned output.
+
+    Example ``catalog.yml`` entry:
+
+    .. code-block:: yaml
+
+        training_checkpoint:
+          type: malaria_pipeline.datasets.CheckpointStoreDataset
+          folder: data/06_models/checkpoint
+    """
+
+    def __init__(self, *, folder: str, metadata: dict[str, Any] | None = None) -> None:
+        self._folder = folder
+        self.metadata = metadata
+
+    def load(self) -> CheckpointStore:
+        return CheckpointStore(Path(self._folder))
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{type(self).__name__} is read-only: the training node writes {self._folder} itself")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"folder": self._folder}
+
+    def _exists(self) -> bool:
+        return True

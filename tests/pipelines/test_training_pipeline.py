@@ -9,6 +9,7 @@ from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 
+from malaria_pipeline.ml import load_model
 from malaria_pipeline.pipeline_registry import register_pipelines
 from tests.helpers import PROJECT_ROOT, zip_folder
 from tests.pipelines.ingestion.test_nodes import add_bad_files
@@ -21,22 +22,32 @@ def project_catalog(tmp_path: Path, source: Path) -> DataCatalog:
     )
     entries = config["catalog"]
     for entry in entries.values():
-        if "filepath" in entry:
-            entry["filepath"] = str(tmp_path / entry["filepath"])
+        for key in ("filepath", "folder"):
+            if key in entry:
+                entry[key] = str(tmp_path / entry[key])
     catalog = DataCatalog.from_config(entries)
     parameters = config["parameters"]
     parameters["ingestion"]["image_size"] = 16
     parameters["preprocessing"]["split"].update(folds=4, fractions={"train": 0.5, "validation": 0.25, "test": 0.25})
+    parameters["training"].update(TINY_TRAINING)
+    parameters["lr_finder"]["num_batches"] = 10
     catalog["params:ingestion"] = parameters["ingestion"]
     catalog["params:preprocessing.split"] = parameters["preprocessing"]["split"]
+    catalog["params:training"] = parameters["training"]
+    catalog["params:lr_finder"] = parameters["lr_finder"]
     return catalog
+
+
+# A ResNet-9 of width 4 for 2 epochs: seconds on a CPU.
+TINY_TRAINING = {"width": 4, "epochs": 2, "batch_size": 8, "pad": 2}
 
 
 def test_registry_names_the_pipelines_and_training_is_the_default():
     pipelines = register_pipelines()
-    assert {"ingestion", "preprocessing", "training", "__default__"} <= pipelines.keys()
+    assert {"ingestion", "preprocessing", "model_training", "lr_finder", "training", "__default__"} <= pipelines.keys()
     assert pipelines["__default__"] is pipelines["training"]
-    assert set(pipelines["training"].nodes) == set(pipelines["ingestion"].nodes) | set(pipelines["preprocessing"].nodes)
+    parts = ("ingestion", "preprocessing", "model_training")
+    assert set(pipelines["training"].nodes) == {n for part in parts for n in pipelines[part].nodes}
 
 
 @pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
@@ -56,3 +67,22 @@ def test_training_pipeline_runs_on_real_pngs_some_broken(cell_folder, tmp_path, 
     direct = tensors[train].double() / 255
     assert stats["mean"] == pytest.approx(direct.mean(dim=(0, 2, 3)).tolist(), abs=1e-4)
     assert stats["std"] == pytest.approx(direct.std(dim=(0, 2, 3), correction=0).tolist(), abs=1e-4)
+
+    history, bundle = catalog.load("training_history"), catalog.load("model")
+    assert history["epoch"].tolist() == [1, 2]
+    assert list(history.columns) == ["epoch", "stage", "train_loss", "valid_loss", "accuracy", "lr", "seconds"]
+    model = load_model(bundle)
+    assert model.class_names == ["Parasitized", "Uninfected"] and model.image_size == 16
+    assert model.predict_proba(tensors[:5]).shape == (5, 2)
+    assert (tmp_path / "out" / "data" / "06_models" / "checkpoint" / "last.pt").exists()
+
+
+def test_lr_finder_runs_on_the_latest_preprocessed_data(cell_folder, tmp_path):
+    catalog = project_catalog(tmp_path / "out", cell_folder)
+    pipelines = register_pipelines()
+    SequentialRunner().run(pipelines["ingestion"] + pipelines["preprocessing"], catalog)
+    SequentialRunner().run(pipelines["lr_finder"], catalog)
+    result = catalog.load("lr_finder_result")
+    assert len(result["lrs"]) == len(result["losses"]) and result["lrs"][0] == pytest.approx(1e-6)
+    assert result["lrs"][0] <= result["suggested_max_lr"] <= result["lrs"][-1]
+    assert next((tmp_path / "out" / "data" / "08_reporting" / "lr_finder.png").iterdir()).stat().st_size > 1000

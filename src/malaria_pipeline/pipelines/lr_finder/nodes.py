@@ -1,0 +1,53 @@
+"""Nodes of the learning-rate finder pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from malaria_pipeline.ml.device import pick_device
+from malaria_pipeline.ml.lr_finder import lr_range_test
+from malaria_pipeline.ml.models import build_network
+from malaria_pipeline.ml.train import TrainConfig, TrainData
+from malaria_pipeline.pipelines.model_training.nodes import NETWORK_KEYS
+from malaria_pipeline.plots import plot_lr_sweep
+
+
+def find_learning_rate(
+    image_tensors: torch.Tensor,
+    image_index: pd.DataFrame,
+    data_split: pd.DataFrame,
+    normalization_stats: dict[str, Any],
+    training_params: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[dict[str, Any], Figure]:
+    """Runs the LR range test with the training configuration and suggests a max LR.
+
+    Args:
+        image_tensors, image_index, data_split, normalization_stats: as for training.
+        training_params: ``parameters_training.yml`` (network, optimizer, batch size, augmentation).
+        params: ``start_lr``, ``end_lr``, ``num_batches`` and ``diverge`` of the sweep.
+
+    Returns:
+        ``lr_finder_result``: the suggested max LR and the sweep; ``lr_finder_plot``: loss against LR.
+    """
+    data = TrainData.from_split(image_tensors, image_index, data_split, normalization_stats)
+    config = TrainConfig.from_params(training_params)
+    torch.manual_seed(config.seed)
+    network = build_network(
+        training_params["architecture"], num_classes=len(data.class_names), image_size=image_tensors.shape[-1],
+        pretrained=training_params.get("pretrained", False),
+        **{key: training_params[key] for key in NETWORK_KEYS if key in training_params},
+    )
+    sweep = lr_range_test(network, data, config, pick_device(training_params.get("device", "auto")), **params)
+    result = {
+        "suggested_max_lr": sweep.suggested_lr,
+        "min_loss_lr": sweep.min_loss_lr,
+        "architecture": training_params["architecture"],
+        "lrs": sweep.lrs,
+        "losses": sweep.losses,
+    }
+    return result, plot_lr_sweep(sweep.lrs, sweep.losses, sweep.suggested_lr, sweep.min_loss_lr)

@@ -1,0 +1,61 @@
+"""Nodes of the model-training pipeline."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+import torch
+
+from malaria_pipeline.ml.checkpoint import CheckpointStore
+from malaria_pipeline.ml.device import pick_device
+from malaria_pipeline.ml.model_io import model_bundle
+from malaria_pipeline.ml.train import HISTORY_COLUMNS, TrainConfig, TrainData, train_classifier
+
+logger = logging.getLogger(__name__)
+
+# Parameters that shape the network rather than its training.
+NETWORK_KEYS = ("width", "small_input_stem")
+
+
+def train_model(
+    image_tensors: torch.Tensor,
+    image_index: pd.DataFrame,
+    data_split: pd.DataFrame,
+    normalization_stats: dict[str, Any],
+    training_checkpoint: CheckpointStore,
+    params: dict[str, Any],
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Trains the classifier on the ``train`` subset, choosing its epoch on ``validation``.
+
+    Args:
+        image_tensors: ``uint8, N×3×S×S`` in index order.
+        image_index: ``path`` and ``label`` per image.
+        data_split: ``path`` and ``subset`` per image.
+        normalization_stats: ``mean`` and ``std`` of the training images.
+        training_checkpoint: where each epoch's state is kept, for ``resume``.
+        params: ``parameters_training.yml``: architecture, network, optimization and speed switches.
+
+    Returns:
+        ``model``: the bundle that :func:`~malaria_pipeline.ml.model_io.load_model` rebuilds;
+        ``training_history``: one row per epoch (epoch, stage, train_loss, valid_loss, accuracy, lr, seconds).
+    """
+    data = TrainData.from_split(image_tensors, image_index, data_split, normalization_stats)
+    config = TrainConfig.from_params(params)
+    network_args = {key: params[key] for key in NETWORK_KEYS if key in params}
+    result = train_classifier(
+        params["architecture"], network_args, data, config, pick_device(params.get("device", "auto")),
+        num_classes=len(data.class_names), pretrained=params.get("pretrained", False),
+        checkpoint=training_checkpoint, resume=params.get("resume", False),
+    )
+    bundle = model_bundle(
+        result.network,
+        architecture=params["architecture"],
+        network_args=network_args,
+        class_names=data.class_names,
+        normalization=normalization_stats,
+        image_size=image_tensors.shape[-1],
+        extra={"best_epoch": result.best_epoch, "pretrained": bool(params.get("pretrained", False))},
+    )
+    return bundle, pd.DataFrame(result.history, columns=list(HISTORY_COLUMNS))

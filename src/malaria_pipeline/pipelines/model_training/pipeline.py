@@ -1,0 +1,21 @@
+"""Wiring of the model-training pipeline."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import train_model
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                func=train_model,
+                inputs=[
+                    "image_tensors", "image_index", "data_split", "normalization_stats",
+                    "training_checkpoint", "params:training",
+                ],
+                outputs=["model", "training_history"],
+                name="train_model_node",
+            ),
+        ]
+    )
