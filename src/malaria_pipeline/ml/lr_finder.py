@@ -12,12 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from malaria_pipeline.ml.augment import augment_batch
-from malaria_pipeline.ml.train import TrainConfig, TrainData
+from malaria_pipeline.ml.train import Stage, TrainConfig, TrainData, make_optimizer, train_step
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +44,14 @@ def lr_range_test(
 ) -> LRSweep:
     """Sweeps the learning rate from ``start_lr`` to ``end_lr`` over ``num_batches`` training batches.
 
-    Uses the optimizer, weight decay, augmentation and batch size of ``config``; stops early once the
+    Uses the training step, optimizer, weight decay, augmentation and batch size of ``config`` (but
+    not its bf16 and channels_last speed switches); stops early once the
     smoothed loss exceeds ``diverge`` times its minimum. The network's weights are changed.
     """
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     network = network.to(device).train()
-    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_class(network.parameters(), lr=start_lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config, Stage("sweep", 1, [start_lr], frozen=False), [network])
     images, labels = data.train_images.to(device), data.train_labels.to(device)
     mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
@@ -71,14 +69,8 @@ def lr_range_test(
         lr = start_lr * factor**step
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x = augment_batch(images[rows].float().div_(255), generator, config.pad, config.flips, config.rotations)
-        loss = F.cross_entropy(network((x - mean) / std), labels[rows], label_smoothing=config.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip:
-            nn.utils.clip_grad_value_(network.parameters(), config.grad_clip)
-        optimizer.step()
-        average = smoothing * average + (1 - smoothing) * float(loss.detach())
+        loss = train_step(network, optimizer, images[rows], labels[rows], mean, std, generator, config)
+        average = smoothing * average + (1 - smoothing) * float(loss)
         smoothed = average / (1 - smoothing ** (step + 1))
         lrs.append(lr)
         losses.append(smoothed)

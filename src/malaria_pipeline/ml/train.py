@@ -109,7 +109,7 @@ class TrainData:
                 "from different runs. Run the ingestion pipeline again."
             )
         class_names = sorted(image_index["label"].unique())
-        codes = torch.as_tensor(image_index["label"].map({n: i for i, n in enumerate(class_names)}).to_numpy(dtype="int64"))
+        codes = torch.tensor(image_index["label"].map({n: i for i, n in enumerate(class_names)}).to_numpy(dtype="int64"))
         train = torch.from_numpy(subset_rows(image_index, data_split, "train"))
         valid = torch.from_numpy(subset_rows(image_index, data_split, "validation"))
         if len(valid) == 0:
@@ -282,22 +282,11 @@ def fit(
             loss_sum = torch.zeros((), device=device)
             for step in tqdm(range(steps), desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=None):
                 rows = order[step * batch : (step + 1) * batch]
-                images = augment_batch(
-                    train_images[rows].float().div_(255), generator, config.pad, config.flips, config.rotations
-                )
-                images = ((images - mean) / std).contiguous(memory_format=memory_format)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss = F.cross_entropy(
-                        run_network(images), train_labels[rows], label_smoothing=config.label_smoothing
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip:
-                    nn.utils.clip_grad_value_(network.parameters(), config.grad_clip)
-                optimizer.step()
+                loss = train_step(run_network, optimizer, train_images[rows], train_labels[rows], mean, std,
+                                  generator, config, memory_format, autocast)
                 last_lr = optimizer.param_groups[-1]["lr"]  # before the step readies the next batch's
                 scheduler.step()
-                loss_sum += loss.detach().float()
+                loss_sum += loss
             valid_loss, accuracy = evaluate(
                 run_network, valid_images, valid_labels, mean, std, config.eval_batch_size, memory_format, autocast
             )
@@ -335,6 +324,35 @@ def fit(
     logger.info("Kept the weights of epoch %d (%s)", result.best_epoch, config.keep)
     network.to(memory_format=torch.contiguous_format)
     return result
+
+
+def train_step(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    generator: torch.Generator,
+    config: TrainConfig,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    autocast: bool = False,
+) -> torch.Tensor:
+    """One optimizer step on a ``uint8`` batch: augment, normalize, forward, backward, clip, step.
+
+    Returns:
+        The batch's loss (a float32 scalar on the device, detached).
+    """
+    batch = augment_batch(images.float().div_(255), generator, config.pad, config.flips, config.rotations)
+    batch = ((batch - mean) / std).contiguous(memory_format=memory_format)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = F.cross_entropy(network(batch), labels, label_smoothing=config.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip:
+        nn.utils.clip_grad_value_(network.parameters(), config.grad_clip)
+    optimizer.step()
+    return loss.detach().float()
 
 
 @torch.no_grad()
