@@ -1,7 +1,10 @@
 """The project as a user runs it: a KedroSession over conf/, in a fresh folder."""
 
 import mlflow
+import pytest
 import yaml
+
+from malaria_pipeline.ml.checkpoint import CheckpointStore
 
 from tests.helpers import PROJECT_ROOT
 
@@ -43,3 +46,30 @@ def test_each_run_is_one_finished_mlflow_run_and_none_stays_open(kedro_project, 
     runs = mlflow.search_runs(experiment_names=["malaria-pipeline"], output_format="list")
     assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]
     assert {run.data.params["ingestion.source"] for run in runs} == {str(cell_folder)}
+
+
+def test_an_interrupted_training_run_resumes_with_training_resume(kedro_project, cell_folder, monkeypatch):
+    params = {"ingestion": {"source": str(cell_folder), "image_size": 16},
+              "preprocessing": {"split": {"folds": 6, "fractions": {"train": 4 / 6, "validation": 1 / 6, "test": 1 / 6}}},
+              "training": {"width": 4, "epochs": 3, "batch_size": 8}}
+    save = CheckpointStore.save
+
+    def save_then_interrupt(store, state):  # Ctrl-C right after epoch 1 is checkpointed
+        save(store, state)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CheckpointStore, "save", save_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            kedro_project.run("training", **params)
+    assert not (kedro_project.root / "data" / "08_reporting" / "training_history.csv").exists()
+
+    params["training"]["resume"] = True
+    kedro_project.run("model_training", **params)
+    history = kedro_project.load("training_history")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    # The interrupted session's MLflow run was ended (KILLED), not reused by the resumed one.
+    mlflow.set_tracking_uri(f"sqlite:///{kedro_project.root / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["malaria-pipeline"], output_format="list")
+    assert sorted(run.info.status for run in runs) == ["FINISHED", "KILLED"]
+    assert mlflow.active_run() is None
