@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from malaria_pipeline.ml import load_model
 from tests.helpers import image_bytes, shared_zip_or_skip
 
 pytestmark = pytest.mark.integration
@@ -25,8 +26,9 @@ def shared_zip():
 
 @pytest.fixture(scope="module")
 def trained_on_shared(module_kedro_project, shared_zip):
-    """One `training` run (ingestion + patient split + statistics) on the shared zip."""
-    module_kedro_project.run("training", ingestion={"source": str(shared_zip)})
+    """One `training` run on the shared zip: ingestion, patient split, statistics, and one epoch of a
+    narrow ResNet-9 (width 8) to keep CI short."""
+    module_kedro_project.run("training", ingestion={"source": str(shared_zip)}, training={"width": 8, "epochs": 1})
     return module_kedro_project
 
 
@@ -58,6 +60,14 @@ def test_normalization_stats_equal_those_of_the_training_images(trained_on_share
     assert stats["mean"] == pytest.approx(pixels.mean(dim=(0, 2, 3)).tolist(), abs=1e-4)
     assert stats["std"] == pytest.approx(pixels.std(dim=(0, 2, 3), correction=0).tolist(), abs=1e-4)
     assert stats["images"] == len(train)
+
+
+def test_one_epoch_on_real_cells_already_tells_parasitized_from_uninfected(trained_on_shared):
+    history = trained_on_shared.load("training_history")
+    assert history["epoch"].tolist() == [1]
+    assert history["accuracy"].iloc[0] > 0.8, history
+    model = load_model(trained_on_shared.load("model"))
+    assert model.class_names == ["Parasitized", "Uninfected"] and model.image_size == 64
 
 
 def test_stratified_split_keeps_each_subset_within_one_percent_of_the_class_ratio(trained_on_shared):
