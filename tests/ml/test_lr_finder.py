@@ -16,6 +16,17 @@ def test_suggestion_is_the_steepest_fall_before_the_lowest_loss():
     assert lowest == pytest.approx(lrs[int(np.argmin(losses))])
 
 
+def test_noise_at_the_start_of_the_sweep_is_not_taken_for_the_steepest_fall():
+    lrs = list(np.logspace(-6, 0, 200))
+    rng = np.random.default_rng(0)
+    # a steady fall per decade, steeper between 1e-3 and 1e-2, after a noisy start (as a running average gives)
+    losses = [1.2 - 0.1 * (np.log10(lr) + 6) - 0.15 * np.clip(np.log10(lr) + 3, 0, 1) for lr in lrs]
+    losses = [loss + (rng.normal(0, 0.05) if i < 15 else 0.0) for i, loss in enumerate(losses)]
+    losses[-20:] = [losses[-21] + 0.1 * k for k in range(20)]  # explodes at the end
+    suggested, _ = suggest_lr(lrs, losses)
+    assert 1e-3 <= suggested <= 1e-2
+
+
 def test_sweep_raises_the_lr_every_batch_and_stops_when_the_loss_explodes():
     sweep = lr_range_test(build_network("resnet9", width=4), tiny_data(), quick(batch_size=12), torch.device("cpu"),
                           start_lr=1e-5, end_lr=10.0, num_batches=40)

@@ -84,14 +84,21 @@ def lr_range_test(
     return LRSweep(lrs=lrs, losses=losses, suggested_lr=suggested, min_loss_lr=min_loss)
 
 
-def suggest_lr(lrs: list[float], losses: list[float]) -> tuple[float, float]:
+def suggest_lr(lrs: list[float], losses: list[float], skip_start: float = 0.1, window: int = 5) -> tuple[float, float]:
     """The LR where the smoothed loss falls fastest (per log-LR), and the LR of the lowest loss.
 
-    Only the part of the sweep before the lowest loss is searched for the steepest fall.
+    The slope at each point is measured between the points ``window`` before and after it, and only
+    between the first ``skip_start`` of the sweep (where the running average is still noisy) and the
+    lowest loss.
     """
     if len(lrs) < 3:
         raise ValueError(f"The LR sweep has {len(lrs)} points: too few to suggest a learning rate")
-    lowest = int(np.argmin(losses))
-    end = max(lowest, 2) + 1
-    slopes = np.gradient(np.asarray(losses[:end]), np.log(np.asarray(lrs[:end])))
-    return float(lrs[int(np.argmin(slopes))]), float(lrs[lowest])
+    log_lrs, values = np.log(np.asarray(lrs)), np.asarray(losses)
+    lowest = int(np.argmin(values))
+    first = int(skip_start * len(lrs))
+    half = min(window, max(1, (lowest - first) // 4))
+    centres = np.arange(first + half, lowest - half + 1)
+    if len(centres) == 0:  # the loss bottoms out at once: fall back to neighbouring points
+        centres, half = np.arange(1, max(2, lowest)), 1
+    slopes = (values[centres + half] - values[centres - half]) / (log_lrs[centres + half] - log_lrs[centres - half])
+    return float(lrs[int(centres[np.argmin(slopes)])]), float(lrs[lowest])
