@@ -20,11 +20,18 @@ def project_catalog(tmp_path: Path, source: Path) -> DataCatalog:
         conf_source=str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local",
         runtime_params={"ingestion": {"source": str(source)}},
     )
-    entries = config["catalog"]
-    for entry in entries.values():
+    # No MLflow run here (the session-based tests in test_project.py cover MLflow): datasets that
+    # MLflow wraps are used unwrapped, and MLflow's own metrics and model datasets live in memory.
+    entries = {}
+    for name, entry in config["catalog"].items():
+        if entry["type"].startswith("kedro_mlflow.io.artifacts"):
+            entry = entry["dataset"]
+        elif entry["type"].startswith("kedro_mlflow"):
+            entry = {"type": "MemoryDataset"}
         for key in ("filepath", "folder"):
             if key in entry:
                 entry[key] = str(tmp_path / entry[key])
+        entries[name] = entry
     catalog = DataCatalog.from_config(entries)
     parameters = config["parameters"]
     parameters["ingestion"]["image_size"] = 16
@@ -35,6 +42,7 @@ def project_catalog(tmp_path: Path, source: Path) -> DataCatalog:
     catalog["params:preprocessing.split"] = parameters["preprocessing"]["split"]
     catalog["params:training"] = parameters["training"]
     catalog["params:lr_finder"] = parameters["lr_finder"]
+    catalog["params:evaluation"] = parameters["evaluation"]
     return catalog
 
 
@@ -44,9 +52,9 @@ TINY_TRAINING = {"width": 4, "epochs": 2, "batch_size": 8, "pad": 2}
 
 def test_registry_names_the_pipelines_and_training_is_the_default():
     pipelines = register_pipelines()
-    assert {"ingestion", "preprocessing", "model_training", "lr_finder", "training", "__default__"} <= pipelines.keys()
+    assert {"ingestion", "preprocessing", "model_training", "evaluation", "lr_finder", "training", "__default__"} <= pipelines.keys()
     assert pipelines["__default__"] is pipelines["training"]
-    parts = ("ingestion", "preprocessing", "model_training")
+    parts = ("ingestion", "preprocessing", "model_training", "evaluation")
     assert set(pipelines["training"].nodes) == {n for part in parts for n in pipelines[part].nodes}
 
 
@@ -75,6 +83,21 @@ def test_training_pipeline_runs_on_real_pngs_some_broken(cell_folder, tmp_path, 
     assert model.class_names == ["Parasitized", "Uninfected"] and model.image_size == 16
     assert model.predict_proba(tensors[:5]).shape == (5, 2)
     assert (tmp_path / "out" / "data" / "06_models" / "checkpoint" / "last.pt").exists()
+
+    metrics = catalog.load("evaluation_metrics")
+    assert metrics["positive_class"] == "Parasitized"
+    for subset in ("validation", "test"):
+        report = metrics[subset]
+        assert report["images"] == (split["subset"] == subset).sum()
+        assert report["true_positives"] + report["false_negatives"] + report["false_positives"] + report["true_negatives"] == report["images"]
+        assert report["false_negatives_phrase"].endswith("parasitized cells" + report["false_negatives_phrase"].split("cells")[1])
+        assert [p["threshold"] for p in report["operating_points"]][:2] == [0.02, 0.05]
+        assert {p["patient_id"] for p in report["per_patient"]} == set(index[split["subset"] == subset]["patient_id"])
+    predictions = catalog.load("evaluation_predictions")
+    assert set(predictions["subset"]) == {"validation", "test"} and predictions["p_positive"].between(0, 1).all()
+    for figure in ("confusion_matrix", "roc_curve", "training_curves", "top_losses", "sample_images"):
+        png = next((tmp_path / "out" / "data" / "08_reporting" / f"{figure}.png").iterdir()) / f"{figure}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
 
 
 def test_lr_finder_runs_on_the_latest_preprocessed_data(cell_folder, tmp_path):

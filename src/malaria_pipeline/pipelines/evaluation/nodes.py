@@ -1,0 +1,136 @@
+"""Nodes of the evaluation pipeline."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from malaria_pipeline.evaluation import classification_metrics, operating_points, per_patient
+from malaria_pipeline.ml.device import pick_device
+from malaria_pipeline.ml.model_io import CellClassifier, load_model
+from malaria_pipeline.plots import (
+    plot_confusion_matrices,
+    plot_image_grid,
+    plot_roc_curves,
+    plot_training_curves,
+)
+
+logger = logging.getLogger(__name__)
+
+EVALUATED_SUBSETS = ("validation", "test")
+# Metrics of each subset that go to MLflow as final metrics.
+SCORES = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "average_precision",
+          "false_negatives", "false_positives")
+
+
+def predict_subsets(
+    model: dict[str, Any], image_tensors: torch.Tensor, image_index: pd.DataFrame, data_split: pd.DataFrame,
+    params: dict[str, Any],
+) -> pd.DataFrame:
+    """The model's probability of the positive class for every validation and test image.
+
+    Returns:
+        One row per image: path, subset, label, patient_id, p_positive, predicted label, and loss
+        (cross-entropy of the true class).
+    """
+    classifier = load_model(model, device=pick_device(params.get("device", "auto")))
+    positive = classifier.class_names.index(params["positive_class"])
+    rows = np.flatnonzero(data_split["subset"].isin(EVALUATED_SUBSETS).to_numpy())
+    if len(data_split) != len(image_index) or len(image_tensors) != len(image_index):
+        raise ValueError("image_tensors, image_index and data_split come from different runs: run `training` again")
+    probabilities = classifier.predict_proba(image_tensors[torch.from_numpy(rows)], batch_size=params["batch_size"])
+    labels = image_index["label"].to_numpy()[rows]
+    true_class = torch.tensor([classifier.class_names.index(label) for label in labels], dtype=torch.long)
+    p_true = probabilities.gather(1, true_class[:, None]).squeeze(1) if len(rows) else torch.empty(0)
+    return pd.DataFrame({
+        "path": image_index["path"].to_numpy()[rows],
+        "subset": data_split["subset"].to_numpy()[rows],
+        "label": labels,
+        "patient_id": image_index["patient_id"].to_numpy()[rows],
+        "p_positive": probabilities[:, positive].numpy(),
+        "predicted": np.asarray(classifier.class_names)[probabilities.argmax(dim=1).numpy()],
+        "loss": (-torch.log(p_true.clamp_min(1e-12))).numpy(),
+        "row": rows,
+    })
+
+
+def compute_metrics(predictions: pd.DataFrame, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics of each evaluated subset: overall, per patient, and at several thresholds.
+
+    Returns:
+        ``evaluation_metrics`` (all of it, for the JSON report) and ``evaluation_scores`` (the headline
+        numbers as MLflow metrics, ``<subset>.<metric>``).
+    """
+    positive, threshold = params["positive_class"], params["threshold"]
+    negative = next((label for label in sorted(predictions["label"].unique()) if label != positive), "negative")
+    report: dict[str, Any] = {"positive_class": positive, "threshold": threshold}
+    scores: dict[str, Any] = {}
+    for subset in EVALUATED_SUBSETS:
+        cells = predictions[predictions["subset"] == subset]
+        if cells.empty:
+            continue
+        is_positive = (cells["label"] == positive).to_numpy()
+        metrics = classification_metrics(is_positive, cells["p_positive"].to_numpy(), threshold, positive, negative)
+        report[subset] = {
+            **metrics,
+            "operating_points": operating_points(is_positive, cells["p_positive"].to_numpy(), params["operating_thresholds"]),
+            "per_patient": per_patient(cells, threshold, positive),
+        }
+        scores.update({f"{subset}.{name}": {"value": metrics[name], "step": 0}
+                       for name in SCORES if metrics[name] is not None})
+        logger.info(
+            "%s: accuracy %.4f, sensitivity %.4f, specificity %.4f, ROC AUC %s; %s; %s", subset,
+            metrics["accuracy"], metrics["sensitivity"], metrics["specificity"],
+            f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a",
+            metrics["false_negatives_phrase"], metrics["false_positives_phrase"],
+        )
+    return report, scores
+
+
+def history_as_metrics(training_history: pd.DataFrame) -> dict[str, list[dict[str, float]]]:
+    """The per-epoch table as MLflow metric histories, one step per epoch."""
+    columns = {"train_loss": "train_loss", "valid_loss": "valid_loss", "accuracy": "accuracy", "lr": "lr",
+               "seconds": "epoch_seconds"}
+    return {
+        name: [{"value": float(row[column]), "step": int(row["epoch"])} for _, row in training_history.iterrows()]
+        for column, name in columns.items()
+    }
+
+
+def package_model(model: dict[str, Any]) -> CellClassifier:
+    """The trained classifier as a torch module (``uint8`` images in, logits out), for MLflow's pytorch flavor."""
+    return load_model(model)
+
+
+def plot_confusion_matrix(predictions: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    classes = sorted(predictions["label"].unique())
+    subsets = {s: (c["label"], c["predicted"]) for s, c in predictions.groupby("subset", sort=False)}
+    return plot_confusion_matrices(subsets, classes)
+
+
+def plot_roc_curve(predictions: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    positive = params["positive_class"]
+    subsets = {s: (c["label"] == positive, c["p_positive"]) for s, c in predictions.groupby("subset", sort=False)}
+    return plot_roc_curves(subsets, positive)
+
+
+def plot_top_losses(predictions: pd.DataFrame, image_tensors: torch.Tensor, params: dict[str, Any]) -> Figure:
+    """The most wrongly classified cells: true label / prediction / probability of the positive class."""
+    worst = predictions.nlargest(params["top_losses"], "loss")
+    titles = [f"{r.label[:5]}→{r.predicted[:5]}\np={r.p_positive:.2f} {r.subset[:5]}" for r in worst.itertuples()]
+    return plot_image_grid(image_tensors[torch.from_numpy(worst["row"].to_numpy())], titles,
+                           suptitle=f"Top {len(worst)} losses (true→predicted, p = P({params['positive_class']}))")
+
+
+def plot_sample_images(image_tensors: torch.Tensor, image_index: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    """A few random cells of each class, with their patient."""
+    shuffled = image_index.reset_index().sample(frac=1.0, random_state=params["seed"])
+    samples = shuffled.groupby("label", sort=True).head(params["samples_per_class"]).sort_values("label", kind="stable")
+    titles = [f"{r.label}\n{r.patient_id}" for r in samples.itertuples()]
+    return plot_image_grid(image_tensors[torch.from_numpy(samples["index"].to_numpy())], titles,
+                           columns=params["samples_per_class"], suptitle="Sample cells per class")

@@ -1,0 +1,38 @@
+"""Wiring of the evaluation pipeline."""
+
+from kedro.pipeline import Node, Pipeline
+
+from malaria_pipeline.plots import plot_training_curves
+
+from .nodes import (
+    compute_metrics,
+    history_as_metrics,
+    package_model,
+    plot_confusion_matrix,
+    plot_roc_curve,
+    plot_sample_images,
+    plot_top_losses,
+    predict_subsets,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    params = "params:evaluation"
+    return Pipeline(
+        [
+            Node(predict_subsets, ["model", "image_tensors", "image_index", "data_split", params],
+                 "evaluation_predictions", name="predict_subsets_node"),
+            Node(compute_metrics, ["evaluation_predictions", params], ["evaluation_metrics", "evaluation_scores"],
+                 name="compute_metrics_node"),
+            Node(history_as_metrics, "training_history", "training_metrics", name="log_training_history_node"),
+            Node(package_model, "model", "mlflow_model", name="package_model_node"),
+            Node(plot_confusion_matrix, ["evaluation_predictions", params], "confusion_matrix_plot",
+                 name="plot_confusion_matrix_node"),
+            Node(plot_roc_curve, ["evaluation_predictions", params], "roc_curve_plot", name="plot_roc_curve_node"),
+            Node(plot_training_curves, "training_history", "training_curves_plot", name="plot_training_curves_node"),
+            Node(plot_top_losses, ["evaluation_predictions", "image_tensors", params], "top_losses_plot",
+                 name="plot_top_losses_node"),
+            Node(plot_sample_images, ["image_tensors", "image_index", params], "sample_images_plot",
+                 name="plot_sample_images_node"),
+        ]
+    )
