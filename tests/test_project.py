@@ -4,6 +4,9 @@ import mlflow
 import pytest
 import yaml
 
+import torch
+
+from malaria_pipeline.ml import load_model
 from malaria_pipeline.ml.checkpoint import CheckpointStore
 
 from tests.helpers import PROJECT_ROOT
@@ -11,9 +14,11 @@ from tests.helpers import PROJECT_ROOT
 
 def test_every_dataset_the_pipelines_write_is_versioned():
     catalog = yaml.safe_load((PROJECT_ROOT / "conf" / "base" / "catalog.yml").read_text())
-    written = {name: entry for name, entry in catalog.items() if "filepath" in entry}
+    # A dataset that MLflow also gets (MlflowArtifactDataset) wraps the one written to disk.
+    written = {name: entry.get("dataset", entry) for name, entry in catalog.items() if "filepath" in entry.get("dataset", entry)}
     assert {"image_index", "image_tensors", "ingestion_report", "data_split", "normalization_stats", "model",
-            "training_history", "lr_finder_result", "lr_finder_plot"} <= written.keys()
+            "training_history", "lr_finder_result", "evaluation_predictions", "evaluation_metrics",
+            "{name}_plot"} <= written.keys()
     assert [name for name, entry in written.items() if entry.get("versioned") is not True] == []
 
 
@@ -30,9 +35,15 @@ def test_two_runs_leave_two_versions_of_every_dataset(kedro_project, cell_folder
     data = kedro_project.root / "data"
     for path in ("02_intermediate/image_index.parquet", "02_intermediate/image_tensors.pt",
                  "08_reporting/ingestion_report.json", "05_model_input/data_split.parquet",
-                 "05_model_input/normalization_stats.json", "06_models/model.pt", "08_reporting/training_history.csv"):
+                 "05_model_input/normalization_stats.json", "06_models/model.pt", "08_reporting/training_history.csv",
+                 "07_model_output/evaluation_predictions.parquet", "08_reporting/evaluation_metrics.json",
+                 "08_reporting/confusion_matrix.png", "08_reporting/roc_curve.png", "08_reporting/training_curves.png",
+                 "08_reporting/top_losses.png", "08_reporting/sample_images.png"):
         versions = sorted(p.name for p in (data / path).iterdir())
         assert len(versions) == 2, (path, versions)
+    mlflow.set_tracking_uri(f"sqlite:///{kedro_project.root / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["malaria-pipeline"], output_format="list")
+    assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]
     report = kedro_project.load("ingestion_report")
     assert report["source"] == str(cell_folder.resolve()) and report["images"] == 42
 
@@ -73,3 +84,48 @@ def test_an_interrupted_training_run_resumes_with_training_resume(kedro_project,
     runs = mlflow.search_runs(experiment_names=["malaria-pipeline"], output_format="list")
     assert sorted(run.info.status for run in runs) == ["FINISHED", "KILLED"]
     assert mlflow.active_run() is None
+
+
+def test_a_training_run_is_tracked_in_mlflow_with_history_metrics_figures_and_model(kedro_project, cell_folder):
+    # stratified: both classes in every subset, so that every metric is defined
+    params = {"ingestion": {"source": str(cell_folder), "image_size": 16},
+              "preprocessing": {"split": {"strategy": "stratified", "fractions": {"train": 0.5, "validation": 0.25, "test": 0.25}}},
+              "training": {"width": 4, "epochs": 3, "batch_size": 8}}
+    kedro_project.run("training", **params)
+    mlflow.set_tracking_uri(f"sqlite:///{kedro_project.root / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["malaria-pipeline"], output_format="list")
+    client = mlflow.MlflowClient()
+    assert run.info.status == "FINISHED"
+    assert run.data.params["training.architecture"] == "resnet9" and run.data.params["training.epochs"] == "3"
+    assert run.data.params["preprocessing.split.strategy"] == "stratified"
+    for name in ("train_loss", "valid_loss", "accuracy"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2, 3], name
+    for subset in ("validation", "test"):
+        for metric in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "average_precision"):
+            assert 0 <= run.data.metrics[f"{subset}.{metric}"] <= 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert {"evaluation_metrics.json", "training_history.csv", "figures"} <= artifacts  # the model is an MLflow 3 LoggedModel
+    assert figures == {f"figures/{f}.png" for f in ("confusion_matrix", "roc_curve", "training_curves", "top_losses", "sample_images")}
+
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    images = kedro_project.load("image_tensors")[:6]
+    with torch.no_grad():
+        logits = model(images)
+    assert logits.shape == (6, 2)
+    expected = load_model(kedro_project.load("model")).predict_proba(images)
+    assert torch.allclose(logits.softmax(dim=1), expected, atol=1e-5)
+
+
+def test_kedro_viz_build_works_offline_and_shows_every_training_node(kedro_project):
+    import json
+    import subprocess
+    import sys
+
+    from malaria_pipeline.pipeline_registry import register_pipelines
+
+    subprocess.run([sys.executable, "-m", "kedro", "viz", "build"], cwd=kedro_project.root, check=True,
+                   capture_output=True, timeout=300)
+    main = json.loads((kedro_project.root / "build" / "api" / "main").read_text())
+    shown = {node["name"] for node in main["nodes"] if node["type"] == "task"}
+    assert {node.name for node in register_pipelines()["training"].nodes} <= shown
