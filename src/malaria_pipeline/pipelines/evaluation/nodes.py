@@ -109,14 +109,19 @@ def package_model(model: dict[str, Any]) -> CellClassifier:
 
 def plot_confusion_matrix(predictions: pd.DataFrame, params: dict[str, Any]) -> Figure:
     classes = sorted(predictions["label"].unique())
-    subsets = {s: (c["label"], c["predicted"]) for s, c in predictions.groupby("subset", sort=False)}
+    subsets = {s: (c["label"], c["predicted"]) for s, c in _by_subset(predictions)}
     return plot_confusion_matrices(subsets, classes)
 
 
 def plot_roc_curve(predictions: pd.DataFrame, params: dict[str, Any]) -> Figure:
     positive = params["positive_class"]
-    subsets = {s: (c["label"] == positive, c["p_positive"]) for s, c in predictions.groupby("subset", sort=False)}
+    subsets = {s: (c["label"] == positive, c["p_positive"]) for s, c in _by_subset(predictions)}
     return plot_roc_curves(subsets, positive)
+
+
+def _by_subset(predictions: pd.DataFrame):
+    """``(subset, rows)`` in the order validation, test."""
+    return [(s, predictions[predictions["subset"] == s]) for s in EVALUATED_SUBSETS if (predictions["subset"] == s).any()]
 
 
 def plot_top_losses(predictions: pd.DataFrame, image_tensors: torch.Tensor, params: dict[str, Any]) -> Figure:
