@@ -34,8 +34,13 @@ class ImageArchive:
     source: str
 
     @classmethod
-    def open(cls, path: str | Path, source: str | None = None) -> ImageArchive:
+    def open(cls, path: str | Path, source: str | None = None, parameter: str = "ingestion.source") -> ImageArchive:
         """Checks that ``path`` is a folder or a zip archive and describes it.
+
+        Args:
+            path: the local ``.zip`` file or folder.
+            source: what the user named, for messages (default: ``path``).
+            parameter: the parameter that names the source, for messages.
 
         Raises:
             ArchiveError: ``path`` does not exist or is neither a folder nor a zip archive.
@@ -44,14 +49,13 @@ class ImageArchive:
         source = source or str(path)
         if not path.exists():
             raise ArchiveError(
-                f"Image source {source!r} does not exist. Set ingestion.source to a .zip archive or a "
-                "folder holding cell_images/<class>/*.png, for example "
-                '--params "ingestion.source=/abs/path/cell_images.zip".'
+                f"Image source {source!r} does not exist. Set {parameter} to a .zip archive or a folder of "
+                f'images, for example --params "{parameter}=/abs/path/cell_images.zip".'
             )
         if not path.is_dir() and not zipfile.is_zipfile(path):
             raise ArchiveError(
                 f"Image source {source!r} is neither a folder nor a zip archive ({path.stat().st_size} "
-                "bytes). Point ingestion.source at the .zip file or at the extracted folder."
+                f"bytes). Point {parameter} at the .zip file or at the extracted folder."
             )
         return cls(path=path, source=source)
 
@@ -80,6 +84,30 @@ def _zip(path: Path) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
 
+def check_source(param: str | None, archive: ImageArchive, parameter: str, global_name: str) -> None:
+    """Checks that the source parameter names what the catalog read.
+
+    ``--params`` and ``conf/local/globals.yml`` set both the parameter and the catalog entry; a value
+    written into the parameters file alone reaches only the parameter, and the run would read other
+    images than it logs.
+
+    Raises:
+        ArchiveError: they differ.
+    """
+    if param is None:
+        return
+    if "://" in str(param):
+        if param == archive.source:
+            return
+    elif Path(param).expanduser().resolve() == Path(archive.source).resolve():
+        return
+    raise ArchiveError(
+        f"{parameter} is {param!r} but the catalog read {archive.source!r}. Set the source with "
+        f'--params "{parameter}=..." or with {global_name} in conf/local/globals.yml: both reach the '
+        "catalog, a value written in the parameters file alone does not."
+    )
+
+
 def sort_members(members: list[str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Sorts archive files into image candidates per class and files to skip.
 
@@ -99,12 +127,23 @@ def sort_members(members: list[str]) -> tuple[list[tuple[str, str]], list[tuple[
         if len(path.parts) != len(root_parts) + 2 or path.parts[: len(root_parts)] != root_parts:
             skipped.append((member, f"outside the class folders (expected {expected})"))
         elif not member.lower().endswith(IMAGE_SUFFIXES):
-            skipped.append(
-                (member, f"not an image file (suffix {path.suffix or 'none'!r}; expected .png, .jpg or .jpeg)")
-            )
+            skipped.append((member, not_an_image_reason(member)))
         else:
             candidates.append((member, path.parts[-2]))
     return candidates, skipped
+
+
+def image_members(members: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files with an image suffix anywhere in the archive (new cells: no class folders), and the rest
+    as ``(member, reason)``."""
+    candidates = [m for m in members if m.lower().endswith(IMAGE_SUFFIXES)]
+    skipped = [(m, not_an_image_reason(m)) for m in members if not m.lower().endswith(IMAGE_SUFFIXES)]
+    return candidates, skipped
+
+
+def not_an_image_reason(member: str) -> str:
+    suffix = PurePosixPath(member).suffix
+    return f"not an image file (suffix {suffix or 'none'!r}; expected .png, .jpg or .jpeg)"
 
 
 def patient_id(member: str) -> str | None:

@@ -50,9 +50,11 @@ class CellImageSourceDataset(AbstractDataset[None, ImageArchive]):
         download_dir: str = "data/01_raw",
         known_archives: list[dict[str, Any]] | None = None,
         timeout: float = 10.0,
+        parameter: str = "ingestion.source",
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self._source = str(source)
+        self._parameter = parameter
         self._download_dir = download_dir
         self._known = {entry["url"]: entry for entry in known_archives or []}
         self._timeout = timeout
@@ -60,7 +62,7 @@ class CellImageSourceDataset(AbstractDataset[None, ImageArchive]):
 
     def load(self) -> ImageArchive:
         if not is_url(self._source):
-            return ImageArchive.open(self._source)
+            return ImageArchive.open(self._source, parameter=self._parameter)
         known = self._known.get(self._source, {})
         if not known:
             self._logger.warning("No size or SHA-256 is known for %s: the download is not verified", self._source)
@@ -71,7 +73,7 @@ class CellImageSourceDataset(AbstractDataset[None, ImageArchive]):
             sha256=known.get("sha256"),
             timeout=self._timeout,
         )
-        return ImageArchive.open(path, source=self._source)
+        return ImageArchive.open(path, source=self._source, parameter=self._parameter)
 
     def save(self, data: None) -> None:
         raise DatasetError(f"{type(self).__name__} is read-only: it reads the images of {self._source}")

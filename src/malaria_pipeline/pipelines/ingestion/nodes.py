@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from malaria_pipeline.archive import ArchiveError, ImageArchive, patient_id, sort_members
-from malaria_pipeline.download import is_url
+from malaria_pipeline.archive import ArchiveError, ImageArchive, check_source, patient_id, sort_members
 from malaria_pipeline.packing import PackedImages, pack_images
 
 logger = logging.getLogger(__name__)
@@ -38,7 +36,7 @@ def index_images(
         ArchiveError: the source holds no valid image, or images of one class only, or
             ``params["source"]`` names another source than the catalog read.
     """
-    _check_source(params.get("source"), cell_images.source)
+    check_source(params.get("source"), cell_images, "ingestion.source", "ingestion_source")
     members = cell_images.members()
     candidates, skipped = sort_members(members)
     label_of = dict(candidates)
@@ -67,20 +65,6 @@ def index_images(
     for member, reason in skipped:
         logger.warning("Skipped %s: %s", member, reason)
     return image_index, packed.images, report
-
-
-def _check_source(param: str | None, read: str) -> None:
-    # ingestion.source and the catalog's cell_images both follow --params and globals.yml; a path
-    # written into parameters_ingestion.yml alone reaches only the former.
-    if param is None or is_url(param) and param == read:
-        return
-    if not is_url(param) and Path(param).expanduser().resolve() == Path(read).resolve():
-        return
-    raise ArchiveError(
-        f"ingestion.source is {param!r} but the catalog's cell_images read {read!r}. Set the source with "
-        '--params "ingestion.source=..." or with ingestion_source in conf/local/globals.yml: both reach '
-        "the catalog, a value written in parameters_ingestion.yml alone does not."
-    )
 
 
 def _build_index(packed: PackedImages, label_of: dict[str, str]) -> pd.DataFrame:
