@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from malaria_pipeline.pipelines import evaluation, ingestion, lr_finder, model_training, preprocessing
+from malaria_pipeline.pipelines import evaluation, inference, ingestion, lr_finder, model_training, preprocessing
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -16,8 +16,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     Returns:
         A mapping from pipeline names to ``Pipeline`` objects: ``ingestion``, ``preprocessing``,
         ``model_training``, ``evaluation`` and ``lr_finder`` (each on the latest outputs of the one
-        before), and ``training``: the whole chain from the archive to an evaluated model, also
-        ``__default__``.
+        before), ``inference`` (new images, the latest model), and ``training``: the whole chain from
+        the archive to an evaluated model, also ``__default__``.
     """
     parts = {
         "ingestion": ingestion.create_pipeline(),
@@ -25,6 +25,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "model_training": model_training.create_pipeline(),
         "lr_finder": lr_finder.create_pipeline(),
         "evaluation": evaluation.create_pipeline(),
+        "inference": inference.create_pipeline(),
     }
     training = parts["ingestion"] + parts["preprocessing"] + parts["model_training"] + parts["evaluation"]
     return {**parts, "training": training, "__default__": training}
