@@ -97,12 +97,25 @@ def split_by_patient(
     return subset_of_fold[fold_of]
 
 
-def subset_rows(image_index: pd.DataFrame, data_split: pd.DataFrame, subset: str) -> np.ndarray:
-    """Row numbers (into ``image_index`` and the packed tensors) of the images in ``subset``.
+def subset_rows(
+    image_index: pd.DataFrame, data_split: pd.DataFrame, *subsets: str, n_images: int | None = None
+) -> np.ndarray:
+    """Row numbers (into ``image_index`` and the packed tensors) of the images in any of ``subsets``.
+
+    Args:
+        image_index: ``path`` per image.
+        data_split: ``path`` and ``subset`` per image, in index order.
+        subsets: ``train``, ``validation`` and/or ``test``.
+        n_images: the number of packed images, to check against the index; None skips the check.
 
     Raises:
-        SplitError: the split was made for another index (another run's version, say).
+        SplitError: the tensors, the index and the split come from different runs.
     """
+    if n_images is not None and n_images != len(image_index):
+        raise SplitError(
+            f"image_tensors has {n_images} images but image_index {len(image_index)} rows: "
+            "they come from different runs. Run the ingestion pipeline again."
+        )
     if len(data_split) != len(image_index) or not (
         data_split["path"].to_numpy() == image_index["path"].to_numpy()
     ).all():
@@ -110,4 +123,4 @@ def subset_rows(image_index: pd.DataFrame, data_split: pd.DataFrame, subset: str
             f"data_split ({len(data_split)} rows) does not match image_index ({len(image_index)} rows): "
             "they come from different runs. Run the preprocessing pipeline again after ingestion."
         )
-    return np.flatnonzero(data_split["subset"].to_numpy() == subset)
+    return np.flatnonzero(data_split["subset"].isin(subsets).to_numpy())

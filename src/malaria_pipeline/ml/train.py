@@ -103,14 +103,9 @@ class TrainData:
             data_split: a DataFrame with ``path`` and ``subset`` per image, in index order.
             normalization: ``mean`` and ``std`` per channel.
         """
-        if len(images) != len(image_index):
-            raise SplitError(
-                f"image_tensors has {len(images)} images but image_index {len(image_index)} rows: they come "
-                "from different runs. Run the ingestion pipeline again."
-            )
         class_names = sorted(image_index["label"].unique())
         codes = torch.tensor(image_index["label"].map({n: i for i, n in enumerate(class_names)}).to_numpy(dtype="int64"))
-        train = torch.from_numpy(subset_rows(image_index, data_split, "train"))
+        train = torch.from_numpy(subset_rows(image_index, data_split, "train", n_images=len(images)))
         valid = torch.from_numpy(subset_rows(image_index, data_split, "validation"))
         if len(valid) == 0:
             raise SplitError(

@@ -19,6 +19,7 @@ from malaria_pipeline.plots import (
     plot_roc_curves,
     plot_training_curves,
 )
+from malaria_pipeline.splitting import subset_rows
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,7 @@ def predict_subsets(
     """
     classifier = load_model(model, device=pick_device(params.get("device", "auto")))
     positive = classifier.class_names.index(params["positive_class"])
-    rows = np.flatnonzero(data_split["subset"].isin(EVALUATED_SUBSETS).to_numpy())
-    if len(data_split) != len(image_index) or len(image_tensors) != len(image_index):
-        raise ValueError("image_tensors, image_index and data_split come from different runs: run `training` again")
+    rows = subset_rows(image_index, data_split, *EVALUATED_SUBSETS, n_images=len(image_tensors))
     probabilities = classifier.predict_proba(image_tensors[torch.from_numpy(rows)], batch_size=params["batch_size"])
     labels = image_index["label"].to_numpy()[rows]
     true_class = torch.tensor([classifier.class_names.index(label) for label in labels], dtype=torch.long)

@@ -60,12 +60,7 @@ def compute_normalization_stats(
     Returns:
         ``mean`` and ``std`` (3 floats each), and the subset and number of images they come from.
     """
-    if len(image_tensors) != len(image_index):
-        raise SplitError(
-            f"image_tensors has {len(image_tensors)} images but image_index {len(image_index)} rows: "
-            "they come from different runs. Run the ingestion pipeline again."
-        )
-    rows = subset_rows(image_index, data_split, "train")
+    rows = subset_rows(image_index, data_split, "train", n_images=len(image_tensors))
     mean, std = channel_mean_std(image_tensors, torch.from_numpy(rows))
     logger.info("Normalization statistics of %d training images: mean %s, std %s", len(rows),
                 [round(m, 4) for m in mean], [round(s, 4) for s in std])
