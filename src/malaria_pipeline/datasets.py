@@ -1,4 +1,5 @@
-"""Kedro datasets of this project: the image source, versioned torch files, the training checkpoint.
+"""Kedro datasets of this project: the image source, versioned torch files, the model to classify
+with, the training checkpoint.
 
 In ``catalog.yml`` they are named by their full import path, e.g.
 ``type: malaria_pipeline.datasets.TorchDataset``.
@@ -140,6 +141,83 @@ class TorchDataset(AbstractVersionedDataset[Any, Any]):
         except DatasetError:
             return False
         return self._fs.exists(path)
+
+
+class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
+    """The model bundle to classify new images with (read-only): a version of the files that training
+    writes, or the copy that an MLflow run logged inside its MLflow model.
+
+    The bundle is returned with one more key, ``source``: the file or ``runs:/`` URI it was read from.
+
+    Example ``catalog.yml`` entry:
+
+    .. code-block:: yaml
+
+        inference_model:
+          type: malaria_pipeline.datasets.TrainedModelDataset
+          filepath: data/06_models/model.pt        # the versioned files of the catalog's `model`
+          load_version: null                      # null: the latest; or 2026-11-22T10.00.00.000Z
+          mlflow_run_id: null                     # or a run id: that run's MLflow model (then used instead)
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        load_version: str | None = None,
+        mlflow_run_id: str | None = None,
+        mlflow_model_name: str = "model",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._files = TorchDataset(filepath=filepath, version=Version(load_version or None, None))
+        self._version = load_version or None
+        self._run_id = mlflow_run_id or None
+        self._model_name = mlflow_model_name
+        self.metadata = metadata
+
+    def load(self) -> dict[str, Any]:
+        if self._run_id:
+            return self._load_from_mlflow()
+        try:
+            path = self._files._get_load_path()
+            bundle = self._files.load()
+        except (DatasetError, FileNotFoundError) as error:
+            try:
+                versions = self._files.list_versions(full_path=False)[:5]
+            except DatasetError:
+                versions = []
+            which = f"version {self._version!r} of the model" if self._version else "model"
+            raise DatasetError(
+                f"Found no {which} in {self._files._filepath}: run `kedro run --pipelines training` "
+                "first, or set inference.model_version or inference.mlflow_run_id"
+                + (f" (the latest versions: {', '.join(versions)})" if versions else "")
+            ) from error
+        return {**bundle, "source": str(path)}
+
+    def _load_from_mlflow(self) -> dict[str, Any]:
+        import mlflow  # only when asked: the tracking URI is the one kedro-mlflow set from mlflow.yml
+
+        model_uri = f"runs:/{self._run_id}/{self._model_name}"
+        try:
+            flavor = mlflow.models.Model.load(model_uri).flavors["python_function"]
+            relative = flavor["artifacts"]["model"]["path"]
+            path = mlflow.artifacts.download_artifacts(f"{model_uri}/{relative}")
+        except (mlflow.exceptions.MlflowException, OSError, KeyError) as error:
+            raise DatasetError(
+                f"inference.mlflow_run_id={self._run_id!r}: cannot read the model bundle of {model_uri} "
+                f"from {mlflow.get_tracking_uri()} ({error}). Give the id of a finished `training` run "
+                "(see `mlflow ui --backend-store-uri sqlite:///mlflow.db`)."
+            ) from error
+        return {**torch.load(path, weights_only=True, map_location="cpu"), "source": f"{model_uri}/{relative}"}
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{type(self).__name__} is read-only: training writes the catalog's `model`")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._files._filepath, "version": self._version, "mlflow_run_id": self._run_id}
+
+    def _exists(self) -> bool:
+        return bool(self._run_id) or self._files.exists()
 
 
 class CheckpointStoreDataset(AbstractDataset[None, CheckpointStore]):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import mlflow
 from kedro.framework.hooks import hook_impl
 from kedro.io.core import AbstractVersionedDataset
+from kedro_mlflow.pipeline.pipeline_ml import PipelineML
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +75,31 @@ class LogArtifactsToMlflow:
         # The load path of a versioned dataset is its latest version: the one just saved.
         path = dataset._get_load_path() if isinstance(dataset, AbstractVersionedDataset) else dataset._filepath
         mlflow.log_artifact(str(path), folder or None)
+
+
+class PinVersionsForPipelineModel:
+    """Hands kedro-mlflow the one version of each file that a run's MLflow model packs.
+
+    At the end of a ``pipeline_ml_factory`` run, kedro-mlflow logs the file at ``_filepath`` of each
+    dataset that the served pipeline reads, and when the MLflow model loads it points ``_filepath``
+    at that copy and loads it. For a versioned dataset ``_filepath`` is the folder of every version:
+    each MLflow model would carry all earlier models, and on loading would look for versions inside
+    its copy. So, just before kedro-mlflow (``tryfirst``), this hook puts into the run's catalog an
+    unversioned copy of each such dataset that names the version this run saved (or, if the run
+    saved none, the one it would load).
+    """
+
+    @hook_impl(tryfirst=True)
+    def after_pipeline_run(self, pipeline, catalog) -> None:
+        if not isinstance(pipeline, PipelineML):
+            return
+        for name in pipeline.inference.inputs():
+            dataset = catalog.get(name)
+            if not isinstance(dataset, AbstractVersionedDataset) or not dataset._version:
+                continue
+            saved = dataset._get_versioned_path(dataset.resolve_save_version())
+            pinned = copy.copy(dataset)
+            pinned._filepath = saved if dataset._exists_function(str(saved)) else dataset._get_load_path()
+            pinned._version = None
+            catalog[name] = pinned
+            logger.info("The MLflow model packs %s of %s", pinned._filepath, name)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline
+from kedro_mlflow.pipeline import pipeline_ml_factory
 
+from malaria_pipeline import served_model
 from malaria_pipeline.pipelines import evaluation, inference, ingestion, lr_finder, model_training, preprocessing
 
 
@@ -17,7 +19,9 @@ def register_pipelines() -> dict[str, Pipeline]:
         A mapping from pipeline names to ``Pipeline`` objects: ``ingestion``, ``preprocessing``,
         ``model_training``, ``evaluation`` and ``lr_finder`` (each on the latest outputs of the one
         before), ``inference`` (new images, the latest model), and ``training``: the whole chain from
-        the archive to an evaluated model, also ``__default__``.
+        the archive to an evaluated model, also ``__default__``. ``training`` is bound to the served
+        pipeline (:mod:`malaria_pipeline.served_model`): each run logs an MLflow model that takes
+        raw image files.
     """
     parts = {
         "ingestion": ingestion.create_pipeline(),
@@ -27,5 +31,10 @@ def register_pipelines() -> dict[str, Pipeline]:
         "evaluation": evaluation.create_pipeline(),
         "inference": inference.create_pipeline(),
     }
-    training = parts["ingestion"] + parts["preprocessing"] + parts["model_training"] + parts["evaluation"]
+    training = pipeline_ml_factory(
+        training=parts["ingestion"] + parts["preprocessing"] + parts["model_training"] + parts["evaluation"],
+        inference=inference.create_served_pipeline(),
+        input_name=inference.SERVED_INPUT,
+        log_model_kwargs=served_model.log_model_kwargs(),
+    )
     return {**parts, "training": training, "__default__": training}

@@ -3,9 +3,9 @@ from the Kedro defaults. For further information, including these default values
 https://docs.kedro.org/en/stable/configure/configuration_basics/#configuration"""
 
 # Instantiated project hooks. Hooks are executed in a Last-In-First-Out (LIFO) order.
-from malaria_pipeline.hooks import EndInterruptedMlflowRun, LogArtifactsToMlflow
+from malaria_pipeline.hooks import EndInterruptedMlflowRun, LogArtifactsToMlflow, PinVersionsForPipelineModel
 
-HOOKS = (EndInterruptedMlflowRun(), LogArtifactsToMlflow())
+HOOKS = (EndInterruptedMlflowRun(), LogArtifactsToMlflow(), PinVersionsForPipelineModel())
 
 # Installed plugins for which to disable hook auto-registration.
 # DISABLE_HOOKS_FOR_PLUGINS = ("kedro-viz",)

@@ -1,25 +1,31 @@
-"""Nodes of the inference pipeline."""
+"""Nodes of the inference pipeline and of the MLflow model that each training run logs."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from malaria_pipeline.archive import ArchiveError, ImageArchive, check_source, image_members
 from malaria_pipeline.ml.device import pick_device
-from malaria_pipeline.ml.model_io import load_model
+from malaria_pipeline.ml.images import UnreadableImageError, decode_cell_image
+from malaria_pipeline.ml.model_io import CellClassifier, load_model
 from malaria_pipeline.packing import pack_images
 
 logger = logging.getLogger(__name__)
 
+POSITIVE = "Parasitized"
+
 
 def predict_images(
-    inference_images: ImageArchive, model: dict[str, Any], params: dict[str, Any]
+    inference_images: ImageArchive, inference_model: dict[str, Any], params: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Classifies every image of a folder or zip with the trained model.
+    """Classifies every image of a folder or zip with a trained model.
 
     The images go through exactly the training preprocessing: decoded once, 3 channels, fitted to the
     model's image size as in ingestion, normalized with the model's statistics. A file that is not a
@@ -27,7 +33,8 @@ def predict_images(
 
     Args:
         inference_images: the new images (PNG or JPEG, any size, grayscale or RGB, any folders).
-        model: the bundle of a training run (the catalog's latest ``model`` by default).
+        inference_model: the bundle of a training run: the latest ``model`` by default, else the
+            version or MLflow run that ``inference.model_version`` or ``inference.mlflow_run_id`` names.
         params: ``source``, ``threshold`` (P(Parasitized) at or above it is Parasitized),
             ``batch_size``, ``workers`` and ``device``.
 
@@ -36,29 +43,23 @@ def predict_images(
         ``inference_summary``: counts per class, fraction parasitized, skipped files with reasons.
     """
     check_source(params.get("source"), inference_images, "inference.source", "inference_source")
-    classifier = load_model(model, device=pick_device(params.get("device", "auto")))
-    if "Parasitized" not in classifier.class_names or len(classifier.class_names) != 2:
-        raise ValueError(f"The model's classes are {classifier.class_names}: inference needs Parasitized and one other")
-    negative = next(name for name in classifier.class_names if name != "Parasitized")
-
+    classifier = _classifier(inference_model, params.get("device", "auto"))
     candidates, skipped = image_members(inference_images.members())
     packed = pack_images(inference_images, candidates, classifier.image_size, params.get("workers"))
     skipped = sorted(skipped + packed.skipped)
     if not packed.members:
         raise ArchiveError(f"{inference_images.source} holds no decodable PNG or JPEG image ({len(skipped)} files skipped)")
-    probabilities = classifier.predict_proba(packed.images, batch_size=params["batch_size"])
-    p_parasitized = probabilities[:, classifier.class_names.index("Parasitized")].numpy()
-    labels = np.where(p_parasitized >= params["threshold"], "Parasitized", negative)
+    p_parasitized, labels = _classify(classifier, packed.images, params["threshold"], params["batch_size"])
     predictions = pd.DataFrame({"file": packed.members, "label": labels, "p_parasitized": p_parasitized})
 
     counts = predictions["label"].value_counts()
     summary = {
         "source": inference_images.source,
-        "model": {"architecture": model["architecture"], "image_size": model["image_size"]},
+        "model": {key: inference_model.get(key) for key in ("source", "architecture", "image_size")},
         "threshold": params["threshold"],
         "images": len(predictions),
-        "per_class": {name: int(counts.get(name, 0)) for name in ("Parasitized", negative)},
-        "fraction_parasitized": float((labels == "Parasitized").mean()),
+        "per_class": {name: int(counts.get(name, 0)) for name in classifier.class_names},
+        "fraction_parasitized": float((labels == POSITIVE).mean()),
         "skipped": [{"path": member, "reason": reason} for member, reason in skipped],
     }
     logger.info("Classified %d images of %s: %s; %.1f%% parasitized; skipped %d files", len(predictions),
@@ -66,3 +67,74 @@ def predict_images(
     for member, reason in skipped:
         logger.warning("Skipped %s: %s", member, reason)
     return predictions, summary
+
+
+def predict_encoded_images(
+    served_images: pd.DataFrame, model: dict[str, Any], threshold: float, batch_size: int, device: str
+) -> pd.DataFrame:
+    """The node of the MLflow model: image files encoded in base64 in, one answer per row out.
+
+    Args:
+        served_images: a column ``image`` of base64-encoded PNG or JPEG files, one cell per row.
+        model: the bundle of the training run that logged the MLflow model.
+        threshold, batch_size, device: ``inference.threshold``, ``.batch_size`` and ``.device``.
+
+    Returns:
+        A table with the index of ``served_images`` and the columns ``label`` (``Parasitized`` or
+        ``Uninfected``), ``p_parasitized`` and ``error``. A row whose image cannot be decoded keeps
+        its place: its ``error`` names the row and says why, and its label and probability are None.
+        Every other row has ``error`` None.
+    """
+    if "image" not in served_images.columns:
+        raise ValueError(
+            f"The input has the columns {list(served_images.columns)}; it needs a column 'image' "
+            "holding each image file's bytes encoded in base64"
+        )
+    classifier = _classifier(model, device)
+    images, decoded, errors = [], [], {}
+    for position, (row, value) in enumerate(served_images["image"].items()):
+        try:
+            images.append(decode_cell_image(_base64_bytes(value), classifier.image_size)[0])
+            decoded.append(position)
+        except UnreadableImageError as error:
+            errors[position] = f"row {row}: {error}"
+    stacked = torch.stack(images) if images else torch.empty((0, 3, classifier.image_size, classifier.image_size), dtype=torch.uint8)
+    p_parasitized, labels = _classify(classifier, stacked, threshold, batch_size)
+
+    answers = pd.DataFrame({"label": None, "p_parasitized": np.nan, "error": None}, index=served_images.index)
+    answers = answers.astype({"label": object, "error": object})
+    answers.iloc[decoded, 0] = labels
+    answers.iloc[decoded, 1] = p_parasitized
+    if errors:
+        # None rather than NaN, so that the served JSON answer stays valid JSON.
+        answers["p_parasitized"] = answers["p_parasitized"].astype(object).where(answers["p_parasitized"].notna(), None)
+        answers.iloc[list(errors), 2] = list(errors.values())
+        for message in errors.values():
+            logger.warning("Not classified: %s", message)
+    return answers
+
+
+def _base64_bytes(value: Any) -> bytes:
+    if not isinstance(value, (str, bytes)):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            raise UnreadableImageError("no image (the cell is empty)")
+        raise UnreadableImageError(f"no image: expected a base64 string, got {type(value).__name__} {value!r:.40}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise UnreadableImageError(f"not base64-encoded ({error})") from error
+
+
+def _classifier(bundle: dict[str, Any], device: str) -> CellClassifier:
+    classifier = load_model(bundle, device=pick_device(device))
+    if POSITIVE not in classifier.class_names or len(classifier.class_names) != 2:
+        raise ValueError(f"The model's classes are {classifier.class_names}: inference needs {POSITIVE} and one other")
+    return classifier
+
+
+def _classify(classifier: CellClassifier, images: torch.Tensor, threshold: float, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """P(Parasitized) of ``uint8, N×3×S×S`` images, and the label at ``threshold``."""
+    probabilities = classifier.predict_proba(images, batch_size=batch_size)
+    p_parasitized = probabilities[:, classifier.class_names.index(POSITIVE)].numpy().astype(np.float64)
+    negative = next(name for name in classifier.class_names if name != POSITIVE)
+    return p_parasitized, np.where(p_parasitized >= threshold, POSITIVE, negative)

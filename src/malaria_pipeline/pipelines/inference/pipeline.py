@@ -1,18 +1,41 @@
-"""Wiring of the inference pipeline."""
+"""Wiring of the inference pipeline, and of the pipeline that the MLflow model of a training run runs."""
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import predict_images
+from .nodes import predict_encoded_images, predict_images
+
+# The input of the MLflow model: a DataFrame with a column `image` of base64-encoded image files.
+SERVED_INPUT = "served_images"
 
 
 def create_pipeline(**kwargs) -> Pipeline:
+    """``kedro run --pipelines inference``: the images of a folder or zip, classified by a trained model."""
     return Pipeline(
         [
             Node(
                 func=predict_images,
-                inputs=["inference_images", "model", "params:inference"],
+                inputs=["inference_images", "inference_model", "params:inference"],
                 outputs=["predictions", "inference_summary"],
                 name="predict_images_node",
+            ),
+        ]
+    )
+
+
+def create_served_pipeline(**kwargs) -> Pipeline:
+    """What the MLflow model of a training run runs on each request (``pipeline_ml_factory``).
+
+    Its only other inputs are the run's ``model`` and parameters, which kedro-mlflow packs into the
+    MLflow model.
+    """
+    return Pipeline(
+        [
+            Node(
+                func=predict_encoded_images,
+                inputs=[SERVED_INPUT, "model", "params:inference.threshold", "params:inference.batch_size",
+                        "params:inference.device"],
+                outputs="served_predictions",
+                name="predict_encoded_images_node",
             ),
         ]
     )

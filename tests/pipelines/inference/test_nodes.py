@@ -1,0 +1,56 @@
+"""The node of the served MLflow model, on its own: one answer per row, errors named by row."""
+
+import base64
+
+import pandas as pd
+import pytest
+import torch
+
+from malaria_pipeline.datasets import TrainedModelDataset
+from malaria_pipeline.ml.model_io import model_bundle
+from malaria_pipeline.ml.models import build_network
+from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images
+from tests.helpers import image_bytes
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    torch.manual_seed(0)
+    network = build_network("resnet9", image_size=16, width=4)
+    return model_bundle(network, architecture="resnet9", network_args={"width": 4},
+                        class_names=["Parasitized", "Uninfected"], normalization={"mean": [0.5] * 3, "std": [0.25] * 3},
+                        image_size=16)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_each_row_gets_an_answer_and_a_broken_row_keeps_its_place(bundle):
+    rows = pd.DataFrame({"image": [b64(image_bytes(30, 20, "L")), b64(b"GIF89a..."), None, b64(image_bytes(50, 50))]},
+                        index=[10, 11, 12, 13])
+    answers = predict_encoded_images(rows, bundle, threshold=0.5, batch_size=2, device="cpu")
+    assert answers.index.tolist() == [10, 11, 12, 13]
+    assert answers.loc[11, "error"] == "row 11: not a PNG or JPEG image (the file starts with b'GIF89a..')"
+    assert answers.loc[12, "error"] == "row 12: no image (the cell is empty)"
+    assert answers.loc[[11, 12], "label"].isna().all() and answers.loc[[11, 12], "p_parasitized"].isna().all()
+    assert answers.loc[[10, 13], "error"].isna().all()
+    assert set(answers.loc[[10, 13], "label"]) <= {"Parasitized", "Uninfected"}
+
+
+def test_the_threshold_sets_the_label(bundle):
+    rows = pd.DataFrame({"image": [b64(image_bytes(20, 20, seed=i)) for i in range(6)]})
+    everything = predict_encoded_images(rows, bundle, threshold=0.0, batch_size=4, device="cpu")
+    nothing = predict_encoded_images(rows, bundle, threshold=1.01, batch_size=4, device="cpu")
+    assert (everything["label"] == "Parasitized").all() and (nothing["label"] == "Uninfected").all()
+    assert everything["p_parasitized"].dtype == float and everything["error"].isna().all()
+
+
+def test_an_input_without_the_image_column_is_refused_with_the_columns_it_has(bundle):
+    with pytest.raises(ValueError, match=r"columns \['images'\]; it needs a column 'image'"):
+        predict_encoded_images(pd.DataFrame({"images": ["x"]}), bundle, 0.5, 8, "cpu")
+
+
+def test_a_missing_model_says_to_train_first(tmp_path):
+    with pytest.raises(Exception, match=r"Found no model in .*model\.pt: run `kedro run --pipelines training` first"):
+        TrainedModelDataset(filepath=str(tmp_path / "model.pt")).load()

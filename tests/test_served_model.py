@@ -1,0 +1,185 @@
+"""The MLflow model of a training run: loaded in a fresh process, and served over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.helpers import SMALL_PATIENTS, image_bytes, write_cells
+from tests.test_inference import TINY
+
+
+@pytest.fixture(scope="module")
+def trained(module_kedro_project, tmp_path_factory):
+    cells = tmp_path_factory.mktemp("cells") / "cells"
+    write_cells(cells, SMALL_PATIENTS)
+    module_kedro_project.run("training", ingestion={"source": str(cells), "image_size": 16}, **TINY)
+    mlflow.set_tracking_uri(f"sqlite:///{module_kedro_project.root / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["malaria-pipeline"], output_format="list")
+    module_kedro_project.run_id = run.info.run_id
+    return module_kedro_project
+
+
+def new_cells(folder: Path, count: int) -> list[Path]:
+    """Images the model never saw: any size, grayscale or RGB, PNG or JPEG."""
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(count):
+        fmt = "JPEG" if i % 4 == 1 else "PNG"
+        path = folder / f"new_{i:03d}.{'jpg' if fmt == 'JPEG' else 'png'}"
+        path.write_bytes(image_bytes(35 + i % 30, 28 + i % 25, "L" if i % 3 == 0 else "RGB", fmt=fmt, seed=100 + i))
+        paths.append(path)
+    return paths
+
+
+def encoded(paths: list[Path]) -> list[str]:
+    return [base64.b64encode(path.read_bytes()).decode("ascii") for path in paths]
+
+
+def test_the_run_logs_a_model_with_its_signature_and_code(trained):
+    info = mlflow.models.get_model_info(f"runs:/{trained.run_id}/model")
+    assert info.signature.inputs.input_names() == ["image"]
+    assert info.signature.outputs.input_names() == ["label", "p_parasitized", "error"]
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/model"))
+    assert (local / "code" / "malaria_pipeline" / "pipelines" / "inference" / "nodes.py").exists()
+    # one model bundle, the run's own version, not the folder of every version
+    assert [p.name for p in (local / "artifacts").iterdir() if p.suffix == ".pt"] == ["model.pt"]
+    assert (local / "artifacts" / "model.pt").is_file()
+
+
+FRESH_PROCESS = """
+import base64, json, sys
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+import malaria_pipeline
+images = json.loads(sys.stdin.read())
+answer = model.predict(pd.DataFrame({"image": images}))
+print(json.dumps({"module": malaria_pipeline.__file__, "answer": answer.to_dict(orient="list")}))
+"""
+
+
+def test_the_pyfunc_model_in_a_fresh_process_matches_the_inference_pipeline(trained, tmp_path):
+    paths = new_cells(tmp_path / "new", 24)
+    trained.run("inference", inference={"source": str(tmp_path / "new")})
+    pipeline = trained.load("predictions").set_index("file").loc[[p.name for p in paths]]
+
+    # a copy of the MLflow model outside the project, loaded from another working directory
+    model_dir = mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/model", dst_path=str(tmp_path / "download"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, model_dir], input=json.dumps(encoded(paths)),
+                          capture_output=True, text=True, cwd=elsewhere, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["module"].startswith(str(tmp_path / "download"))  # the model's own copy of the code
+    answer = pd.DataFrame(result["answer"])
+    assert answer["error"].isna().all()
+    assert np.allclose(answer["p_parasitized"], pipeline["p_parasitized"], atol=1e-5, rtol=0)
+    assert answer["label"].tolist() == pipeline["label"].tolist()
+
+
+def test_inference_reads_the_model_of_an_mlflow_run_or_a_given_version(trained, tmp_path):
+    new_cells(tmp_path / "new", 5)
+    trained.run("inference", inference={"source": str(tmp_path / "new"), "mlflow_run_id": trained.run_id})
+    summary = trained.load("inference_summary")
+    assert summary["model"]["source"].startswith(f"runs:/{trained.run_id}/model/")
+    assert summary["images"] == 5
+
+    (version,) = [p.name for p in (trained.root / "data/06_models/model.pt").iterdir()]
+    trained.run("inference", inference={"source": str(tmp_path / "new"), "model_version": version})
+    assert f"/{version}/" in trained.load("inference_summary")["model"]["source"]
+    with pytest.raises(Exception, match=rf"Found no version '2000-01-01T00.00.00.000Z' of the model.*{version}"):
+        trained.run("inference", inference={"source": str(tmp_path / "new"), "model_version": "2000-01-01T00.00.00.000Z"})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(port: int, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+def server(trained, tmp_path):
+    port = free_port()
+    # mlflow starts `uvicorn` from PATH: the one of this environment, as in an activated virtualenv
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{trained.root / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"runs:/{trained.run_id}/model",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the server did not answer /ping in 180 s"
+            time.sleep(0.5)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def test_the_served_model_answers_and_names_an_undecodable_row(server, tmp_path):
+    paths = new_cells(tmp_path / "new", 8)
+    status, body = post(server, {"dataframe_split": {"columns": ["image"], "data": [[b] for b in encoded(paths)]}})
+    assert status == 200, body
+    answers = body["predictions"]
+    assert len(answers) == 8
+    assert all(a["label"] in ("Parasitized", "Uninfected") and 0 <= a["p_parasitized"] <= 1 and a["error"] is None
+               for a in answers)
+
+    # one request of 256 cells of 50×50
+    cells = [base64.b64encode(image_bytes(50, 50, "L", seed=i)).decode() for i in range(256)]
+    start = time.perf_counter()
+    status, body = post(server, {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}})
+    seconds = time.perf_counter() - start
+    assert status == 200 and len(body["predictions"]) == 256
+    assert seconds < 2, f"256 images took {seconds:.2f} s"
+
+    # an undecodable image: its row says why, the others are answered
+    truncated = base64.b64encode(image_bytes(50, 50)[:60]).decode()
+    rows = [[cells[0]], [truncated], [cells[1]], ["not base64!"]]
+    status, body = post(server, {"dataframe_split": {"columns": ["image"], "data": rows}})
+    assert status == 200, body
+    first, broken, third, garbage = body["predictions"]
+    assert broken["label"] is None and broken["p_parasitized"] is None
+    assert broken["error"].startswith("row 1: truncated or corrupt image")
+    assert garbage["error"].startswith("row 3: not base64-encoded")
+    assert first["error"] is None and third["error"] is None and third["label"] in ("Parasitized", "Uninfected")
+
+    # and it keeps serving
+    status, body = post(server, {"dataframe_split": {"columns": ["image"], "data": [[cells[2]]]}})
+    assert status == 200 and body["predictions"][0]["error"] is None
