@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from malaria_pipeline.ml.augment import augment_batch
 from malaria_pipeline.ml.checkpoint import CheckpointStore
+from malaria_pipeline.ml.device import use_bf16
 from malaria_pipeline.splitting import SplitError, subset_rows
 from malaria_pipeline.ml.models import apply_frozen_mode, build_network, layer_groups, set_frozen
 
@@ -53,7 +54,7 @@ class TrainConfig:
     rotations: bool = True
     seed: int = 42
     keep: str = "best"
-    bf16: bool = True
+    bf16: bool | str = "auto"
     channels_last: bool = True
     compile: bool = False
 
@@ -229,7 +230,7 @@ def fit(
     stages = plan_stages(config, len(groups), two_stage)
     fingerprint = _fingerprint(config, architecture, data, stages)
     run_network = torch.compile(network) if config.compile else network
-    autocast = device.type == "cuda" and config.bf16
+    autocast = use_bf16(config.bf16, device)
 
     train_images, train_labels = data.train_images.to(device), data.train_labels.to(device)
     valid_images, valid_labels = data.valid_images.to(device), data.valid_labels.to(device)
@@ -249,8 +250,8 @@ def fit(
         logger.info("Resuming from epoch %d of %d (%s)", done, sum(s.epochs for s in stages), checkpoint.path)
 
     logger.info(
-        "Training %s on %s: %d training and %d validation images of %s, %d steps of %d per epoch, stages %s",
-        architecture, device, len(train_images), len(valid_images), tuple(train_images.shape[1:]), steps, batch,
+        "Training %s on %s%s: %d training and %d validation images of %s, %d steps of %d per epoch, stages %s",
+        architecture, device, " in bf16" if autocast else "", len(train_images), len(valid_images), tuple(train_images.shape[1:]), steps, batch,
         ", ".join(f"{s.name} ({s.epochs} epochs, max LR {_lrs(s.max_lrs)})" for s in stages),
     )
     logger.info("%s", _table_row(HISTORY_COLUMNS))
@@ -339,8 +340,22 @@ def train_step(
         The batch's loss (a float32 scalar on the device, detached).
     """
     batch = augment_batch(images.float().div_(255), generator, config.pad, config.flips, config.rotations)
-    batch = ((batch - mean) / std).contiguous(memory_format=memory_format)
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast):
+    batch = (batch - mean) / std
+    return optimizer_step(network, optimizer, batch, labels, config, memory_format, autocast)
+
+
+def optimizer_step(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    autocast: bool = False,
+) -> torch.Tensor:
+    """Forward, backward, clip and step on a normalized float batch; returns the detached loss."""
+    batch = batch.contiguous(memory_format=memory_format)
+    with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=autocast):
         loss = F.cross_entropy(network(batch), labels, label_smoothing=config.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

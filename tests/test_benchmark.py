@@ -1,0 +1,50 @@
+"""`python -m malaria_pipeline.benchmark` on a tiny setting, so that the command cannot rot."""
+
+import json
+import subprocess
+import sys
+
+import mlflow
+
+from malaria_pipeline.benchmark import flatten, markdown, parse_params
+
+
+def test_params_are_read_as_kedro_run_reads_them():
+    assert parse_params("training.epochs=1, training.max_lr=3e-3,ingestion.image_size=16,training.device=cpu") == {
+        "training": {"epochs": 1, "max_lr": 0.003, "device": "cpu"}, "ingestion": {"image_size": 16}}
+
+
+def test_the_benchmark_command_measures_everything_and_reports_it(kedro_project, cell_folder):
+    command = [sys.executable, "-m", "malaria_pipeline.benchmark", "--source", str(cell_folder), "--env", "cpu",
+               "--params", "ingestion.image_size=16,training.width=4,training.epochs=2,training.batch_size=8,"
+               "preprocessing.split.strategy=stratified",
+               "--steps", "2", "--resnet18-steps", "1", "--warmup", "1", "--baseline-workers", "1",
+               "--pyfunc-images", "20", "--request-size", "8", "--target-accuracy", "0.0"]
+    done = subprocess.run(command, cwd=kedro_project.root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    (json_file,) = (kedro_project.root / "data/08_reporting/benchmark.json").glob("*/benchmark.json")
+    (md_file,) = (kedro_project.root / "data/08_reporting/benchmark.md").glob("*/benchmark.md")
+    results = json.loads(json_file.read_text())
+    assert results["ingestion"]["images"] == 42 and results["ingestion"]["images_per_second"] > 0
+    for architecture in ("resnet9", "resnet18"):
+        measured = results["training"][architecture]
+        assert measured["ours_images_per_second"] > 0 and measured["baseline_images_per_second"] > 0
+        assert measured["ours_to_baseline_ratio"] == measured["ours_images_per_second"] / measured["baseline_images_per_second"]
+    ratios = [key for key in flatten(results) if "ratio" in key]
+    assert ratios == ["training.resnet9.ours_to_baseline_ratio", "training.resnet18.ours_to_baseline_ratio"]
+    tta = results["time_to_accuracy"]
+    assert tta["reached"] and tta["epoch"] == 1 and 0 < tta["seconds"] < tta["run_seconds"]
+    assert results["inference"]["pipeline_images_per_second"] > 0 and results["inference"]["pyfunc_images"] == 20
+    assert results["peak_memory_gb"]["this_process"] > 0
+    assert md_file.read_text() == markdown(results) and "ours / baseline" in md_file.read_text()
+
+    mlflow.set_tracking_uri(f"sqlite:///{kedro_project.root / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["malaria-pipeline-benchmark"], output_format="list")
+    assert run.data.metrics["training.resnet9.ours_to_baseline_ratio"] == results["training"]["resnet9"]["ours_to_baseline_ratio"]
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)} == {"benchmark.json", "benchmark.md"}
+
+
+def test_help_describes_the_command():
+    done = subprocess.run([sys.executable, "-m", "malaria_pipeline.benchmark", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--source" in done.stdout and "--target-accuracy" in done.stdout
