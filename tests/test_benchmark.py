@@ -18,7 +18,7 @@ def test_the_benchmark_command_measures_everything_and_reports_it(kedro_project,
     command = [sys.executable, "-m", "malaria_pipeline.benchmark", "--source", str(cell_folder), "--env", "cpu",
                "--params", "ingestion.image_size=16,training.width=4,training.epochs=2,training.batch_size=8,"
                "preprocessing.split.strategy=stratified",
-               "--steps", "2", "--resnet18-steps", "1", "--warmup", "1", "--baseline-workers", "1",
+               "--steps", "2", "--resnet18-steps", "1", "--warmup", "1", "--rounds", "2", "--baseline-workers", "1",
                "--pyfunc-images", "20", "--request-size", "8", "--target-accuracy", "0.0"]
     done = subprocess.run(command, cwd=kedro_project.root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -31,6 +31,7 @@ def test_the_benchmark_command_measures_everything_and_reports_it(kedro_project,
         measured = results["training"][architecture]
         assert measured["ours_images_per_second"] > 0 and measured["baseline_images_per_second"] > 0
         assert measured["ours_to_baseline_ratio"] == measured["ours_images_per_second"] / measured["baseline_images_per_second"]
+        assert len(measured["rounds"]["ours"]) == len(measured["rounds"]["baseline"]) == 2
     ratios = [key for key in flatten(results) if "ratio" in key]
     assert ratios == ["training.resnet9.ours_to_baseline_ratio", "training.resnet18.ours_to_baseline_ratio"]
     tta = results["time_to_accuracy"]

@@ -28,6 +28,7 @@ import logging
 import os
 import platform
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -52,8 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--env", default=None, help="Kedro configuration environment; default: cpu without CUDA, else local")
     parser.add_argument("--params", default="", help='overrides as for kedro run, e.g. "training.epochs=1,ingestion.image_size=32"')
     parser.add_argument("--steps", type=int, default=50, help="timed training steps per input pipeline, resnet9")
-    parser.add_argument("--resnet18-steps", type=int, default=8, help="timed training steps per input pipeline, resnet18")
+    parser.add_argument("--resnet18-steps", type=int, default=5, help="timed training steps per input pipeline, resnet18")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measurements of each input pipeline, taken in turns (ours, baseline, ours...); the median counts")
     parser.add_argument("--baseline-workers", type=int, default=None, help="DataLoader workers of the baseline; default: all cores")
     parser.add_argument("--target-accuracy", type=float, default=0.94, help="validation accuracy of the time-to-accuracy run")
     parser.add_argument("--pyfunc-images", type=int, default=1024, help="images sent to the pyfunc model")
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "bf16": use_bf16(params["training"]["bf16"], device),
             "channels_last": params["training"]["channels_last"], "image_size": params["ingestion"]["image_size"],
             "batch_size": params["training"]["batch_size"], "resnet9_width": params["training"]["width"],
-            "steps": args.steps, "resnet18_steps": args.resnet18_steps, "warmup": args.warmup,
+            "steps": args.steps, "resnet18_steps": args.resnet18_steps, "warmup": args.warmup, "rounds": args.rounds,
         },
     }
     index, images = _ingestion(archive, params, results)
@@ -187,25 +190,28 @@ def _training_throughput(index, images, params, device, args, results) -> None:
             if architecture in args.skip:
                 continue
             steps = args.steps if architecture == "resnet9" else args.resnet18_steps
-            measured = {}
-            for name in ("ours", "baseline"):
-                torch.manual_seed(config.seed)
-                network = build_network(architecture, num_classes=len(class_names), image_size=size,
-                                        width=training["width"], small_input_stem=training.get("small_input_stem"))
-                if name == "ours":
-                    measured[name] = measure_ours(network, images, labels, mean, std, config, device, steps, args.warmup)
-                else:
-                    measured[name] = measure_baseline(network, loader, config, device, steps, args.warmup)
-                logger.info("%s, %s input pipeline: %.0f training images/s", architecture, name,
-                            measured[name].images_per_second)
-            ours, baseline = measured["ours"].images_per_second, measured["baseline"].images_per_second
+            measured = {"ours": [], "baseline": []}
+            for _ in range(args.rounds):  # in turns, so that a slower or faster spell of the machine hits both
+                for name, rates in measured.items():
+                    torch.manual_seed(config.seed)
+                    network = build_network(architecture, num_classes=len(class_names), image_size=size,
+                                            width=training["width"], small_input_stem=training.get("small_input_stem"))
+                    if name == "ours":
+                        result = measure_ours(network, images, labels, mean, std, config, device, steps, args.warmup)
+                    else:
+                        result = measure_baseline(network, loader, config, device, steps, args.warmup)
+                    rates.append(result.images_per_second)
+                    logger.info("%s, %s input pipeline: %.0f training images/s", architecture, name,
+                                result.images_per_second)
+            ours, baseline = statistics.median(measured["ours"]), statistics.median(measured["baseline"])
             results["training"][architecture] = {
                 "ours_images_per_second": ours,
                 "baseline_images_per_second": baseline,
                 "ours_to_baseline_ratio": ours / baseline,
                 "steps": steps,
+                "rounds": {name: rates for name, rates in measured.items()},
             }
-            logger.info("%s: ours / baseline = %.2f", architecture, ours / baseline)
+            logger.info("%s: ours / baseline = %.2f (medians of %d rounds)", architecture, ours / baseline, args.rounds)
         del loader
 
 
@@ -316,9 +322,11 @@ def markdown(results: dict[str, Any]) -> str:
     for architecture in ARCHITECTURES:
         if architecture in t:
             a = t[architecture]
-            rows.append((f"{architecture} training, ours / baseline",
+            each = ", ".join(f"{o:,.0f} / {b:,.0f}" for o, b in zip(a["rounds"]["ours"], a["rounds"]["baseline"]))
+            rows.append((f"{architecture} training, ours / baseline (medians of {len(a['rounds']['ours'])} rounds "
+                         f"of {a['steps']} steps)",
                          f"{a['ours_images_per_second']:,.0f} / {a['baseline_images_per_second']:,.0f} images/s: "
-                         f"**{a['ours_to_baseline_ratio']:.2f}×**"))
+                         f"**{a['ours_to_baseline_ratio']:.2f}×** (rounds: {each})"))
     if "time_to_accuracy" in results:
         tta = results["time_to_accuracy"]
         reached = (f"{tta['seconds']:.1f} s (epoch {tta['epoch']})" if tta["reached"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +47,7 @@ def baseline_loader(folder: Path, image_size: int, mean: list[float], std: list[
         augment.append(transforms.RandomChoice([transforms.RandomRotation((a, a)) for a in (0, 90, 180, 270)]))
     transform = transforms.Compose([*augment, transforms.ToTensor(), transforms.Normalize(mean, std)])
     return DataLoader(datasets.ImageFolder(str(folder), transform=transform), batch_size=config.batch_size,
-                      shuffle=True, num_workers=workers, pin_memory=pin_memory, drop_last=True,
-                      persistent_workers=workers > 0)
+                      shuffle=True, num_workers=workers, pin_memory=pin_memory, drop_last=True)
 
 
 def measure_ours(network: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: list[float],
@@ -74,7 +73,11 @@ def measure_ours(network: torch.nn.Module, images: torch.Tensor, labels: torch.T
 
 def measure_baseline(network: torch.nn.Module, loader: DataLoader, config: TrainConfig, device: torch.device,
                      steps: int, warmup: int) -> Throughput:
-    """The baseline: float batches, already augmented and normalized by the loader's workers."""
+    """The baseline: float batches, already augmented and normalized by the loader's workers.
+
+    The loader's workers start during the warm-up steps and stop when the measurement ends, so that
+    they take no CPU from a measurement that follows.
+    """
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
@@ -87,7 +90,7 @@ def measure_baseline(network: torch.nn.Module, loader: DataLoader, config: Train
     return _measure(network, batches(), step, config, device, steps, warmup)
 
 
-def _measure(network: torch.nn.Module, batches: Iterator, step: Callable, config: TrainConfig,
+def _measure(network: torch.nn.Module, batches: Generator, step: Callable, config: TrainConfig,
              device: torch.device, steps: int, warmup: int) -> Throughput:
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     network = network.to(device).to(memory_format=memory_format).train()
@@ -102,6 +105,7 @@ def _measure(network: torch.nn.Module, batches: Iterator, step: Callable, config
         loss = step(network, optimizer, batch, memory_format, autocast)
     float(loss)  # waits for the device
     seconds = time.perf_counter() - started
+    batches.close()
     return Throughput(steps * config.batch_size / seconds, seconds, steps, warmup, config.batch_size)
 
 
