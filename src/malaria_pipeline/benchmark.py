@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
     }
     index, images = _ingestion(archive, params, results)
-    _training_throughput(index, images, params, device, args, results)
+    _training_throughput(archive, index, images, params, device, args, results)
     run_id = None
     if "time_to_accuracy" not in args.skip:
         run_id = _time_to_accuracy(project, env, runtime_params, args.target_accuracy, results)
@@ -164,10 +164,11 @@ def _ingestion(archive, params, results):
     return index, images
 
 
-def _training_throughput(index, images, params, device, args, results) -> None:
+def _training_throughput(archive, index, images, params, device, args, results) -> None:
     import torch
 
     from malaria_pipeline.ml.models import build_network
+    from malaria_pipeline.ml.normalization import channel_mean_std
     from malaria_pipeline.ml.throughput import baseline_loader, measure_baseline, measure_ours
     from malaria_pipeline.ml.train import TrainConfig
 
@@ -176,13 +177,11 @@ def _training_throughput(index, images, params, device, args, results) -> None:
     size = params["ingestion"]["image_size"]
     class_names = sorted(index["label"].unique())
     labels = torch.tensor(index["label"].map({n: i for i, n in enumerate(class_names)}).to_numpy(dtype="int64"))
-    pixels = images.float().div_(255)
-    mean, std = pixels.mean(dim=(0, 2, 3)).tolist(), pixels.std(dim=(0, 2, 3)).tolist()
-    del pixels
+    mean, std = channel_mean_std(images)
     workers = args.baseline_workers if args.baseline_workers is not None else os.cpu_count()
 
     with tempfile.TemporaryDirectory(prefix="malaria-benchmark-") as folder:
-        archive_files = _extract(results["settings"]["source"], index, Path(folder))
+        archive_files = _extract(archive, index, Path(folder))
         loader = baseline_loader(archive_files, size, mean, std, config, workers, pin_memory=device.type == "cuda")
         results["training"] = {"baseline": {"input_pipeline": "ImageFolder + PIL transforms + DataLoader",
                                             "workers": workers, "augmentation": _augmentation(config)}}
@@ -220,11 +219,8 @@ def _augmentation(config) -> str:
     return ", ".join(parts)
 
 
-def _extract(source: str, index, folder: Path) -> Path:
-    """The indexed images as ``folder/<label>/<file>`` PNGs, for ImageFolder."""
-    from malaria_pipeline.archive import ImageArchive
-
-    archive = ImageArchive.open(source)
+def _extract(archive, index, folder: Path) -> Path:
+    """The indexed images of ``archive`` as ``folder/<label>/<file>`` PNGs, for ImageFolder."""
     for path, label in zip(index["path"], index["label"]):
         target = folder / label / path.replace("/", "__")
         target.parent.mkdir(parents=True, exist_ok=True)
