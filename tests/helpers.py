@@ -11,10 +11,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from malaria_pipeline.ml.images import ImageLimits
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Limits that let the tests' tiny images through (conf/base has the real ones).
+ANY_IMAGE = ImageLimits(max_file_bytes=2**24, max_pixels=2**24, min_side=1, max_aspect_ratio=100.0)
 # CI and developers have ../shared beside the checkout; MALARIA_SHARED_DIR points elsewhere.
 SHARED_DIR = Path(os.environ.get("MALARIA_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
 SHARED_ZIP = SHARED_DIR / "data" / "malaria_cells_50px.zip"
+
+def base_image_limits() -> dict:
+    """``ingestion.image_limits`` as conf/base sets it."""
+    import yaml
+
+    return yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_ingestion.yml").read_text())["ingestion"]["image_limits"]
+
 
 def image_bytes(width: int = 20, height: int = 20, mode: str = "RGB", fmt: str = "PNG", seed: int = 0) -> bytes:
     """A real PNG or JPEG file of random pixels."""

@@ -15,8 +15,8 @@ def test_params_are_read_as_kedro_run_reads_them():
 
 
 def test_the_benchmark_command_measures_everything_and_reports_it(kedro_project, cell_folder):
-    command = [sys.executable, "-m", "malaria_pipeline.benchmark", "--source", str(cell_folder), "--env", "cpu",
-               "--params", "ingestion.image_size=16,training.width=4,training.epochs=2,training.batch_size=8,"
+    command = [sys.executable, "-m", "malaria_pipeline.benchmark", "--source", str(cell_folder),
+               "--params", "profile=cpu,ingestion.image_size=16,training.width=4,training.epochs=2,training.batch_size=8,"
                "preprocessing.split.strategy=stratified",
                "--steps", "2", "--resnet18-steps", "1", "--warmup", "1", "--rounds", "2", "--baseline-workers", "1",
                "--pyfunc-images", "20", "--request-size", "8", "--target-accuracy", "0.0"]

@@ -6,7 +6,7 @@ import torch
 
 from malaria_pipeline.ml import load_model
 from malaria_pipeline.ml.images import decode_cell_image
-from tests.helpers import image_bytes
+from tests.helpers import ANY_IMAGE, image_bytes
 
 TINY = {"preprocessing": {"split": {"strategy": "stratified", "fractions": {"train": 0.5, "validation": 0.25, "test": 0.25}}},
         "training": {"width": 4, "epochs": 1, "batch_size": 8}}
@@ -40,7 +40,7 @@ def test_inference_classifies_every_image_and_lists_the_broken_one(trained, tmp_
     # exactly the training preprocessing: decode, fit to the model's size, normalize inside the model
     model = load_model(trained.load("model"))
     files = predictions["file"].tolist()[:10]
-    images = torch.stack([decode_cell_image((new / f).read_bytes(), model.image_size)[0] for f in files])
+    images = torch.stack([decode_cell_image((new / f).read_bytes(), model.image_size, ANY_IMAGE)[0] for f in files])
     expected = model.predict_proba(images)[:, model.class_names.index("Parasitized")].numpy()
     assert np.allclose(predictions["p_parasitized"].to_numpy()[:10], expected, atol=1e-6)
     assert ((predictions["p_parasitized"] >= 0.5) == (predictions["label"] == "Parasitized")).all()

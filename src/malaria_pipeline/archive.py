@@ -71,6 +71,12 @@ class ImageArchive:
             names = (p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file())
         return sorted(names)
 
+    def size(self, member: str) -> int:
+        """The size of one member in bytes (uncompressed), read without reading the member."""
+        if self.is_zip:
+            return _zip(self.path).getinfo(member).file_size
+        return (self.path / member).stat().st_size
+
     def read(self, member: str) -> bytes:
         """The bytes of one member, as stored (no decoding)."""
         if self.is_zip:

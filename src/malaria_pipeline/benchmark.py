@@ -14,8 +14,8 @@ On the same machine and images it measures, in order:
    model on base64 files in requests of ``--request-size``;
 5. peak resident memory of this process and of its child processes.
 
-The configuration is the project's for ``--env`` (``cpu`` on a machine without CUDA), with
-``--params`` on top, as ``kedro run`` would use it. The results go to ``data/08_reporting/benchmark.md``
+The configuration is the project's (the hardware profile that ``profile: auto`` picks: ``cpu`` on a
+machine without CUDA), with ``--params`` on top, as ``kedro run`` would use it. The results go to ``data/08_reporting/benchmark.md``
 and ``benchmark.json`` (versioned, as every dataset of the project) and to an MLflow run of the
 experiment ``malaria-pipeline-benchmark``.
 """
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--source", required=True, help="zip or folder of cell_images/<class>/*.png (as ingestion.source)")
     parser.add_argument("--project", default=".", help="the Kedro project's root")
-    parser.add_argument("--env", default=None, help="Kedro configuration environment; default: cpu without CUDA, else local")
+    parser.add_argument("--env", default=None, help="Kedro configuration environment; default: Kedro's (local)")
     parser.add_argument("--params", default="", help='overrides as for kedro run, e.g. "training.epochs=1,ingestion.image_size=32"')
     parser.add_argument("--steps", type=int, default=50, help="timed training steps per input pipeline, resnet9")
     parser.add_argument("--resnet18-steps", type=int, default=5, help="timed training steps per input pipeline, resnet18")
@@ -100,13 +100,12 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    import torch
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
     project = Path(args.project).resolve()
     bootstrap_project(project)
-    env = args.env or ("local" if torch.cuda.is_available() else "cpu")
+    env = args.env
     source = str(Path(args.source).expanduser().resolve()) if "://" not in args.source else args.source
     runtime_params = merge(parse_params(args.params), {"ingestion": {"source": source}})
     with KedroSession.create(project_path=project, env=env, runtime_params=runtime_params) as session:
@@ -115,12 +114,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         archive = catalog.load("cell_images")
 
     from malaria_pipeline.ml.device import pick_device, use_bf16
+    from malaria_pipeline.profiles import choose_profile
 
     device = pick_device(params["training"].get("device", "auto"))
     results: dict[str, Any] = {
         "machine": _machine(device),
         "settings": {
-            "source": source, "env": env, "params": args.params, "device": str(device),
+            "source": source, "env": env or "local", "profile": choose_profile(params.get("profile", "auto"))[0],
+            "params": args.params, "device": str(device),
             "bf16": use_bf16(params["training"]["bf16"], device),
             "channels_last": params["training"]["channels_last"], "image_size": params["ingestion"]["image_size"],
             "batch_size": params["training"]["batch_size"], "resnet9_width": params["training"]["width"],
@@ -307,7 +308,7 @@ def markdown(results: dict[str, Any]) -> str:
     """The results as a Markdown table."""
     s, t = results["settings"], results.get("training", {})
     rows = [("device", results["machine"]["device"]),
-            ("configuration", f"env {s['env']}, {s['image_size']} px, batch {s['batch_size']}, ResNet-9 width "
+            ("configuration", f"profile {s['profile']} (env {s['env']}), {s['image_size']} px, batch {s['batch_size']}, ResNet-9 width "
                               f"{s['resnet9_width']}, bf16 {s['bf16']}, channels_last {s['channels_last']}")]
     if "baseline" in t:
         rows.append(("baseline input pipeline", f"{t['baseline']['input_pipeline']}, {t['baseline']['workers']} "

@@ -10,7 +10,48 @@ from kedro.framework.hooks import hook_impl
 from kedro.io.core import AbstractVersionedDataset
 from kedro_mlflow.pipeline.pipeline_ml import PipelineML
 
+from malaria_pipeline import tracking
+from malaria_pipeline.profiles import choose_profile
+
 logger = logging.getLogger(__name__)
+
+
+class MarkDeadMlflowRunsKilled:
+    """Tags each MLflow run with the process that owns it, and ends the runs of dead processes.
+
+    A run whose process was killed (SIGKILL, out of memory, a closed laptop) stays ``RUNNING`` for
+    ever. When a run starts, the runs of this experiment left ``RUNNING`` by a process of this host
+    that no longer exists are marked ``KILLED``, with a tag saying why.
+    """
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        # kedro-mlflow, registered after the project's hooks, has started its run by now.
+        run = mlflow.active_run()
+        if run is None:
+            return
+        tracking.set_tags(tracking.owner_tags())
+        tracking.mark_dead_runs_killed(run.info.experiment_id, run.info.run_id)
+
+
+class LogHardwareProfile:
+    """Says in one log line which hardware profile a training run trains, and why, and tags the MLflow run."""
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline, catalog) -> None:
+        if "params:training" not in pipeline.inputs():
+            return
+        params = catalog.load("parameters")
+        profile, reason = choose_profile(params.get("profile", "auto"))
+        other = "cpu" if profile == "gpu" else "gpu"
+        training = params["training"]
+        logger.info(
+            "%s: training the %s profile (%s-pixel images, %s width %s, %s epochs); set "
+            '--params "profile=%s" or profile: %s in conf/local/globals.yml to change it',
+            reason, profile, params["ingestion"]["image_size"], training["architecture"], training["width"],
+            training["epochs"], other, other,
+        )
+        tracking.set_tags({tracking.PROFILE_TAG: profile})
 
 
 class EndInterruptedMlflowRun:

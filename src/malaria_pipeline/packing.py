@@ -1,7 +1,9 @@
 """Decode the files of an archive on all cores and pack them into one tensor.
 
 Worker processes each open the archive, read and decode their share of the files and send back
-``uint8`` arrays; one broken file is recorded with its reason and never stops the others.
+``uint8`` arrays. Each file is checked against :class:`~malaria_pipeline.ml.images.ImageLimits` before
+it is read whole and before it is decoded; one broken or hostile file is recorded with its reason and
+never stops the others.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from malaria_pipeline.archive import ImageArchive
-from malaria_pipeline.ml.images import ImageInfo, UnreadableImageError, decode_cell_image
+from malaria_pipeline.ml.images import ImageInfo, ImageLimits, UnreadableImageError, decode_cell_image, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class PackedImages:
 
 
 def pack_images(
-    archive: ImageArchive, members: list[str], size: int, workers: int | None = None
+    archive: ImageArchive, members: list[str], size: int, limits: ImageLimits, workers: int | None = None
 ) -> PackedImages:
     """Decodes ``members`` of ``archive`` into ``uint8, N×3×size×size``, on ``workers`` processes.
 
@@ -56,6 +58,7 @@ def pack_images(
         archive: where the files are.
         members: the archive paths to decode, in the output's order.
         size: the side of the square output images, in pixels.
+        limits: what a file must be to be read and decoded; the others are skipped with a reason.
         workers: processes to decode with; None uses every core. The workers are spawned, so a
             script that calls this needs the usual ``if __name__ == "__main__":`` guard.
     """
@@ -64,7 +67,7 @@ def pack_images(
     images = torch.empty((len(members), 3, size, size), dtype=torch.uint8)
     packed = PackedImages(images=images)
     with tqdm(total=len(members), unit="img", desc="Decoding images", disable=None) as bar:
-        for result in _map_chunks(archive, chunks, size, workers):
+        for result in _map_chunks(archive, chunks, size, limits, workers):
             decoded, array, skipped = result
             start = len(packed.members)
             images[start : start + len(decoded)] = torch.from_numpy(array)
@@ -83,14 +86,15 @@ def pack_images(
     return packed
 
 
-def _map_chunks(archive: ImageArchive, chunks: list[list[str]], size: int, workers: int):
+def _map_chunks(archive: ImageArchive, chunks: list[list[str]], size: int, limits: ImageLimits, workers: int):
     if workers == 1:
-        yield from (_decode_chunk(archive, chunk, size) for chunk in chunks)
+        yield from (_decode_chunk(archive, chunk, size, limits) for chunk in chunks)
         return
     # spawn, not fork: the parent may hold threads (logging, progress bars) that fork would copy locked.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        yield from pool.map(_decode_chunk, [archive] * len(chunks), chunks, [size] * len(chunks))
+        n = len(chunks)
+        yield from pool.map(_decode_chunk, [archive] * n, chunks, [size] * n, [limits] * n)
 
 
 def _init_worker() -> None:
@@ -99,18 +103,22 @@ def _init_worker() -> None:
 
 
 def _decode_chunk(
-    archive: ImageArchive, members: list[str], size: int
+    archive: ImageArchive, members: list[str], size: int, limits: ImageLimits
 ) -> tuple[list[tuple[str, ImageInfo, str]], np.ndarray, list[tuple[str, str]]]:
     decoded, arrays, skipped = [], [], []
     for member in members:
         try:
+            limits.check_file_size(archive.size(member))
             data = archive.read(member)
-            image, info = decode_cell_image(data, size)
+            image, info = decode_cell_image(data, size, limits)
         except UnreadableImageError as error:
             skipped.append((member, str(error)))
             continue
         except (OSError, zipfile.BadZipFile) as error:  # a bad CRC in the zip, a vanished file
-            skipped.append((member, f"unreadable file ({error})"))
+            skipped.append((member, f"unreadable file ({one_line(error)})"))
+            continue
+        except Exception as error:  # noqa: BLE001 - one file never stops the others (an encrypted zip member...)
+            skipped.append((member, f"unreadable file ({type(error).__name__}: {one_line(error)})"))
             continue
         decoded.append((member, info, hashlib.sha1(data).hexdigest()))
         arrays.append(image.numpy())

@@ -2,10 +2,28 @@
 from the Kedro defaults. For further information, including these default values, see
 https://docs.kedro.org/en/stable/configure/configuration_basics/#configuration"""
 
-# Instantiated project hooks. Hooks are executed in a Last-In-First-Out (LIFO) order.
-from malaria_pipeline.hooks import EndInterruptedMlflowRun, LogArtifactsToMlflow, PinVersionsForPipelineModel
+from malaria_pipeline.startup import filter_known_warnings
 
-HOOKS = (EndInterruptedMlflowRun(), LogArtifactsToMlflow(), PinVersionsForPipelineModel())
+# For sessions created from Python (notebooks, tests); `kedro` itself filters them earlier.
+filter_known_warnings()
+
+# Instantiated project hooks. Hooks are executed in a Last-In-First-Out (LIFO) order.
+from malaria_pipeline.hooks import (
+    EndInterruptedMlflowRun,
+    LogArtifactsToMlflow,
+    LogHardwareProfile,
+    MarkDeadMlflowRunsKilled,
+    PinVersionsForPipelineModel,
+)
+from malaria_pipeline.profiles import by_profile
+
+HOOKS = (
+    EndInterruptedMlflowRun(),
+    LogArtifactsToMlflow(),
+    PinVersionsForPipelineModel(),
+    MarkDeadMlflowRunsKilled(),
+    LogHardwareProfile(),
+)
 
 # Installed plugins for which to disable hook auto-registration.
 # DISABLE_HOOKS_FOR_PLUGINS = ("kedro-viz",)
@@ -34,8 +52,11 @@ HOOKS = (EndInterruptedMlflowRun(), LogArtifactsToMlflow(), PinVersionsForPipeli
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
-    # An environment (conf/local, conf/cpu) overrides single keys of base, not whole top-level groups.
+    # An environment (conf/local) overrides single keys of base, not whole top-level groups.
     "merge_strategy": {"parameters": "soft", "globals": "soft"},
+    # ${by_profile:<gpu value>, <cpu value>} in the parameters: the value of the hardware profile
+    # (malaria_pipeline.profiles).
+    "custom_resolvers": {"by_profile": by_profile},
     # "config_patterns": {
     #     "spark" : ["spark*/"],
     #     "parameters": ["parameters*", "parameters*/**", "**/parameters*"],

@@ -11,14 +11,14 @@ from kedro.runner import SequentialRunner
 
 from malaria_pipeline.ml import load_model
 from malaria_pipeline.pipeline_registry import register_pipelines
+from malaria_pipeline.settings import CONFIG_LOADER_ARGS
 from tests.helpers import PROJECT_ROOT, zip_folder
 from tests.pipelines.ingestion.test_nodes import add_bad_files
 
 
 def project_catalog(tmp_path: Path, source: Path) -> DataCatalog:
     config = OmegaConfigLoader(
-        conf_source=str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local",
-        runtime_params={"ingestion": {"source": str(source)}},
+        conf_source=str(PROJECT_ROOT / "conf"), **CONFIG_LOADER_ARGS, runtime_params={"ingestion": {"source": str(source)}},
     )
     # No MLflow run here (the session-based tests in test_project.py cover MLflow): datasets that
     # MLflow wraps are used unwrapped, and MLflow's own metrics and model datasets live in memory.

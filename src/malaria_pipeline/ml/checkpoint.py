@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CheckpointStore:
-    """One checkpoint file, ``<folder>/last.pt``, replaced atomically after each epoch."""
+    """One checkpoint file, ``<folder>/last.pt``, replaced atomically after each epoch.
+
+    Attributes:
+        folder: where the file lives.
+        metadata: strings saved with every checkpoint under ``"metadata"`` (the MLflow run that wrote
+            it, say), so that a resumed run can name the run it continues.
+    """
 
     folder: Path
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -26,7 +33,7 @@ class CheckpointStore:
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".pt.partial")
-        torch.save(state, partial)
+        torch.save({**state, "metadata": dict(self.metadata)}, partial)
         os.replace(partial, self.path)  # a crash while saving never leaves half a checkpoint
 
     def load(self) -> dict[str, Any] | None:

@@ -1,4 +1,10 @@
-"""Decode one image file into a square ``uint8, 3×S×S`` tensor, as training and inference see it.
+"""Check and decode one image file into a square ``uint8, 3×S×S`` tensor, as training and inference see it.
+
+Every file goes through :func:`decode_cell_image`: the header alone (PNG ``IHDR``, JPEG ``SOF``) gives
+the size, which :class:`ImageLimits` checks before a single pixel is decoded, so a decompression bomb
+(a small file that decodes to gigabytes) or a file that cannot be a cell crop is refused cheaply with
+a reason naming its size and the parameter that sets the limit. Ingestion, the ``inference`` pipeline
+and the served model all call it.
 
 Cells are fitted, not cropped: the longer side is resized to S keeping the aspect ratio and the
 shorter side is padded with black (value 0) on both sides. The crops of the NIH data set already
@@ -9,56 +15,146 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torchvision.transforms.v2.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, PngImagePlugin
 from torchvision.io import ImageReadMode, decode_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 
+# What a decoder may raise on a broken or hostile file. Pillow's DecompressionBombError is not an
+# OSError; Pillow raises ValueError for oversized text chunks, SyntaxError for broken headers.
+DECODE_ERRORS = (RuntimeError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
 
 class UnreadableImageError(ValueError):
-    """The bytes are not a complete PNG or JPEG image; the message says why."""
+    """The bytes are not a decodable PNG or JPEG image, or not a plausible cell crop; the message says why."""
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the file held before decoding: size in pixels and PIL mode (``L``, ``RGB``, ``P``...)."""
+    """What the file held before decoding: size in pixels and PIL mode (``L``, ``RGB``, ``P``, ``I;16``...)."""
 
     width: int
     height: int
     mode: str
 
 
-def decode_cell_image(data: bytes, size: int) -> tuple[torch.Tensor, ImageInfo]:
-    """Decodes PNG or JPEG bytes and fits them into a square.
+@dataclass(frozen=True)
+class ImageLimits:
+    """What a file must be to be decoded as a cell crop, checked before decoding.
+
+    The official crops are 46 to 394 pixels a side, nearly square; see ``image_limits`` in
+    ``conf/base/parameters_ingestion.yml`` for the defaults and why.
+
+    Attributes:
+        max_file_bytes: largest file, in bytes (checked before the file is read whole).
+        max_pixels: largest width × height.
+        min_side: smallest width or height, in pixels.
+        max_aspect_ratio: largest ratio of the longer side to the shorter.
+        parameter: the parameter that sets these limits, named in every message.
+    """
+
+    max_file_bytes: int
+    max_pixels: int
+    min_side: int
+    max_aspect_ratio: float
+    parameter: str = "ingestion.image_limits"
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], parameter: str) -> ImageLimits:
+        """The limits of a parameters group such as ``ingestion.image_limits``; an unknown key is an error."""
+        known = [f.name for f in fields(cls) if f.name != "parameter"]
+        unknown = sorted(set(params) - set(known))
+        missing = sorted(set(known) - set(params))
+        if unknown or missing:
+            raise ValueError(
+                f"{parameter} has unknown keys {unknown} or lacks {missing}: it takes exactly {known}"
+            )
+        return cls(**{name: params[name] for name in known}, parameter=parameter)
+
+    def check_file_size(self, n_bytes: int) -> None:
+        """Raises :class:`UnreadableImageError` for a file larger than ``max_file_bytes``."""
+        if n_bytes > self.max_file_bytes:
+            raise UnreadableImageError(
+                f"file of {n_bytes:,} bytes is larger than {self.parameter}.max_file_bytes "
+                f"({self.max_file_bytes:,}): not read; raise that limit if such files are real cell crops"
+            )
+
+    def check(self, info: ImageInfo) -> None:
+        """Raises :class:`UnreadableImageError` for a size that cannot be a cell crop."""
+        width, height = info.width, info.height
+        size = f"image of {width} × {height} pixels"
+        if width * height > self.max_pixels:
+            raise UnreadableImageError(
+                f"{size} ({width * height:,} pixels) is larger than {self.parameter}.max_pixels "
+                f"({self.max_pixels:,}): not decoded (a decompression bomb or not a cell crop); raise "
+                "that limit if such images are real cell crops"
+            )
+        if min(width, height) < self.min_side:
+            raise UnreadableImageError(
+                f"{size} is smaller than {self.parameter}.min_side ({self.min_side} pixels a side): too "
+                "small to be a cell crop"
+            )
+        ratio = max(width, height) / min(width, height)
+        if ratio > self.max_aspect_ratio:
+            raise UnreadableImageError(
+                f"{size} is more elongated ({ratio:.1f}:1) than {self.parameter}.max_aspect_ratio "
+                f"({self.max_aspect_ratio:g}:1): not a cell crop"
+            )
+
+
+def read_header(data: bytes) -> ImageInfo:
+    """Size and mode from the file's header only (no pixel is decoded).
+
+    Raises:
+        UnreadableImageError: the file is empty, not a PNG or JPEG, or its header is broken.
+    """
+    if not data:
+        raise UnreadableImageError("empty file (0 bytes)")
+    if data.startswith(PNG_SIGNATURE):
+        image_file = PngImagePlugin.PngImageFile
+    elif data.startswith(JPEG_SIGNATURE):
+        image_file = JpegImagePlugin.JpegImageFile
+    else:
+        raise UnreadableImageError(f"not a PNG or JPEG image (the file starts with {data[:8]!r})")
+    try:
+        # The format's own class reads the header; Image.open would add Pillow's decompression-bomb
+        # check, which raises before the size can be reported against our limit.
+        with image_file(io.BytesIO(data)) as header:
+            return ImageInfo(width=header.width, height=header.height, mode=header.mode)
+    except DECODE_ERRORS as error:
+        raise UnreadableImageError(f"truncated or corrupt image ({_reason(error)})") from error
+
+
+def decode_cell_image(data: bytes, size: int, limits: ImageLimits) -> tuple[torch.Tensor, ImageInfo]:
+    """Checks a PNG or JPEG file against ``limits``, decodes it and fits it into a square.
 
     Args:
         data: the file's bytes.
         size: the side S of the output in pixels.
+        limits: what the file must be to be decoded.
 
     Returns:
-        ``uint8, 3×S×S`` (grayscale repeated on 3 channels, alpha dropped) and the file's own size
-        and mode.
+        ``uint8, 3×S×S`` (grayscale repeated on 3 channels, alpha dropped, 16-bit samples scaled to
+        8 bits) and the file's own size and mode.
 
     Raises:
-        UnreadableImageError: the file is empty, not a PNG or JPEG, or truncated or corrupt.
+        UnreadableImageError: the file is empty, not a PNG or JPEG, truncated or corrupt, or outside
+            ``limits`` (then it is not decoded).
     """
-    if not data:
-        raise UnreadableImageError("empty file (0 bytes)")
-    if not data.startswith((PNG_SIGNATURE, JPEG_SIGNATURE)):
-        raise UnreadableImageError(f"not a PNG or JPEG image (the file starts with {data[:8]!r})")
+    limits.check_file_size(len(data))
+    info = read_header(data)
+    limits.check(info)
     try:
-        # PIL reads only the header here; torchvision decodes the pixels.
-        with Image.open(io.BytesIO(data)) as header:
-            info = ImageInfo(width=header.width, height=header.height, mode=header.mode)
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, UnidentifiedImageError, SyntaxError) as error:
+    except DECODE_ERRORS as error:
         raise UnreadableImageError(f"truncated or corrupt image ({_reason(error)})") from error
-    if image.dtype != torch.uint8:  # 16-bit PNG
+    if image.dtype != torch.uint8:  # 16-bit PNG: the high byte of each sample
         image = F.to_dtype(image, torch.uint8, scale=True)
     return fit_square(image, size), info
 
@@ -79,7 +175,12 @@ def fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
     return square
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: a reason goes into a log line or a report field."""
+    return " ".join(str(text).split())
+
+
 def _reason(error: Exception) -> str:
     # torchvision's messages begin with the C++ source location ("decode_png.cpp:79, ...").
     text = re.sub(r"^.*\.cpp:\d+, ", "", str(error).strip().splitlines()[0]) if str(error).strip() else ""
-    return text or type(error).__name__
+    return one_line(text) or type(error).__name__

@@ -219,7 +219,8 @@ def fit(
             learning rates; for pretrained networks.
         checkpoint: where to keep the state after each epoch; None keeps none.
         resume: continue from ``checkpoint``'s last epoch instead of starting afresh.
-        on_epoch_end: called with each history row (after the checkpoint is saved).
+        on_epoch_end: called with each history row as it becomes known: on resume first with each
+            row restored from the checkpoint, then after each epoch (once its checkpoint is saved).
     """
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -257,6 +258,8 @@ def fit(
     logger.info("%s", _table_row(HISTORY_COLUMNS))
     for row in result.history:
         logger.info("%s", _table_row(row))
+        if on_epoch_end is not None:
+            on_epoch_end(row)
 
     first_epoch = 0
     for stage in stages:

@@ -10,7 +10,12 @@ from malaria_pipeline.datasets import TrainedModelDataset
 from malaria_pipeline.ml.model_io import model_bundle
 from malaria_pipeline.ml.models import build_network
 from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images
-from tests.helpers import image_bytes
+from tests.helpers import base_image_limits, image_bytes
+
+
+def params(threshold: float = 0.5, batch_size: int = 4, max_rows: int = 4096) -> dict:
+    return {"threshold": threshold, "batch_size": batch_size, "device": "cpu", "image_limits": base_image_limits(),
+            "max_rows": max_rows}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,7 @@ def b64(data: bytes) -> str:
 def test_each_row_gets_an_answer_and_a_broken_row_keeps_its_place(bundle):
     rows = pd.DataFrame({"image": [b64(image_bytes(30, 20, "L")), b64(b"GIF89a..."), None, b64(image_bytes(50, 50))]},
                         index=[10, 11, 12, 13])
-    answers = predict_encoded_images(rows, bundle, threshold=0.5, batch_size=2, device="cpu")
+    answers = predict_encoded_images(rows, bundle, params(batch_size=2))
     assert answers.index.tolist() == [10, 11, 12, 13]
     assert answers.loc[11, "error"] == "row 11: not a PNG or JPEG image (the file starts with b'GIF89a..')"
     assert answers.loc[12, "error"] == "row 12: no image (the cell is empty)"
@@ -40,15 +45,15 @@ def test_each_row_gets_an_answer_and_a_broken_row_keeps_its_place(bundle):
 
 def test_the_threshold_sets_the_label(bundle):
     rows = pd.DataFrame({"image": [b64(image_bytes(20, 20, seed=i)) for i in range(6)]})
-    everything = predict_encoded_images(rows, bundle, threshold=0.0, batch_size=4, device="cpu")
-    nothing = predict_encoded_images(rows, bundle, threshold=1.01, batch_size=4, device="cpu")
+    everything = predict_encoded_images(rows, bundle, params(threshold=0.0))
+    nothing = predict_encoded_images(rows, bundle, params(threshold=1.01))
     assert (everything["label"] == "Parasitized").all() and (nothing["label"] == "Uninfected").all()
     assert everything["p_parasitized"].dtype == float and everything["error"].isna().all()
 
 
 def test_an_input_without_the_image_column_is_refused_with_the_columns_it_has(bundle):
     with pytest.raises(ValueError, match=r"columns \['images'\]; it needs a column 'image'"):
-        predict_encoded_images(pd.DataFrame({"images": ["x"]}), bundle, 0.5, 8, "cpu")
+        predict_encoded_images(pd.DataFrame({"images": ["x"]}), bundle, params())
 
 
 def test_a_missing_model_says_to_train_first(tmp_path):

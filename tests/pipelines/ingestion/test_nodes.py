@@ -8,9 +8,9 @@ from malaria_pipeline import packing
 from malaria_pipeline.archive import ArchiveError, ImageArchive
 from malaria_pipeline.ml.images import decode_cell_image
 from malaria_pipeline.pipelines.ingestion.nodes import index_images
-from tests.helpers import image_bytes, zip_folder
+from tests.helpers import ANY_IMAGE, base_image_limits, image_bytes, zip_folder
 
-PARAMS = {"image_size": 16, "workers": 1}
+PARAMS = {"image_size": 16, "workers": 1, "image_limits": base_image_limits()}
 
 
 def add_bad_files(root: Path) -> dict[str, str]:
@@ -39,7 +39,7 @@ def test_indexes_every_valid_image_and_packs_it_in_index_order(cell_folder: Path
     assert index["label"].value_counts().to_dict() == {"Uninfected": 26, "Parasitized": 16}
     assert index["patient_id"].nunique() == 6 and (index["width"] == 20).all() and (index["mode"] == "RGB").all()
     row = 17
-    expected, _ = decode_cell_image((cell_folder / index["path"][row]).read_bytes(), 16)
+    expected, _ = decode_cell_image((cell_folder / index["path"][row]).read_bytes(), 16, ANY_IMAGE)
     assert torch.equal(tensors[row], expected)
     assert report["images"] == 42 and report["patients"] == 6 and report["skipped"] == []
 
@@ -79,7 +79,7 @@ def test_decoding_on_several_processes_matches_one_process(cell_folder: Path, mo
     serial = index_images(archive, PARAMS)
     monkeypatch.setattr(packing, "MIN_FILES_PER_WORKER", 5)
     monkeypatch.setattr(packing, "CHUNK_FILES", 7)
-    parallel = index_images(archive, {"image_size": 16, "workers": 2})
+    parallel = index_images(archive, {**PARAMS, "workers": 2})
     assert serial[0].equals(parallel[0]) and torch.equal(serial[1], parallel[1])
     assert serial[2]["skipped"] == parallel[2]["skipped"]
 

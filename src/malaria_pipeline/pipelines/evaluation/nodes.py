@@ -91,16 +91,6 @@ def compute_metrics(predictions: pd.DataFrame, params: dict[str, Any]) -> tuple[
     return report, scores
 
 
-def history_as_metrics(training_history: pd.DataFrame) -> dict[str, list[dict[str, float]]]:
-    """The per-epoch table as MLflow metric histories, one step per epoch."""
-    columns = {"train_loss": "train_loss", "valid_loss": "valid_loss", "accuracy": "accuracy", "lr": "lr",
-               "seconds": "epoch_seconds"}
-    return {
-        name: [{"value": float(row[column]), "step": int(row["epoch"])} for _, row in training_history.iterrows()]
-        for column, name in columns.items()
-    }
-
-
 def package_model(model: dict[str, Any]) -> CellClassifier:
     """The trained classifier as a torch module (``uint8`` images in, logits out), for MLflow's pytorch flavor."""
     return load_model(model)
@@ -127,7 +117,7 @@ def plot_top_losses(predictions: pd.DataFrame, image_tensors: torch.Tensor, para
     """The most wrongly classified cells: true label / prediction / probability of the positive class."""
     worst = predictions.nlargest(params["top_losses"], "loss")
     titles = [f"{r.label[:5]}→{r.predicted[:5]}\np={r.p_positive:.2f} {r.subset[:5]}" for r in worst.itertuples()]
-    return plot_image_grid(image_tensors[torch.from_numpy(worst["row"].to_numpy())], titles,
+    return plot_image_grid(image_tensors[torch.as_tensor(worst["row"].to_numpy(copy=True))], titles,
                            suptitle=f"Top {len(worst)} losses (true→predicted, p = P({params['positive_class']}))")
 
 
@@ -136,5 +126,5 @@ def plot_sample_images(image_tensors: torch.Tensor, image_index: pd.DataFrame, p
     shuffled = image_index.reset_index().sample(frac=1.0, random_state=params["seed"])
     samples = shuffled.groupby("label", sort=True).head(params["samples_per_class"]).sort_values("label", kind="stable")
     titles = [f"{r.label}\n{r.patient_id}" for r in samples.itertuples()]
-    return plot_image_grid(image_tensors[torch.from_numpy(samples["index"].to_numpy())], titles,
+    return plot_image_grid(image_tensors[torch.as_tensor(samples["index"].to_numpy(copy=True))], titles,
                            columns=params["samples_per_class"], suptitle="Sample cells per class")

@@ -6,7 +6,6 @@ from malaria_pipeline.plots import plot_training_curves
 
 from .nodes import (
     compute_metrics,
-    history_as_metrics,
     package_model,
     plot_confusion_matrix,
     plot_roc_curve,
@@ -24,7 +23,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                  "evaluation_predictions", name="predict_subsets_node"),
             Node(compute_metrics, ["evaluation_predictions", params], ["evaluation_metrics", "evaluation_scores"],
                  name="compute_metrics_node"),
-            Node(history_as_metrics, "training_history", "training_metrics", name="log_training_history_node"),
             Node(package_model, "model", "mlflow_model", name="package_model_node"),
             Node(plot_confusion_matrix, ["evaluation_predictions", params], "confusion_matrix_plot",
                  name="plot_confusion_matrix_node"),

@@ -13,7 +13,7 @@ import torch
 
 from malaria_pipeline.archive import ArchiveError, ImageArchive, check_source, image_members
 from malaria_pipeline.ml.device import pick_device
-from malaria_pipeline.ml.images import UnreadableImageError, decode_cell_image
+from malaria_pipeline.ml.images import ImageLimits, UnreadableImageError, decode_cell_image, one_line
 from malaria_pipeline.ml.model_io import CellClassifier, load_model
 from malaria_pipeline.packing import pack_images
 
@@ -36,7 +36,7 @@ def predict_images(
         inference_model: the bundle of a training run: the latest ``model`` by default, else the
             version or MLflow run that ``inference.model_version`` or ``inference.mlflow_run_id`` names.
         params: ``source``, ``threshold`` (P(Parasitized) at or above it is Parasitized),
-            ``batch_size``, ``workers`` and ``device``.
+            ``batch_size``, ``workers``, ``device`` and ``image_limits``.
 
     Returns:
         ``predictions``: file, predicted label and probability of Parasitized per image;
@@ -45,7 +45,8 @@ def predict_images(
     check_source(params.get("source"), inference_images, "inference.source", "inference_source")
     classifier = _classifier(inference_model, params.get("device", "auto"))
     candidates, skipped = image_members(inference_images.members())
-    packed = pack_images(inference_images, candidates, classifier.image_size, params.get("workers"))
+    limits = ImageLimits.from_params(params["image_limits"], "inference.image_limits")
+    packed = pack_images(inference_images, candidates, classifier.image_size, limits, params.get("workers"))
     skipped = sorted(skipped + packed.skipped)
     if not packed.members:
         raise ArchiveError(f"{inference_images.source} holds no decodable PNG or JPEG image ({len(skipped)} files skipped)")
@@ -69,37 +70,49 @@ def predict_images(
     return predictions, summary
 
 
-def predict_encoded_images(
-    served_images: pd.DataFrame, model: dict[str, Any], threshold: float, batch_size: int, device: str
-) -> pd.DataFrame:
+def predict_encoded_images(served_images: pd.DataFrame, model: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:
     """The node of the MLflow model: image files encoded in base64 in, one answer per row out.
+
+    One row never fails the request: a row that is not base64, not a PNG or JPEG, broken, or outside
+    the image limits (a decompression bomb, say) gets its reason in ``error``, and the other rows are
+    answered.
 
     Args:
         served_images: a column ``image`` of base64-encoded PNG or JPEG files, one cell per row.
         model: the bundle of the training run that logged the MLflow model.
-        threshold, batch_size, device: ``inference.threshold``, ``.batch_size`` and ``.device``.
+        params: ``inference``'s ``threshold``, ``batch_size``, ``device``, ``image_limits`` and
+            ``max_rows``.
 
     Returns:
         A table with the index of ``served_images`` and the columns ``label`` (``Parasitized`` or
-        ``Uninfected``), ``p_parasitized`` and ``error``. A row whose image cannot be decoded keeps
+        ``Uninfected``), ``p_parasitized`` and ``error``. A row whose image cannot be classified keeps
         its place: its ``error`` names the row and says why, and its label and probability are None.
         Every other row has ``error`` None.
+
+    Raises:
+        ValueError: the input has no column ``image``.
+        MlflowException: (HTTP 400 when served) the request has more than ``max_rows`` rows.
     """
     if "image" not in served_images.columns:
         raise ValueError(
             f"The input has the columns {list(served_images.columns)}; it needs a column 'image' "
             "holding each image file's bytes encoded in base64"
         )
-    classifier = _classifier(model, device)
+    _check_rows(len(served_images), params["max_rows"])
+    limits = ImageLimits.from_params(params["image_limits"], "inference.image_limits")
+    classifier = _classifier(model, params["device"])
     images, decoded, errors = [], [], {}
     for position, (row, value) in enumerate(served_images["image"].items()):
         try:
-            images.append(decode_cell_image(_base64_bytes(value), classifier.image_size)[0])
+            images.append(decode_cell_image(_base64_bytes(value, limits), classifier.image_size, limits)[0])
             decoded.append(position)
         except UnreadableImageError as error:
             errors[position] = f"row {row}: {error}"
+        except Exception as error:  # noqa: BLE001 - one row never fails the others
+            logger.exception("Row %s could not be decoded", row)
+            errors[position] = f"row {row}: could not be decoded ({type(error).__name__}: {one_line(error)})"
     stacked = torch.stack(images) if images else torch.empty((0, 3, classifier.image_size, classifier.image_size), dtype=torch.uint8)
-    p_parasitized, labels = _classify(classifier, stacked, threshold, batch_size)
+    p_parasitized, labels = _classify(classifier, stacked, params["threshold"], params["batch_size"])
 
     answers = pd.DataFrame({"label": None, "p_parasitized": np.nan, "error": None}, index=served_images.index)
     answers = answers.astype({"label": object, "error": object})
@@ -114,11 +127,24 @@ def predict_encoded_images(
     return answers
 
 
-def _base64_bytes(value: Any) -> bytes:
+def _check_rows(n_rows: int, max_rows: int) -> None:
+    if n_rows > max_rows:
+        # An MlflowException is what the scoring server answers as HTTP 400 with the message alone.
+        from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+        raise MlflowException(
+            f"The request has {n_rows} rows, more than inference.max_rows ({max_rows}): send at most "
+            f"{max_rows} images per request, or raise inference.max_rows before training.",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+
+
+def _base64_bytes(value: Any, limits: ImageLimits) -> bytes:
     if not isinstance(value, (str, bytes)):
         if value is None or (isinstance(value, float) and np.isnan(value)):
             raise UnreadableImageError("no image (the cell is empty)")
         raise UnreadableImageError(f"no image: expected a base64 string, got {type(value).__name__} {value!r:.40}")
+    limits.check_file_size(len(value) * 3 // 4)  # before decoding: base64 holds 3 bytes per 4 characters
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as error:

@@ -32,8 +32,7 @@ def create_served_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 func=predict_encoded_images,
-                inputs=[SERVED_INPUT, "model", "params:inference.threshold", "params:inference.batch_size",
-                        "params:inference.device"],
+                inputs=[SERVED_INPUT, "model", "params:inference"],
                 outputs="served_predictions",
                 name="predict_encoded_images_node",
             ),

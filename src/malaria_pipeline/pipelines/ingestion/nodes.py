@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from malaria_pipeline.archive import ArchiveError, ImageArchive, check_source, patient_id, sort_members
+from malaria_pipeline.ml.images import ImageLimits
 from malaria_pipeline.packing import PackedImages, pack_images
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,8 @@ def index_images(
 
     Args:
         cell_images: the archive (zip or folder) of ``cell_images/<class>/<file>`` images.
-        params: ``image_size`` (side S of the packed images) and ``workers`` (processes; null: all
-            cores).
+        params: ``image_size`` (side S of the packed images), ``image_limits`` (what a file must be
+            to be decoded) and ``workers`` (processes; null: all cores).
 
     Returns:
         ``image_index``: one row per valid image (path, label, patient_id, width, height, mode, sha1);
@@ -40,7 +41,10 @@ def index_images(
     members = cell_images.members()
     candidates, skipped = sort_members(members)
     label_of = dict(candidates)
-    packed = pack_images(cell_images, [member for member, _ in candidates], params["image_size"], params.get("workers"))
+    limits = ImageLimits.from_params(params["image_limits"], "ingestion.image_limits")
+    packed = pack_images(
+        cell_images, [member for member, _ in candidates], params["image_size"], limits, params.get("workers")
+    )
     skipped = sorted(skipped + packed.skipped)
     image_index = _build_index(packed, label_of)
     _check_classes(image_index, cell_images.source, len(members), skipped)

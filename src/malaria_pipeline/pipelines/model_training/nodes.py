@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 import pandas as pd
 import torch
 
+from malaria_pipeline import tracking
 from malaria_pipeline.ml.checkpoint import CheckpointStore
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.model_io import model_bundle
@@ -37,6 +39,9 @@ def train_model(
         training_checkpoint: where each epoch's state is kept, for ``resume``.
         params: ``parameters_training.yml``: architecture, network, optimization and speed switches.
 
+    Each epoch's row goes to the active MLflow run as soon as the epoch ends; a resumed run is tagged
+    with the id of the MLflow run that wrote the checkpoint it continues.
+
     Returns:
         ``model``: the bundle that :func:`~malaria_pipeline.ml.model_io.load_model` rebuilds;
         ``training_history``: one row per epoch (epoch, stage, train_loss, valid_loss, accuracy, lr, seconds).
@@ -44,10 +49,14 @@ def train_model(
     data = TrainData.from_split(image_tensors, image_index, data_split, normalization_stats)
     config = TrainConfig.from_params(params)
     network_args = {key: params[key] for key in NETWORK_KEYS if key in params}
+    resume = params.get("resume", False)
+    if resume:
+        _tag_the_run_it_continues(training_checkpoint)
     result = train_classifier(
         params["architecture"], network_args, data, config, pick_device(params.get("device", "auto")),
         num_classes=len(data.class_names), pretrained=params.get("pretrained", False),
-        checkpoint=training_checkpoint, resume=params.get("resume", False),
+        checkpoint=dataclasses.replace(training_checkpoint, metadata={"mlflow_run_id": tracking.active_run_id() or ""}),
+        resume=resume, on_epoch_end=tracking.log_epoch,
     )
     bundle = model_bundle(
         result.network,
@@ -59,3 +68,11 @@ def train_model(
         extra={"best_epoch": result.best_epoch, "pretrained": bool(params.get("pretrained", False))},
     )
     return bundle, pd.DataFrame(result.history, columns=list(HISTORY_COLUMNS))
+
+
+def _tag_the_run_it_continues(checkpoint: CheckpointStore) -> None:
+    saved = checkpoint.load()
+    previous = (saved or {}).get("metadata", {}).get("mlflow_run_id")
+    if previous:
+        logger.info("Resuming the training of MLflow run %s", previous)
+        tracking.set_tags({tracking.RESUMED_FROM_TAG: previous})

@@ -1,0 +1,87 @@
+"""What the project sets up before Kedro runs anything: readable logs, and no warnings a user cannot act on.
+
+:func:`init` is the project's ``kedro.init`` entry point (``pyproject.toml``): the ``kedro`` command
+calls it before it loads its plugins, so it comes before any of their import-time warnings.
+``settings.py`` calls :func:`filter_known_warnings` too, for sessions created from Python (notebooks,
+tests, the benchmark).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import sys
+import warnings
+
+# Third-party deprecation notices that a user of this project cannot act on, by message: each is the
+# library's own business (Kedro and kedro-mlflow call OmegaConf's deprecated API; kedro-mlflow's
+# PythonModel has no type hints; torchvision deprecates its decoders in favour of TorchCodec, which
+# the GPU machines' torchvision 0.26 lacks). Every other warning still shows.
+KNOWN_WARNINGS = (
+    (r"register_new_resolver\(\) is deprecated", UserWarning),
+    (r".*Add type hints to the `predict` method", UserWarning),
+    (r"The image decoding and encoding capabilities of TorchVision are deprecated", DeprecationWarning),
+    (r"The image decoding and encoding capabilities of TorchVision are deprecated", UserWarning),
+)
+
+TERMINAL_HANDLERS = "terminal_handlers"
+
+
+def init() -> None:
+    """The ``kedro.init`` entry point: filters the known warnings, sends the others to the log as one
+    line each, and logs through rich on a terminal."""
+    filter_known_warnings()
+    log_warnings()
+    use_terminal_handlers(sys.stdout.isatty())
+
+
+def filter_known_warnings() -> None:
+    """Ignores the warnings of :data:`KNOWN_WARNINGS`, each by its message."""
+    for message, category in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+class WarningRecords(logging.Filter):
+    """On the ``py.warnings`` logger: drops the known warnings, and keeps the first line of the others.
+
+    A warning filter alone does not hold: MLflow shows its own warnings inside
+    ``warnings.catch_warnings()`` with ``simplefilter("once")``, which overrides ours.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if any(re.search(message, text, re.IGNORECASE) for message, _ in KNOWN_WARNINGS):
+            return False
+        # "file:line: Category: message" and then the source line: keep the first.
+        record.msg, record.args = text.strip().splitlines()[0] if text.strip() else text, None
+        return True
+
+
+def log_warnings() -> None:
+    """Sends warnings to the log (``py.warnings``), as Kedro's rich handler does, through :class:`WarningRecords`."""
+    logging.captureWarnings(True)
+    logger = logging.getLogger("py.warnings")
+    if not any(isinstance(f, WarningRecords) for f in logger.filters):
+        logger.addFilter(WarningRecords())
+
+
+def use_terminal_handlers(is_terminal: bool) -> bool:
+    """On a terminal, replaces the root logger's handlers by the ``terminal_handlers`` of the
+    logging configuration (``conf/logging.yml``); elsewhere, and for a configuration without them,
+    leaves the logging as it is.
+
+    Returns:
+        Whether the handlers were replaced.
+    """
+    from kedro.framework.project import LOGGING, configure_logging
+
+    config = copy.deepcopy(dict(LOGGING))
+    terminal = config.get(TERMINAL_HANDLERS)
+    if not is_terminal or not terminal:
+        return False
+    config["handlers"] = {**config.get("handlers", {}), **terminal}
+    config.setdefault("root", {})["handlers"] = list(terminal)
+    configure_logging(config)
+    logging.getLogger(__name__).debug("Logging through %s on this terminal", ", ".join(terminal))
+    return True

@@ -1,0 +1,110 @@
+"""What this project records in MLflow besides what kedro-mlflow logs: each epoch as it ends, the
+process that owns a run, and the run that a resumed training run continues.
+
+Every function here acts on the active MLflow run (the one kedro-mlflow opened for ``kedro run``) and
+does nothing when there is none, so the training node also runs outside a tracked session.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+logger = logging.getLogger(__name__)
+
+# Run tags. host, pid and process_started identify the process that owns a run.
+HOST_TAG = "host"
+PID_TAG = "pid"
+PROCESS_STARTED_TAG = "process_started"
+PROFILE_TAG = "profile"
+RESUMED_FROM_TAG = "resumed_from_run_id"
+KILLED_REASON_TAG = "killed_reason"
+
+# The per-epoch metrics: MLflow name ← column of the training history.
+EPOCH_METRICS = {"train_loss": "train_loss", "valid_loss": "valid_loss", "accuracy": "accuracy", "lr": "lr",
+                 "epoch_seconds": "seconds"}
+
+
+def active_run_id() -> str | None:
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None
+
+
+def log_epoch(row: dict[str, Any]) -> None:
+    """Logs one row of the training history to the active run, at step ``row["epoch"]``.
+
+    Called as each epoch ends, so the MLflow UI's charts grow while the model trains.
+    """
+    if mlflow.active_run() is None:
+        return
+    mlflow.log_metrics({name: float(row[column]) for name, column in EPOCH_METRICS.items()}, step=int(row["epoch"]))
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    """Sets tags on the active run, if there is one."""
+    if mlflow.active_run() is not None:
+        mlflow.set_tags({key: str(value) for key, value in tags.items()})
+
+
+def owner_tags() -> dict[str, str]:
+    """The tags that identify this process: host name, process id and, on Linux, its start time."""
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    started = _process_started(os.getpid())
+    if started is not None:
+        tags[PROCESS_STARTED_TAG] = started
+    return tags
+
+
+def mark_dead_runs_killed(experiment_id: str, current_run_id: str) -> list[str]:
+    """Marks ``KILLED`` the runs of the experiment left ``RUNNING`` by a process of this host that is gone.
+
+    A run killed by SIGKILL, the out-of-memory killer or a power cut never ends itself. Runs of other
+    hosts, of this process, or without the owner tags are left alone: whether they still run cannot be
+    told from here.
+
+    Returns:
+        The ids of the runs marked ``KILLED``.
+    """
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    killed = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if run.info.run_id == current_run_id or tags.get(HOST_TAG) != host or not tags.get(PID_TAG, "").isdigit():
+            continue
+        pid = int(tags[PID_TAG])
+        if pid == os.getpid() or _alive(pid, tags.get(PROCESS_STARTED_TAG)):
+            continue
+        reason = (f"process {pid} on {host} ended without ending this run (killed, out of memory or shut down); "
+                  f"marked KILLED by run {current_run_id}")
+        client.set_tag(run.info.run_id, KILLED_REASON_TAG, reason)
+        client.set_terminated(run.info.run_id, status="KILLED")
+        logger.warning("MLflow run %s was left RUNNING by process %d, which is gone: marked KILLED", run.info.run_id, pid)
+        killed.append(run.info.run_id)
+    return killed
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    # The same number may belong to a newer process: compare start times where the run recorded one.
+    return started is None or _process_started(pid) in (None, started)
+
+
+def _process_started(pid: int) -> str | None:
+    """The start time of a process in clock ticks after boot (Linux), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; the start time is field 22, the 20th after it.
+    return stat.rsplit(")", 1)[1].split()[19]
