@@ -84,3 +84,31 @@ def shared_zip_or_skip() -> Path:
     if not SHARED_ZIP.exists():
         pytest.skip(f"the shared data set is absent: {SHARED_ZIP} (set MALARIA_SHARED_DIR to its folder)")
     return SHARED_ZIP
+
+
+def bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
+    """An all-black 1-bit PNG of ``width × height``: tens of kB that decode to width·height·3 bytes of RGB."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def raw_png(samples: np.ndarray) -> bytes:
+    """A PNG of ``H×W`` (gray) or ``H×W×3`` (RGB) ``uint8`` or ``uint16`` samples, written by hand (zlib,
+    no filters), so that 16-bit RGB, which Pillow cannot write, can be made."""
+    import struct
+    import zlib
+
+    height, width = samples.shape[:2]
+    colour_type = 2 if samples.ndim == 3 else 0
+    depth = 16 if samples.dtype == np.uint16 else 8
+    rows = samples.astype(">u2" if depth == 16 else np.uint8).reshape(height, -1)
+    data = b"".join(b"\x00" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(data)) + chunk(b"IEND", b"")

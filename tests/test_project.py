@@ -87,6 +87,12 @@ def test_an_interrupted_training_run_resumes_with_training_resume(kedro_project,
     runs = mlflow.search_runs(experiment_names=["malaria-pipeline"], output_format="list")
     assert sorted(run.info.status for run in runs) == ["FINISHED", "KILLED"]
     assert mlflow.active_run() is None
+    # The resumed run names the run it continues, and holds the whole history: epoch 1 from the checkpoint.
+    resumed, = [run for run in runs if run.info.status == "FINISHED"]
+    killed, = [run for run in runs if run.info.status == "KILLED"]
+    assert resumed.data.tags["resumed_from_run_id"] == killed.info.run_id
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(resumed.info.run_id, "valid_loss")] == [1, 2, 3]
 
 
 def test_a_training_run_is_tracked_in_mlflow_with_history_metrics_figures_and_model(kedro_project, cell_folder):

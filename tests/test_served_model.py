@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import SMALL_PATIENTS, image_bytes, write_cells
+from tests.helpers import SMALL_PATIENTS, bomb_png, image_bytes, write_cells
 from tests.test_inference import TINY
 
 
@@ -90,6 +90,18 @@ def test_the_pyfunc_model_in_a_fresh_process_matches_the_inference_pipeline(trai
     assert answer["error"].isna().all()
     assert np.allclose(answer["p_parasitized"], pipeline["p_parasitized"], atol=1e-5, rtol=0)
     assert answer["label"].tolist() == pipeline["label"].tolist()
+
+
+BOMB_SIZE = "row 0: image of 20000 × 20000 pixels (400,000,000 pixels) is larger than inference.image_limits.max_pixels"
+
+
+def test_the_pyfunc_model_answers_the_good_row_beside_a_bomb(trained):
+    model = mlflow.pyfunc.load_model(f"runs:/{trained.run_id}/model")
+    bomb, good = (base64.b64encode(data).decode() for data in (bomb_png(), image_bytes(50, 50, "L")))
+    answer = model.predict(pd.DataFrame({"image": [bomb, good]}))
+    assert answer.loc[0, "error"].startswith(BOMB_SIZE) and answer.loc[0, "label"] is None
+    assert answer.loc[1, "error"] is None and answer.loc[1, "label"] in ("Parasitized", "Uninfected")
+    assert 0 <= answer.loc[1, "p_parasitized"] <= 1
 
 
 def test_inference_reads_the_model_of_an_mlflow_run_or_a_given_version(trained, tmp_path):
@@ -183,3 +195,17 @@ def test_the_served_model_answers_and_names_an_undecodable_row(server, tmp_path)
     # and it keeps serving
     status, body = post(server, {"dataframe_split": {"columns": ["image"], "data": [[cells[2]]]}})
     assert status == 200 and body["predictions"][0]["error"] is None
+
+
+def test_the_served_model_answers_a_bomb_row_and_refuses_too_many_rows_without_a_stack_trace(server):
+    bomb, good = (base64.b64encode(data).decode() for data in (bomb_png(), image_bytes(50, 50, "L")))
+    status, body = post(server, {"dataframe_split": {"columns": ["image"], "data": [[bomb], [good]]}})
+    assert status == 200, body
+    first, second = body["predictions"]
+    assert first["error"].startswith(BOMB_SIZE) and first["label"] is None and first["p_parasitized"] is None
+    assert second["error"] is None and second["label"] in ("Parasitized", "Uninfected")
+
+    status, body = post(server, {"dataframe_split": {"columns": ["image"], "data": [[good]] * 4097}})
+    assert status == 400
+    assert "The request has 4097 rows, more than inference.max_rows (4096)" in body["message"]
+    assert "stack_trace" not in body and "Traceback" not in json.dumps(body)

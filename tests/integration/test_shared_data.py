@@ -28,7 +28,8 @@ def shared_zip():
 def trained_on_shared(module_kedro_project, shared_zip):
     """One `training` run on the shared zip: ingestion, patient split, statistics, and one epoch of a
     narrow ResNet-9 (width 8) to keep CI short."""
-    module_kedro_project.run("training", ingestion={"source": str(shared_zip)}, training={"width": 8, "epochs": 1})
+    module_kedro_project.run("training", ingestion={"source": str(shared_zip), "image_size": 64},
+                             training={"width": 8, "epochs": 1})
     return module_kedro_project
 
 

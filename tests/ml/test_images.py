@@ -1,13 +1,14 @@
 import io
 import re
+import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from malaria_pipeline.ml.images import UnreadableImageError, decode_cell_image, fit_square
-from tests.helpers import ANY_IMAGE, image_bytes
+from malaria_pipeline.ml.images import ImageLimits, UnreadableImageError, decode_cell_image, fit_square
+from tests.helpers import ANY_IMAGE, base_image_limits, bomb_png, image_bytes, raw_png
 
 
 def _pixels(data: bytes) -> np.ndarray:
@@ -86,3 +87,92 @@ def test_unreadable_files_raise_with_their_reason(data, reason):
     with pytest.raises(UnreadableImageError, match=re.escape(reason)) as raised:
         decode_cell_image(data, 16, ANY_IMAGE)
     assert ".cpp" not in str(raised.value)
+
+
+# The limits of conf/base, read from the YAML.
+LIMITS = ImageLimits.from_params(base_image_limits(), "ingestion.image_limits")
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_with_its_size_and_the_parameter():
+    bomb = bomb_png(20_000, 20_000)
+    assert len(bomb) < 1_000_000  # tens of kB that would decode to 1.2 GB of RGB
+    started = time.perf_counter()
+    with pytest.raises(UnreadableImageError) as raised:
+        decode_cell_image(bomb, 16, LIMITS)
+    assert time.perf_counter() - started < 1  # decoding it would take seconds and 1.2 GB
+    message = str(raised.value)
+    assert "20000 × 20000 pixels (400,000,000 pixels)" in message
+    assert "ingestion.image_limits.max_pixels (16,777,216)" in message
+
+
+def test_a_jpeg_whose_header_claims_a_huge_size_is_refused_before_decoding():
+    data = bytearray(image_bytes(32, 32, "RGB", fmt="JPEG"))
+    sof = data.find(b"\xff\xc0")  # baseline frame header: length (2), precision (1), height (2), width (2)
+    data[sof + 5 : sof + 9] = (60_000).to_bytes(2, "big") + (50_000).to_bytes(2, "big")
+    with pytest.raises(UnreadableImageError, match=r"image of 50000 × 60000 pixels \(3,000,000,000 pixels\)"):
+        decode_cell_image(bytes(data), 16, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "reason"),
+    [
+        (15, 40, r"image of 15 × 40 pixels is smaller than ingestion.image_limits.min_side \(16 pixels a side\)"),
+        (1, 1, r"image of 1 × 1 pixels is smaller than"),
+        (200, 49, r"image of 200 × 49 pixels is more elongated \(4.1:1\) than ingestion.image_limits.max_aspect_ratio \(4:1\)"),
+        (17, 300, r"more elongated \(17.6:1\)"),
+    ],
+)
+def test_images_too_small_or_too_elongated_to_be_a_cell_crop_are_refused(width, height, reason):
+    with pytest.raises(UnreadableImageError, match=reason):
+        decode_cell_image(image_bytes(width, height, "L"), 16, LIMITS)
+
+
+@pytest.mark.parametrize(("width", "height"), [(16, 16), (64, 16), (16, 64), (394, 394)])
+def test_images_at_the_limits_are_decoded(width, height):
+    image, info = decode_cell_image(image_bytes(width, height, "RGB"), 16, LIMITS)
+    assert image.shape == (3, 16, 16) and (info.width, info.height) == (width, height)
+
+
+def test_a_file_larger_than_max_file_bytes_is_refused_before_its_header_is_read():
+    limits = ImageLimits(max_file_bytes=1000, max_pixels=10**6, min_side=1, max_aspect_ratio=10, parameter="inference.image_limits")
+    data = image_bytes(40, 40)
+    with pytest.raises(UnreadableImageError, match=rf"file of {len(data):,} bytes is larger than inference.image_limits.max_file_bytes \(1,000\)"):
+        decode_cell_image(data, 16, limits)
+
+
+def test_a_png_whose_text_chunk_decompresses_to_megabytes_is_refused_not_raised():
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * 20_000_000, zip=True)  # a few kB compressed, above Pillow's text limit
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buffer, "PNG", pnginfo=info)
+    with pytest.raises(UnreadableImageError, match="truncated or corrupt image"):
+        decode_cell_image(buffer.getvalue(), 16, LIMITS)
+
+
+def test_sixteen_bit_grayscale_matches_pillows_samples_scaled_to_eight_bits():
+    rng = np.random.default_rng(0)
+    samples = rng.integers(0, 65536, size=(20, 24), dtype=np.uint16)
+    data = raw_png(samples)
+    pillow = Image.open(io.BytesIO(data))
+    assert pillow.mode == "I;16"
+    expected = (np.asarray(pillow).astype(np.uint32) >> 8).astype(np.uint8)  # the high byte of each sample
+    image, info = decode_cell_image(data, 24, ANY_IMAGE)
+    assert info.mode == "I;16"
+    # fitted: 24 wide, 20 high, so 2 black rows above and below
+    assert np.array_equal(image[:, 2:22].numpy(), np.broadcast_to(expected, (3, 20, 24)))
+
+
+def test_sixteen_bit_rgb_matches_pillows_own_conversion():
+    rng = np.random.default_rng(1)
+    samples = rng.integers(0, 65536, size=(18, 18, 3), dtype=np.uint16)
+    data = raw_png(samples)
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))  # Pillow reads 16-bit RGB as 8-bit
+    image, _ = decode_cell_image(data, 18, ANY_IMAGE)
+    assert np.array_equal(image.permute(1, 2, 0).numpy(), expected)
+
+
+def test_limits_from_parameters_refuse_an_unknown_key():
+    with pytest.raises(ValueError, match=r"inference.image_limits has unknown keys \['max_pixel'\]"):
+        ImageLimits.from_params({**base_image_limits(), "max_pixel": 5}, "inference.image_limits")

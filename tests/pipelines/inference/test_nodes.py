@@ -10,7 +10,7 @@ from malaria_pipeline.datasets import TrainedModelDataset
 from malaria_pipeline.ml.model_io import model_bundle
 from malaria_pipeline.ml.models import build_network
 from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images
-from tests.helpers import base_image_limits, image_bytes
+from tests.helpers import base_image_limits, bomb_png, image_bytes
 
 
 def params(threshold: float = 0.5, batch_size: int = 4, max_rows: int = 4096) -> dict:
@@ -59,3 +59,44 @@ def test_an_input_without_the_image_column_is_refused_with_the_columns_it_has(bu
 def test_a_missing_model_says_to_train_first(tmp_path):
     with pytest.raises(Exception, match=r"Found no model in .*model\.pt: run `kedro run --pipelines training` first"):
         TrainedModelDataset(filepath=str(tmp_path / "model.pt")).load()
+
+
+def test_a_bomb_row_gets_its_size_as_error_and_the_other_rows_their_answer(bundle):
+    good = [b64(image_bytes(50, 50, "L", seed=i)) for i in range(3)]
+    rows = pd.DataFrame({"image": [b64(bomb_png()), good[0], b64(image_bytes(400, 20)), good[1], b64(image_bytes(4, 4)), good[2]]})
+    answers = predict_encoded_images(rows, bundle, params())
+    assert answers.loc[0, "error"].startswith(
+        "row 0: image of 20000 × 20000 pixels (400,000,000 pixels) is larger than inference.image_limits.max_pixels")
+    assert "more elongated (20.0:1) than inference.image_limits.max_aspect_ratio" in answers.loc[2, "error"]
+    assert "smaller than inference.image_limits.min_side" in answers.loc[4, "error"]
+    # each good row keeps the probability it has when sent alone
+    alone = [predict_encoded_images(pd.DataFrame({"image": [g]}), bundle, params()).loc[0, "p_parasitized"] for g in good]
+    assert answers.loc[[1, 3, 5], "error"].isna().all()
+    assert answers.loc[[1, 3, 5], "p_parasitized"].astype(float).tolist() == pytest.approx(alone, abs=1e-6)
+
+
+def test_an_unexpected_failure_in_one_row_becomes_that_rows_error(bundle, monkeypatch):
+    from malaria_pipeline.pipelines.inference import nodes
+
+    decode = nodes.decode_cell_image
+
+    def fails_on_the_second(data, size, limits):
+        if data == image_bytes(30, 30, seed=1):
+            raise MemoryError("no room")
+        return decode(data, size, limits)
+
+    monkeypatch.setattr(nodes, "decode_cell_image", fails_on_the_second)
+    rows = pd.DataFrame({"image": [b64(image_bytes(30, 30, seed=i)) for i in range(3)]})
+    answers = predict_encoded_images(rows, bundle, params())
+    assert answers.loc[1, "error"] == "row 1: could not be decoded (MemoryError: no room)"
+    assert answers.loc[[0, 2], "error"].isna().all() and answers.loc[[0, 2], "label"].notna().all()
+
+
+def test_a_request_of_more_rows_than_max_rows_is_refused_with_the_parameter(bundle):
+    from mlflow.exceptions import MlflowException
+
+    rows = pd.DataFrame({"image": [b64(image_bytes(20, 20))] * 5})
+    with pytest.raises(MlflowException, match=r"The request has 5 rows, more than inference.max_rows \(4\)") as refused:
+        predict_encoded_images(rows, bundle, params(max_rows=4))
+    assert refused.value.get_http_status_code() == 400
+    assert len(predict_encoded_images(rows, bundle, params(max_rows=5))) == 5

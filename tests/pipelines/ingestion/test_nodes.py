@@ -1,4 +1,9 @@
+import json
+import re
 import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -8,7 +13,7 @@ from malaria_pipeline import packing
 from malaria_pipeline.archive import ArchiveError, ImageArchive
 from malaria_pipeline.ml.images import decode_cell_image
 from malaria_pipeline.pipelines.ingestion.nodes import index_images
-from tests.helpers import ANY_IMAGE, base_image_limits, image_bytes, zip_folder
+from tests.helpers import ANY_IMAGE, base_image_limits, bomb_png, image_bytes, zip_folder
 
 PARAMS = {"image_size": 16, "workers": 1, "image_limits": base_image_limits()}
 
@@ -103,3 +108,83 @@ def test_a_source_parameter_the_catalog_did_not_read_is_refused(cell_folder: Pat
     assert len(index) == 42
     with pytest.raises(ArchiveError, match="ingestion.source is .*elsewhere.zip. but the catalog read"):
         index_images(archive, {**PARAMS, "source": str(tmp_path / "elsewhere.zip")})
+
+
+def add_hostile_files(root: Path) -> dict[str, str]:
+    """Adds files that are valid PNGs but cannot be cell crops; returns path → start of the reason."""
+    parasitized = root / "cell_images" / "Parasitized"
+    (parasitized / "C9P9ThinF_IMG_1_cell_bomb.png").write_bytes(bomb_png(20_000, 20_000))
+    (parasitized / "C9P9ThinF_IMG_1_cell_tiny.png").write_bytes(image_bytes(4, 4))
+    (parasitized / "C9P9ThinF_IMG_1_cell_strip.png").write_bytes(image_bytes(400, 20))
+    return {
+        "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_bomb.png":
+            "image of 20000 × 20000 pixels (400,000,000 pixels) is larger than ingestion.image_limits.max_pixels",
+        "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_tiny.png":
+            "image of 4 × 4 pixels is smaller than ingestion.image_limits.min_side",
+        "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_strip.png":
+            "image of 400 × 20 pixels is more elongated (20.0:1) than ingestion.image_limits.max_aspect_ratio",
+    }
+
+
+@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
+def test_a_bomb_and_implausible_images_are_skipped_with_their_size_and_lose_nothing_else(cell_folder, tmp_path, as_zip):
+    expected = add_hostile_files(cell_folder)
+    source = zip_folder(cell_folder, tmp_path / "cells.zip") if as_zip else cell_folder
+    index, tensors, report = index_images(ImageArchive.open(source), PARAMS)
+    assert len(index) == 42 and len(tensors) == 42
+    skipped = {entry["path"]: entry["reason"] for entry in report["skipped"]}
+    assert skipped.keys() == expected.keys()
+    for path, reason in expected.items():
+        assert skipped[path].startswith(reason), (path, skipped[path])
+
+
+def test_zip_members_that_cannot_be_read_are_skipped_not_raised(cell_folder, tmp_path):
+    archive = zip_folder(cell_folder, tmp_path / "cells.zip")
+    encrypted = "cell_images/Uninfected/C9P9ThinF_IMG_1_cell_encrypted.png"
+    with zipfile.ZipFile(archive, "a") as zipped:
+        zipped.writestr(encrypted, image_bytes(30, 30))
+        zipped.writestr("cell_images/Uninfected/C9P9ThinF_IMG_1_cell_large.png", image_bytes(30, 30) + bytes(5000))
+    # Mark the member encrypted (bit 0 of the flags, in its local and central headers): zipfile then
+    # refuses to read it ("encrypted, password required for extraction").
+    data = bytearray(archive.read_bytes())
+    name = encrypted.encode()
+    for signature, flags_at, name_at in ((b"PK\x03\x04", 6, 30), (b"PK\x01\x02", 8, 46)):
+        start = next(i for i in range(len(data)) if data.startswith(signature, i) and data[i + name_at : i + name_at + len(name)] == name)
+        data[start + flags_at] |= 0x1
+    archive.write_bytes(bytes(data))
+    limits = {**base_image_limits(), "max_file_bytes": 4000}
+    index, _, report = index_images(ImageArchive.open(archive), {**PARAMS, "image_limits": limits})
+    assert len(index) == 42
+    skipped = {entry["path"]: entry["reason"] for entry in report["skipped"]}
+    assert skipped[encrypted].startswith("unreadable file (RuntimeError: File ") and "encrypted" in skipped[encrypted]
+    assert re.fullmatch(r"file of [\d,]+ bytes is larger than ingestion.image_limits.max_file_bytes \(4,000\).*",
+                        skipped["cell_images/Uninfected/C9P9ThinF_IMG_1_cell_large.png"])
+
+
+MEASURE_PEAK = """
+import json, resource, sys
+from malaria_pipeline.archive import ImageArchive
+from malaria_pipeline.pipelines.ingestion.nodes import index_images
+params = json.loads(sys.argv[2])
+index, _, report = index_images(ImageArchive.open(sys.argv[1]), params)
+print(json.dumps({"images": len(index), "skipped": report["skipped"],
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def test_the_bomb_costs_no_memory(cell_folder, tmp_path):
+    """Peak memory of ingestion in a fresh process, with and without a 20,000 × 20,000 PNG among the images."""
+
+    def peak(source: Path) -> dict:
+        done = subprocess.run([sys.executable, "-c", MEASURE_PEAK, str(source), json.dumps(PARAMS)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    without = peak(zip_folder(cell_folder, tmp_path / "clean.zip"))
+    (cell_folder / "cell_images" / "Parasitized" / "C9P9ThinF_IMG_1_cell_bomb.png").write_bytes(bomb_png())
+    with_bomb = peak(zip_folder(cell_folder, tmp_path / "bomb.zip"))
+    assert without["images"] == with_bomb["images"] == 42
+    assert [entry["path"] for entry in with_bomb["skipped"]] == ["cell_images/Parasitized/C9P9ThinF_IMG_1_cell_bomb.png"]
+    # decoding it would take 400 MB as 1-bit gray and 1.2 GB as RGB
+    assert with_bomb["peak_mb"] - without["peak_mb"] < 500, (without, with_bomb)
