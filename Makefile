@@ -11,6 +11,8 @@ STAMP := $(VENV)/.installed
 
 # Kedro's telemetry never asks and never sends from this project.
 export DO_NOT_TRACK := 1
+# The project's logging: one plain line per record in a file, a pipe or CI; rich on a terminal.
+export KEDRO_LOGGING_CONFIG := $(CURDIR)/conf/logging.yml
 
 .PHONY: install train test clean-venv
 
