@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 import sys
 import warnings
@@ -32,10 +33,14 @@ TERMINAL_HANDLERS = "terminal_handlers"
 
 def init() -> None:
     """The ``kedro.init`` entry point: filters the known warnings, sends the others to the log as one
-    line each, and logs through rich on a terminal."""
+    line each, and logs through rich on a terminal (elsewhere MLflow's progress bars stay off too:
+    each would be one long line of carriage returns)."""
     filter_known_warnings()
     log_warnings()
-    use_terminal_handlers(sys.stdout.isatty())
+    terminal = sys.stdout.isatty()
+    if not terminal:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    use_terminal_handlers(terminal)
 
 
 def filter_known_warnings() -> None:
