@@ -100,3 +100,12 @@ def test_a_request_of_more_rows_than_max_rows_is_refused_with_the_parameter(bund
         predict_encoded_images(rows, bundle, params(max_rows=4))
     assert refused.value.get_http_status_code() == 400
     assert len(predict_encoded_images(rows, bundle, params(max_rows=5))) == 5
+
+
+def test_a_row_larger_than_max_file_bytes_is_refused_before_it_is_decoded(bundle):
+    limits = {**base_image_limits(), "max_file_bytes": 2000}
+    rows = pd.DataFrame({"image": ["#" * 8000, b64(image_bytes(20, 20))]})  # the first is not even base64
+    answers = predict_encoded_images(rows, bundle, {**params(), "image_limits": limits})
+    assert answers.loc[0, "error"].startswith(
+        "row 0: file of 6,000 bytes is larger than inference.image_limits.max_file_bytes (2,000): not read")
+    assert answers.loc[1, "error"] is None
