@@ -112,3 +112,17 @@ def raw_png(samples: np.ndarray) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(data)) + chunk(b"IEND", b"")
+
+
+def corrupt_idat_png() -> bytes:
+    """A PNG whose compressed pixel data is corrupt but whose chunk checksums are right (recomputed),
+    as a hostile file would be: only decoding finds the damage."""
+    import struct
+    import zlib
+
+    data = bytearray(raw_png(np.random.default_rng(0).integers(0, 256, (50, 50, 3), dtype=np.uint8)))
+    start = data.index(b"IDAT")
+    length = struct.unpack(">I", data[start - 4 : start])[0]
+    data[start + 4 + length // 2] ^= 0xFF
+    data[start + 4 + length : start + 8 + length] = struct.pack(">I", zlib.crc32(bytes(data[start : start + 4 + length])))
+    return bytes(data)

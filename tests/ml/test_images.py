@@ -1,6 +1,9 @@
 import io
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ import torch
 from PIL import Image
 
 from malaria_pipeline.ml.images import ImageLimits, UnreadableImageError, decode_cell_image, fit_square
-from tests.helpers import ANY_IMAGE, base_image_limits, bomb_png, image_bytes, raw_png
+from tests.helpers import ANY_IMAGE, base_image_limits, bomb_png, corrupt_idat_png, image_bytes, raw_png
 
 
 def _pixels(data: bytes) -> np.ndarray:
@@ -176,3 +179,17 @@ def test_sixteen_bit_rgb_matches_pillows_own_conversion():
 def test_limits_from_parameters_refuse_an_unknown_key():
     with pytest.raises(ValueError, match=r"inference.image_limits has unknown keys \['max_pixel'\]"):
         ImageLimits.from_params({**base_image_limits(), "max_pixel": 5}, "inference.image_limits")
+
+
+def test_a_png_with_corrupt_compressed_data_is_refused_and_the_process_lives(tmp_path):
+    # torchvision 0.29's PNG decoder crashes the process (SIGSEGV) on this file: run it apart.
+    path = tmp_path / "corrupt.png"
+    path.write_bytes(corrupt_idat_png())
+    script = ("import sys; from pathlib import Path; from tests.helpers import ANY_IMAGE; "
+              "from malaria_pipeline.ml.images import UnreadableImageError, decode_cell_image\n"
+              "try:\n    decode_cell_image(Path(sys.argv[1]).read_bytes(), 16, ANY_IMAGE)\n"
+              "except UnreadableImageError as error:\n    print(error)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.startswith("truncated or corrupt image")

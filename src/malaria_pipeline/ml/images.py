@@ -1,7 +1,7 @@
 """Check and decode one image file into a square ``uint8, 3×S×S`` tensor, as training and inference see it.
 
-Every file goes through :func:`decode_cell_image`: the header alone (PNG ``IHDR``, JPEG ``SOF``) gives
-the size, which :class:`ImageLimits` checks before a single pixel is decoded, so a decompression bomb
+Every file goes through :func:`decode_cell_image`: the header alone (PNG ``IHDR``, JPEG ``SOF``, read by
+Pillow) gives the size, which :class:`ImageLimits` checks before a single pixel is decoded, so a decompression bomb
 (a small file that decodes to gigabytes) or a file that cannot be a cell crop is refused cheaply with
 a reason naming its size and the parameter that sets the limit. Ingestion, the ``inference`` pipeline
 and the served model all call it.
@@ -18,13 +18,16 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image, JpegImagePlugin, PngImagePlugin
-from torchvision.io import ImageReadMode, decode_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+# Pillow's modes of 16-bit grayscale PNGs.
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L")
 
 # What a decoder may raise on a broken or hostile file. Pillow's DecompressionBombError is not an
 # OSError; Pillow raises ValueError for oversized text chunks, SyntaxError for broken headers.
@@ -95,7 +98,7 @@ class ImageLimits:
                 f"({self.max_pixels:,}): not decoded (a decompression bomb or not a cell crop); raise "
                 "that limit if such images are real cell crops"
             )
-        if min(width, height) < self.min_side:
+        if min(width, height) < max(1, self.min_side):
             raise UnreadableImageError(
                 f"{size} is smaller than {self.parameter}.min_side ({self.min_side} pixels a side): too "
                 "small to be a cell crop"
@@ -114,21 +117,8 @@ def read_header(data: bytes) -> ImageInfo:
     Raises:
         UnreadableImageError: the file is empty, not a PNG or JPEG, or its header is broken.
     """
-    if not data:
-        raise UnreadableImageError("empty file (0 bytes)")
-    if data.startswith(PNG_SIGNATURE):
-        image_file = PngImagePlugin.PngImageFile
-    elif data.startswith(JPEG_SIGNATURE):
-        image_file = JpegImagePlugin.JpegImageFile
-    else:
-        raise UnreadableImageError(f"not a PNG or JPEG image (the file starts with {data[:8]!r})")
-    try:
-        # The format's own class reads the header; Image.open would add Pillow's decompression-bomb
-        # check, which raises before the size can be reported against our limit.
-        with image_file(io.BytesIO(data)) as header:
-            return ImageInfo(width=header.width, height=header.height, mode=header.mode)
-    except DECODE_ERRORS as error:
-        raise UnreadableImageError(f"truncated or corrupt image ({_reason(error)})") from error
+    with _open(data) as image:
+        return _info(image)
 
 
 def decode_cell_image(data: bytes, size: int, limits: ImageLimits) -> tuple[torch.Tensor, ImageInfo]:
@@ -140,23 +130,57 @@ def decode_cell_image(data: bytes, size: int, limits: ImageLimits) -> tuple[torc
         limits: what the file must be to be decoded.
 
     Returns:
-        ``uint8, 3×S×S`` (grayscale repeated on 3 channels, alpha dropped, 16-bit samples scaled to
-        8 bits) and the file's own size and mode.
+        ``uint8, 3×S×S`` (grayscale repeated on 3 channels, alpha dropped, palettes expanded, 16-bit
+        samples reduced to their high byte) and the file's own size and mode.
 
     Raises:
         UnreadableImageError: the file is empty, not a PNG or JPEG, truncated or corrupt, or outside
             ``limits`` (then it is not decoded).
     """
     limits.check_file_size(len(data))
-    info = read_header(data)
-    limits.check(info)
+    with _open(data) as image:
+        info = _info(image)
+        limits.check(info)
+        try:
+            pixels = _rgb_array(image)
+        except DECODE_ERRORS as error:
+            raise UnreadableImageError(f"truncated or corrupt image ({_reason(error)})") from error
+    return fit_square(torch.from_numpy(pixels).permute(2, 0, 1), size), info
+
+
+def _open(data: bytes) -> Image.Image:
+    """The image of a PNG or JPEG file, its header read, no pixel decoded yet.
+
+    Pillow decodes, not torchvision: torchvision's PNG decoder (0.29) crashes the process (SIGSEGV)
+    on a PNG whose compressed data is corrupt ("libpng error: IDAT: incorrect data check"), where
+    Pillow raises an exception.
+    """
+    if not data:
+        raise UnreadableImageError("empty file (0 bytes)")
+    if data.startswith(PNG_SIGNATURE):
+        image_file = PngImagePlugin.PngImageFile
+    elif data.startswith(JPEG_SIGNATURE):
+        image_file = JpegImagePlugin.JpegImageFile
+    else:
+        raise UnreadableImageError(f"not a PNG or JPEG image (the file starts with {data[:8]!r})")
     try:
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        # The format's own class reads the header; Image.open would add Pillow's decompression-bomb
+        # check, which raises before the size can be reported against our limit.
+        return image_file(io.BytesIO(data))
     except DECODE_ERRORS as error:
         raise UnreadableImageError(f"truncated or corrupt image ({_reason(error)})") from error
-    if image.dtype != torch.uint8:  # 16-bit PNG: the high byte of each sample
-        image = F.to_dtype(image, torch.uint8, scale=True)
-    return fit_square(image, size), info
+
+
+def _info(image: Image.Image) -> ImageInfo:
+    return ImageInfo(width=image.width, height=image.height, mode=image.mode)
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    """``uint8, H×W×3`` pixels of a Pillow image of any PNG or JPEG mode."""
+    if image.mode in SIXTEEN_BIT_MODES:  # 16-bit grayscale: the high byte, as Pillow reads 16-bit RGB
+        gray = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.array(image.convert("RGB"))  # a writable copy, as torch.from_numpy wants
 
 
 def fit_square(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from malaria_pipeline import packing
 from malaria_pipeline.archive import ArchiveError, ImageArchive
 from malaria_pipeline.ml.images import decode_cell_image
 from malaria_pipeline.pipelines.ingestion.nodes import index_images
-from tests.helpers import ANY_IMAGE, base_image_limits, bomb_png, image_bytes, zip_folder
+from tests.helpers import ANY_IMAGE, base_image_limits, bomb_png, corrupt_idat_png, image_bytes, zip_folder
 
 PARAMS = {"image_size": 16, "workers": 1, "image_limits": base_image_limits()}
 
@@ -116,7 +116,9 @@ def add_hostile_files(root: Path) -> dict[str, str]:
     (parasitized / "C9P9ThinF_IMG_1_cell_bomb.png").write_bytes(bomb_png(20_000, 20_000))
     (parasitized / "C9P9ThinF_IMG_1_cell_tiny.png").write_bytes(image_bytes(4, 4))
     (parasitized / "C9P9ThinF_IMG_1_cell_strip.png").write_bytes(image_bytes(400, 20))
+    (parasitized / "C9P9ThinF_IMG_1_cell_corrupt.png").write_bytes(corrupt_idat_png())
     return {
+        "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_corrupt.png": "truncated or corrupt image",
         "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_bomb.png":
             "image of 20000 × 20000 pixels (400,000,000 pixels) is larger than ingestion.image_limits.max_pixels",
         "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_tiny.png":
