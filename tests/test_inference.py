@@ -6,7 +6,7 @@ import torch
 
 from malaria_pipeline.ml import load_model
 from malaria_pipeline.ml.images import decode_cell_image
-from tests.helpers import ANY_IMAGE, image_bytes
+from tests.helpers import ANY_IMAGE, bomb_png, image_bytes
 
 TINY = {"preprocessing": {"split": {"strategy": "stratified", "fractions": {"train": 0.5, "validation": 0.25, "test": 0.25}}},
         "training": {"width": 4, "epochs": 1, "batch_size": 8}}
@@ -27,6 +27,7 @@ def test_inference_classifies_every_image_and_lists_the_broken_one(trained, tmp_
         (folder / f"cell_{i}.{'jpg' if fmt == 'JPEG' else 'png'}").write_bytes(
             image_bytes(30 + i % 40, 25 + i % 30, mode, fmt=fmt, seed=i))
     (new / "cell_broken.png").write_bytes(image_bytes(30, 30)[:90])
+    (new / "slide_2" / "cell_bomb.png").write_bytes(bomb_png())
 
     trained.run("inference", inference={"source": str(new)})
     predictions = trained.load("predictions")
@@ -34,8 +35,10 @@ def test_inference_classifies_every_image_and_lists_the_broken_one(trained, tmp_
     assert len(predictions) == 100 and "cell_broken.png" not in set(predictions["file"])
     assert set(predictions["label"]) <= {"Parasitized", "Uninfected"}
     assert summary["images"] == 100 and sum(summary["per_class"].values()) == 100
-    assert [entry["path"] for entry in summary["skipped"]] == ["cell_broken.png"]
+    assert [entry["path"] for entry in summary["skipped"]] == ["cell_broken.png", "slide_2/cell_bomb.png"]
     assert summary["skipped"][0]["reason"].startswith("truncated or corrupt image")
+    assert summary["skipped"][1]["reason"].startswith(
+        "image of 20000 × 20000 pixels (400,000,000 pixels) is larger than inference.image_limits.max_pixels")
 
     # exactly the training preprocessing: decode, fit to the model's size, normalize inside the model
     model = load_model(trained.load("model"))
