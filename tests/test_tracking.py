@@ -74,3 +74,29 @@ def test_a_run_left_running_by_a_dead_process_is_marked_killed_by_the_next_run(k
     assert reason.startswith(f"process {finished.pid} on {host} ended without ending this run")
     newest = client.search_runs([experiment], filter_string="attributes.status = 'FINISHED'")
     assert len(newest) == 1 and newest[0].info.run_id in reason
+
+
+INTERRUPTED_KEDRO = """
+import sys
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from malaria_pipeline.pipelines.ingestion import nodes
+
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt  # Ctrl-C while the node runs
+
+nodes.index_images.__code__ = interrupted.__code__
+bootstrap_project(sys.argv[1])
+with KedroSession.create(project_path=sys.argv[1], runtime_params={"ingestion": {"source": sys.argv[2]}}) as session:
+    session.run(pipeline_names=["ingestion"])
+"""
+
+
+def test_ctrl_c_ends_the_run_as_killed_when_kedro_exits(kedro_project, cell_folder):
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_KEDRO, str(kedro_project.root), str(cell_folder)],
+                          cwd=kedro_project.root, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr
+    (run,) = client_of(kedro_project).search_runs([mlflow.get_experiment_by_name("malaria-pipeline").experiment_id])
+    assert run.info.status == "KILLED"  # not FINISHED, as MLflow's own exit handler would have it

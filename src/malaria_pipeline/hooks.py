@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 
@@ -55,16 +56,19 @@ class LogHardwareProfile:
 
 
 class EndInterruptedMlflowRun:
-    """Ends the MLflow run of a ``kedro run`` that was interrupted in this Python process.
+    """Ends the MLflow run of a ``kedro run`` that was interrupted in this Python process, as ``KILLED``.
 
     Kedro calls ``on_pipeline_error`` for exceptions but not for Ctrl-C (``KeyboardInterrupt``), so
-    kedro-mlflow leaves that run open; in a notebook the next session would log into it and fail on
-    changed parameters (``training.resume=true``, say). A run that the user opened around
-    ``kedro run`` on purpose is left alone: only the one started by the interrupted session is ended.
+    kedro-mlflow leaves that run open: in a notebook the next session would log into it and fail on
+    changed parameters (``training.resume=true``, say), and when ``kedro`` exits, MLflow's own exit
+    handler would end it as ``FINISHED``. So the next session of the process ends it, and so does an
+    exit handler that runs before MLflow's. A run that the user opened around ``kedro run`` on purpose
+    is left alone: only the one started by the interrupted session is ended.
     """
 
     def __init__(self) -> None:
         self._open_run_id: str | None = None
+        self._exit_handler_registered = False
 
     @hook_impl(tryfirst=True)
     def after_context_created(self) -> None:
@@ -79,6 +83,16 @@ class EndInterruptedMlflowRun:
         # kedro-mlflow, registered after the project's hooks, has started its run by now.
         run = mlflow.active_run()
         self._open_run_id = run.info.run_id if run is not None else None
+        if not self._exit_handler_registered:
+            # Registered after MLflow's (at its import), so it runs before it.
+            atexit.register(self._end_interrupted_run)
+            self._exit_handler_registered = True
+
+    def _end_interrupted_run(self) -> None:
+        run = mlflow.active_run()
+        if run is not None and run.info.run_id == self._open_run_id:
+            logger.warning("Ending MLflow run %s of an interrupted kedro run as KILLED", run.info.run_id)
+            mlflow.end_run(status="KILLED")
 
     @hook_impl
     def after_pipeline_run(self) -> None:
