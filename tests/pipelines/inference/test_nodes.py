@@ -109,3 +109,15 @@ def test_a_row_larger_than_max_file_bytes_is_refused_before_it_is_decoded(bundle
     assert answers.loc[0, "error"].startswith(
         "row 0: file of 6,000 bytes is larger than inference.image_limits.max_file_bytes (2,000): not read")
     assert answers.loc[1, "error"] is None
+
+
+def test_base64_as_tools_write_it_is_read_wrapped_unpadded_or_as_a_data_url(bundle):
+    import textwrap
+
+    data = image_bytes(50, 50, "L")
+    plain = b64(data)
+    rows = pd.DataFrame({"image": [plain, "\n".join(textwrap.wrap(plain, 76)) + "\n", plain.rstrip("="),
+                                   f"data:image/png;base64,{plain}", plain.encode()]})
+    answers = predict_encoded_images(rows, bundle, params())
+    assert answers["error"].isna().all(), answers["error"].tolist()
+    assert answers["p_parasitized"].astype(float).tolist() == pytest.approx([answers.loc[0, "p_parasitized"]] * 5)

@@ -140,13 +140,19 @@ def _check_rows(n_rows: int, max_rows: int) -> None:
 
 
 def _base64_bytes(value: Any, limits: ImageLimits) -> bytes:
+    """The file bytes of one cell of the column ``image``: base64 text, as ``base64`` tools write it
+    (with or without line breaks and ``=`` padding, or as a ``data:image/png;base64,`` URL)."""
     if not isinstance(value, (str, bytes)):
         if value is None or (isinstance(value, float) and np.isnan(value)):
             raise UnreadableImageError("no image (the cell is empty)")
         raise UnreadableImageError(f"no image: expected a base64 string, got {type(value).__name__} {value!r:.40}")
     limits.check_file_size(len(value) * 3 // 4)  # before decoding: base64 holds 3 bytes per 4 characters
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    if text.startswith("data:") and "," in text[:100]:
+        text = text.split(",", 1)[1]
+    text = "".join(text.split())
     try:
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError) as error:
         raise UnreadableImageError(f"not base64-encoded ({error})") from error
 
