@@ -57,3 +57,11 @@ def test_a_file_that_is_not_a_zip_is_named(tmp_path: Path):
     bogus.write_text("not a zip")
     with pytest.raises(ArchiveError, match="cells.zip' is neither a folder nor a zip archive"):
         ImageArchive.open(bogus)
+
+
+def test_a_truncated_zip_is_named_as_such(cell_folder: Path, tmp_path: Path):
+    whole = zip_folder(cell_folder, tmp_path / "cells.zip").read_bytes()
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(whole[: len(whole) // 2])  # an interrupted copy: entries, but no directory
+    with pytest.raises(ArchiveError, match=r"truncated.zip' is a damaged or truncated zip archive \(\d+ bytes"):
+        ImageArchive.open(truncated)

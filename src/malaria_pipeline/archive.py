@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 # at the top level.
 ROOT_FOLDER = "cell_images"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ZIP_SIGNATURE = b"PK\x03\x04"
 
 
 class ArchiveError(ValueError):
@@ -53,6 +54,13 @@ class ImageArchive:
                 f'images, for example --params "{parameter}=/abs/path/cell_images.zip".'
             )
         if not path.is_dir() and not zipfile.is_zipfile(path):
+            with path.open("rb") as file:
+                if file.read(4) == ZIP_SIGNATURE:  # a zip's first entry, but no directory at its end
+                    raise ArchiveError(
+                        f"Image source {source!r} is a damaged or truncated zip archive ({path.stat().st_size} "
+                        f"bytes, without the directory that ends a zip): copy or download it again, or point "
+                        f"{parameter} at the extracted folder."
+                    )
             raise ArchiveError(
                 f"Image source {source!r} is neither a folder nor a zip archive ({path.stat().st_size} "
                 f"bytes). Point {parameter} at the .zip file or at the extracted folder."
