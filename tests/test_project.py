@@ -138,3 +138,11 @@ def test_kedro_viz_build_works_offline_and_shows_every_training_node(kedro_proje
     main = json.loads((kedro_project.root / "build" / "api" / "main").read_text())
     shown = {node["name"] for node in main["nodes"] if node["type"] == "task"}
     assert {node.name for node in register_pipelines()["training"].nodes} <= shown
+
+
+def test_a_typo_in_a_training_parameter_stops_the_session_before_any_run(kedro_project, cell_folder):
+    with pytest.raises(ValueError, match=r"training\.max_Lr is not a parameter of training: did you mean training\.max_lr\?"):
+        kedro_project.run("training", ingestion={"source": str(cell_folder)}, training={"max_Lr": 0.1})
+    mlflow.set_tracking_uri(f"sqlite:///{kedro_project.root / 'mlflow.db'}")
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+    assert not (kedro_project.root / "data" / "02_intermediate" / "image_index.parquet").exists()

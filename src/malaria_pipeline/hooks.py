@@ -12,6 +12,7 @@ from kedro.io.core import AbstractVersionedDataset
 from kedro_mlflow.pipeline.pipeline_ml import PipelineML
 
 from malaria_pipeline import tracking
+from malaria_pipeline.ml.train import TrainConfig
 from malaria_pipeline.profiles import choose_profile
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,16 @@ class MarkDeadMlflowRunsKilled:
             return
         tracking.set_tags(tracking.owner_tags())
         tracking.mark_dead_runs_killed(run.info.experiment_id, run.info.run_id)
+
+
+class CheckTrainingParameters:
+    """Refuses an unknown key of the ``training`` parameters when the session starts, before any run:
+    ``--params "training.max_Lr=0.1"`` fails at once, naming ``max_lr``, instead of training with the
+    default."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        TrainConfig.from_params(context.params.get("training", {}))
 
 
 class LogHardwareProfile:

@@ -9,6 +9,7 @@ filter_known_warnings()
 
 # Instantiated project hooks. Hooks are executed in a Last-In-First-Out (LIFO) order.
 from malaria_pipeline.hooks import (
+    CheckTrainingParameters,
     EndInterruptedMlflowRun,
     LogArtifactsToMlflow,
     LogHardwareProfile,
@@ -23,6 +24,7 @@ HOOKS = (
     PinVersionsForPipelineModel(),
     MarkDeadMlflowRunsKilled(),
     LogHardwareProfile(),
+    CheckTrainingParameters(),
 )
 
 # Installed plugins for which to disable hook auto-registration.

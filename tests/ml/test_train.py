@@ -170,3 +170,13 @@ def test_keep_last_keeps_the_last_epoch():
 def test_bad_parameters_are_named(knob, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{knob: value})
+
+
+def test_an_unknown_training_key_is_refused_naming_the_nearest_known_one():
+    from malaria_pipeline.ml.train import TrainConfig
+
+    with pytest.raises(ValueError, match=r"training\.max_Lr is not a parameter of training: did you mean training\.max_lr\?"):
+        TrainConfig.from_params({"epochs": 2, "max_Lr": 0.1})
+    with pytest.raises(ValueError, match=r"training\.colour is not a parameter of training: The known ones are architecture, "):
+        TrainConfig.from_params({"colour": "red"})
+    assert TrainConfig.from_params({"max_lr": 0.1, "architecture": "resnet9", "width": 8}).max_lr == 0.1

@@ -8,6 +8,7 @@ and stage ``full`` unfreezes it with discriminative learning rates, as the fasta
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 import time
@@ -60,7 +61,14 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:
-        """The fields of this class taken from ``params`` (other keys, for the network, are ignored)."""
+        """The fields of this class taken from ``params`` (the ``training`` group).
+
+        Raises:
+            ValueError: ``params`` has a key that is neither a field nor one of :data:`RUN_KEYS`: a
+                typo such as ``max_Lr`` must never train with the default; the message names the
+                nearest known key.
+        """
+        check_known_keys(params, [f.name for f in fields(cls)] + list(RUN_KEYS), "training")
         return cls(**{f.name: params[f.name] for f in fields(cls) if f.name in params})
 
     def __post_init__(self) -> None:
@@ -70,6 +78,22 @@ class TrainConfig:
             raise ValueError(f"training.keep is {self.keep!r}: use best (lowest validation loss) or last")
         if self.epochs < 1 or self.head_epochs < 0:
             raise ValueError(f"training.epochs must be >= 1 and head_epochs >= 0, got {self.epochs}, {self.head_epochs}")
+
+
+# The keys of the ``training`` parameters that are not TrainConfig's: the network and where to train.
+RUN_KEYS = ("architecture", "width", "small_input_stem", "pretrained", "device", "resume")
+
+
+def check_known_keys(params: dict[str, Any], known: list[str], group: str) -> None:
+    """Raises ValueError naming the first unknown key of ``params`` and the nearest known one."""
+    for key in params:
+        if key not in known:
+            by_lower = {name.lower(): name for name in known}
+            nearest = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.6)
+            hint = f"did you mean {group}.{by_lower[nearest[0]]}? " if nearest else ""
+            raise ValueError(
+                f"{group}.{key} is not a parameter of {group}: {hint}The known ones are {', '.join(sorted(known))}."
+            )
 
 
 @dataclass
