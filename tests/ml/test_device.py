@@ -22,3 +22,18 @@ def test_bf16_auto_follows_the_hardware_and_true_or_false_force_it():
     assert use_bf16("auto", torch.device("mps")) is False
     with pytest.raises(ValueError, match="training.bf16 is 'yes': use auto, true or false"):
         use_bf16("yes", cpu)
+
+
+@pytest.mark.parametrize(("capability", "native"), [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_bf16_auto_on_cuda_asks_the_chosen_device_for_native_bf16(monkeypatch, capability, native):
+    asked = []
+
+    def capability_of(device=None):
+        asked.append(device)
+        return capability
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability_of)
+    # a T4 (7.5) emulates bf16, which is_bf16_supported() would count: auto leaves it off there
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert use_bf16("auto", torch.device("cuda:1")) is native
+    assert asked == [torch.device("cuda:1")]
