@@ -83,10 +83,7 @@ class EndInterruptedMlflowRun:
 
     @hook_impl(tryfirst=True)
     def after_context_created(self) -> None:
-        run = mlflow.active_run()
-        if run is not None and run.info.run_id == self._open_run_id:
-            logger.warning("Ending MLflow run %s, left open by an interrupted kedro run, as KILLED", run.info.run_id)
-            mlflow.end_run(status="KILLED")
+        self._end_interrupted_run()
         self._open_run_id = None
 
     @hook_impl
@@ -102,7 +99,7 @@ class EndInterruptedMlflowRun:
     def _end_interrupted_run(self) -> None:
         run = mlflow.active_run()
         if run is not None and run.info.run_id == self._open_run_id:
-            logger.warning("Ending MLflow run %s of an interrupted kedro run as KILLED", run.info.run_id)
+            logger.warning("Ending MLflow run %s, left open by an interrupted kedro run, as KILLED", run.info.run_id)
             mlflow.end_run(status="KILLED")
 
     @hook_impl

@@ -18,14 +18,11 @@ import warnings
 # Third-party notices that a user of this project cannot act on, by message: each is the library's
 # own business (Kedro and kedro-mlflow call OmegaConf's deprecated API; kedro-mlflow's PythonModel has
 # no type hints; the served model has an explicit signature, on purpose no input example, which MLflow
-# would run at logging time; torchvision deprecates its decoders in favour of TorchCodec, which the GPU
-# machines' torchvision 0.26 lacks). Every other warning still shows.
+# would run at logging time). Every other warning still shows.
 KNOWN_WARNINGS = (
     (r"register_new_resolver\(\) is deprecated", UserWarning),
     (r".*Add type hints to the `predict` method", UserWarning),
     (r".*An input example was not provided when logging the model", UserWarning),
-    (r"The image decoding and encoding capabilities of TorchVision are deprecated", DeprecationWarning),
-    (r"The image decoding and encoding capabilities of TorchVision are deprecated", UserWarning),
 )
 
 TERMINAL_HANDLERS = "terminal_handlers"

@@ -14,7 +14,6 @@ sit on a black background, and a crop could cut off a parasite at the cell's edg
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -111,16 +110,6 @@ class ImageLimits:
             )
 
 
-def read_header(data: bytes) -> ImageInfo:
-    """Size and mode from the file's header only (no pixel is decoded).
-
-    Raises:
-        UnreadableImageError: the file is empty, not a PNG or JPEG, or its header is broken.
-    """
-    with _open(data) as image:
-        return _info(image)
-
-
 def decode_cell_image(data: bytes, size: int, limits: ImageLimits) -> tuple[torch.Tensor, ImageInfo]:
     """Checks a PNG or JPEG file against ``limits``, decodes it and fits it into a square.
 
@@ -139,7 +128,7 @@ def decode_cell_image(data: bytes, size: int, limits: ImageLimits) -> tuple[torc
     """
     limits.check_file_size(len(data))
     with _open(data) as image:
-        info = _info(image)
+        info = ImageInfo(width=image.width, height=image.height, mode=image.mode)
         limits.check(info)
         try:
             pixels = _rgb_array(image)
@@ -169,10 +158,6 @@ def _open(data: bytes) -> Image.Image:
         return image_file(io.BytesIO(data))
     except DECODE_ERRORS as error:
         raise UnreadableImageError(f"truncated or corrupt image ({_reason(error)})") from error
-
-
-def _info(image: Image.Image) -> ImageInfo:
-    return ImageInfo(width=image.width, height=image.height, mode=image.mode)
 
 
 def _rgb_array(image: Image.Image) -> np.ndarray:
@@ -205,6 +190,5 @@ def one_line(text: str) -> str:
 
 
 def _reason(error: Exception) -> str:
-    # torchvision's messages begin with the C++ source location ("decode_png.cpp:79, ...").
-    text = re.sub(r"^.*\.cpp:\d+, ", "", str(error).strip().splitlines()[0]) if str(error).strip() else ""
-    return one_line(text) or type(error).__name__
+    lines = str(error).strip().splitlines()
+    return one_line(lines[0]) if lines else type(error).__name__
