@@ -126,3 +126,37 @@ def corrupt_idat_png() -> bytes:
     data[start + 4 + length // 2] ^= 0xFF
     data[start + 4 + length : start + 8 + length] = struct.pack(">I", zlib.crc32(bytes(data[start : start + 4 + length])))
     return bytes(data)
+
+
+# Every training knob, written out: TrainConfig has no defaults (conf/base holds the project's). Small
+# and fast: a tiny ResNet-9 on the CPU in float32.
+TRAIN_PARAMS = {
+    "architecture": "resnet9", "width": 4, "small_input_stem": None, "pretrained": False, "device": "cpu",
+    "seed": 42, "epochs": 2, "max_lr": 0.01, "head_epochs": 0, "head_max_lr": 0.01, "lr_ratio": 100,
+    "pct_start": 0.25, "div_factor": 25, "final_div_factor": 10000, "optimizer": "adam", "weight_decay": 1e-4,
+    "grad_clip": 0.1, "label_smoothing": 0.0, "batch_size": 12, "eval_batch_size": 1024, "pad": 2,
+    "flips": True, "rotations": True, "bf16": False, "channels_last": True, "compile": False, "keep": "best",
+    "resume": False,
+}
+
+
+def train_config(**overrides):
+    """A :class:`~malaria_pipeline.ml.train.TrainConfig` of :data:`TRAIN_PARAMS` with ``overrides``."""
+    from malaria_pipeline.ml.train import TrainConfig
+
+    return TrainConfig.from_params({**TRAIN_PARAMS, **overrides})
+
+
+def tiny_data(count=48, size=16, seed=0):
+    """TrainData where parasitized cells (class 0) carry a dark spot and uninfected ones don't."""
+    import torch
+
+    from malaria_pipeline.ml.train import TrainData
+
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(120, 200, (count, 3, size, size), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(count) % 2
+    images[labels == 0, :, 5:9, 5:9] = 10
+    split = count * 3 // 4
+    return TrainData(images[:split], labels[:split], images[split:], labels[split:], [0.6] * 3, [0.2] * 3,
+                     ["Parasitized", "Uninfected"])

@@ -168,22 +168,22 @@ def _ingestion(archive, params, results):
 def _training_throughput(archive, index, images, params, device, args, results) -> None:
     import torch
 
-    from malaria_pipeline.ml.models import build_network
+    from malaria_pipeline.ml.models import CellClassifier, build_network
     from malaria_pipeline.ml.normalization import channel_mean_std
     from malaria_pipeline.ml.throughput import baseline_loader, measure_baseline, measure_ours
     from malaria_pipeline.ml.train import TrainConfig
+    from malaria_pipeline.tensors import class_codes, class_names_of
 
-    training = params["training"]
-    config = TrainConfig.from_params(training)
+    config = TrainConfig.from_params(params["training"])
     size = params["ingestion"]["image_size"]
-    class_names = sorted(index["label"].unique())
-    labels = torch.tensor(index["label"].map({n: i for i, n in enumerate(class_names)}).to_numpy(dtype="int64"))
+    class_names = class_names_of(index)
+    labels = class_codes(index["label"], class_names)
     mean, std = channel_mean_std(images)
     workers = args.baseline_workers if args.baseline_workers is not None else os.cpu_count()
 
     with tempfile.TemporaryDirectory(prefix="malaria-benchmark-") as folder:
         archive_files = _extract(archive, index, Path(folder))
-        loader = baseline_loader(archive_files, size, mean, std, config, workers, pin_memory=device.type == "cuda")
+        loader = baseline_loader(archive_files, size, config, workers, pin_memory=device.type == "cuda")
         results["training"] = {"baseline": {"input_pipeline": "ImageFolder + PIL transforms + DataLoader",
                                             "workers": workers, "augmentation": _augmentation(config)}}
         for architecture in ARCHITECTURES:
@@ -195,11 +195,12 @@ def _training_throughput(archive, index, images, params, device, args, results) 
                 for name, rates in measured.items():
                     torch.manual_seed(config.seed)
                     network = build_network(architecture, num_classes=len(class_names), image_size=size,
-                                            width=training["width"], small_input_stem=training.get("small_input_stem"))
+                                            **config.network_args)
+                    classifier = CellClassifier(network, mean, std, class_names, size)
                     if name == "ours":
-                        result = measure_ours(network, images, labels, mean, std, config, device, steps, args.warmup)
+                        result = measure_ours(classifier, images, labels, config, device, steps, args.warmup)
                     else:
-                        result = measure_baseline(network, loader, config, device, steps, args.warmup)
+                        result = measure_baseline(classifier, loader, config, device, steps, args.warmup)
                     rates.append(result.images_per_second)
                     logger.info("%s, %s input pipeline: %.0f training images/s", architecture, name,
                                 result.images_per_second)

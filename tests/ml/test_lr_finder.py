@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from malaria_pipeline.ml.lr_finder import lr_range_test, suggest_lr
-from malaria_pipeline.ml.models import build_network
-from tests.ml.test_train import quick, tiny_data
+from malaria_pipeline.ml.train import build_classifier
+from tests.helpers import tiny_data, train_config
 
 
 def test_suggestion_is_the_steepest_fall_before_the_lowest_loss():
@@ -28,8 +28,8 @@ def test_noise_at_the_start_of_the_sweep_is_not_taken_for_the_steepest_fall():
 
 
 def test_sweep_raises_the_lr_every_batch_and_stops_when_the_loss_explodes():
-    sweep = lr_range_test(build_network("resnet9", width=4), tiny_data(), quick(batch_size=12), torch.device("cpu"),
-                          start_lr=1e-5, end_lr=10.0, num_batches=40)
+    config, data = train_config(batch_size=12), tiny_data()
+    sweep = lr_range_test(build_classifier(config, data), data, config, start_lr=1e-5, end_lr=10.0, num_batches=40)
     assert sweep.lrs[0] == pytest.approx(1e-5)
     assert all(b > a for a, b in zip(sweep.lrs, sweep.lrs[1:]))
     assert len(sweep.lrs) == len(sweep.losses) <= 40

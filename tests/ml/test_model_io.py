@@ -6,21 +6,22 @@ import torch
 
 from malaria_pipeline.ml.model_io import CellClassifier, load_model, model_bundle
 from malaria_pipeline.ml.train import train_classifier
-from tests.ml.test_train import quick, tiny_data
+from tests.helpers import tiny_data, train_config
 
 
-@pytest.mark.parametrize(("architecture", "network_args"), [("resnet9", {"width": 8}), ("resnet18", {})])
-def test_load_model_in_a_fresh_process_predicts_as_the_trained_module(tmp_path, architecture, network_args):
+@pytest.mark.parametrize(("architecture", "width"), [("resnet9", 8), ("resnet18", 4)])
+def test_load_model_in_a_fresh_process_predicts_as_the_trained_module(tmp_path, architecture, width):
     data = tiny_data()
-    result = train_classifier(architecture, network_args, data, quick(epochs=1), torch.device("cpu"), num_classes=2)
-    bundle = model_bundle(result.network, architecture=architecture, network_args=network_args,
-                          class_names=data.class_names, normalization={"mean": data.mean, "std": data.std},
-                          image_size=16)
+    config = train_config(architecture=architecture, width=width, epochs=1)
+    trained = train_classifier(data, config).classifier
+    bundle = model_bundle(trained, architecture=architecture, network_args=config.network_args)
     torch.save(bundle, tmp_path / "model.pt")
     images = data.valid_images
     torch.save(images, tmp_path / "images.pt")
-    trained = CellClassifier(result.network, data.mean, data.std, data.class_names, 16)
-    expected = trained.predict_proba(images)
+    # The reference: the trained network on images normalized by hand, outside the classifier.
+    pixels = (images.float() / 255 - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(data.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = trained.network.eval()(pixels).softmax(dim=1)
 
     code = (
         "import sys, torch; from malaria_pipeline.ml import load_model; "
@@ -36,9 +37,9 @@ def test_load_model_in_a_fresh_process_predicts_as_the_trained_module(tmp_path, 
 
 def test_the_bundle_loads_safely_with_weights_only(tmp_path):
     data = tiny_data()
-    network = train_classifier("resnet9", {"width": 4}, data, quick(epochs=1), torch.device("cpu"), num_classes=2).network
-    bundle = model_bundle(network, architecture="resnet9", network_args={"width": 4}, class_names=data.class_names,
-                          normalization={"mean": data.mean, "std": data.std}, image_size=16, extra={"best_epoch": 1})
+    config = train_config(epochs=1)
+    classifier = train_classifier(data, config).classifier
+    bundle = model_bundle(classifier, architecture="resnet9", network_args=config.network_args, extra={"best_epoch": 1})
     torch.save(bundle, tmp_path / "model.pt")
     loaded = torch.load(tmp_path / "model.pt", weights_only=True)
     assert loaded["architecture"] == "resnet9" and loaded["best_epoch"] == 1

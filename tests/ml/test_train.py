@@ -6,24 +6,9 @@ import torch
 from malaria_pipeline.ml import train
 from malaria_pipeline.ml.checkpoint import CheckpointStore
 from malaria_pipeline.ml.models import build_network, layer_groups
-from malaria_pipeline.ml.train import HISTORY_COLUMNS, TrainConfig, TrainData, fit, plan_stages, train_classifier
-
-CPU = torch.device("cpu")
-
-
-def tiny_data(count=48, size=16, seed=0) -> TrainData:
-    """Parasitized cells (class 0) carry a dark spot; uninfected ones don't."""
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(120, 200, (count, 3, size, size), dtype=torch.uint8, generator=generator)
-    labels = torch.arange(count) % 2
-    images[labels == 0, :, 5:9, 5:9] = 10
-    split = count * 3 // 4
-    return TrainData(images[:split], labels[:split], images[split:], labels[split:], [0.6] * 3, [0.2] * 3,
-                     ["Parasitized", "Uninfected"])
-
-
-def quick(**overrides) -> TrainConfig:
-    return TrainConfig(**{"epochs": 2, "batch_size": 12, "max_lr": 0.01, "pad": 2, **overrides})
+from malaria_pipeline.ml.train import HISTORY_COLUMNS, TrainConfig, build_classifier, fit, plan_stages, train_classifier
+from tests.helpers import TRAIN_PARAMS, tiny_data
+from tests.helpers import train_config as quick
 
 
 def test_one_cycle_steps_once_per_batch_rising_to_max_then_annealing_to_the_end_value(monkeypatch):
@@ -45,7 +30,7 @@ def test_one_cycle_steps_once_per_batch_rising_to_max_then_annealing_to_the_end_
     monkeypatch.setattr(train, "make_scheduler", spying)
     config = quick(epochs=4, max_lr=0.02, pct_start=0.25, div_factor=10, final_div_factor=100)
     data = tiny_data()  # 36 training images, batches of 12: 3 steps per epoch
-    fit(build_network("resnet9", width=4), "resnet9", data, config, CPU)
+    train_classifier(data, config)
     lrs = recorded[:-1]  # the LR used by each of the 12 batches
     assert len(recorded) == 1 + 4 * 3
     peak = lrs.index(max(lrs))
@@ -60,7 +45,7 @@ def test_one_cycle_steps_once_per_batch_rising_to_max_then_annealing_to_the_end_
 def test_runs_of_a_few_batches_get_a_valid_one_cycle_schedule(total_steps):
     network = build_network("resnet9", width=4)
     optimizer = torch.optim.Adam(network.parameters())
-    stage = plan_stages(quick(epochs=total_steps), n_groups=5, two_stage=False)[0]
+    stage = plan_stages(quick(epochs=total_steps), n_groups=5)[0]
     scheduler = train.make_scheduler(quick(pct_start=0.25), stage, optimizer, steps_per_epoch=1)
     lrs = [scheduler.get_last_lr()[0]]
     for _ in range(total_steps):
@@ -71,7 +56,7 @@ def test_runs_of_a_few_batches_get_a_valid_one_cycle_schedule(total_steps):
 
 
 def test_training_learns_and_reports_one_row_per_epoch():
-    result = fit(build_network("resnet9", width=8), "resnet9", tiny_data(), quick(epochs=6), CPU)
+    result = train_classifier(tiny_data(), quick(epochs=6, width=8))
     assert [row["epoch"] for row in result.history] == [1, 2, 3, 4, 5, 6]
     assert set(result.history[0]) == set(HISTORY_COLUMNS)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
@@ -80,7 +65,7 @@ def test_training_learns_and_reports_one_row_per_epoch():
 
 def test_same_seed_same_metrics_on_the_cpu():
     runs = [
-        train_classifier("resnet9", {"width": 4}, tiny_data(), quick(seed=5), CPU, num_classes=2).history
+        train_classifier(tiny_data(), quick(seed=5)).history
         for _ in range(2)
     ]
     strip = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]  # noqa: E731
@@ -89,13 +74,19 @@ def test_same_seed_same_metrics_on_the_cpu():
 
 @pytest.mark.parametrize("architecture", ["resnet18", "resnet34", "resnet50"])
 def test_torchvision_resnets_train_one_epoch_on_the_cpu(architecture):
-    result = train_classifier(architecture, {}, tiny_data(count=16), quick(epochs=1, batch_size=8), CPU, num_classes=2)
+    result = train_classifier(tiny_data(count=16), quick(architecture=architecture, epochs=1, batch_size=8))
     row = result.history[0]
     assert row["epoch"] == 1 and math.isfinite(row["train_loss"]) and 0 <= row["accuracy"] <= 1
 
 
 def test_stage_one_trains_only_the_head_and_stage_two_everything_with_discriminative_lrs(monkeypatch):
-    network = build_network("resnet18", image_size=16)
+    config = quick(architecture="resnet18", pretrained=True, head_epochs=1, head_max_lr=0.01, epochs=1,
+                   max_lr=0.001, lr_ratio=100, batch_size=8)
+    data = tiny_data(count=16)
+    # Not downloaded in the tests: the two stages are the same with random weights.
+    monkeypatch.setattr(train, "build_network", lambda *args, **kwargs: build_network(*args, **{**kwargs, "pretrained": False}))
+    classifier = build_classifier(config, data)
+    network = classifier.network
     groups = layer_groups(network, "resnet18")
     initial = {name: t.clone() for name, t in network.state_dict().items()}
     max_lrs = []
@@ -108,8 +99,7 @@ def test_stage_one_trains_only_the_head_and_stage_two_everything_with_discrimina
 
     snapshots = []
     monkeypatch.setattr(train, "make_scheduler", spying)
-    config = quick(head_epochs=1, head_max_lr=0.01, epochs=1, max_lr=0.001, lr_ratio=100, batch_size=8)
-    fit(network, "resnet18", tiny_data(count=16), config, CPU, two_stage=True,
+    fit(classifier, data, config,
         on_epoch_end=lambda row: snapshots.append({n: t.clone() for n, t in network.state_dict().items()}))
 
     after_head, after_full = snapshots
@@ -126,39 +116,36 @@ def test_stage_one_trains_only_the_head_and_stage_two_everything_with_discrimina
 
 
 def test_without_pretrained_weights_one_stage_trains_everything():
-    stages = plan_stages(quick(epochs=3, head_epochs=2), n_groups=5, two_stage=False)
+    stages = plan_stages(quick(epochs=3, head_epochs=2), n_groups=5)
     assert [(s.name, s.epochs, s.frozen) for s in stages] == [("full", 3, False)]
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     store = CheckpointStore(tmp_path / "checkpoint")
-    config = quick(epochs=3)
+    config = quick(epochs=3, resume=True)
 
     def interrupt(row):
         if row["epoch"] == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_classifier("resnet9", {"width": 4}, tiny_data(), config, CPU, num_classes=2,
-                         checkpoint=store, on_epoch_end=interrupt)
+        train_classifier(tiny_data(), config, checkpoint=store, on_epoch_end=interrupt)
     assert store.load()["epoch"] == 1
-    resumed = train_classifier("resnet9", {"width": 4}, tiny_data(), config, CPU, num_classes=2,
-                               checkpoint=store, resume=True)
+    resumed = train_classifier(tiny_data(), config, checkpoint=store)
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
-    uninterrupted = train_classifier("resnet9", {"width": 4}, tiny_data(), config, CPU, num_classes=2)
+    uninterrupted = train_classifier(tiny_data(), quick(epochs=3))
     assert resumed.history[0]["train_loss"] == uninterrupted.history[0]["train_loss"]
 
 
 def test_resuming_with_other_parameters_is_refused(tmp_path):
     store = CheckpointStore(tmp_path / "checkpoint")
-    train_classifier("resnet9", {"width": 4}, tiny_data(), quick(epochs=1), CPU, num_classes=2, checkpoint=store)
+    train_classifier(tiny_data(), quick(epochs=1), checkpoint=store)
     with pytest.raises(ValueError, match=r"belongs to another run \(it differs in \['epochs', 'stages'\]\)"):
-        train_classifier("resnet9", {"width": 4}, tiny_data(), quick(epochs=2), CPU, num_classes=2,
-                         checkpoint=store, resume=True)
+        train_classifier(tiny_data(), quick(epochs=2, resume=True), checkpoint=store)
 
 
 def test_keep_last_keeps_the_last_epoch():
-    result = fit(build_network("resnet9", width=4), "resnet9", tiny_data(), quick(epochs=2, keep="last"), CPU)
+    result = train_classifier(tiny_data(), quick(epochs=2, keep="last"))
     assert result.best_epoch == 2
 
 
@@ -169,14 +156,31 @@ def test_keep_last_keeps_the_last_epoch():
 ])
 def test_bad_parameters_are_named(knob, value, message):
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**{knob: value})
+        quick(**{knob: value})
 
 
 def test_an_unknown_training_key_is_refused_naming_the_nearest_known_one():
-    from malaria_pipeline.ml.train import TrainConfig
-
     with pytest.raises(ValueError, match=r"training\.max_Lr is not a parameter of training: did you mean training\.max_lr\?"):
-        TrainConfig.from_params({"epochs": 2, "max_Lr": 0.1})
+        TrainConfig.from_params({**TRAIN_PARAMS, "max_Lr": 0.1})
     with pytest.raises(ValueError, match=r"training\.colour is not a parameter of training: The known ones are architecture, "):
-        TrainConfig.from_params({"colour": "red"})
-    assert TrainConfig.from_params({"max_lr": 0.1, "architecture": "resnet9", "width": 8}).max_lr == 0.1
+        TrainConfig.from_params({**TRAIN_PARAMS, "colour": "red"})
+    assert TrainConfig.from_params({**TRAIN_PARAMS, "max_lr": 0.1}).max_lr == 0.1
+
+
+def test_a_missing_training_key_is_named_not_defaulted():
+    params = {k: v for k, v in TRAIN_PARAMS.items() if k not in ("max_lr", "seed")}
+    with pytest.raises(ValueError, match=r"^training is missing seed, max_lr: see conf/base/parameters_training.yml$"):
+        TrainConfig.from_params(params)
+
+
+def test_the_config_holds_every_key_of_conf_base_and_no_default():
+    import dataclasses
+
+    import yaml
+
+    from tests.helpers import PROJECT_ROOT
+
+    base = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_training.yml").read_text())["training"]
+    fields = dataclasses.fields(TrainConfig)
+    assert sorted(f.name for f in fields) == sorted(base) == sorted(TRAIN_PARAMS)
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)

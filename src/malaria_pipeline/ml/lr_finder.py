@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from malaria_pipeline.ml.device import pick_device
+from malaria_pipeline.ml.loader import BatchLoader
 from malaria_pipeline.ml.train import Stage, TrainConfig, TrainData, make_optimizer, train_step
 
 logger = logging.getLogger(__name__)
@@ -31,10 +33,9 @@ class LRSweep:
 
 
 def lr_range_test(
-    network: nn.Module,
+    classifier: nn.Module,
     data: TrainData,
     config: TrainConfig,
-    device: torch.device,
     *,
     start_lr: float = 1e-6,
     end_lr: float = 1.0,
@@ -44,32 +45,26 @@ def lr_range_test(
 ) -> LRSweep:
     """Sweeps the learning rate from ``start_lr`` to ``end_lr`` over ``num_batches`` training batches.
 
-    Uses the training step, optimizer, weight decay, augmentation and batch size of ``config`` (but
-    not its bf16 and channels_last speed switches); stops early once the
-    smoothed loss exceeds ``diverge`` times its minimum. The network's weights are changed.
+    Uses the device, training step, optimizer, weight decay, augmentation and batch size of ``config``
+    (but not its bf16 and channels_last speed switches); stops early once the smoothed loss exceeds
+    ``diverge`` times its minimum. The classifier's weights are changed.
     """
+    device = pick_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    network = network.to(device).train()
-    optimizer = make_optimizer(config, Stage("sweep", 1, [start_lr], frozen=False), [network])
-    images, labels = data.train_images.to(device), data.train_labels.to(device)
-    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-    batch = min(config.batch_size, len(images))
+    classifier = classifier.to(device).train()
+    optimizer = make_optimizer(config, Stage("sweep", 1, [start_lr], frozen=False), [classifier])
+    loader = BatchLoader(data.train_images.to(device), data.train_labels.to(device), config.batch_size, generator,
+                         config.augmentation)
     factor = (end_lr / start_lr) ** (1 / max(1, num_batches - 1))
 
     lrs, losses, average, best = [], [], 0.0, math.inf
-    order = torch.randperm(len(images), device=device, generator=generator)
-    position = 0
-    for step in tqdm(range(num_batches), desc="LR sweep", unit="batch", disable=None):
-        if position + batch > len(images):
-            order, position = torch.randperm(len(images), device=device, generator=generator), 0
-        rows = order[position : position + batch]
-        position += batch
+    batches = tqdm(loader.forever(), desc="LR sweep", unit="batch", total=num_batches, disable=None)
+    for step, (images, labels) in zip(range(num_batches), batches):
         lr = start_lr * factor**step
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = train_step(network, optimizer, images[rows], labels[rows], mean, std, generator, config)
+        loss = train_step(classifier, optimizer, images, labels, config)
         average = smoothing * average + (1 - smoothing) * float(loss)
         smoothed = average / (1 - smoothing ** (step + 1))
         lrs.append(lr)
@@ -78,6 +73,7 @@ def lr_range_test(
         if not math.isfinite(smoothed) or smoothed > diverge * best:
             logger.info("Loss diverged at LR %.2e after %d batches: sweep stopped", lr, step + 1)
             break
+    batches.close()
     suggested, min_loss = suggest_lr(lrs, losses)
     logger.info("LR range test: steepest descent at %.2e, lowest loss at %.2e; suggested max LR %.2e",
                 suggested, min_loss, suggested)

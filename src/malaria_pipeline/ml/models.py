@@ -1,4 +1,4 @@
-"""Build the networks: ResNet-9, and torchvision's ResNet-18/34/50 with a new head.
+"""The classifier (normalization, network, class names) and its networks: ResNet-9, torchvision's ResNets.
 
 torchvision's ResNets are built by torchvision and adapted in :func:`build_network` only: the
 ImageNet head is replaced by one with ``num_classes`` outputs and, for small inputs, the stem keeps its
@@ -21,6 +21,67 @@ TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50")
 ARCHITECTURES = ("resnet9", *TORCHVISION_RESNETS)
 # Below this side, torchvision ResNets get the small-input stem (no downsampling in the stem).
 SMALL_INPUT_BELOW = 128
+
+
+class Normalize(nn.Module):
+    """``uint8`` pixels to the network's inputs: ``(x / 255 - mean) / std`` per channel, as ``float32``.
+
+    The only place the normalization statistics become tensors: buffers, so they move, save and load
+    with the model.
+    """
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.to(self.mean.dtype) / 255 - self.mean) / self.std
+
+
+class CellClassifier(nn.Module):
+    """The module that is trained, saved, evaluated and served: ``uint8, N×3×S×S`` images in, logits out.
+
+    Attributes:
+        normalize: the first layer, :class:`Normalize` with the training images' statistics.
+        network: the ResNet, on normalized ``float32`` inputs.
+        class_names: the label of each output, in order.
+        image_size: the side S of the images it was trained on.
+        channels_last, bf16: speed switches of the forward pass (:meth:`set_speed`); the logits are
+            ``float32`` either way.
+    """
+
+    def __init__(self, network: nn.Module, mean: list[float], std: list[float], class_names: list[str], image_size: int):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.network = network
+        self.class_names = list(class_names)
+        self.image_size = image_size
+        self.channels_last = False
+        self.bf16 = False
+
+    def set_speed(self, channels_last: bool, bf16: bool) -> CellClassifier:
+        """Runs the network on channels-last (NHWC) tensors and/or under bfloat16 autocast; returns self."""
+        self.channels_last, self.bf16 = channels_last, bf16
+        return self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``float32, N×classes`` of ``uint8, N×3×S×S`` images (pixel values 0 to 255)."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        inputs = self.normalize(images)
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.network(inputs).float()
+
+    @torch.inference_mode()
+    def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Class probabilities ``N×classes`` on the CPU, in eval mode, in batches (see :meth:`set_speed`)."""
+        self.eval()
+        device = self.normalize.mean.device
+        if len(images) == 0:
+            return torch.empty((0, len(self.class_names)))
+        return torch.cat([self(images[i : i + batch_size].to(device)).softmax(dim=1).cpu()
+                          for i in range(0, len(images), batch_size)])
 
 
 class PretrainedWeightsError(RuntimeError):

@@ -6,15 +6,17 @@ the whole batch on the device. The baseline is the reference notebooks' input pi
 ``ImageFolder`` over the PNG files, per-image PIL transforms, ``ToTensor`` and ``Normalize``, and a
 ``DataLoader`` with worker processes, so every image is decoded again every epoch. Its transforms
 draw the same augmentations as ours (pad-and-crop, and the flips and quarter turns that the
-configuration turns on), so that both do the same work. Both end in the same :func:`~malaria_pipeline.ml.train.optimizer_step`, with the same network,
-optimizer, batch size, image size and speed switches: the ratio measures the input pipeline alone.
+configuration turns on), so that both do the same work, and end in ``uint8`` tensors (``PILToTensor``),
+which the classifier normalizes as it does ours. Both end in the same
+:func:`~malaria_pipeline.ml.train.train_step`, with the same classifier, optimizer, batch size, image
+size and speed switches: the ratio measures the input pipeline alone.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,9 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from malaria_pipeline.ml.device import use_bf16
-from malaria_pipeline.ml.train import TrainConfig, optimizer_step, train_step
+from malaria_pipeline.ml.loader import BatchLoader
+from malaria_pipeline.ml.models import CellClassifier
+from malaria_pipeline.ml.train import TrainConfig, train_step
 
 
 @dataclass
@@ -37,43 +41,30 @@ class Throughput:
     batch_size: int
 
 
-def baseline_loader(folder: Path, image_size: int, mean: list[float], std: list[float], config: TrainConfig,
-                    workers: int, pin_memory: bool = False) -> DataLoader:
+def baseline_loader(folder: Path, image_size: int, config: TrainConfig, workers: int,
+                    pin_memory: bool = False) -> DataLoader:
     """The reference notebooks' input pipeline over ``folder/<class>/*.png``, with our augmentations."""
     augment = [transforms.Resize((image_size, image_size)), transforms.RandomCrop(image_size, padding=config.pad)]
     if config.flips:
         augment += [transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip()]
     if config.rotations:  # exact quarter turns: PIL transposes for multiples of 90°
         augment.append(transforms.RandomChoice([transforms.RandomRotation((a, a)) for a in (0, 90, 180, 270)]))
-    transform = transforms.Compose([*augment, transforms.ToTensor(), transforms.Normalize(mean, std)])
+    transform = transforms.Compose([*augment, transforms.PILToTensor()])
     return DataLoader(datasets.ImageFolder(str(folder), transform=transform), batch_size=config.batch_size,
                       shuffle=True, num_workers=workers, pin_memory=pin_memory, drop_last=True)
 
 
-def measure_ours(network: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: list[float],
-                 std: list[float], config: TrainConfig, device: torch.device, steps: int, warmup: int) -> Throughput:
+def measure_ours(classifier: CellClassifier, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
+                 device: torch.device, steps: int, warmup: int) -> Throughput:
     """Our input pipeline: ``images`` (``uint8, N×3×S×S``) moved to ``device`` once, batches indexed."""
-    images, labels = images.to(device), labels.to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    mean_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
-
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        while True:
-            order = torch.randperm(len(images), device=device, generator=generator)
-            for start in range(0, len(images) - config.batch_size + 1, config.batch_size):
-                rows = order[start : start + config.batch_size]
-                yield images[rows], labels[rows]
-
-    def step(network, optimizer, batch, memory_format, autocast):
-        return train_step(network, optimizer, batch[0], batch[1], mean_t, std_t, generator, config, memory_format, autocast)
-
-    return _measure(network, batches(), step, config, device, steps, warmup)
+    loader = BatchLoader(images.to(device), labels.to(device), config.batch_size, generator, config.augmentation)
+    return _measure(classifier, loader.forever(), config, device, steps, warmup)
 
 
-def measure_baseline(network: torch.nn.Module, loader: DataLoader, config: TrainConfig, device: torch.device,
+def measure_baseline(classifier: CellClassifier, loader: DataLoader, config: TrainConfig, device: torch.device,
                      steps: int, warmup: int) -> Throughput:
-    """The baseline: float batches, already augmented and normalized by the loader's workers.
+    """The baseline: batches decoded and augmented by the loader's workers, then moved to ``device``.
 
     The loader's workers start during the warm-up steps and stop when the measurement ends, so that
     they take no CPU from a measurement that follows.
@@ -81,31 +72,27 @@ def measure_baseline(network: torch.nn.Module, loader: DataLoader, config: Train
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
-            yield from loader
+            for images, labels in loader:
+                yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
-    def step(network, optimizer, batch, memory_format, autocast):
-        images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        return optimizer_step(network, optimizer, images, labels, config, memory_format, autocast)
-
-    return _measure(network, batches(), step, config, device, steps, warmup)
+    return _measure(classifier, batches(), config, device, steps, warmup)
 
 
-def _measure(network: torch.nn.Module, batches: Generator, step: Callable, config: TrainConfig,
-             device: torch.device, steps: int, warmup: int) -> Throughput:
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    network = network.to(device).to(memory_format=memory_format).train()
-    optimizer = torch.optim.Adam(network.parameters(), lr=config.max_lr / config.div_factor,
+def _measure(classifier: CellClassifier, batches: Iterator, config: TrainConfig, device: torch.device,
+             steps: int, warmup: int) -> Throughput:
+    classifier = classifier.to(device).set_speed(config.channels_last, use_bf16(config.bf16, device)).train()
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=config.max_lr / config.div_factor,
                                  weight_decay=config.weight_decay)
-    autocast = use_bf16(config.bf16, device)
-    for batch in itertools.islice(batches, warmup):
-        step(network, optimizer, batch, memory_format, autocast)
+    for images, labels in itertools.islice(batches, warmup):
+        train_step(classifier, optimizer, images, labels, config)
     _synchronize(device)
     started = time.perf_counter()
-    for batch in itertools.islice(batches, steps):
-        loss = step(network, optimizer, batch, memory_format, autocast)
+    for images, labels in itertools.islice(batches, steps):
+        loss = train_step(classifier, optimizer, images, labels, config)
     float(loss)  # waits for the device
     seconds = time.perf_counter() - started
-    batches.close()
+    if hasattr(batches, "close"):
+        batches.close()
     return Throughput(steps * config.batch_size / seconds, seconds, steps, warmup, config.batch_size)
 
 

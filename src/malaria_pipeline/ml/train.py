@@ -1,9 +1,9 @@
 """The training loop: one-cycle schedule, Adam(W), gradient clipping, batch augmentation on the device.
 
-The training images live on the device as one ``uint8`` tensor; each step indexes a batch, augments
-and normalizes it with tensor ops, and runs the network. One or two stages: without pretrained
-weights one stage trains every layer; with them, stage ``head`` trains the head of a frozen network
-and stage ``full`` unfreezes it with discriminative learning rates, as the fastai reference does.
+The training images live on the device as one ``uint8`` tensor that a :class:`BatchLoader` shuffles,
+slices and augments; the classifier normalizes inside. One or two stages: without pretrained weights
+one stage trains every layer; with them, stage ``head`` trains the head of a frozen network and stage
+``full`` unfreezes it with discriminative learning rates, as the fastai reference does.
 """
 
 from __future__ import annotations
@@ -21,55 +21,65 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from malaria_pipeline.ml.augment import augment_batch
+from malaria_pipeline.ml.augment import Augmentation
 from malaria_pipeline.ml.checkpoint import CheckpointStore
-from malaria_pipeline.ml.device import use_bf16
-from malaria_pipeline.splitting import SplitError, subset_rows
-from malaria_pipeline.ml.models import apply_frozen_mode, build_network, layer_groups, set_frozen
+from malaria_pipeline.ml.device import pick_device, use_bf16
+from malaria_pipeline.ml.loader import BatchLoader
+from malaria_pipeline.ml.models import CellClassifier, apply_frozen_mode, build_network, layer_groups, set_frozen
 
 logger = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "valid_loss", "accuracy", "lr", "seconds")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Every knob of a training run; the names are those of ``parameters_training.yml``."""
+    """Every knob of a training run: the ``training`` parameters (``conf/base/parameters_training.yml``
+    says what each does and holds the defaults; this class has none)."""
 
-    epochs: int = 10
-    max_lr: float = 0.01
-    head_epochs: int = 0
-    head_max_lr: float = 0.01
-    lr_ratio: float = 100.0
-    batch_size: int = 256
-    eval_batch_size: int = 1024
-    optimizer: str = "adam"
-    weight_decay: float = 1e-4
-    grad_clip: float | None = 0.1
-    label_smoothing: float = 0.0
-    pct_start: float = 0.25
-    div_factor: float = 25.0
-    final_div_factor: float = 1e4
-    pad: int = 4
-    flips: bool = True
-    rotations: bool = True
-    seed: int = 42
-    keep: str = "best"
-    bf16: bool | str = "auto"
-    channels_last: bool = True
-    compile: bool = False
+    architecture: str
+    width: int
+    small_input_stem: bool | None
+    pretrained: bool
+    device: str
+    seed: int
+    epochs: int
+    max_lr: float
+    head_epochs: int
+    head_max_lr: float
+    lr_ratio: float
+    pct_start: float
+    div_factor: float
+    final_div_factor: float
+    optimizer: str
+    weight_decay: float
+    grad_clip: float | None
+    label_smoothing: float
+    batch_size: int
+    eval_batch_size: int
+    pad: int
+    flips: bool
+    rotations: bool
+    bf16: bool | str
+    channels_last: bool
+    compile: bool
+    keep: str
+    resume: bool
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:
-        """The fields of this class taken from ``params`` (the ``training`` group).
+        """The ``training`` parameters as a config.
 
         Raises:
-            ValueError: ``params`` has a key that is neither a field nor one of :data:`RUN_KEYS`: a
-                typo such as ``max_Lr`` must never train with the default; the message names the
-                nearest known key.
+            ValueError: a key is unknown (a typo such as ``max_Lr`` must never train with the default:
+                the message names the nearest known key) or missing, or a value is out of range.
         """
-        check_known_keys(params, [f.name for f in fields(cls)] + list(RUN_KEYS), "training")
-        return cls(**{f.name: params[f.name] for f in fields(cls) if f.name in params})
+        known = [f.name for f in fields(cls)]
+        check_known_keys(params, known, "training")
+        missing = [name for name in known if name not in params]
+        if missing:
+            raise ValueError(f"training is missing {', '.join(missing)}: see conf/base/parameters_training.yml")
+        return cls(**{name: params[name] for name in known})
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -79,9 +89,14 @@ class TrainConfig:
         if self.epochs < 1 or self.head_epochs < 0:
             raise ValueError(f"training.epochs must be >= 1 and head_epochs >= 0, got {self.epochs}, {self.head_epochs}")
 
+    @property
+    def network_args(self) -> dict[str, Any]:
+        """The arguments of :func:`~malaria_pipeline.ml.models.build_network` besides the architecture."""
+        return {"width": self.width, "small_input_stem": self.small_input_stem}
 
-# The keys of the ``training`` parameters that are not TrainConfig's: the network and where to train.
-RUN_KEYS = ("architecture", "width", "small_input_stem", "pretrained", "device", "resume")
+    @property
+    def augmentation(self) -> Augmentation:
+        return Augmentation(self.pad, self.flips, self.rotations)
 
 
 def check_known_keys(params: dict[str, Any], known: list[str], group: str) -> None:
@@ -108,7 +123,11 @@ class Stage:
 
 @dataclass
 class TrainData:
-    """Images ``uint8, N×3×S×S`` and class indices ``int64, N`` of the training and validation subsets."""
+    """The training and validation subsets: images ``uint8, N×3×S×S``, class indices ``int64, N``.
+
+    ``mean`` and ``std`` (per channel, pixels in [0, 1]) are the training images' statistics, which the
+    classifier's first layer normalizes with; ``class_names[i]`` is the label of class index i.
+    """
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -116,45 +135,23 @@ class TrainData:
     valid_labels: torch.Tensor
     mean: list[float]
     std: list[float]
-    class_names: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_split(cls, images: torch.Tensor, image_index, data_split, normalization: dict[str, Any]) -> TrainData:
-        """The ``train`` and ``validation`` subsets of packed images; class indices follow sorted names.
-
-        Args:
-            images: ``uint8, N×3×S×S`` in the order of ``image_index``.
-            image_index: a DataFrame with ``path`` and ``label`` per image.
-            data_split: a DataFrame with ``path`` and ``subset`` per image, in index order.
-            normalization: ``mean`` and ``std`` per channel.
-        """
-        class_names = sorted(image_index["label"].unique())
-        codes = torch.tensor(image_index["label"].map({n: i for i, n in enumerate(class_names)}).to_numpy(dtype="int64"))
-        train = torch.from_numpy(subset_rows(image_index, data_split, "train", n_images=len(images)))
-        valid = torch.from_numpy(subset_rows(image_index, data_split, "validation"))
-        if len(valid) == 0:
-            raise SplitError(
-                "The split has no validation images, which training needs to choose its best epoch: give "
-                "preprocessing.split.fractions.validation a value above 0."
-            )
-        return cls(images[train], codes[train], images[valid], codes[valid],
-                   list(normalization["mean"]), list(normalization["std"]), class_names)
+    class_names: list[str]
 
 
 @dataclass
 class TrainResult:
-    network: nn.Module
+    classifier: CellClassifier
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
 
 
-def plan_stages(config: TrainConfig, n_groups: int, two_stage: bool) -> list[Stage]:
+def plan_stages(config: TrainConfig, n_groups: int) -> list[Stage]:
     """The stages of a run and the peak learning rate of each parameter group in each.
 
-    In stage ``full`` of a two-stage run the groups' rates rise geometrically from
-    ``max_lr / lr_ratio`` (the first group) to ``max_lr`` (the head).
+    A pretrained network gets two: ``head`` (when ``head_epochs`` > 0), then ``full``, in which the
+    groups' rates rise geometrically from ``max_lr / lr_ratio`` (the first group) to ``max_lr`` (the head).
     """
-    if not two_stage:
+    if not config.pretrained:
         return [Stage("full", config.epochs, [config.max_lr], frozen=False)]
     spread = [config.max_lr / config.lr_ratio ** (1 - i / (n_groups - 1)) for i in range(n_groups)]
     stages = [Stage("full", config.epochs, spread, frozen=False)]
@@ -190,257 +187,240 @@ def make_scheduler(config: TrainConfig, stage: Stage, optimizer, steps_per_epoch
     )
 
 
-def steps_per_epoch(n_images: int, batch_size: int) -> int:
-    # The last partial batch is dropped (a batch of one breaks batch norm); a set smaller than one
-    # batch is one batch.
-    return max(1, n_images // batch_size)
+def build_classifier(config: TrainConfig, data: TrainData) -> CellClassifier:
+    """The untrained classifier for ``data``: ``config``'s network (seeded by ``config.seed``) after a
+    normalization layer with the training images' statistics."""
+    torch.manual_seed(config.seed)
+    image_size = data.train_images.shape[-1]
+    network = build_network(config.architecture, num_classes=len(data.class_names), image_size=image_size,
+                            pretrained=config.pretrained, **config.network_args)
+    return CellClassifier(network, data.mean, data.std, data.class_names, image_size)
 
 
-def train_classifier(
-    architecture: str,
-    network_args: dict[str, Any],
-    data: TrainData,
-    config: TrainConfig,
-    device: torch.device,
-    *,
-    num_classes: int,
-    pretrained: bool = False,
-    **fit_args: Any,
-) -> TrainResult:
-    """Builds the network (seeded by ``config.seed``) and trains it with :func:`fit`.
+def train_classifier(data: TrainData, config: TrainConfig, **fit_args: Any) -> TrainResult:
+    """Builds the classifier with :func:`build_classifier` and trains it with :func:`fit`.
 
     A pretrained network is fine-tuned in two stages (head, then all layers); the others in one.
     """
-    torch.manual_seed(config.seed)
-    network = build_network(
-        architecture, num_classes=num_classes, image_size=data.train_images.shape[-1], pretrained=pretrained,
-        **network_args,
-    )
-    return fit(network, architecture, data, config, device, two_stage=pretrained, **fit_args)
+    return fit(build_classifier(config, data), data, config, **fit_args)
+
+
+@dataclass
+class Progress:
+    """What a run has done so far: what a checkpoint saves and a resumed run restores."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"valid_loss": math.inf, "epoch": 0, "state_dict": None})
+
+
+@dataclass
+class _Run:
+    """One call of :func:`fit`: the classifier, its data on the device and where the state is kept."""
+
+    classifier: CellClassifier
+    network: nn.Module  # the classifier, compiled or not
+    groups: list[nn.Module]
+    loader: BatchLoader
+    valid: tuple[torch.Tensor, torch.Tensor]
+    config: TrainConfig
+    checkpoint: CheckpointStore | None
+    fingerprint: dict[str, Any]
+    on_epoch_end: Callable[[dict[str, Any]], None]
+    progress: Progress
 
 
 def fit(
-    network: nn.Module,
-    architecture: str,
+    classifier: CellClassifier,
     data: TrainData,
     config: TrainConfig,
-    device: torch.device,
     *,
-    two_stage: bool = False,
     checkpoint: CheckpointStore | None = None,
-    resume: bool = False,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Trains ``network`` and returns it with the best (or last) epoch's weights and the history.
+    """Trains ``classifier`` and returns it with the best (or last) epoch's weights and the history.
 
     Args:
-        network: the network to train (on the CPU or ``device``).
-        architecture: its name, for the layer groups of discriminative learning rates.
-        data: training and validation images and labels, and the normalization statistics.
-        config: the knobs.
-        device: where to train; the images are moved there once.
-        two_stage: head-only stage (``config.head_epochs``), then all layers with discriminative
-            learning rates; for pretrained networks.
+        classifier: the classifier to train (on the CPU or ``config.device``).
+        data: training and validation images and labels.
+        config: the knobs; ``config.pretrained`` trains in two stages (head, then all layers with
+            discriminative learning rates), ``config.resume`` continues from ``checkpoint``.
         checkpoint: where to keep the state after each epoch; None keeps none.
-        resume: continue from ``checkpoint``'s last epoch instead of starting afresh.
         on_epoch_end: called with each history row as it becomes known: on resume first with each
             row restored from the checkpoint, then after each epoch (once its checkpoint is saved).
     """
+    device = pick_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    network = network.to(device)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    network = network.to(memory_format=memory_format)
-    groups = layer_groups(network, architecture)
-    stages = plan_stages(config, len(groups), two_stage)
-    fingerprint = _fingerprint(config, architecture, data, stages)
-    run_network = torch.compile(network) if config.compile else network
-    autocast = use_bf16(config.bf16, device)
-
-    train_images, train_labels = data.train_images.to(device), data.train_labels.to(device)
-    valid_images, valid_labels = data.valid_images.to(device), data.valid_labels.to(device)
-    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-    steps = steps_per_epoch(len(train_images), config.batch_size)
-    batch = min(config.batch_size, len(train_images))
-
-    result = TrainResult(network=network)
-    best = {"valid_loss": math.inf, "epoch": 0, "state_dict": None}
-    done, saved = 0, _resume_state(checkpoint, resume, fingerprint)
-    if saved is not None:
-        network.load_state_dict(saved["model"])
-        result.history, best, done = saved["history"], saved["best"], saved["epoch"]
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        logger.info("Resuming from epoch %d of %d (%s)", done, sum(s.epochs for s in stages), checkpoint.path)
-
-    logger.info(
-        "Training %s on %s%s: %d training and %d validation images of %s, %d steps of %d per epoch, stages %s",
-        architecture, device, " in bf16" if autocast else "", len(train_images), len(valid_images), tuple(train_images.shape[1:]), steps, batch,
-        ", ".join(f"{s.name} ({s.epochs} epochs, max LR {_lrs(s.max_lrs)})" for s in stages),
+    classifier = classifier.to(device).set_speed(config.channels_last, use_bf16(config.bf16, device))
+    groups = layer_groups(classifier.network, config.architecture)
+    stages = plan_stages(config, len(groups))
+    loader = BatchLoader(data.train_images.to(device), data.train_labels.to(device), config.batch_size, generator,
+                         config.augmentation)
+    run = _Run(
+        classifier, torch.compile(classifier) if config.compile else classifier, groups, loader,
+        (data.valid_images.to(device), data.valid_labels.to(device)), config, checkpoint,
+        _fingerprint(config, data, stages), on_epoch_end or (lambda row: None), Progress(),
     )
-    logger.info("%s", _table_row(HISTORY_COLUMNS))
-    for row in result.history:
-        logger.info("%s", _table_row(row))
-        if on_epoch_end is not None:
-            on_epoch_end(row)
-
+    saved = _restore(run, generator)
+    _log_start(run, device, stages)
     first_epoch = 0
     for stage in stages:
-        last_epoch = first_epoch + stage.epochs
-        if done >= last_epoch:
-            first_epoch = last_epoch
-            continue
-        set_frozen(groups, stage.frozen)
-        optimizer = make_optimizer(config, stage, groups)
-        scheduler = make_scheduler(config, stage, optimizer, steps)
-        if saved is not None and done > first_epoch:
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-        for epoch in range(max(done, first_epoch), last_epoch):
-            started = time.perf_counter()
-            network.train()
-            apply_frozen_mode(groups)
-            order = torch.randperm(len(train_images), device=device, generator=generator)
-            loss_sum = torch.zeros((), device=device)
-            for step in tqdm(range(steps), desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=None):
-                rows = order[step * batch : (step + 1) * batch]
-                loss = train_step(run_network, optimizer, train_images[rows], train_labels[rows], mean, std,
-                                  generator, config, memory_format, autocast)
-                last_lr = optimizer.param_groups[-1]["lr"]  # before the step readies the next batch's
-                scheduler.step()
-                loss_sum += loss
-            valid_loss, accuracy = evaluate(
-                run_network, valid_images, valid_labels, mean, std, config.eval_batch_size, memory_format, autocast
-            )
-            row = {
-                "epoch": epoch + 1,
-                "stage": stage.name,
-                "train_loss": float(loss_sum) / steps,
-                "valid_loss": valid_loss,
-                "accuracy": accuracy,
-                "lr": last_lr,
-                "seconds": time.perf_counter() - started,
-            }
-            result.history.append(row)
-            logger.info("%s", _table_row(row))
-            if valid_loss < best["valid_loss"]:
-                best = {"valid_loss": valid_loss, "epoch": epoch + 1, "state_dict": _cpu_state(network)}
-            if checkpoint is not None:
-                checkpoint.save({
-                    "epoch": epoch + 1, "fingerprint": fingerprint, "history": result.history, "best": best,
-                    "model": _cpu_state(network), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                })
-            if on_epoch_end is not None:
-                on_epoch_end(row)
-        first_epoch = last_epoch
-        done = last_epoch
+        if run.progress.epoch < first_epoch + stage.epochs:
+            _train_stage(run, stage, first_epoch, saved if run.progress.epoch > first_epoch else None, generator)
+        first_epoch += stage.epochs
+    return _finish(run)
 
-    set_frozen(groups, False)
-    if config.keep == "best" and best["state_dict"] is not None:
-        network.load_state_dict(best["state_dict"])
-        result.best_epoch = best["epoch"]
-    else:
-        result.best_epoch = len(result.history)
-    logger.info("Kept the weights of epoch %d (%s)", result.best_epoch, config.keep)
-    network.to(memory_format=torch.contiguous_format)
-    return result
+
+def _train_stage(run: _Run, stage: Stage, first_epoch: int, saved: dict[str, Any] | None,
+                 generator: torch.Generator) -> None:
+    """The epochs of ``stage`` not done yet; ``saved``: the checkpoint of an epoch inside this stage."""
+    set_frozen(run.groups, stage.frozen)
+    optimizer = make_optimizer(run.config, stage, run.groups)
+    scheduler = make_scheduler(run.config, stage, optimizer, len(run.loader))
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    for epoch in range(max(run.progress.epoch, first_epoch), first_epoch + stage.epochs):
+        started = time.perf_counter()
+        train_loss, last_lr = run_epoch(run, optimizer, scheduler, f"epoch {epoch + 1}")
+        valid_loss, accuracy = evaluate(run.network, *run.valid, run.config.eval_batch_size)
+        row = {"epoch": epoch + 1, "stage": stage.name, "train_loss": train_loss, "valid_loss": valid_loss,
+               "accuracy": accuracy, "lr": last_lr, "seconds": time.perf_counter() - started}
+        run.progress.epoch = epoch + 1
+        run.progress.history.append(row)
+        logger.info("%s", _table_row(row))
+        _keep_best(run, row)
+        _snapshot(run, optimizer, scheduler, generator)
+        run.on_epoch_end(row)
+
+
+def run_epoch(run: _Run, optimizer: torch.optim.Optimizer, scheduler, description: str) -> tuple[float, float]:
+    """One pass over the training batches; returns the mean training loss and the last batch's LR."""
+    run.network.train()
+    apply_frozen_mode(run.groups)
+    loss_sum = torch.zeros((), device=run.loader.images.device)
+    for images, labels in tqdm(run.loader, desc=description, unit="batch", leave=False, disable=None):
+        loss_sum += train_step(run.network, optimizer, images, labels, run.config)
+        last_lr = optimizer.param_groups[-1]["lr"]  # before the step readies the next batch's
+        scheduler.step()
+    return float(loss_sum) / len(run.loader), last_lr
 
 
 def train_step(
-    network: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    generator: torch.Generator,
+    classifier: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
     config: TrainConfig,
-    memory_format: torch.memory_format = torch.contiguous_format,
-    autocast: bool = False,
 ) -> torch.Tensor:
-    """One optimizer step on a ``uint8`` batch: augment, normalize, forward, backward, clip, step.
+    """One optimizer step on a batch of ``uint8`` images: forward, backward, clip, step.
 
     Returns:
         The batch's loss (a float32 scalar on the device, detached).
     """
-    batch = augment_batch(images.float().div_(255), generator, config.pad, config.flips, config.rotations)
-    batch = (batch - mean) / std
-    return optimizer_step(network, optimizer, batch, labels, config, memory_format, autocast)
-
-
-def optimizer_step(
-    network: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batch: torch.Tensor,
-    labels: torch.Tensor,
-    config: TrainConfig,
-    memory_format: torch.memory_format = torch.contiguous_format,
-    autocast: bool = False,
-) -> torch.Tensor:
-    """Forward, backward, clip and step on a normalized float batch; returns the detached loss."""
-    batch = batch.contiguous(memory_format=memory_format)
-    with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=autocast):
-        loss = F.cross_entropy(network(batch), labels, label_smoothing=config.label_smoothing)
+    loss = F.cross_entropy(classifier(images), labels, label_smoothing=config.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip:
-        nn.utils.clip_grad_value_(network.parameters(), config.grad_clip)
+        nn.utils.clip_grad_value_(classifier.parameters(), config.grad_clip)
     optimizer.step()
-    return loss.detach().float()
+    return loss.detach()
 
 
 @torch.no_grad()
-def evaluate(network, images, labels, mean, std, batch_size, memory_format=torch.contiguous_format, autocast=False):
-    """Mean cross-entropy and accuracy of ``network`` (eval mode) on ``uint8`` images, in batches."""
+def evaluate(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``classifier`` (eval mode) on ``uint8`` images, in batches."""
     if len(images) == 0:
         return math.nan, math.nan
-    network.eval()
+    classifier.eval()
     loss_sum, correct = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
     for start in range(0, len(images), batch_size):
-        batch = ((images[start : start + batch_size].float() / 255 - mean) / std).contiguous(memory_format=memory_format)
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = network(batch).float()
+        logits = classifier(images[start : start + batch_size])
         target = labels[start : start + batch_size]
         loss_sum += F.cross_entropy(logits, target, reduction="sum")
         correct += (logits.argmax(dim=1) == target).sum()
     return float(loss_sum) / len(images), float(correct) / len(images)
 
 
-def _resume_state(checkpoint: CheckpointStore | None, resume: bool, fingerprint: dict[str, Any]):
-    if not resume:
+def _keep_best(run: _Run, row: dict[str, Any]) -> None:
+    if row["valid_loss"] < run.progress.best["valid_loss"]:
+        run.progress.best = {"valid_loss": row["valid_loss"], "epoch": row["epoch"], "state_dict": _cpu_state(run.classifier)}
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Loads the kept epoch's weights (best or last) and puts the classifier back to plain float32 NCHW."""
+    set_frozen(run.groups, False)
+    best = run.progress.best
+    kept = best["epoch"] if run.config.keep == "best" and best["state_dict"] is not None else len(run.progress.history)
+    if kept != len(run.progress.history):
+        run.classifier.load_state_dict(best["state_dict"])
+    logger.info("Kept the weights of epoch %d (%s)", kept, run.config.keep)
+    classifier = run.classifier.set_speed(channels_last=False, bf16=False)
+    return TrainResult(classifier=classifier, history=run.progress.history, best_epoch=kept)
+
+
+def _snapshot(run: _Run, optimizer, scheduler, generator: torch.Generator) -> None:
+    """Saves the state after an epoch, for :func:`_restore`."""
+    if run.checkpoint is None:
+        return
+    progress = run.progress
+    run.checkpoint.save({
+        "epoch": progress.epoch, "fingerprint": run.fingerprint, "history": progress.history, "best": progress.best,
+        "model": _cpu_state(run.classifier), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+    })
+
+
+def _restore(run: _Run, generator: torch.Generator) -> dict[str, Any] | None:
+    """With ``config.resume``: the checkpoint's weights, progress and random states, and the checkpoint."""
+    if not run.config.resume:
         return None
-    if checkpoint is None:
+    if run.checkpoint is None:
         raise ValueError("training.resume is true but no checkpoint store was given")
-    saved = checkpoint.load()
+    saved = run.checkpoint.load()
     if saved is None:
-        logger.warning("training.resume is true but %s holds no checkpoint: starting afresh", checkpoint.path)
+        logger.warning("training.resume is true but %s holds no checkpoint: starting afresh", run.checkpoint.path)
         return None
-    if saved["fingerprint"] != fingerprint:
-        changed = sorted(k for k in fingerprint if saved["fingerprint"].get(k) != fingerprint[k])
+    if saved["fingerprint"] != run.fingerprint:
+        changed = sorted(k for k in run.fingerprint if saved["fingerprint"].get(k) != run.fingerprint[k])
         raise ValueError(
-            f"The checkpoint {checkpoint.path} belongs to another run (it differs in {changed}). Resume with the "
-            "parameters and data of the interrupted run, or set training.resume=false to start afresh."
+            f"The checkpoint {run.checkpoint.path} belongs to another run (it differs in {changed}). Resume with "
+            "the parameters and data of the interrupted run, or set training.resume=false to start afresh."
         )
+    run.classifier.load_state_dict(saved["model"])
+    run.progress = Progress(saved["epoch"], saved["history"], saved["best"])
+    generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    total = sum(row["epochs"] for row in run.fingerprint["stages"])
+    logger.info("Resuming from epoch %d of %d (%s)", saved["epoch"], total, run.checkpoint.path)
     return saved
 
 
-def _fingerprint(config: TrainConfig, architecture: str, data: TrainData, stages: list[Stage]) -> dict[str, Any]:
+def _log_start(run: _Run, device: torch.device, stages: list[Stage]) -> None:
+    images = run.loader.images
+    logger.info(
+        "Training %s on %s%s: %d training and %d validation images of %s, %d steps of %d per epoch, stages %s",
+        run.config.architecture, device, " in bf16" if run.classifier.bf16 else "", len(images), len(run.valid[0]),
+        tuple(images.shape[1:]), len(run.loader), run.loader.batch_size,
+        ", ".join(f"{s.name} ({s.epochs} epochs, max LR {_lrs(s.max_lrs)})" for s in stages),
+    )
+    logger.info("%s", _table_row(HISTORY_COLUMNS))
+    for row in run.progress.history:
+        logger.info("%s", _table_row(row))
+        run.on_epoch_end(row)
+
+
+def _fingerprint(config: TrainConfig, data: TrainData, stages: list[Stage]) -> dict[str, Any]:
     # What must match for a checkpoint to belong to this run (the device and speed switches need not).
-    knobs = {k: v for k, v in asdict(config).items() if k not in ("bf16", "channels_last", "compile", "eval_batch_size", "keep")}
+    ignored = ("device", "bf16", "channels_last", "compile", "eval_batch_size", "keep", "resume")
     return {
-        **knobs,
-        "architecture": architecture,
+        **{k: v for k, v in asdict(config).items() if k not in ignored},
         "stages": [asdict(s) for s in stages],
         "train_images": list(data.train_images.shape),
         "valid_images": list(data.valid_images.shape),
     }
 
 
-def _cpu_state(network: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in network.state_dict().items()}
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in module.state_dict().items()}
 
 
 def _lrs(values: list[float]) -> str:

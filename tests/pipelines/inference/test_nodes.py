@@ -8,7 +8,7 @@ import torch
 
 from malaria_pipeline.datasets import TrainedModelDataset
 from malaria_pipeline.ml.model_io import model_bundle
-from malaria_pipeline.ml.models import build_network
+from malaria_pipeline.ml.models import CellClassifier, build_network
 from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images
 from tests.helpers import base_image_limits, bomb_png, image_bytes
 
@@ -22,9 +22,8 @@ def params(threshold: float = 0.5, batch_size: int = 4, max_rows: int = 4096) ->
 def bundle():
     torch.manual_seed(0)
     network = build_network("resnet9", image_size=16, width=4)
-    return model_bundle(network, architecture="resnet9", network_args={"width": 4},
-                        class_names=["Parasitized", "Uninfected"], normalization={"mean": [0.5] * 3, "std": [0.25] * 3},
-                        image_size=16)
+    classifier = CellClassifier(network, [0.5] * 3, [0.25] * 3, ["Parasitized", "Uninfected"], 16)
+    return model_bundle(classifier, architecture="resnet9", network_args={"width": 4})
 
 
 def b64(data: bytes) -> str:

@@ -8,12 +8,10 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.lr_finder import lr_range_test
-from malaria_pipeline.ml.models import build_network
-from malaria_pipeline.ml.train import TrainConfig, TrainData
-from malaria_pipeline.pipelines.model_training.nodes import NETWORK_KEYS
+from malaria_pipeline.ml.train import TrainConfig, build_classifier
 from malaria_pipeline.plots import plot_lr_sweep
+from malaria_pipeline.tensors import train_data
 
 
 def find_learning_rate(
@@ -34,19 +32,13 @@ def find_learning_rate(
     Returns:
         ``lr_finder_result``: the suggested max LR and the sweep; ``lr_finder_plot``: loss against LR.
     """
-    data = TrainData.from_split(image_tensors, image_index, data_split, normalization_stats)
+    data = train_data(image_tensors, image_index, data_split, normalization_stats)
     config = TrainConfig.from_params(training_params)
-    torch.manual_seed(config.seed)
-    network = build_network(
-        training_params["architecture"], num_classes=len(data.class_names), image_size=image_tensors.shape[-1],
-        pretrained=training_params.get("pretrained", False),
-        **{key: training_params[key] for key in NETWORK_KEYS if key in training_params},
-    )
-    sweep = lr_range_test(network, data, config, pick_device(training_params.get("device", "auto")), **params)
+    sweep = lr_range_test(build_classifier(config, data), data, config, **params)
     result = {
         "suggested_max_lr": sweep.suggested_lr,
         "min_loss_lr": sweep.min_loss_lr,
-        "architecture": training_params["architecture"],
+        "architecture": config.architecture,
         "lrs": sweep.lrs,
         "losses": sweep.losses,
     }

@@ -11,14 +11,11 @@ import torch
 
 from malaria_pipeline import tracking
 from malaria_pipeline.ml.checkpoint import CheckpointStore
-from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.model_io import model_bundle
-from malaria_pipeline.ml.train import HISTORY_COLUMNS, TrainConfig, TrainData, train_classifier
+from malaria_pipeline.ml.train import HISTORY_COLUMNS, TrainConfig, train_classifier
+from malaria_pipeline.tensors import train_data
 
 logger = logging.getLogger(__name__)
-
-# Parameters that shape the network rather than its training.
-NETWORK_KEYS = ("width", "small_input_stem")
 
 
 def train_model(
@@ -46,26 +43,17 @@ def train_model(
         ``model``: the bundle that :func:`~malaria_pipeline.ml.model_io.load_model` rebuilds;
         ``training_history``: one row per epoch (epoch, stage, train_loss, valid_loss, accuracy, lr, seconds).
     """
-    data = TrainData.from_split(image_tensors, image_index, data_split, normalization_stats)
     config = TrainConfig.from_params(params)
-    network_args = {key: params[key] for key in NETWORK_KEYS if key in params}
-    resume = params.get("resume", False)
-    if resume:
+    if config.resume:
         _tag_the_run_it_continues(training_checkpoint)
     result = train_classifier(
-        params["architecture"], network_args, data, config, pick_device(params.get("device", "auto")),
-        num_classes=len(data.class_names), pretrained=params.get("pretrained", False),
+        train_data(image_tensors, image_index, data_split, normalization_stats), config,
         checkpoint=dataclasses.replace(training_checkpoint, metadata={"mlflow_run_id": tracking.active_run_id() or ""}),
-        resume=resume, on_epoch_end=tracking.log_epoch,
+        on_epoch_end=tracking.log_epoch,
     )
     bundle = model_bundle(
-        result.network,
-        architecture=params["architecture"],
-        network_args=network_args,
-        class_names=data.class_names,
-        normalization=normalization_stats,
-        image_size=image_tensors.shape[-1],
-        extra={"best_epoch": result.best_epoch, "pretrained": bool(params.get("pretrained", False))},
+        result.classifier, architecture=config.architecture, network_args=config.network_args,
+        extra={"best_epoch": result.best_epoch, "pretrained": config.pretrained},
     )
     return bundle, pd.DataFrame(result.history, columns=list(HISTORY_COLUMNS))
 
