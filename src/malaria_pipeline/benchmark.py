@@ -37,6 +37,8 @@ from typing import Any
 import yaml
 from kedro.framework.hooks import hook_impl
 
+from malaria_pipeline import kedro_private
+
 logger = logging.getLogger("malaria_pipeline.benchmark")
 
 ARCHITECTURES = ("resnet9", "resnet18")
@@ -248,7 +250,7 @@ def _time_to_accuracy(project, env, runtime_params, target, results) -> str | No
     timer = _NodeTimer()
     started = time.perf_counter()
     with KedroSession.create(project_path=project, env=env, runtime_params=runtime_params) as session:
-        session._hook_manager.register(timer)  # no public way to add a hook to one session
+        kedro_private.register_session_hook(session, timer)  # no public way to add a hook to one session
         session.run(pipeline_names=["training"])
         history = session.load_context().catalog.load("training_history")
     wall = time.perf_counter() - started
@@ -366,7 +368,7 @@ def _report(project: Path, results: dict[str, Any]) -> None:
     table = markdown(results)
     json_dataset.save(results)
     text_dataset.save(table)
-    json_path, md_path = json_dataset._get_load_path(), text_dataset._get_load_path()
+    json_path, md_path = kedro_private.load_path(json_dataset), kedro_private.load_path(text_dataset)
 
     mlflow.set_experiment("malaria-pipeline-benchmark")
     with mlflow.start_run(run_name="benchmark"):

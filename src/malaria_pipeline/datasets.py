@@ -7,6 +7,7 @@ In ``catalog.yml`` they are named by their full import path, e.g.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -21,9 +22,12 @@ from kedro.io.core import (
     get_protocol_and_path,
 )
 
+from malaria_pipeline import kedro_private
 from malaria_pipeline.archive import ImageArchive
 from malaria_pipeline.download import download_archive, is_url
 from malaria_pipeline.ml.checkpoint import CheckpointStore
+
+logger = logging.getLogger(__name__)
 
 
 class CellImageSourceDataset(AbstractDataset[None, ImageArchive]):
@@ -66,7 +70,7 @@ class CellImageSourceDataset(AbstractDataset[None, ImageArchive]):
             return ImageArchive.open(self._source, parameter=self._parameter)
         known = self._known.get(self._source, {})
         if not known:
-            self._logger.warning("No size or SHA-256 is known for %s: the download is not verified", self._source)
+            logger.warning("No size or SHA-256 is known for %s: the download is not verified", self._source)
         path = download_archive(
             self._source,
             self._download_dir,
@@ -123,21 +127,21 @@ class TorchDataset(AbstractVersionedDataset[Any, Any]):
         )
 
     def load(self) -> Any:
-        path = get_filepath_str(self._get_load_path(), self._protocol)
+        path = get_filepath_str(kedro_private.load_path(self), self._protocol)
         return torch.load(path, weights_only=True, mmap=True)
 
     def save(self, data: Any) -> None:
-        path = Path(get_filepath_str(self._get_save_path(), self._protocol))
+        path = Path(get_filepath_str(kedro_private.save_path(self), self._protocol))
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(data.contiguous() if isinstance(data, torch.Tensor) else data, path)
         self._fs.invalidate_cache(str(path))
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._filepath, "version": self._version}
+        return {"filepath": kedro_private.filepath(self), "version": kedro_private.version(self)}
 
     def _exists(self) -> bool:
         try:
-            path = get_filepath_str(self._get_load_path(), self._protocol)
+            path = get_filepath_str(kedro_private.load_path(self), self._protocol)
         except DatasetError:
             return False
         return self._fs.exists(path)
@@ -179,7 +183,7 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
         if self._run_id:
             return self._load_from_mlflow()
         try:
-            path = self._files._get_load_path()
+            path = kedro_private.load_path(self._files)
             bundle = self._files.load()
         except (DatasetError, FileNotFoundError) as error:
             try:
@@ -188,7 +192,7 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
                 versions = []
             which = f"version {self._version!r} of the model" if self._version else "model"
             raise DatasetError(
-                f"Found no {which} in {self._files._filepath}: run `kedro run --pipelines training` "
+                f"Found no {which} in {kedro_private.filepath(self._files)}: run `kedro run --pipelines training` "
                 "first, or set inference.model_version or inference.mlflow_run_id"
                 + (f" (the latest versions: {', '.join(versions)})" if versions else "")
             ) from error
@@ -214,7 +218,8 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
         raise DatasetError(f"{type(self).__name__} is read-only: training writes the catalog's `model`")
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._files._filepath, "version": self._version, "mlflow_run_id": self._run_id}
+        return {"filepath": kedro_private.filepath(self._files), "version": self._version,
+                "mlflow_run_id": self._run_id}
 
     def _exists(self) -> bool:
         return bool(self._run_id) or self._files.exists()

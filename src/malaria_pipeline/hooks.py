@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import atexit
-import copy
 import logging
 
 import mlflow
 from kedro.framework.hooks import hook_impl
-from kedro.io.core import AbstractVersionedDataset
 from kedro_mlflow.pipeline.pipeline_ml import PipelineML
 
-from malaria_pipeline import tracking
+from malaria_pipeline import kedro_private, tracking
 from malaria_pipeline.ml.train import TrainConfig
 from malaria_pipeline.profiles import choose_profile
 
@@ -136,8 +134,7 @@ class LogArtifactsToMlflow:
         if folder is None:
             return
         # The load path of a versioned dataset is its latest version: the one just saved.
-        path = dataset._get_load_path() if isinstance(dataset, AbstractVersionedDataset) else dataset._filepath
-        mlflow.log_artifact(str(path), folder or None)
+        mlflow.log_artifact(str(kedro_private.load_path(dataset)), folder or None)
 
 
 class PinVersionsForPipelineModel:
@@ -158,11 +155,9 @@ class PinVersionsForPipelineModel:
             return
         for name in pipeline.inference.inputs():
             dataset = catalog.get(name)
-            if not isinstance(dataset, AbstractVersionedDataset) or not dataset._version:
+            if not kedro_private.is_versioned(dataset):
                 continue
-            saved = dataset._get_versioned_path(dataset.resolve_save_version())
-            pinned = copy.copy(dataset)
-            pinned._filepath = saved if dataset._exists_function(str(saved)) else dataset._get_load_path()
-            pinned._version = None
-            catalog[name] = pinned
-            logger.info("The MLflow model packs %s of %s", pinned._filepath, name)
+            saved = kedro_private.versioned_path(dataset, dataset.resolve_save_version())
+            path = saved if kedro_private.path_exists(dataset, saved) else kedro_private.load_path(dataset)
+            catalog[name] = kedro_private.unversioned_copy(dataset, path)
+            logger.info("The MLflow model packs %s of %s", path, name)
