@@ -126,7 +126,7 @@ def test_a_training_run_is_tracked_in_mlflow_with_history_metrics_figures_and_mo
     assert torch.allclose(logits.softmax(dim=1), expected, atol=1e-5)
 
 
-def test_kedro_viz_build_works_offline_and_shows_every_training_node(kedro_project):
+def test_kedro_viz_build_works_offline_and_shows_every_training_node_in_the_group_of_its_stage(kedro_project):
     import json
     import subprocess
     import sys
@@ -136,8 +136,10 @@ def test_kedro_viz_build_works_offline_and_shows_every_training_node(kedro_proje
     subprocess.run([sys.executable, "-m", "kedro", "viz", "build"], cwd=kedro_project.root, check=True,
                    capture_output=True, timeout=300)
     main = json.loads((kedro_project.root / "build" / "api" / "main").read_text())
-    shown = {node["name"] for node in main["nodes"] if node["type"] == "task"}
-    assert {node.name for node in register_pipelines()["training"].nodes} <= shown
+    # {"ingestion.index_images_node": ["ingestion"], ...}: each node inside the group of its namespace
+    shown = {node["full_name"]: node["modular_pipelines"] for node in main["nodes"] if node["type"] == "task"}
+    assert {node.name: [node.namespace] for node in register_pipelines()["training"].nodes}.items() <= shown.items()
+    assert {"ingestion", "preprocessing", "model_training", "evaluation"} <= main["modular_pipelines"].keys()
 
 
 def test_a_typo_in_a_training_parameter_stops_the_session_before_any_run(kedro_project, cell_folder):

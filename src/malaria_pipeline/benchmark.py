@@ -255,7 +255,7 @@ def _time_to_accuracy(project, env, runtime_params, target, results) -> str | No
         history = session.load_context().catalog.load("training_history")
     wall = time.perf_counter() - started
     run = mlflow.last_active_run()
-    before_training = timer.started["train_model_node"] - started
+    before_training = timer.started["model_training.train_model_node"] - started
     elapsed = before_training + history["seconds"].cumsum()
     reached = history.index[history["accuracy"] >= target]
     entry = {

@@ -22,6 +22,10 @@ def register_pipelines() -> dict[str, Pipeline]:
         the archive to an evaluated model, also ``__default__``. ``training`` is bound to the served
         pipeline (:mod:`malaria_pipeline.served_model`): each run logs an MLflow model that takes
         raw image files.
+
+        Each folder's nodes are in the Kedro namespace of its name (``ingestion.index_images_node``),
+        which kedro-viz draws as a group that opens on click; the datasets and parameters keep their
+        catalog names (``prefix_datasets_with_namespace=False``).
     """
     parts = {
         "ingestion": ingestion.create_pipeline(),

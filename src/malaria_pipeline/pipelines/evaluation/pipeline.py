@@ -14,6 +14,10 @@ from .nodes import (
     predict_subsets,
 )
 
+# The group that kedro-viz draws these nodes in (node names become f"{NAMESPACE}.{name}"); the
+# datasets and parameters keep their catalog names (prefix_datasets_with_namespace=False).
+NAMESPACE = "evaluation"
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     params = "params:evaluation"
@@ -32,5 +36,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                  name="plot_top_losses_node"),
             Node(plot_sample_images, ["image_tensors", "image_index", params], "sample_images_plot",
                  name="plot_sample_images_node"),
-        ]
+        ],
+        namespace=NAMESPACE,
+        prefix_datasets_with_namespace=False,
     )

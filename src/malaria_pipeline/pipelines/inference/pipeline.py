@@ -4,6 +4,10 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import predict_encoded_images, predict_images
 
+# The group that kedro-viz draws these nodes in (node names become f"{NAMESPACE}.{name}"); the
+# datasets and parameters keep their catalog names (prefix_datasets_with_namespace=False).
+NAMESPACE = "inference"
+
 # The input of the MLflow model: a DataFrame with a column `image` of base64-encoded image files.
 SERVED_INPUT = "served_images"
 
@@ -18,7 +22,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=["predictions", "inference_summary"],
                 name="predict_images_node",
             ),
-        ]
+        ],
+        namespace=NAMESPACE,
+        prefix_datasets_with_namespace=False,
     )
 
 
@@ -36,5 +42,7 @@ def create_served_pipeline(**kwargs) -> Pipeline:
                 outputs="served_predictions",
                 name="predict_encoded_images_node",
             ),
-        ]
+        ],
+        namespace=NAMESPACE,
+        prefix_datasets_with_namespace=False,
     )

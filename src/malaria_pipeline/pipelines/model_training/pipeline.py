@@ -4,6 +4,10 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import train_model
 
+# The group that kedro-viz draws these nodes in (node names become f"{NAMESPACE}.{name}"); the
+# datasets and parameters keep their catalog names (prefix_datasets_with_namespace=False).
+NAMESPACE = "model_training"
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
@@ -17,5 +21,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=["model", "training_history"],
                 name="train_model_node",
             ),
-        ]
+        ],
+        namespace=NAMESPACE,
+        prefix_datasets_with_namespace=False,
     )

@@ -4,6 +4,10 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import compute_normalization_stats, split_images
 
+# The group that kedro-viz draws these nodes in (node names become f"{NAMESPACE}.{name}"); the
+# datasets and parameters keep their catalog names (prefix_datasets_with_namespace=False).
+NAMESPACE = "preprocessing"
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
@@ -20,5 +24,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="normalization_stats",
                 name="compute_normalization_stats_node",
             ),
-        ]
+        ],
+        namespace=NAMESPACE,
+        prefix_datasets_with_namespace=False,
     )

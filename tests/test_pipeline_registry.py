@@ -1,0 +1,57 @@
+"""The registered pipelines: Kedro namespaces that kedro-viz draws as groups, over unchanged dataset names."""
+
+import pytest
+
+from malaria_pipeline.pipeline_registry import register_pipelines
+
+STAGES = ("ingestion", "preprocessing", "model_training", "evaluation")
+
+# The catalog names and parameters of each pipeline as they were before the namespaces: a user's
+# catalog.load("image_index") or --params "training.epochs=1" must keep working.
+DATASETS = {
+    "ingestion": {"cell_images", "image_index", "image_tensors", "ingestion_report", "params:ingestion"},
+    "preprocessing": {"data_split", "image_index", "image_tensors", "normalization_stats", "params:preprocessing.split"},
+    "model_training": {"data_split", "image_index", "image_tensors", "model", "normalization_stats", "params:training",
+                       "training_checkpoint", "training_history"},
+    "lr_finder": {"data_split", "image_index", "image_tensors", "lr_finder_plot", "lr_finder_result",
+                  "normalization_stats", "params:lr_finder", "params:training"},
+    "evaluation": {"confusion_matrix_plot", "data_split", "evaluation_metrics", "evaluation_predictions",
+                   "evaluation_scores", "image_index", "image_tensors", "mlflow_model", "model", "params:evaluation",
+                   "roc_curve_plot", "sample_images_plot", "top_losses_plot", "training_curves_plot",
+                   "training_history"},
+    "inference": {"inference_images", "inference_model", "inference_summary", "params:inference", "predictions"},
+    "training": {"cell_images", "confusion_matrix_plot", "data_split", "evaluation_metrics", "evaluation_predictions",
+                 "evaluation_scores", "image_index", "image_tensors", "ingestion_report", "mlflow_model", "model",
+                 "normalization_stats", "params:evaluation", "params:ingestion", "params:preprocessing.split",
+                 "params:training", "roc_curve_plot", "sample_images_plot", "top_losses_plot", "training_checkpoint",
+                 "training_curves_plot", "training_history"},
+}
+
+
+def test_every_training_node_is_in_the_namespace_of_its_stage():
+    pipelines = register_pipelines()
+    training = pipelines["training"]
+    assert {node.namespace for node in training.nodes} == set(STAGES)
+    for stage in STAGES:
+        stage_nodes = set(pipelines[stage].nodes)
+        assert stage_nodes and {node.namespace for node in stage_nodes} == {stage}
+        assert set(training.only_nodes_with_namespaces([stage]).nodes) == stage_nodes
+    assert all(node.name == f"{node.namespace}.{node._name}" for node in training.nodes)
+
+
+@pytest.mark.parametrize("name", ["lr_finder", "inference"])
+def test_the_other_pipelines_have_their_own_namespace(name):
+    assert {node.namespace for node in register_pipelines()[name].nodes} == {name}
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_the_namespaces_leave_every_dataset_and_parameter_name_as_it_was(name):
+    pipeline = register_pipelines()[name]
+    assert pipeline.datasets() == pipeline.all_inputs() | pipeline.all_outputs() == DATASETS[name]
+
+
+def test_the_served_pipeline_keeps_its_input_name():
+    training = register_pipelines()["training"]
+    assert training.input_name == "served_images"
+    assert training.inference.datasets() == {"served_images", "model", "params:inference", "served_predictions"}
+    assert {node.namespace for node in training.inference.nodes} == {"inference"}
