@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from malaria_pipeline.ml.device import pick_device, use_bf16
     from malaria_pipeline.profiles import choose_profile
 
-    device = pick_device(params["training"].get("device", "auto"))
+    device = pick_device(params["device"])
     results: dict[str, Any] = {
         "machine": _machine(device),
         "settings": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 from kedro_mlflow.pipeline import pipeline_ml_factory
 
-from malaria_pipeline import served_model
+from malaria_pipeline.pipelines.inference import served_model
 from malaria_pipeline.pipelines import evaluation, inference, ingestion, lr_finder, model_training, preprocessing
 
 
@@ -20,7 +20,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         ``model_training``, ``evaluation`` and ``lr_finder`` (each on the latest outputs of the one
         before), ``inference`` (new images, the latest model), and ``training``: the whole chain from
         the archive to an evaluated model, also ``__default__``. ``training`` is bound to the served
-        pipeline (:mod:`malaria_pipeline.served_model`): each run logs an MLflow model that takes
+        pipeline (:mod:`malaria_pipeline.pipelines.inference.served_model`): each run logs an MLflow model that takes
         raw image files.
 
         Each folder's nodes are in the Kedro namespace of its name (``ingestion.index_images_node``),

@@ -14,8 +14,8 @@ from tests.helpers import base_image_limits, bomb_png, image_bytes
 
 
 def params(threshold: float = 0.5, batch_size: int = 4, max_rows: int = 4096) -> dict:
-    return {"threshold": threshold, "batch_size": batch_size, "device": "cpu", "image_limits": base_image_limits(),
-            "max_rows": max_rows}
+    return {"threshold": threshold, "batch_size": batch_size, "device": "cpu", "positive_class": "Parasitized",
+            "image_limits": base_image_limits(), "max_rows": max_rows}
 
 
 @pytest.fixture(scope="module")

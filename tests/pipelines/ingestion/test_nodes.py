@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from malaria_pipeline import packing
+from malaria_pipeline.ml import packing
 from malaria_pipeline.archive import ArchiveError, ImageArchive
 from malaria_pipeline.ml.images import decode_cell_image
 from malaria_pipeline.pipelines.ingestion.nodes import index_images

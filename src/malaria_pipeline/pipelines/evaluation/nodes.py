@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from malaria_pipeline.evaluation import classification_metrics, operating_points, per_patient
+from malaria_pipeline.metrics import classification_metrics, operating_points, per_patient
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.model_io import CellClassifier, load_model
 from malaria_pipeline.plots import (
@@ -39,7 +39,7 @@ def predict_subsets(
         One row per image: path, subset, label, patient_id, p_positive, predicted label, and loss
         (cross-entropy of the true class).
     """
-    classifier = load_model(model, device=pick_device(params.get("device", "auto")))
+    classifier = load_model(model, device=pick_device(params["device"]))
     positive = classifier.class_names.index(params["positive_class"])
     rows = subset_rows(image_index, data_split, *EVALUATED_SUBSETS, n_images=len(image_tensors))
     probabilities = classifier.predict_proba(image_tensors[torch.from_numpy(rows)], batch_size=params["batch_size"])
@@ -96,13 +96,13 @@ def package_model(model: dict[str, Any]) -> CellClassifier:
     return load_model(model)
 
 
-def plot_confusion_matrix(predictions: pd.DataFrame, params: dict[str, Any]) -> Figure:
+def confusion_matrix_figure(predictions: pd.DataFrame, params: dict[str, Any]) -> Figure:
     classes = sorted(predictions["label"].unique())
     subsets = {s: (c["label"], c["predicted"]) for s, c in _by_subset(predictions)}
     return plot_confusion_matrices(subsets, classes)
 
 
-def plot_roc_curve(predictions: pd.DataFrame, params: dict[str, Any]) -> Figure:
+def roc_curve_figure(predictions: pd.DataFrame, params: dict[str, Any]) -> Figure:
     positive = params["positive_class"]
     subsets = {s: (c["label"] == positive, c["p_positive"]) for s, c in _by_subset(predictions)}
     return plot_roc_curves(subsets, positive)
@@ -113,7 +113,7 @@ def _by_subset(predictions: pd.DataFrame):
     return [(s, predictions[predictions["subset"] == s]) for s in EVALUATED_SUBSETS if (predictions["subset"] == s).any()]
 
 
-def plot_top_losses(predictions: pd.DataFrame, image_tensors: torch.Tensor, params: dict[str, Any]) -> Figure:
+def top_losses_figure(predictions: pd.DataFrame, image_tensors: torch.Tensor, params: dict[str, Any]) -> Figure:
     """The most wrongly classified cells: true label / prediction / probability of the positive class."""
     worst = predictions.nlargest(params["top_losses"], "loss")
     titles = [f"{r.label[:5]}→{r.predicted[:5]}\np={r.p_positive:.2f} {r.subset[:5]}" for r in worst.itertuples()]
@@ -121,7 +121,7 @@ def plot_top_losses(predictions: pd.DataFrame, image_tensors: torch.Tensor, para
                            suptitle=f"Top {len(worst)} losses (true→predicted, p = P({params['positive_class']}))")
 
 
-def plot_sample_images(image_tensors: torch.Tensor, image_index: pd.DataFrame, params: dict[str, Any]) -> Figure:
+def sample_images_figure(image_tensors: torch.Tensor, image_index: pd.DataFrame, params: dict[str, Any]) -> Figure:
     """A few random cells of each class, with their patient."""
     shuffled = image_index.reset_index().sample(frac=1.0, random_state=params["seed"])
     samples = shuffled.groupby("label", sort=True).head(params["samples_per_class"]).sort_values("label", kind="stable")

@@ -6,12 +6,12 @@ from malaria_pipeline.plots import plot_training_curves
 
 from .nodes import (
     compute_metrics,
+    confusion_matrix_figure,
     package_model,
-    plot_confusion_matrix,
-    plot_roc_curve,
-    plot_sample_images,
-    plot_top_losses,
     predict_subsets,
+    roc_curve_figure,
+    sample_images_figure,
+    top_losses_figure,
 )
 
 # The group that kedro-viz draws these nodes in (node names become f"{NAMESPACE}.{name}"); the
@@ -28,13 +28,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(compute_metrics, ["evaluation_predictions", params], ["evaluation_metrics", "evaluation_scores"],
                  name="compute_metrics_node"),
             Node(package_model, "model", "mlflow_model", name="package_model_node"),
-            Node(plot_confusion_matrix, ["evaluation_predictions", params], "confusion_matrix_plot",
+            Node(confusion_matrix_figure, ["evaluation_predictions", params], "confusion_matrix_plot",
                  name="plot_confusion_matrix_node"),
-            Node(plot_roc_curve, ["evaluation_predictions", params], "roc_curve_plot", name="plot_roc_curve_node"),
+            Node(roc_curve_figure, ["evaluation_predictions", params], "roc_curve_plot", name="plot_roc_curve_node"),
             Node(plot_training_curves, "training_history", "training_curves_plot", name="plot_training_curves_node"),
-            Node(plot_top_losses, ["evaluation_predictions", "image_tensors", params], "top_losses_plot",
+            Node(top_losses_figure, ["evaluation_predictions", "image_tensors", params], "top_losses_plot",
                  name="plot_top_losses_node"),
-            Node(plot_sample_images, ["image_tensors", "image_index", params], "sample_images_plot",
+            Node(sample_images_figure, ["image_tensors", "image_index", params], "sample_images_plot",
                  name="plot_sample_images_node"),
         ],
         namespace=NAMESPACE,

@@ -15,12 +15,9 @@ from malaria_pipeline.archive import ArchiveError, ImageArchive, check_source, i
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.images import ImageLimits, UnreadableImageError, decode_cell_image, one_line
 from malaria_pipeline.ml.model_io import CellClassifier, load_model
-from malaria_pipeline.packing import pack_images
+from malaria_pipeline.ml.packing import pack_images
 
 logger = logging.getLogger(__name__)
-
-POSITIVE = "Parasitized"
-
 
 def predict_images(
     inference_images: ImageArchive, inference_model: dict[str, Any], params: dict[str, Any]
@@ -43,14 +40,14 @@ def predict_images(
         ``inference_summary``: counts per class, fraction parasitized, skipped files with reasons.
     """
     check_source(params.get("source"), inference_images, "inference.source", "inference_source")
-    classifier = _classifier(inference_model, params.get("device", "auto"))
+    classifier = _classifier(inference_model, params)
     candidates, skipped = image_members(inference_images.members())
     limits = ImageLimits.from_params(params["image_limits"], "inference.image_limits")
     packed = pack_images(inference_images, candidates, classifier.image_size, limits, params.get("workers"))
     skipped = sorted(skipped + packed.skipped)
     if not packed.members:
         raise ArchiveError(f"{inference_images.source} holds no decodable PNG or JPEG image ({len(skipped)} files skipped)")
-    p_parasitized, labels = _classify(classifier, packed.images, params["threshold"], params["batch_size"])
+    p_parasitized, labels = _classify(classifier, packed.images, params)
     predictions = pd.DataFrame({"file": packed.members, "label": labels, "p_parasitized": p_parasitized})
 
     counts = predictions["label"].value_counts()
@@ -60,7 +57,7 @@ def predict_images(
         "threshold": params["threshold"],
         "images": len(predictions),
         "per_class": {name: int(counts.get(name, 0)) for name in classifier.class_names},
-        "fraction_parasitized": float((labels == POSITIVE).mean()),
+        "fraction_parasitized": float((labels == params["positive_class"]).mean()),
         "skipped": [{"path": member, "reason": reason} for member, reason in skipped],
     }
     logger.info("Classified %d images of %s: %s; %.1f%% parasitized; skipped %d files", len(predictions),
@@ -100,7 +97,7 @@ def predict_encoded_images(served_images: pd.DataFrame, model: dict[str, Any], p
         )
     _check_rows(len(served_images), params["max_rows"])
     limits = ImageLimits.from_params(params["image_limits"], "inference.image_limits")
-    classifier = _classifier(model, params["device"])
+    classifier = _classifier(model, params)
     images, decoded, errors = [], [], {}
     for position, (row, value) in enumerate(served_images["image"].items()):
         try:
@@ -112,7 +109,7 @@ def predict_encoded_images(served_images: pd.DataFrame, model: dict[str, Any], p
             logger.exception("Row %s could not be decoded", row)
             errors[position] = f"row {row}: could not be decoded ({type(error).__name__}: {one_line(error)})"
     stacked = torch.stack(images) if images else torch.empty((0, 3, classifier.image_size, classifier.image_size), dtype=torch.uint8)
-    p_parasitized, labels = _classify(classifier, stacked, params["threshold"], params["batch_size"])
+    p_parasitized, labels = _classify(classifier, stacked, params)
 
     answers = pd.DataFrame({"label": None, "p_parasitized": np.nan, "error": None}, index=served_images.index)
     answers = answers.astype({"label": object, "error": object})
@@ -157,16 +154,18 @@ def _base64_bytes(value: Any, limits: ImageLimits) -> bytes:
         raise UnreadableImageError(f"not base64-encoded ({error})") from error
 
 
-def _classifier(bundle: dict[str, Any], device: str) -> CellClassifier:
-    classifier = load_model(bundle, device=pick_device(device))
-    if POSITIVE not in classifier.class_names or len(classifier.class_names) != 2:
-        raise ValueError(f"The model's classes are {classifier.class_names}: inference needs {POSITIVE} and one other")
+def _classifier(bundle: dict[str, Any], params: dict[str, Any]) -> CellClassifier:
+    classifier = load_model(bundle, device=pick_device(params["device"]))
+    positive = params["positive_class"]
+    if positive not in classifier.class_names or len(classifier.class_names) != 2:
+        raise ValueError(f"The model's classes are {classifier.class_names}: inference needs {positive} and one other")
     return classifier
 
 
-def _classify(classifier: CellClassifier, images: torch.Tensor, threshold: float, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """P(Parasitized) of ``uint8, N×3×S×S`` images, and the label at ``threshold``."""
-    probabilities = classifier.predict_proba(images, batch_size=batch_size)
-    p_parasitized = probabilities[:, classifier.class_names.index(POSITIVE)].numpy().astype(np.float64)
-    negative = next(name for name in classifier.class_names if name != POSITIVE)
-    return p_parasitized, np.where(p_parasitized >= threshold, POSITIVE, negative)
+def _classify(classifier: CellClassifier, images: torch.Tensor, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """P(positive class) of ``uint8, N×3×S×S`` images, and the label at ``params["threshold"]``."""
+    positive = params["positive_class"]
+    probabilities = classifier.predict_proba(images, batch_size=params["batch_size"])
+    p_positive = probabilities[:, classifier.class_names.index(positive)].numpy().astype(np.float64)
+    negative = next(name for name in classifier.class_names if name != positive)
+    return p_positive, np.where(p_positive >= params["threshold"], positive, negative)

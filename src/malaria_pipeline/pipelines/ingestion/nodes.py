@@ -10,7 +10,7 @@ import torch
 
 from malaria_pipeline.archive import ArchiveError, ImageArchive, check_source, patient_id, sort_members
 from malaria_pipeline.ml.images import ImageLimits
-from malaria_pipeline.packing import PackedImages, pack_images
+from malaria_pipeline.ml.packing import PackedImages, pack_images
 
 logger = logging.getLogger(__name__)
 

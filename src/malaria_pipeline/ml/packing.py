@@ -15,15 +15,24 @@ import os
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from malaria_pipeline.archive import ImageArchive
 from malaria_pipeline.ml.images import ImageInfo, ImageLimits, UnreadableImageError, decode_cell_image, one_line
 
 logger = logging.getLogger(__name__)
+
+
+class ImageArchive(Protocol):
+    """Where the files come from (:class:`malaria_pipeline.archive.ImageArchive`: a zip or a folder);
+    picklable, so that worker processes can open it again."""
+
+    def size(self, member: str) -> int: ...
+
+    def read(self, member: str) -> bytes: ...
 
 # Below this many files a process pool costs more (starting workers that import torch) than it saves.
 MIN_FILES_PER_WORKER = 1000

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from malaria_pipeline.evaluation import classification_metrics, operating_points, per_patient
+from malaria_pipeline.metrics import classification_metrics, operating_points, per_patient
 
 # 10 parasitized cells (2 missed) and 10 uninfected (1 false alarm), worked out by hand.
 TRUTH = np.array([True] * 10 + [False] * 10)

@@ -16,6 +16,8 @@ from typing import Any
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
+import malaria_pipeline
+
 MODEL_NAME = "model"
 
 SIGNATURE = ModelSignature(
@@ -41,6 +43,6 @@ def log_model_kwargs() -> dict[str, Any]:
     return {
         "name": MODEL_NAME,
         "signature": SIGNATURE,
-        "code_paths": [str(Path(__file__).resolve().parent)],
+        "code_paths": [str(Path(malaria_pipeline.__file__).resolve().parent)],  # the whole package
         "pip_requirements": pip_requirements(),
     }
