@@ -148,3 +148,19 @@ def test_a_typo_in_a_training_parameter_stops_the_session_before_any_run(kedro_p
     mlflow.set_tracking_uri(f"sqlite:///{kedro_project.root / 'mlflow.db'}")
     assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
     assert not (kedro_project.root / "data" / "02_intermediate" / "image_index.parquet").exists()
+
+
+def _long_functions(source: str, limit: int) -> list[tuple[str, int]]:
+    import ast
+
+    return [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit]
+
+
+def test_no_function_in_src_is_over_60_lines():
+    assert _long_functions("def short():\n" + "    x = 1\n" * 59, 60) == []
+    assert _long_functions("def long():\n" + "    x = 1\n" * 60, 60) == [("long", 61)]
+    too_long = {f"{path.relative_to(PROJECT_ROOT)}::{name}": lines
+                for path in sorted((PROJECT_ROOT / "src").rglob("*.py"))
+                for name, lines in _long_functions(path.read_text(), 60)}
+    assert too_long == {}

@@ -73,12 +73,18 @@ def download_archive(
             return dest
         logger.warning("%s does not match the expected size or SHA-256: downloading it again", dest)
         dest.unlink()
-
     part = dest.with_name(dest.name + ".part")
+    _fetch_with_resumes(url, part, size=size, timeout=timeout, attempts=attempts)
+    _verify(url, part, size, sha256)
+    part.replace(dest)
+    logger.info("Downloaded %s (%s bytes) to %s", url, f"{dest.stat().st_size:,}", dest)
+    return dest
+
+
+def _fetch_with_resumes(url: str, part: Path, *, size: int | None, timeout: float, attempts: int) -> None:
     for attempt in range(1, attempts + 1):
         try:
-            _fetch(url, part, size=size, timeout=timeout)
-            break
+            return _fetch(url, part, size=size, timeout=timeout)
         except _Interrupted as cut:
             if attempt == attempts:
                 raise DownloadError(
@@ -87,6 +93,9 @@ def download_archive(
                 ) from cut
             logger.warning("Download cut (%s); resuming (attempt %d of %d)", cut, attempt + 1, attempts)
 
+
+def _verify(url: str, part: Path, size: int | None, sha256: str | None) -> None:
+    """Deletes ``part`` and raises DownloadError when its size or SHA-256 is not the expected one."""
     received = part.stat().st_size
     if size is not None and received != size:
         part.unlink()
@@ -102,9 +111,6 @@ def download_archive(
                 f"The SHA-256 of the download of {url} is {actual}, expected {sha256}; deleted the "
                 f"corrupt file {part}. Run again to download it anew."
             )
-    part.replace(dest)
-    logger.info("Downloaded %s (%s bytes) to %s", url, f"{received:,}", dest)
-    return dest
 
 
 class _Interrupted(Exception):

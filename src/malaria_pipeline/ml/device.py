@@ -35,9 +35,9 @@ def use_bf16(setting: bool | str, device: torch.device) -> bool:
     """Whether to autocast to bfloat16 on ``device`` for ``training.bf16`` (``auto``, true or false).
 
     ``auto`` turns it on where the hardware computes in bf16 natively: CUDA GPUs of compute capability
-    8.0 or more (the chosen device's), and CPUs with AMX or AVX-512 BF16 (oneDNN). Measured on the developers' 2-core Xeon with AMX, ResNet-9
-    of width 16 on 40-pixel images trains at 1,029 images/s with it and 473 without. A CPU without
-    them would emulate bf16 and run slower, so there ``auto`` leaves it off.
+    8.0 or more (the chosen device's), and CPUs with AMX or AVX-512 BF16 (oneDNN), where it trains
+    about twice as fast (docs/benchmarks.md). A CPU without them would emulate bf16 and run slower,
+    so there ``auto`` leaves it off.
     """
     if setting != "auto":
         if not isinstance(setting, bool):
