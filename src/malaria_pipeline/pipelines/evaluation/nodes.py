@@ -20,6 +20,7 @@ from malaria_pipeline.plots import (
     plot_training_curves,
 )
 from malaria_pipeline.splitting import subset_rows
+from malaria_pipeline.tensors import class_codes
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def predict_subsets(
     rows = subset_rows(image_index, data_split, *EVALUATED_SUBSETS, n_images=len(image_tensors))
     probabilities = classifier.predict_proba(image_tensors[torch.from_numpy(rows)], batch_size=params["batch_size"])
     labels = image_index["label"].to_numpy()[rows]
-    true_class = torch.tensor([classifier.class_names.index(label) for label in labels], dtype=torch.long)
+    true_class = class_codes(labels, classifier.class_names)
     p_true = probabilities.gather(1, true_class[:, None]).squeeze(1) if len(rows) else torch.empty(0)
     return pd.DataFrame({
         "path": image_index["path"].to_numpy()[rows],
