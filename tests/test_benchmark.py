@@ -5,13 +5,40 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
+from kedro.framework.cli.project import run
 
-from malaria_pipeline.benchmark import flatten, markdown, parse_params
+from malaria_pipeline.benchmark.params import parse_params
+from malaria_pipeline.benchmark.report import flatten, markdown
+
+
+def kedro_run_params(text: str) -> dict:
+    """``--params text`` as Kedro's own ``kedro run`` command parses it (its click option and callback)."""
+    return run.make_context("run", ["--params", text]).params["params"]
 
 
 def test_params_are_read_as_kedro_run_reads_them():
     assert parse_params("training.epochs=1, training.max_lr=3e-3,ingestion.image_size=16,training.device=cpu") == {
         "training": {"epochs": 1, "max_lr": 0.003, "device": "cpu"}, "ingestion": {"image_size": 16}}
+
+
+@pytest.mark.parametrize("text", [
+    "training.epochs=1,ingestion.image_size=16",
+    "training.max_lr=3e-3, training.min_lr=1.5e-5",
+    "training.bf16=true,training.channels_last=False,inference.mlflow_run_id=null",
+    "ingestion.source=/a/b.zip,profile=cpu",
+    "ingestion.source=s3://bucket/cells.zip,training.seed=010",
+    "a.b=1,a.b.c=2,note=x=y",
+    "",
+])
+def test_params_parse_as_kedros_own_cli_parses_them(text):
+    assert parse_params(text) == kedro_run_params(text)
+
+
+def test_params_without_key_or_value_are_refused():
+    for text in ("training.epochs", "=1", "a=1,b"):
+        with pytest.raises(SystemExit, match="is not key=value"):
+            parse_params(text)
 
 
 def test_the_benchmark_command_measures_everything_and_reports_it(kedro_project, cell_folder):
