@@ -12,8 +12,7 @@ from kedro.runner import SequentialRunner
 from malaria_pipeline.ml import load_model
 from malaria_pipeline.pipeline_registry import register_pipelines
 from malaria_pipeline.settings import CONFIG_LOADER_ARGS
-from tests.helpers import PROJECT_ROOT, zip_folder
-from tests.pipelines.ingestion.test_nodes import add_bad_files
+from tests.helpers import PROJECT_ROOT, add_bad_files, zip_folder
 
 
 def project_catalog(tmp_path: Path, source: Path) -> DataCatalog:
