@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 import torch
 
-from malaria_pipeline.datasets import TrainedModelDataset
 from malaria_pipeline.ml.model_io import model_bundle
 from malaria_pipeline.ml.models import CellClassifier, build_network
 from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images
@@ -53,11 +52,6 @@ def test_the_threshold_sets_the_label(bundle):
 def test_an_input_without_the_image_column_is_refused_with_the_columns_it_has(bundle):
     with pytest.raises(ValueError, match=r"columns \['images'\]; it needs a column 'image'"):
         predict_encoded_images(pd.DataFrame({"images": ["x"]}), bundle, params())
-
-
-def test_a_missing_model_says_to_train_first(tmp_path):
-    with pytest.raises(Exception, match=r"Found no model in .*model\.pt: run `kedro run --pipelines training` first"):
-        TrainedModelDataset(filepath=str(tmp_path / "model.pt")).load()
 
 
 def test_a_bomb_row_gets_its_size_as_error_and_the_other_rows_their_answer(bundle):
