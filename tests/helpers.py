@@ -186,6 +186,39 @@ def tiny_data(count=48, size=16, seed=0):
                      ["Parasitized", "Uninfected"])
 
 
+def tiny_tables(count=24, size=16, seed=0):
+    """What the training, LR-finder and evaluation nodes read, made by hand: ``(image_tensors, image_index,
+    data_split, normalization_stats)``. As in :func:`tiny_data`, parasitized cells (even rows) carry a dark
+    spot; the first half of the rows is ``train``, the third quarter ``validation``, the last ``test``."""
+    import pandas as pd
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(120, 200, (count, 3, size, size), dtype=torch.uint8, generator=generator)
+    images[0::2, :, 5:9, 5:9] = 10
+    labels = ["Parasitized" if i % 2 == 0 else "Uninfected" for i in range(count)]
+    paths = [f"cell_images/{label}/C{i % 3}P{i % 3}ThinF_IMG_1_cell_{i}.png" for i, label in enumerate(labels)]
+    index = pd.DataFrame({"path": paths, "label": labels, "patient_id": [f"C{i % 3}P{i % 3}ThinF" for i in range(count)]})
+    subsets = ["train"] * (count // 2) + ["validation"] * (count // 4) + ["test"] * (count - count // 2 - count // 4)
+    split = pd.DataFrame({"path": paths, "subset": subsets})
+    train = images[: count // 2].double() / 255
+    stats = {"mean": train.mean(dim=(0, 2, 3)).tolist(), "std": train.std(dim=(0, 2, 3), correction=0).tolist()}
+    return images, index, split, stats
+
+
+def tiny_bundle(image_size: int = 16) -> dict:
+    """The saved form of an untrained ResNet-9 of width 4 (seeded), as the training node returns it."""
+    import torch
+
+    from malaria_pipeline.ml.model_io import model_bundle
+    from malaria_pipeline.ml.models import CellClassifier, build_network
+
+    torch.manual_seed(0)
+    network = build_network("resnet9", image_size=image_size, width=4)
+    classifier = CellClassifier(network, [0.5] * 3, [0.25] * 3, ["Parasitized", "Uninfected"], image_size)
+    return model_bundle(classifier, architecture="resnet9", network_args={"width": 4})
+
+
 # Runtime parameters of a tiny `training` run on :data:`SMALL_PATIENTS` (with ingestion.image_size=16): a
 # stratified split, so that every subset has both classes, and one epoch of a ResNet-9 of width 4.
 TINY = {"preprocessing": {"split": {"strategy": "stratified", "fractions": {"train": 0.5, "validation": 0.25, "test": 0.25}}},

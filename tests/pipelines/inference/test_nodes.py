@@ -4,12 +4,9 @@ import base64
 
 import pandas as pd
 import pytest
-import torch
 
-from malaria_pipeline.ml.model_io import model_bundle
-from malaria_pipeline.ml.models import CellClassifier, build_network
 from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images
-from tests.helpers import base_image_limits, bomb_png, image_bytes
+from tests.helpers import base_image_limits, bomb_png, image_bytes, tiny_bundle
 
 
 def params(threshold: float = 0.5, batch_size: int = 4, max_rows: int = 4096) -> dict:
@@ -19,10 +16,7 @@ def params(threshold: float = 0.5, batch_size: int = 4, max_rows: int = 4096) ->
 
 @pytest.fixture(scope="module")
 def bundle():
-    torch.manual_seed(0)
-    network = build_network("resnet9", image_size=16, width=4)
-    classifier = CellClassifier(network, [0.5] * 3, [0.25] * 3, ["Parasitized", "Uninfected"], 16)
-    return model_bundle(classifier, architecture="resnet9", network_args={"width": 4})
+    return tiny_bundle()
 
 
 def b64(data: bytes) -> str:
