@@ -1,9 +1,16 @@
-"""Helpers for the tests: real image files and small cell-image archives."""
+"""Helpers for the tests: real image files, small cell-image archives, tiny training settings, and
+:class:`KedroProject`, the one way the tests run a pipeline (through the ``kedro_project`` and
+``module_kedro_project`` fixtures of conftest.py).
+
+Plain functions and constants live here; fixtures live in conftest.py. No test module imports from
+another test module (tests/test_project.py checks it).
+"""
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -78,6 +85,23 @@ SMALL_PATIENTS = {
     f"C{i}P{i}ThinF": ({"Parasitized": 4, "Uninfected": 4} if i < 4 else {"Uninfected": 5}) for i in range(6)
 }
 
+
+def add_bad_files(root: Path) -> dict[str, str]:
+    """Adds the kinds of bad input the official archive (or a careless copy) holds; returns path → reason."""
+    parasitized = root / "cell_images" / "Parasitized"
+    uninfected = root / "cell_images" / "Uninfected"
+    (parasitized / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 windows thumbnail cache")
+    (uninfected / "C9P9ThinF_IMG_1_cell_empty.png").write_bytes(b"")
+    (uninfected / "C9P9ThinF_IMG_1_cell_truncated.png").write_bytes(image_bytes(40, 40, seed=99)[:150])
+    (parasitized / "C9P9ThinF_IMG_1_cell_text.png").write_text("I am a text file")
+    (root / "cell_images" / "README.txt").write_text("about the data")
+    return {
+        "cell_images/Parasitized/Thumbs.db": "not an image file (suffix '.db'",
+        "cell_images/Uninfected/C9P9ThinF_IMG_1_cell_empty.png": "empty file (0 bytes)",
+        "cell_images/Uninfected/C9P9ThinF_IMG_1_cell_truncated.png": "truncated or corrupt image",
+        "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_text.png": "not a PNG or JPEG image",
+        "cell_images/README.txt": "outside the class folders",
+    }
 
 
 def shared_zip_or_skip() -> Path:
@@ -160,3 +184,92 @@ def tiny_data(count=48, size=16, seed=0):
     split = count * 3 // 4
     return TrainData(images[:split], labels[:split], images[split:], labels[split:], [0.6] * 3, [0.2] * 3,
                      ["Parasitized", "Uninfected"])
+
+
+def tiny_tables(count=24, size=16, seed=0):
+    """What the training, LR-finder and evaluation nodes read, made by hand: ``(image_tensors, image_index,
+    data_split, normalization_stats)``. As in :func:`tiny_data`, parasitized cells (even rows) carry a dark
+    spot; the first half of the rows is ``train``, the third quarter ``validation``, the last ``test``."""
+    import pandas as pd
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(120, 200, (count, 3, size, size), dtype=torch.uint8, generator=generator)
+    images[0::2, :, 5:9, 5:9] = 10
+    labels = ["Parasitized" if i % 2 == 0 else "Uninfected" for i in range(count)]
+    paths = [f"cell_images/{label}/C{i % 3}P{i % 3}ThinF_IMG_1_cell_{i}.png" for i, label in enumerate(labels)]
+    index = pd.DataFrame({"path": paths, "label": labels, "patient_id": [f"C{i % 3}P{i % 3}ThinF" for i in range(count)]})
+    subsets = ["train"] * (count // 2) + ["validation"] * (count // 4) + ["test"] * (count - count // 2 - count // 4)
+    split = pd.DataFrame({"path": paths, "subset": subsets})
+    train = images[: count // 2].double() / 255
+    stats = {"mean": train.mean(dim=(0, 2, 3)).tolist(), "std": train.std(dim=(0, 2, 3), correction=0).tolist()}
+    return images, index, split, stats
+
+
+def tiny_bundle(image_size: int = 16) -> dict:
+    """The saved form of an untrained ResNet-9 of width 4 (seeded), as the training node returns it."""
+    import torch
+
+    from malaria_pipeline.ml.model_io import model_bundle
+    from malaria_pipeline.ml.models import CellClassifier, build_network
+
+    torch.manual_seed(0)
+    network = build_network("resnet9", image_size=image_size, width=4)
+    classifier = CellClassifier(network, [0.5] * 3, [0.25] * 3, ["Parasitized", "Uninfected"], image_size)
+    return model_bundle(classifier, architecture="resnet9", network_args={"width": 4})
+
+
+# Runtime parameters of a tiny `training` run on :data:`SMALL_PATIENTS` (with ingestion.image_size=16): a
+# stratified split, so that every subset has both classes, and one epoch of a ResNet-9 of width 4.
+TINY = {"preprocessing": {"split": {"strategy": "stratified", "fractions": {"train": 0.5, "validation": 0.25, "test": 0.25}}},
+        "training": {"width": 4, "epochs": 1, "batch_size": 8}}
+
+
+class KedroProject:
+    """This project's conf/ copied into ``root``; runs write there only (the working directory).
+
+    The one way the tests run a pipeline: :meth:`run`, a ``KedroSession`` as ``kedro run --params``
+    opens it, with the project's catalog, hooks and MLflow tracking. The fixtures ``kedro_project``
+    (one per test) and ``module_kedro_project`` (one per test module) of conftest.py make one.
+    """
+
+    def __init__(self, root: Path):
+        from kedro.framework.startup import bootstrap_project
+
+        self.root = root
+        root.mkdir(parents=True)
+        shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
+        shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+        for folder in ("conf/local", "data", "src"):  # bootstrap_project wants src/; the package is installed
+            (root / folder).mkdir()
+        # MLflow caches its store per tracking URI, so the relative sqlite:///mlflow.db would keep
+        # pointing at the first project's file within one process: give each project its own.
+        (root / "conf" / "local" / "mlflow.yml").write_text(
+            f"server:\n  mlflow_tracking_uri: sqlite:///{root / 'mlflow.db'}\n"
+        )
+        bootstrap_project(root)
+
+    def run(self, pipeline: str, **runtime_params):
+        """Runs a registered pipeline in a new KedroSession, as ``kedro run --params`` would."""
+        from kedro.framework.session import KedroSession
+
+        with KedroSession.create(project_path=self.root, runtime_params=runtime_params) as session:
+            return session.run(pipeline_names=[pipeline])
+
+    def context(self, **runtime_params):
+        """The KedroContext of a new session (its parameters and catalog), without running anything."""
+        from kedro.framework.session import KedroSession
+
+        with KedroSession.create(project_path=self.root, runtime_params=runtime_params) as session:
+            return session.load_context()
+
+    def load(self, name: str, **runtime_params):
+        """The latest version of a catalog dataset."""
+        return self.context(**runtime_params).catalog.load(name)
+
+    def mlflow_client(self):
+        """An MLflow client of this project's tracking store (also made MLflow's current tracking URI)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{self.root / 'mlflow.db'}")
+        return mlflow.MlflowClient()

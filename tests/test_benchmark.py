@@ -47,6 +47,7 @@ def test_the_benchmark_command_measures_everything_and_reports_it(kedro_project,
                "preprocessing.split.strategy=stratified",
                "--steps", "2", "--resnet18-steps", "1", "--warmup", "1", "--rounds", "2", "--baseline-workers", "1",
                "--pyfunc-images", "20", "--request-size", "8", "--target-accuracy", "0.0"]
+    # The command itself, not KedroProject.run: what is tested is the benchmark's command line and report.
     done = subprocess.run(command, cwd=kedro_project.root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
 

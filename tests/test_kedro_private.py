@@ -158,6 +158,7 @@ def test_a_hook_registered_on_a_session_is_called_by_that_session_only(kedro_pro
     from kedro.framework.session import KedroSession
 
     hook = _Noted()
+    # Sessions of their own, not KedroProject: what is tested is a hook registered on one session object.
     with private("KedroSession._hook_manager"):
         with KedroSession.create(project_path=kedro_project.root) as session:
             kedro_private.register_session_hook(session, hook)

@@ -55,3 +55,11 @@ def test_the_served_pipeline_keeps_its_input_name():
     assert training.input_name == "served_images"
     assert training.inference.datasets() == {"served_images", "model", "params:inference", "served_predictions"}
     assert {node.namespace for node in training.inference.nodes} == {"inference"}
+
+
+def test_registry_names_the_pipelines_and_training_is_the_default():
+    pipelines = register_pipelines()
+    assert {"ingestion", "preprocessing", "model_training", "evaluation", "lr_finder", "training", "__default__"} <= pipelines.keys()
+    assert pipelines["__default__"] is pipelines["training"]
+    parts = ("ingestion", "preprocessing", "model_training", "evaluation")
+    assert set(pipelines["training"].nodes) == {n for part in parts for n in pipelines[part].nodes}

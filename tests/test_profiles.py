@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
-from kedro.io import DataCatalog, MemoryDataset
 
 from malaria_pipeline import profiles
-from malaria_pipeline.hooks import LogHardwareProfile
-from malaria_pipeline.pipeline_registry import register_pipelines
 
 # The values of each profile, as the README and conf/base/parameters.yml state them.
 GPU = {"image_size": 64, "width": 64, "epochs": 10}
@@ -27,15 +22,8 @@ def resolved(params: dict) -> dict:
             "epochs": params["training"]["epochs"]}
 
 
-def context(project, **runtime_params):
-    from kedro.framework.session import KedroSession
-
-    session = KedroSession.create(project_path=project.root, runtime_params=runtime_params)
-    return session.load_context()
-
-
 def test_auto_picks_gpu_with_cuda_and_cpu_without(kedro_project, cuda):
-    params = context(kedro_project).params
+    params = kedro_project.context().params
     assert params["profile"] == "auto"
     assert resolved(params) == (GPU if cuda else CPU)
     assert profiles.choose_profile("auto") == (("gpu", "A CUDA device is available") if cuda else ("cpu", "No CUDA device"))
@@ -43,20 +31,20 @@ def test_auto_picks_gpu_with_cuda_and_cpu_without(kedro_project, cuda):
 
 @pytest.mark.parametrize("chosen", ["gpu", "cpu"])
 def test_a_profile_given_as_a_parameter_wins_over_the_hardware(kedro_project, cuda, chosen):
-    params = context(kedro_project, profile=chosen).params
+    params = kedro_project.context(profile=chosen).params
     assert resolved(params) == (GPU if chosen == "gpu" else CPU)
 
 
 def test_a_profile_in_conf_local_wins_and_a_parameter_wins_over_the_profile(kedro_project, cuda):
     (kedro_project.root / "conf/local/globals.yml").write_text("profile: cpu\n")
-    assert resolved(context(kedro_project).params) == CPU
-    assert resolved(context(kedro_project, training={"epochs": 3}).params) == {**CPU, "epochs": 3}
+    assert resolved(kedro_project.context().params) == CPU
+    assert resolved(kedro_project.context(training={"epochs": 3}).params) == {**CPU, "epochs": 3}
 
 
 def test_conf_local_keeps_working_with_the_cpu_profile(kedro_project, cell_folder, monkeypatch):
     monkeypatch.setattr(profiles, "_cuda_available", lambda: False)
     (kedro_project.root / "conf/local/globals.yml").write_text(f"ingestion_source: {cell_folder}\n")
-    loaded = context(kedro_project)
+    loaded = kedro_project.context()
     assert resolved(loaded.params) == CPU
     assert loaded.params["ingestion"]["source"] == str(cell_folder)
     assert loaded.catalog.load("cell_images").source == str(cell_folder.resolve())
@@ -64,20 +52,4 @@ def test_conf_local_keeps_working_with_the_cpu_profile(kedro_project, cell_folde
 
 def test_an_unknown_profile_is_an_error_that_names_the_choices(kedro_project):
     with pytest.raises(Exception, match=r"profile is 'laptop': use auto \(gpu where CUDA is available, else cpu\), gpu or cpu"):
-        context(kedro_project, profile="laptop").params
-
-
-@pytest.mark.parametrize(("requested", "line"), [
-    ("auto", 'No CUDA device: training the cpu profile (40-pixel images, resnet9 width 16, 12 epochs); set '
-             '--params "profile=gpu" or profile: gpu in conf/local/globals.yml to change it'),
-    ("cpu", "profile=cpu was set: training the cpu profile (40-pixel images, resnet9 width 16, 12 epochs)"),
-])
-def test_a_training_run_says_in_one_line_which_profile_and_why(kedro_project, monkeypatch, caplog, requested, line):
-    monkeypatch.setattr(profiles, "_cuda_available", lambda: False)
-    params = context(kedro_project, profile=requested).params
-    catalog = DataCatalog({"parameters": MemoryDataset(params)})
-    with caplog.at_level(logging.INFO, logger="malaria_pipeline.hooks"):
-        LogHardwareProfile().before_pipeline_run(pipeline=register_pipelines()["training"], catalog=catalog)
-        LogHardwareProfile().before_pipeline_run(pipeline=register_pipelines()["inference"], catalog=catalog)
-    (message,) = [r.getMessage() for r in caplog.records if r.name == "malaria_pipeline.hooks"]
-    assert message.startswith(line) and "\n" not in message
+        kedro_project.context(profile="laptop").params

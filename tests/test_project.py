@@ -164,3 +164,27 @@ def test_no_function_in_src_is_over_60_lines():
                 for path in sorted((PROJECT_ROOT / "src").rglob("*.py"))
                 for name, lines in _long_functions(path.read_text(), 60)}
     assert too_long == {}
+
+
+def test_no_test_module_imports_from_another_test_module():
+    import ast
+
+    shared = {"tests.helpers", "tests.conftest"}  # what tests share: plain helpers, and fixtures
+    found = []
+    for path in sorted((PROJECT_ROOT / "tests").rglob("test_*.py")):
+        package = ".".join(path.relative_to(PROJECT_ROOT).parent.parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+                module = ".".join(part for part in (base, node.module) if part)
+                # `from tests import helpers` and `from . import helpers` import the module tests.helpers
+                packages = node.module is None or module == "tests"
+                modules = [f"{module}.{alias.name}" for alias in node.names] if packages else [module]
+            else:
+                continue
+            found += [f"{path.relative_to(PROJECT_ROOT)}:{node.lineno}: {module}" for module in modules
+                      if (module == "tests" or module.startswith("tests.")) and module not in shared]
+    assert found == [], "Test modules import from other test modules; move what they share into tests/helpers.py " \
+                        "(plain functions and constants) or tests/conftest.py (fixtures):\n  " + "\n  ".join(found)

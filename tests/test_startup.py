@@ -23,6 +23,7 @@ def test_a_run_into_a_pipe_logs_one_plain_line_per_record(kedro_project, cell_fo
     params = (f"ingestion.source={cell_folder},ingestion.image_size=16,training.width=4,training.epochs=2,"
               "training.batch_size=8,preprocessing.split.strategy=stratified,preprocessing.split.fractions.train=0.5,"
               "preprocessing.split.fractions.validation=0.25,preprocessing.split.fractions.test=0.25")
+    # The `kedro` command itself, not KedroProject.run: what is tested is what the CLI prints into a pipe.
     done = subprocess.run(
         [sys.executable, "-m", "kedro", "run", "--pipelines", "training", "--params", params],
         cwd=kedro_project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,

@@ -4,13 +4,9 @@ import base64
 
 import pandas as pd
 import pytest
-import torch
 
-from malaria_pipeline.datasets import TrainedModelDataset
-from malaria_pipeline.ml.model_io import model_bundle
-from malaria_pipeline.ml.models import CellClassifier, build_network
 from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images
-from tests.helpers import base_image_limits, bomb_png, image_bytes
+from tests.helpers import base_image_limits, bomb_png, image_bytes, tiny_bundle
 
 
 def params(threshold: float = 0.5, batch_size: int = 4, max_rows: int = 4096) -> dict:
@@ -20,10 +16,7 @@ def params(threshold: float = 0.5, batch_size: int = 4, max_rows: int = 4096) ->
 
 @pytest.fixture(scope="module")
 def bundle():
-    torch.manual_seed(0)
-    network = build_network("resnet9", image_size=16, width=4)
-    classifier = CellClassifier(network, [0.5] * 3, [0.25] * 3, ["Parasitized", "Uninfected"], 16)
-    return model_bundle(classifier, architecture="resnet9", network_args={"width": 4})
+    return tiny_bundle()
 
 
 def b64(data: bytes) -> str:
@@ -53,11 +46,6 @@ def test_the_threshold_sets_the_label(bundle):
 def test_an_input_without_the_image_column_is_refused_with_the_columns_it_has(bundle):
     with pytest.raises(ValueError, match=r"columns \['images'\]; it needs a column 'image'"):
         predict_encoded_images(pd.DataFrame({"images": ["x"]}), bundle, params())
-
-
-def test_a_missing_model_says_to_train_first(tmp_path):
-    with pytest.raises(Exception, match=r"Found no model in .*model\.pt: run `kedro run --pipelines training` first"):
-        TrainedModelDataset(filepath=str(tmp_path / "model.pt")).load()
 
 
 def test_a_bomb_row_gets_its_size_as_error_and_the_other_rows_their_answer(bundle):

@@ -13,27 +13,17 @@ from malaria_pipeline.ml import packing
 from malaria_pipeline.archive import ArchiveError, ImageArchive
 from malaria_pipeline.ml.images import decode_cell_image
 from malaria_pipeline.pipelines.ingestion.nodes import index_images
-from tests.helpers import ANY_IMAGE, base_image_limits, bomb_png, corrupt_idat_png, image_bytes, zip_folder
+from tests.helpers import (
+    ANY_IMAGE,
+    add_bad_files,
+    base_image_limits,
+    bomb_png,
+    corrupt_idat_png,
+    image_bytes,
+    zip_folder,
+)
 
 PARAMS = {"image_size": 16, "workers": 1, "image_limits": base_image_limits()}
-
-
-def add_bad_files(root: Path) -> dict[str, str]:
-    """Adds the kinds of bad input the official archive (or a careless copy) holds; returns path → reason."""
-    parasitized = root / "cell_images" / "Parasitized"
-    uninfected = root / "cell_images" / "Uninfected"
-    (parasitized / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 windows thumbnail cache")
-    (uninfected / "C9P9ThinF_IMG_1_cell_empty.png").write_bytes(b"")
-    (uninfected / "C9P9ThinF_IMG_1_cell_truncated.png").write_bytes(image_bytes(40, 40, seed=99)[:150])
-    (parasitized / "C9P9ThinF_IMG_1_cell_text.png").write_text("I am a text file")
-    (root / "cell_images" / "README.txt").write_text("about the data")
-    return {
-        "cell_images/Parasitized/Thumbs.db": "not an image file (suffix '.db'",
-        "cell_images/Uninfected/C9P9ThinF_IMG_1_cell_empty.png": "empty file (0 bytes)",
-        "cell_images/Uninfected/C9P9ThinF_IMG_1_cell_truncated.png": "truncated or corrupt image",
-        "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_text.png": "not a PNG or JPEG image",
-        "cell_images/README.txt": "outside the class folders",
-    }
 
 
 def test_indexes_every_valid_image_and_packs_it_in_index_order(cell_folder: Path):

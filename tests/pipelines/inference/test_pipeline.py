@@ -6,10 +6,7 @@ import torch
 
 from malaria_pipeline.ml import load_model
 from malaria_pipeline.ml.images import decode_cell_image
-from tests.helpers import ANY_IMAGE, bomb_png, image_bytes
-
-TINY = {"preprocessing": {"split": {"strategy": "stratified", "fractions": {"train": 0.5, "validation": 0.25, "test": 0.25}}},
-        "training": {"width": 4, "epochs": 1, "batch_size": 8}}
+from tests.helpers import ANY_IMAGE, TINY, bomb_png, image_bytes
 
 
 @pytest.fixture

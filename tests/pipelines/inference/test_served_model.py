@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import SMALL_PATIENTS, bomb_png, image_bytes, write_cells
-from tests.test_inference import TINY
+from tests.helpers import SMALL_PATIENTS, TINY, bomb_png, image_bytes, write_cells
 
 
 @pytest.fixture(scope="module")

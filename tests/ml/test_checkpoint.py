@@ -1,0 +1,23 @@
+"""The checkpoint store: the last epoch of a training run, replaced atomically, with its metadata."""
+
+import torch
+
+from malaria_pipeline.ml.checkpoint import CheckpointStore
+
+
+def test_no_checkpoint_loads_as_none(tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoint")
+    assert store.path == tmp_path / "checkpoint" / "last.pt"
+    assert store.load() is None
+
+
+def test_the_last_state_saved_comes_back_with_the_metadata_of_the_store(tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoint", metadata={"mlflow_run_id": "abc"})
+    store.save({"epoch": 1, "weights": torch.zeros(3)})
+    store.save({"epoch": 2, "weights": torch.ones(3)})
+    state = store.load()
+    assert state["epoch"] == 2 and torch.equal(state["weights"], torch.ones(3))
+    assert state["metadata"] == {"mlflow_run_id": "abc"}
+    # one file, replaced: no partial file is left beside it
+    assert [p.name for p in (tmp_path / "checkpoint").iterdir()] == ["last.pt"]
+    assert CheckpointStore(tmp_path / "checkpoint").load()["epoch"] == 2  # another store of the same folder

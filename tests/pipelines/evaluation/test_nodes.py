@@ -1,0 +1,103 @@
+"""Nodes of the evaluation pipeline, on small hand-made predictions and a tiny untrained model."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from malaria_pipeline.ml import load_model
+from malaria_pipeline.pipelines.evaluation.nodes import (
+    SCORES,
+    compute_metrics,
+    confusion_matrix_figure,
+    package_model,
+    predict_subsets,
+    roc_curve_figure,
+    sample_images_figure,
+    top_losses_figure,
+)
+from tests.helpers import tiny_bundle, tiny_tables
+
+PARAMS = {"positive_class": "Parasitized", "threshold": 0.5, "operating_thresholds": [0.25, 0.5], "device": "cpu",
+          "batch_size": 3, "top_losses": 3, "samples_per_class": 2, "seed": 0}
+
+# At threshold 0.5, validation: 2 parasitized found, 1 missed (0.3), 1 uninfected right, 1 false alarm (0.7);
+# test: all three right. The train row (a miss) must count nowhere.
+PREDICTIONS = pd.DataFrame({
+    "subset": ["validation"] * 5 + ["test"] * 3 + ["train"],
+    "label": ["Parasitized", "Parasitized", "Parasitized", "Uninfected", "Uninfected",
+              "Parasitized", "Uninfected", "Uninfected", "Parasitized"],
+    "patient_id": ["A", "A", "B", "B", "B", "C", "C", "C", "A"],
+    "p_positive": [0.9, 0.6, 0.3, 0.2, 0.7, 0.8, 0.1, 0.4, 0.1],
+})
+PREDICTIONS["predicted"] = ["Parasitized" if p >= 0.5 else "Uninfected" for p in PREDICTIONS["p_positive"]]
+PREDICTIONS["loss"] = [0.1, 0.5, 1.2, 0.2, 1.1, 0.2, 0.1, 0.4, 2.3]
+PREDICTIONS["row"] = range(len(PREDICTIONS))
+
+
+def test_metrics_of_each_subset_match_the_counts_worked_out_by_hand():
+    report, scores = compute_metrics(PREDICTIONS, PARAMS)
+    assert report["positive_class"] == "Parasitized" and report["threshold"] == 0.5
+    validation, test = report["validation"], report["test"]
+    assert (validation["true_positives"], validation["false_negatives"], validation["false_positives"],
+            validation["true_negatives"]) == (2, 1, 1, 1)
+    assert validation["sensitivity"] == pytest.approx(2 / 3) and validation["specificity"] == pytest.approx(1 / 2)
+    assert validation["accuracy"] == pytest.approx(3 / 5) and validation["precision"] == pytest.approx(2 / 3)
+    assert validation["images"] == 5 and test["images"] == 3
+    assert test["sensitivity"] == 1.0 and test["specificity"] == 1.0 and test["accuracy"] == 1.0
+    # at 0.25 the missed cell (0.3) is found; the false alarm stays
+    assert [(p["threshold"], p["sensitivity"], p["specificity"]) for p in validation["operating_points"]] == [
+        (0.25, pytest.approx(1.0), pytest.approx(0.5)), (0.5, pytest.approx(2 / 3), pytest.approx(0.5))]
+    assert [(p["patient_id"], p["errors"]) for p in validation["per_patient"]] == [("B", 2), ("A", 0)]
+    assert scores.keys() == {f"{subset}.{name}" for subset in ("validation", "test") for name in SCORES}
+    assert scores["validation.sensitivity"] == {"value": pytest.approx(2 / 3), "step": 0}
+    assert scores["validation.false_positives"]["value"] == 1
+
+
+def test_a_subset_without_predictions_is_left_out():
+    report, scores = compute_metrics(PREDICTIONS[PREDICTIONS["subset"] == "validation"], PARAMS)
+    assert "validation" in report and "test" not in report
+    assert not [name for name in scores if name.startswith("test.")]
+
+
+def test_predictions_are_the_models_for_the_validation_and_test_rows_only():
+    images, index, split, _ = tiny_tables(count=8)
+    bundle = tiny_bundle()
+    predictions = predict_subsets(bundle, images, index, split, PARAMS)
+    assert predictions["row"].tolist() == [4, 5, 6, 7]  # train rows 0-3 are not evaluated
+    assert predictions["subset"].tolist() == ["validation", "validation", "test", "test"]
+    assert predictions["path"].tolist() == index["path"][4:].tolist()
+    assert predictions["label"].tolist() == index["label"][4:].tolist()
+    assert predictions["patient_id"].tolist() == index["patient_id"][4:].tolist()
+    expected = load_model(bundle).predict_proba(images[4:])
+    assert predictions["p_positive"].tolist() == pytest.approx(expected[:, 0].tolist(), abs=1e-6)
+    assert predictions["predicted"].tolist() == [["Parasitized", "Uninfected"][i] for i in expected.argmax(dim=1)]
+    p_true = expected[torch.arange(4), torch.tensor([0, 1, 0, 1])]  # rows 4 and 6 are parasitized
+    assert predictions["loss"].tolist() == pytest.approx((-p_true.log()).tolist(), abs=1e-5)
+
+
+def test_the_packaged_model_is_the_classifier_of_the_bundle():
+    images, *_ = tiny_tables(count=4)
+    bundle = tiny_bundle()
+    with torch.no_grad():
+        logits = package_model(bundle)(images)
+    assert torch.allclose(logits.softmax(dim=1), load_model(bundle).predict_proba(images), atol=1e-6)
+
+
+def test_each_figure_shows_the_evaluated_subsets_or_cells():
+    images, index, _, _ = tiny_tables(count=9)
+    confusion = confusion_matrix_figure(PREDICTIONS, PARAMS)
+    assert [ax.get_title() for ax in confusion.axes if ax.get_title()] == ["validation (5 cells)", "test (3 cells)"]
+    roc = roc_curve_figure(PREDICTIONS, PARAMS)
+    assert isinstance(roc, Figure) and roc.axes[0].get_title() == "ROC, positive class Parasitized"
+    evaluated = PREDICTIONS[PREDICTIONS["subset"] != "train"]  # as predict_subsets gives them
+    worst = top_losses_figure(evaluated, images, PARAMS)
+    assert worst.get_suptitle().startswith("Top 3 losses")
+    # the three largest losses, largest first: the missed cell (1.2), the false alarm (1.1), then 0.5
+    assert [ax.get_title().split("\n")[0] for ax in worst.axes if ax.get_title()] == [
+        "Paras→Uninf", "Uninf→Paras", "Paras→Paras"]
+    samples = sample_images_figure(images, index, PARAMS)
+    titles = [ax.get_title().split("\n")[0] for ax in samples.axes if ax.get_title()]
+    assert titles == ["Parasitized"] * 2 + ["Uninfected"] * 2

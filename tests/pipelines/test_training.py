@@ -1,0 +1,57 @@
+"""The composed `training` pipeline (ingestion, preprocessing, model_training, evaluation) run end to end
+over the project's own catalog.yml, in a KedroProject in tmp_path."""
+
+import numpy as np
+import pytest
+import torch
+
+from malaria_pipeline.ml import load_model
+from tests.helpers import add_bad_files, zip_folder
+
+# 4 folds of the six patients, and a ResNet-9 of width 4 for 2 epochs: seconds on a CPU.
+TINY_SPLIT_AND_TRAINING = {
+    "preprocessing": {"split": {"folds": 4, "fractions": {"train": 0.5, "validation": 0.25, "test": 0.25}}},
+    "training": {"width": 4, "epochs": 2, "batch_size": 8, "pad": 2},
+}
+
+
+@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
+def test_training_pipeline_runs_on_real_pngs_some_broken(kedro_project, cell_folder, tmp_path, as_zip):
+    broken = add_bad_files(cell_folder)
+    source = zip_folder(cell_folder, tmp_path / "cells.zip") if as_zip else cell_folder
+    kedro_project.run("training", ingestion={"source": str(source), "image_size": 16}, **TINY_SPLIT_AND_TRAINING)
+    catalog = kedro_project.context().catalog  # the latest version of each dataset
+
+    index, tensors = catalog.load("image_index"), catalog.load("image_tensors")
+    report, split, stats = catalog.load("ingestion_report"), catalog.load("data_split"), catalog.load("normalization_stats")
+    assert len(index) == len(tensors) == 42 and tensors.shape[1:] == (3, 16, 16)
+    assert {entry["path"] for entry in report["skipped"]} == broken.keys()
+    assert split["path"].tolist() == index["path"].tolist()
+    assert index.assign(subset=split["subset"]).groupby("patient_id")["subset"].nunique().max() == 1
+    train = torch.from_numpy(np.flatnonzero(split["subset"].to_numpy() == "train"))
+    direct = tensors[train].double() / 255
+    assert stats["mean"] == pytest.approx(direct.mean(dim=(0, 2, 3)).tolist(), abs=1e-4)
+    assert stats["std"] == pytest.approx(direct.std(dim=(0, 2, 3), correction=0).tolist(), abs=1e-4)
+
+    history, bundle = catalog.load("training_history"), catalog.load("model")
+    assert history["epoch"].tolist() == [1, 2]
+    assert list(history.columns) == ["epoch", "stage", "train_loss", "valid_loss", "accuracy", "lr", "seconds"]
+    model = load_model(bundle)
+    assert model.class_names == ["Parasitized", "Uninfected"] and model.image_size == 16
+    assert model.predict_proba(tensors[:5]).shape == (5, 2)
+    assert (kedro_project.root / "data" / "06_models" / "checkpoint" / "last.pt").exists()
+
+    metrics = catalog.load("evaluation_metrics")
+    assert metrics["positive_class"] == "Parasitized"
+    for subset in ("validation", "test"):
+        report = metrics[subset]
+        assert report["images"] == (split["subset"] == subset).sum()
+        assert report["true_positives"] + report["false_negatives"] + report["false_positives"] + report["true_negatives"] == report["images"]
+        assert report["false_negatives_phrase"].endswith("parasitized cells" + report["false_negatives_phrase"].split("cells")[1])
+        assert [p["threshold"] for p in report["operating_points"]][:2] == [0.02, 0.05]
+        assert {p["patient_id"] for p in report["per_patient"]} == set(index[split["subset"] == subset]["patient_id"])
+    predictions = catalog.load("evaluation_predictions")
+    assert set(predictions["subset"]) == {"validation", "test"} and predictions["p_positive"].between(0, 1).all()
+    for figure in ("confusion_matrix", "roc_curve", "training_curves", "top_losses", "sample_images"):
+        png = next((kedro_project.root / "data" / "08_reporting" / f"{figure}.png").iterdir()) / f"{figure}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
