@@ -184,3 +184,73 @@ def test_the_config_holds_every_key_of_conf_base_and_no_default():
     fields = dataclasses.fields(TrainConfig)
     assert sorted(f.name for f in fields) == sorted(base) == sorted(TRAIN_PARAMS)
     assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
+
+
+def test_a_checkpoint_written_on_another_device_type_resumes_with_a_warning(tmp_path, caplog):
+    store = CheckpointStore(tmp_path / "checkpoint")
+    config = quick(epochs=2, resume=True)
+
+    def interrupt(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(tiny_data(), config, checkpoint=store, on_epoch_end=interrupt)
+    saved = store.load()
+    assert saved["generator_device"] == "cpu" and saved["generator"].numel() == torch.Generator().get_state().numel()
+    # What a CUDA run writes: a 16-byte Philox state for the batch generator, and the CUDA global state.
+    store.save({**saved, "generator": torch.zeros(16, dtype=torch.uint8), "generator_device": "cuda",
+                "cuda_rng": torch.zeros(16, dtype=torch.uint8)})
+    with caplog.at_level("WARNING", logger="malaria_pipeline.ml.train"):
+        resumed = train_classifier(tiny_data(), config, checkpoint=store)
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    assert "belong to a cuda device and this run is on cpu" in caplog.text
+
+
+# The ops after which a CUDA host waits for the device: a data-dependent shape or a value read back.
+BLOCKING_OPS = {"aten.nonzero.default", "aten._local_scalar_dense.default", "aten.masked_select.default",
+                "aten.is_nonzero.default", "aten.equal.default", "aten._unique2.default", "aten.unique_dim.default",
+                "aten.repeat_interleave.Tensor"}
+
+
+def _blocking_ops(step, ignore: set[int]) -> list[str]:
+    """The ops of ``step()`` that would block a CUDA host, seen by a dispatch mode on the CPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    found = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            tensors = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+            reads_back = str(func) in BLOCKING_OPS and not all(t.data_ptr() in ignore for t in tensors)
+            masked = str(func).startswith(("aten.index.", "aten.index_put")) and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in torch.utils._pytree.tree_leaves(args[1:]))
+            if reads_back or masked:
+                found.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Spy():
+        step()
+    return found
+
+
+def test_a_training_step_never_waits_for_the_device():
+    from malaria_pipeline.ml.loader import BatchLoader
+    from malaria_pipeline.ml.train import make_optimizer, train_step
+
+    config, data = quick(), tiny_data()
+    classifier = build_classifier(config, data).set_speed(channels_last=True, bf16=False).train()
+    optimizer = make_optimizer(config, plan_stages(config, 5)[0], layer_groups(classifier.network, "resnet9"))
+    batches = BatchLoader(data.train_images, data.train_labels, 12, torch.Generator().manual_seed(0),
+                          config.augmentation).forever()
+
+    def step():
+        images, labels = next(batches)
+        train_step(classifier, optimizer, images, labels, config)
+
+    step()  # creates the optimizer's state
+    # Adam reads its step counters, which live on the CPU whatever the device: no device sync.
+    counters = {state["step"].data_ptr() for state in optimizer.state.values()}
+    assert _blocking_ops(step, ignore=counters) == []
+    # The check sees what it must: a boolean mask (the quarter turns as they were once written) and a read-back.
+    assert _blocking_ops(lambda: data.train_images[data.train_labels == 0], set()) == ["aten.index.Tensor"]
+    assert _blocking_ops(lambda: data.train_labels.sum().item(), set()) == ["aten._local_scalar_dense.default"]
