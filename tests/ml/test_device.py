@@ -37,3 +37,24 @@ def test_bf16_auto_on_cuda_asks_the_chosen_device_for_native_bf16(monkeypatch, c
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     assert use_bf16("auto", torch.device("cuda:1")) is native
     assert asked == [torch.device("cuda:1")]
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_the_determinism_switch_sets_cudnn_torch_and_cublas(monkeypatch, deterministic):
+    from malaria_pipeline.ml.device import set_determinism
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", not deterministic)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", deterministic)
+    try:
+        set_determinism(deterministic)
+        assert torch.backends.cudnn.deterministic is deterministic
+        assert torch.backends.cudnn.benchmark is (not deterministic)
+        assert torch.are_deterministic_algorithms_enabled() is deterministic
+        if deterministic:
+            assert torch.is_deterministic_algorithms_warn_only_enabled()
+        import os
+
+        assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == (":4096:8" if deterministic else None)
+    finally:
+        torch.use_deterministic_algorithms(False)

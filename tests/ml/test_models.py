@@ -59,3 +59,14 @@ def test_pretrained_weights_are_read_from_the_torch_cache(tmp_path, monkeypatch)
     assert torch.equal(network.conv1.weight, saved["conv1.weight"])
     assert torch.equal(network.layer4[1].conv2.weight, saved["layer4.1.conv2.weight"])
     assert network.fc.out_features == 2
+
+
+def test_resnet9_global_max_pool_is_the_max_of_each_channel_and_deterministic_under_ties():
+    from malaria_pipeline.ml.resnet9 import GlobalMaxPool
+
+    x = torch.tensor([[[[1.0, 3.0], [3.0, 2.0]], [[0.0, 0.0], [0.0, 0.0]]]], requires_grad=True)
+    out = GlobalMaxPool()(x)
+    assert out.shape == (1, 2, 1, 1) and out.flatten().tolist() == [3.0, 0.0]
+    out.sum().backward()
+    # amax splits the gradient among tied maxima (the same on every device), where max-pool picks one
+    assert x.grad.tolist() == [[[[0.0, 0.5], [0.5, 0.0]], [[0.25] * 2, [0.25] * 2]]]

@@ -254,3 +254,14 @@ def test_a_training_step_never_waits_for_the_device():
     # The check sees what it must: a boolean mask (the quarter turns as they were once written) and a read-back.
     assert _blocking_ops(lambda: data.train_images[data.train_labels == 0], set()) == ["aten.index.Tensor"]
     assert _blocking_ops(lambda: data.train_labels.sum().item(), set()) == ["aten._local_scalar_dense.default"]
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_training_runs_under_the_determinism_it_is_given(deterministic):
+    seen = []
+    try:
+        train_classifier(tiny_data(), quick(epochs=1, deterministic=deterministic),
+                         on_epoch_end=lambda row: seen.append(torch.are_deterministic_algorithms_enabled()))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert seen == [deterministic]

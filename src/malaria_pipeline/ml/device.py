@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -51,3 +53,27 @@ def use_bf16(setting: bool | str, device: torch.device) -> bool:
     if device.type == "cpu":
         return any(getattr(torch.cpu, check, lambda: False)() for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
     return False
+
+
+def set_determinism(deterministic: bool) -> None:
+    """``training.deterministic``: the same results on every run of a CUDA device, or its fastest kernels.
+
+    True: cuDNN's deterministic algorithms, ``torch.use_deterministic_algorithms`` (warning, not
+    failing, where an op has no deterministic version) and cuBLAS's fixed workspace. False: cuDNN
+    benchmarks the convolution algorithms of each shape and keeps the fastest, which may differ
+    between runs. The CPU is deterministic either way.
+    """
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if deterministic:
+        # Read when cuBLAS first starts in the process: set before any CUDA work.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits until ``device`` has run everything queued on it (a no-op on the CPU), before reading a clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

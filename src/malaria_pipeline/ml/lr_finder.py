@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from malaria_pipeline.ml.device import pick_device
+from malaria_pipeline.ml.device import pick_device, use_bf16
 from malaria_pipeline.ml.loader import BatchLoader
 from malaria_pipeline.ml.train import Stage, TrainConfig, TrainData, make_optimizer, train_step
 
@@ -45,14 +45,15 @@ def lr_range_test(
 ) -> LRSweep:
     """Sweeps the learning rate from ``start_lr`` to ``end_lr`` over ``num_batches`` training batches.
 
-    Uses the device, training step, optimizer, weight decay, augmentation and batch size of ``config``
-    (but not its bf16 and channels_last speed switches); stops early once the smoothed loss exceeds
-    ``diverge`` times its minimum. The classifier's weights are changed.
+    Uses the device, numeric mode (bf16, channels_last), training step, optimizer, weight decay,
+    augmentation and batch size of ``config``, so that the LR it suggests is one for that training;
+    stops early once the smoothed loss exceeds ``diverge`` times its minimum. The classifier's weights
+    are changed.
     """
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    classifier = classifier.to(device).train()
+    classifier = classifier.to(device).set_speed(config.channels_last, use_bf16(config.bf16, device)).train()
     optimizer = make_optimizer(config, Stage("sweep", 1, [start_lr], frozen=False), [classifier])
     loader = BatchLoader(data.train_images.to(device), data.train_labels.to(device), config.batch_size, generator,
                          config.augmentation)

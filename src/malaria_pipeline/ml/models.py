@@ -75,13 +75,16 @@ class CellClassifier(nn.Module):
 
     @torch.inference_mode()
     def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Class probabilities ``N×classes`` on the CPU, in eval mode, in batches (see :meth:`set_speed`)."""
+        """Class probabilities ``N×classes`` on the CPU, in eval mode, in batches (see :meth:`set_speed`).
+
+        The batches stay on the model's device until the end: one copy to the host, not one a batch.
+        """
         self.eval()
         device = self.normalize.mean.device
         if len(images) == 0:
             return torch.empty((0, len(self.class_names)))
-        return torch.cat([self(images[i : i + batch_size].to(device)).softmax(dim=1).cpu()
-                          for i in range(0, len(images), batch_size)])
+        return torch.cat([self(images[i : i + batch_size].to(device, non_blocking=True)).softmax(dim=1)
+                          for i in range(0, len(images), batch_size)]).cpu()
 
 
 class PretrainedWeightsError(RuntimeError):

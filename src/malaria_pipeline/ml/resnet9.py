@@ -32,6 +32,17 @@ class Residual(nn.Module):
         return x + self.block(x)
 
 
+class GlobalMaxPool(nn.Module):
+    """The maximum of each channel, ``N×C×H×W`` → ``N×C×1×1``.
+
+    ``amax`` rather than ``AdaptiveMaxPool2d(1)``: its backward is deterministic on CUDA (it splits
+    the gradient among tied maxima instead of scattering it to one index).
+    """
+
+    def forward(self, x):
+        return x.amax(dim=(2, 3), keepdim=True)
+
+
 class ResNet9(nn.Module):
     """ResNet-9 for ``N×3×S×S`` inputs (S a multiple of 8); returns ``N×num_classes`` logits."""
 
@@ -42,7 +53,7 @@ class ResNet9(nn.Module):
         self.layer2 = conv_bn(2 * width, 4 * width, pool=True)
         self.layer3 = nn.Sequential(conv_bn(4 * width, 8 * width, pool=True), Residual(8 * width))
         self.head = nn.Sequential(
-            nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(8 * width, num_classes)
+            GlobalMaxPool(), nn.Flatten(), nn.Dropout(dropout), nn.Linear(8 * width, num_classes)
         )
 
     def forward(self, x):

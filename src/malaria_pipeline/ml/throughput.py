@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from malaria_pipeline.ml.device import use_bf16
+from malaria_pipeline.ml.device import synchronize, use_bf16
 from malaria_pipeline.ml.loader import BatchLoader
 from malaria_pipeline.ml.models import CellClassifier
 from malaria_pipeline.ml.train import TrainConfig, train_step
@@ -85,17 +85,13 @@ def _measure(classifier: CellClassifier, batches: Iterator, config: TrainConfig,
                                  weight_decay=config.weight_decay)
     for images, labels in itertools.islice(batches, warmup):
         train_step(classifier, optimizer, images, labels, config)
-    _synchronize(device)
+    synchronize(device)
     started = time.perf_counter()
     for images, labels in itertools.islice(batches, steps):
-        loss = train_step(classifier, optimizer, images, labels, config)
-    float(loss)  # waits for the device
+        train_step(classifier, optimizer, images, labels, config)
+    synchronize(device)
     seconds = time.perf_counter() - started
     if hasattr(batches, "close"):
         batches.close()
     return Throughput(steps * config.batch_size / seconds, seconds, steps, warmup, config.batch_size)
 
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

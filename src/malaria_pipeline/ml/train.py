@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from malaria_pipeline.ml.augment import Augmentation
 from malaria_pipeline.ml.checkpoint import CheckpointStore
-from malaria_pipeline.ml.device import pick_device, use_bf16
+from malaria_pipeline.ml.device import pick_device, set_determinism, use_bf16
 from malaria_pipeline.ml.loader import BatchLoader
 from malaria_pipeline.ml.models import CellClassifier, apply_frozen_mode, build_network, layer_groups, set_frozen
 
@@ -63,6 +63,7 @@ class TrainConfig:
     bf16: bool | str
     channels_last: bool
     compile: bool
+    deterministic: bool
     keep: str
     resume: bool
 
@@ -250,6 +251,7 @@ def fit(
             row restored from the checkpoint, then after each epoch (once its checkpoint is saved).
     """
     device = pick_device(config.device)
+    set_determinism(config.deterministic)
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     classifier = classifier.to(device).set_speed(config.channels_last, use_bf16(config.bf16, device))
@@ -441,7 +443,7 @@ def _log_start(run: _Run, device: torch.device, stages: list[Stage]) -> None:
 
 def _fingerprint(config: TrainConfig, data: TrainData, stages: list[Stage]) -> dict[str, Any]:
     # What must match for a checkpoint to belong to this run (the device and speed switches need not).
-    ignored = ("device", "bf16", "channels_last", "compile", "eval_batch_size", "keep", "resume")
+    ignored = ("device", "bf16", "channels_last", "compile", "deterministic", "eval_batch_size", "keep", "resume")
     return {
         **{k: v for k, v in asdict(config).items() if k not in ignored},
         "stages": [asdict(s) for s in stages],

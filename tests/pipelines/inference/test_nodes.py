@@ -108,3 +108,20 @@ def test_base64_as_tools_write_it_is_read_wrapped_unpadded_or_as_a_data_url(bund
     answers = predict_encoded_images(rows, bundle, params())
     assert answers["error"].isna().all(), answers["error"].tolist()
     assert answers["p_parasitized"].astype(float).tolist() == pytest.approx([answers.loc[0, "p_parasitized"]] * 5)
+
+
+def test_the_served_node_rebuilds_the_classifier_once_per_bundle_and_device(bundle, monkeypatch):
+    from malaria_pipeline.pipelines.inference import nodes
+
+    built = []
+    real_load_model = nodes.load_model
+    monkeypatch.setattr(nodes, "load_model", lambda *args, **kwargs: built.append(1) or real_load_model(*args, **kwargs))
+    monkeypatch.setattr(nodes, "_CLASSIFIERS", {})
+    rows = pd.DataFrame({"image": [b64(image_bytes(20, 20))]})
+    first = predict_encoded_images(rows, bundle, params())
+    for _ in range(3):
+        assert predict_encoded_images(rows, bundle, params()).equals(first)
+    assert len(built) == 1
+    other = dict(bundle)  # another bundle (another model): built anew
+    predict_encoded_images(rows, other, params())
+    assert len(built) == 2

@@ -154,8 +154,19 @@ def _base64_bytes(value: Any, limits: ImageLimits) -> bytes:
         raise UnreadableImageError(f"not base64-encoded ({error})") from error
 
 
+# The served model calls its node once a request with the same bundle: the classifier rebuilt from a
+# bundle is kept, per bundle object and device (the bundle is held too, so that its id stays its own).
+_CLASSIFIERS: dict[tuple[int, str], tuple[dict[str, Any], CellClassifier]] = {}
+
+
 def _classifier(bundle: dict[str, Any], params: dict[str, Any]) -> CellClassifier:
-    classifier = load_model(bundle, device=pick_device(params["device"]))
+    device = pick_device(params["device"])
+    cached = _CLASSIFIERS.get((id(bundle), str(device)))
+    if cached is None or cached[0] is not bundle:
+        if len(_CLASSIFIERS) >= 4:
+            _CLASSIFIERS.clear()
+        cached = _CLASSIFIERS[(id(bundle), str(device))] = (bundle, load_model(bundle, device=device))
+    classifier = cached[1]
     positive = params["positive_class"]
     if positive not in classifier.class_names or len(classifier.class_names) != 2:
         raise ValueError(f"The model's classes are {classifier.class_names}: inference needs {positive} and one other")
