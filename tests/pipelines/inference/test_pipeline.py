@@ -42,7 +42,11 @@ def test_inference_classifies_every_image_and_lists_the_broken_one(trained, tmp_
     files = predictions["file"].tolist()[:10]
     images = torch.stack([decode_cell_image((new / f).read_bytes(), model.image_size, ANY_IMAGE)[0] for f in files])
     expected = model.predict_proba(images)[:, model.class_names.index("Parasitized")].numpy()
-    assert np.allclose(predictions["p_parasitized"].to_numpy()[:10], expected, atol=1e-6)
+    # The pipeline ran on `device: auto`: a GPU's TF32 convolutions differ from the CPU's in the 4th digit.
+    from malaria_pipeline.ml.device import pick_device
+
+    atol = 1e-6 if pick_device("auto").type == "cpu" else 2e-3
+    assert np.allclose(predictions["p_parasitized"].to_numpy()[:10], expected, atol=atol)
     assert ((predictions["p_parasitized"] >= 0.5) == (predictions["label"] == "Parasitized")).all()
 
 
