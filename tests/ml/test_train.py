@@ -194,3 +194,51 @@ def test_a_resumed_run_has_the_whole_history_and_the_weights_of_an_uninterrupted
     expected = uninterrupted.classifier.state_dict()
     assert all(torch.equal(tensor, expected[name]) for name, tensor in resumed.classifier.state_dict().items())
 
+
+def _snapshotting_fit(config, data):
+    """Trains with :func:`fit`, keeping a copy of the classifier's weights after each epoch."""
+    classifier = build_classifier(config, data)
+    snapshots = {}
+
+    def snapshot(row):
+        snapshots[row["epoch"]] = {name: t.detach().clone() for name, t in classifier.state_dict().items()}
+
+    return fit(classifier, data, config, on_epoch_end=snapshot), snapshots
+
+
+def _same_weights(state, other):
+    return state.keys() == other.keys() and all(torch.equal(state[name], other[name]) for name in state)
+
+
+def test_keep_best_returns_the_weights_of_the_epoch_of_lowest_validation_loss():
+    result, snapshots = _snapshotting_fit(quick(epochs=4), tiny_data())
+    losses = {row["epoch"]: row["valid_loss"] for row in result.history}
+    best, worst = min(losses, key=losses.get), max(losses, key=losses.get)
+    assert best not in (1, 4) and worst != best  # this seed makes a case where best is neither first nor last
+    assert result.best_epoch == best
+    assert _same_weights(result.classifier.state_dict(), snapshots[best])
+    assert not _same_weights(snapshots[best], snapshots[4]) and not _same_weights(snapshots[best], snapshots[worst])
+
+
+def test_keep_last_returns_the_weights_of_the_last_epoch():
+    result, snapshots = _snapshotting_fit(quick(epochs=4, keep="last"), tiny_data())
+    assert result.best_epoch == 4
+    assert _same_weights(result.classifier.state_dict(), snapshots[4])
+    best = min(result.history, key=lambda row: row["valid_loss"])["epoch"]
+    assert best != 4 and not _same_weights(snapshots[best], snapshots[4])
+
+
+def test_evaluating_in_batches_gives_what_one_batch_gives():
+    import torch.nn.functional as F
+
+    data = tiny_data(count=40)  # 10 validation images: batches of 3, 3, 3 and 1
+    classifier = train_classifier(data, quick(epochs=2)).classifier
+    images, labels = data.valid_images, data.valid_labels.clone()
+    labels[[1, 4, 9]] = 1 - labels[[1, 4, 9]]  # three wrong answers, one in the last batch of 3
+    with torch.no_grad():
+        logits = classifier.eval()(images)
+    loss, accuracy = F.cross_entropy(logits, labels).item(), (logits.argmax(dim=1) == labels).float().mean().item()
+    assert train.evaluate(classifier, images, labels, 1024) == (pytest.approx(loss, rel=1e-6), pytest.approx(accuracy))
+    assert train.evaluate(classifier, images, labels, 3) == (pytest.approx(loss, rel=1e-6), pytest.approx(accuracy))
+    assert train.evaluate(classifier, images, labels, 1) == (pytest.approx(loss, rel=1e-6), pytest.approx(accuracy))
+    assert 0 < accuracy < 1
