@@ -164,7 +164,8 @@ def test_metrics_of_predictions_are_the_ones_worked_out_by_hand_with_either_clas
         assert validation[name] == pytest.approx(by_hand[name]), name
         assert scores[f"validation.{name}"]["value"] == pytest.approx(by_hand[name]), name
     test = report["test"]
-    assert (test["true_positives"], test["false_negatives"], test["false_positives"], test["true_negatives"]) == by_hand["test"]
+    test_counts = (test["true_positives"], test["false_negatives"], test["false_positives"], test["true_negatives"])
+    assert test_counts == by_hand["test"]
     assert report["positive_class"] == positive
     p_parasitized = [p / 100 for p in HAND_P_PARASITIZED[2:]]
     expected = p_parasitized if positive == "Parasitized" else [1 - p for p in p_parasitized]
