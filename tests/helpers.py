@@ -219,6 +219,31 @@ def tiny_bundle(image_size: int = 16) -> dict:
     return model_bundle(classifier, architecture="resnet9", network_args={"width": 4})
 
 
+def reference_proba(bundle: dict, images) -> "torch.Tensor":
+    """Class probabilities of ``uint8`` images under the training preprocessing, written out here rather
+    than taken from the package: the bundle's network rebuilt from its weights, in float64, on
+    ``(pixels / 255 - mean) / std``. What serving must agree with."""
+    import torch
+
+    from malaria_pipeline.ml.models import build_network
+
+    network = build_network(bundle["architecture"], num_classes=len(bundle["class_names"]),
+                            image_size=bundle["image_size"], **bundle["network_args"])
+    network.load_state_dict(bundle["state_dict"])
+    network = network.double().eval()
+    mean = torch.tensor(bundle["mean"], dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(bundle["std"], dtype=torch.float64).view(1, -1, 1, 1)
+    with torch.no_grad():
+        return network((images.double() / 255 - mean) / std).softmax(dim=1)
+
+
+def png_pixels(data: bytes) -> "torch.Tensor":
+    """``uint8, 3×H×W`` of an RGB PNG or JPEG file, decoded by Pillow here (not by the package)."""
+    import torch
+
+    with Image.open(io.BytesIO(data)) as image:
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+
 # Runtime parameters of a tiny `training` run on :data:`SMALL_PATIENTS` (with ingestion.image_size=16): a
 # stratified split, so that every subset has both classes, and one epoch of a ResNet-9 of width 4.
 TINY = {"preprocessing": {"split": {"strategy": "stratified", "fractions": {"train": 0.5, "validation": 0.25, "test": 0.25}}},

@@ -16,13 +16,14 @@ from tests.helpers import zip_folder
 
 
 class ArchiveServer:
-    """Serves one file at /cell_images.zip, honouring Range requests.
+    """Serves one file at /cell_images.zip, honouring Range requests (unless ``honour_range`` is False:
+    then every answer is 200 with the whole file, as some servers and proxies do).
 
     ``cut_after``: the first ``cuts`` responses close the connection after that many bytes of body.
     """
 
-    def __init__(self, payload: bytes, cut_after: int | None = None, cuts: int = 0):
-        self.payload, self.cut_after, self.cuts = payload, cut_after, cuts
+    def __init__(self, payload: bytes, cut_after: int | None = None, cuts: int = 0, honour_range: bool = True):
+        self.payload, self.cut_after, self.cuts, self.honour_range = payload, cut_after, cuts, honour_range
         self.requests: list[str | None] = []  # the Range header of each request
         server = self
 
@@ -31,8 +32,8 @@ class ArchiveServer:
                 pass
 
             def do_GET(self):
-                header = self.headers.get("Range")
-                server.requests.append(header)
+                server.requests.append(self.headers.get("Range"))
+                header = self.headers.get("Range") if server.honour_range else None
                 start = int(header.removeprefix("bytes=").rstrip("-")) if header else 0
                 body = server.payload[start:]
                 self.send_response(206 if header else 200)
@@ -99,6 +100,33 @@ def test_an_interrupted_run_keeps_the_part_file_and_the_next_run_resumes(payload
         path = download_archive(server.url, tmp_path / "raw", **_expected(payload))
     assert path.read_bytes() == payload
     assert server.requests == [None, f"bytes={cut}-"]
+
+
+def test_a_server_that_ignores_range_sends_the_whole_file_again_and_it_replaces_the_part(payload, tmp_path):
+    cut = len(payload) // 3
+    with ArchiveServer(payload, cut_after=cut, cuts=1, honour_range=False) as server:
+        path = download_archive(server.url, tmp_path / "raw", **_expected(payload))
+    assert server.requests == [None, f"bytes={cut}-"]  # it asked for the rest and got everything
+    assert path.read_bytes() == payload
+
+
+@pytest.mark.parametrize("served", ["shorter", "longer"])
+def test_a_file_of_another_size_than_expected_is_deleted_and_named(payload, tmp_path, served):
+    body = payload[:-10] if served == "shorter" else payload + b"0123456789"
+    with ArchiveServer(body) as server:
+        expected = rf"sent {len(body):,} bytes of .*, {len(payload):,} were expected; deleted"
+        with pytest.raises(DownloadError, match=expected):
+            download_archive(server.url, tmp_path / "raw", size=len(payload))  # no SHA-256: the size alone
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+def test_a_part_file_longer_than_the_archive_is_dropped_and_the_download_starts_over(payload, tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "cell_images.zip.part").write_bytes(payload + b"left over")
+    with ArchiveServer(payload) as server:
+        path = download_archive(server.url, tmp_path / "raw", **_expected(payload))
+    assert server.requests == [None]
+    assert path.read_bytes() == payload
 
 
 def test_a_wrong_checksum_deletes_the_file_and_says_so(payload, tmp_path):

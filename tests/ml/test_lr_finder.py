@@ -39,3 +39,14 @@ def test_sweep_raises_the_lr_every_batch_and_stops_when_the_loss_explodes():
 def test_too_short_a_sweep_is_an_error():
     with pytest.raises(ValueError, match="too few"):
         suggest_lr([1e-3, 1e-2], [1.0, 0.5])
+
+
+def test_the_sweep_stops_before_num_batches_at_the_first_smoothed_loss_above_four_times_the_lowest():
+    config, data = train_config(batch_size=12), tiny_data()
+    sweep = lr_range_test(build_classifier(config, data), data, config, start_lr=1e-4, end_lr=1e6, num_batches=60)
+    assert len(sweep.lrs) < 60  # the learning rate reaches 1e6: the loss explodes long before
+    lowest_so_far = np.minimum.accumulate(sweep.losses)
+    last = sweep.losses[-1]
+    assert not np.isfinite(last) or last > 4 * lowest_so_far[-1]
+    assert all(loss <= 4 * lowest for loss, lowest in zip(sweep.losses[:-1], lowest_so_far[:-1]))  # not earlier
+    assert sweep.lrs == pytest.approx([1e-4 * (1e10 ** (1 / 59)) ** step for step in range(len(sweep.lrs))])

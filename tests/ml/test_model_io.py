@@ -6,7 +6,7 @@ import torch
 
 from malaria_pipeline.ml.model_io import CellClassifier, load_model, model_bundle
 from malaria_pipeline.ml.train import train_classifier
-from tests.helpers import tiny_data, train_config
+from tests.helpers import reference_proba, tiny_bundle, tiny_data, train_config
 
 
 @pytest.mark.parametrize(("architecture", "width"), [("resnet9", 8), ("resnet18", 4)])
@@ -50,3 +50,16 @@ def test_a_file_that_is_not_a_bundle_is_named(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="Not a malaria-pipeline model bundle"):
         load_model(tmp_path / "other.pt")
+
+
+def test_the_loaded_model_predicts_as_the_training_preprocessing_written_out():
+    # (pixels / 255 - mean) / std into the network, in float64 here; statistics unlike the defaults
+    data = tiny_data()
+    bundle = tiny_bundle()
+    bundle["mean"], bundle["std"] = [0.62, 0.55, 0.7], [0.18, 0.22, 0.15]
+    images = torch.cat([data.train_images, data.valid_images])
+    expected = reference_proba(bundle, images)
+    probabilities = load_model(bundle).predict_proba(images, batch_size=7)
+    assert probabilities.dtype == torch.float32 and probabilities.shape == (len(images), 2)
+    assert torch.allclose(probabilities.double(), expected, atol=1e-5, rtol=0)
+    assert expected[:, 0].max() - expected[:, 0].min() > 1e-3  # the images get different answers

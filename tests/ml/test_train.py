@@ -120,23 +120,6 @@ def test_without_pretrained_weights_one_stage_trains_everything():
     assert [(s.name, s.epochs, s.frozen) for s in stages] == [("full", 3, False)]
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
-    store = CheckpointStore(tmp_path / "checkpoint")
-    config = quick(epochs=3, resume=True)
-
-    def interrupt(row):
-        if row["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_classifier(tiny_data(), config, checkpoint=store, on_epoch_end=interrupt)
-    assert store.load()["epoch"] == 1
-    resumed = train_classifier(tiny_data(), config, checkpoint=store)
-    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
-    uninterrupted = train_classifier(tiny_data(), quick(epochs=3))
-    assert resumed.history[0]["train_loss"] == uninterrupted.history[0]["train_loss"]
-
-
 def test_resuming_with_other_parameters_is_refused(tmp_path):
     store = CheckpointStore(tmp_path / "checkpoint")
     train_classifier(tiny_data(), quick(epochs=1), checkpoint=store)
@@ -265,3 +248,78 @@ def test_training_runs_under_the_determinism_it_is_given(deterministic):
     finally:
         torch.use_deterministic_algorithms(False)
     assert seen == [deterministic]
+
+
+def _without_seconds(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+@pytest.mark.parametrize("stop_after", [1, 2])
+def test_a_resumed_run_has_the_whole_history_and_the_weights_of_an_uninterrupted_one(tmp_path, stop_after):
+    # Everything must come back: weights, optimizer (Adam's moments), schedule, shuffling and dropout RNGs.
+    store = CheckpointStore(tmp_path / "checkpoint")
+    config = quick(epochs=3, resume=True, keep="last")
+
+    def interrupt(row):
+        if row["epoch"] == stop_after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(tiny_data(), config, checkpoint=store, on_epoch_end=interrupt)
+    assert store.load()["epoch"] == stop_after
+    resumed = train_classifier(tiny_data(), config, checkpoint=store)
+    uninterrupted = train_classifier(tiny_data(), quick(epochs=3, keep="last"))
+
+    assert _without_seconds(resumed.history) == _without_seconds(uninterrupted.history)  # every epoch, every column
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+    expected = uninterrupted.classifier.state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in resumed.classifier.state_dict().items())
+
+
+def _snapshotting_fit(config, data):
+    """Trains with :func:`fit`, keeping a copy of the classifier's weights after each epoch."""
+    classifier = build_classifier(config, data)
+    snapshots = {}
+
+    def snapshot(row):
+        snapshots[row["epoch"]] = {name: t.detach().clone() for name, t in classifier.state_dict().items()}
+
+    return fit(classifier, data, config, on_epoch_end=snapshot), snapshots
+
+
+def _same_weights(state, other):
+    return state.keys() == other.keys() and all(torch.equal(state[name], other[name]) for name in state)
+
+
+def test_keep_best_returns_the_weights_of_the_epoch_of_lowest_validation_loss():
+    result, snapshots = _snapshotting_fit(quick(epochs=4), tiny_data())
+    losses = {row["epoch"]: row["valid_loss"] for row in result.history}
+    best, worst = min(losses, key=losses.get), max(losses, key=losses.get)
+    assert best not in (1, 4) and worst != best  # this seed makes a case where best is neither first nor last
+    assert result.best_epoch == best
+    assert _same_weights(result.classifier.state_dict(), snapshots[best])
+    assert not _same_weights(snapshots[best], snapshots[4]) and not _same_weights(snapshots[best], snapshots[worst])
+
+
+def test_keep_last_returns_the_weights_of_the_last_epoch():
+    result, snapshots = _snapshotting_fit(quick(epochs=4, keep="last"), tiny_data())
+    assert result.best_epoch == 4
+    assert _same_weights(result.classifier.state_dict(), snapshots[4])
+    best = min(result.history, key=lambda row: row["valid_loss"])["epoch"]
+    assert best != 4 and not _same_weights(snapshots[best], snapshots[4])
+
+
+def test_evaluating_in_batches_gives_what_one_batch_gives():
+    import torch.nn.functional as F
+
+    data = tiny_data(count=40)  # 10 validation images: batches of 3, 3, 3 and 1
+    classifier = train_classifier(data, quick(epochs=2)).classifier
+    images, labels = data.valid_images, data.valid_labels.clone()
+    labels[[1, 4, 9]] = 1 - labels[[1, 4, 9]]  # three wrong answers, one in the last batch of 3
+    with torch.no_grad():
+        logits = classifier.eval()(images)
+    loss, accuracy = F.cross_entropy(logits, labels).item(), (logits.argmax(dim=1) == labels).float().mean().item()
+    assert train.evaluate(classifier, images, labels, 1024) == (pytest.approx(loss, rel=1e-6), pytest.approx(accuracy))
+    assert train.evaluate(classifier, images, labels, 3) == (pytest.approx(loss, rel=1e-6), pytest.approx(accuracy))
+    assert train.evaluate(classifier, images, labels, 1) == (pytest.approx(loss, rel=1e-6), pytest.approx(accuracy))
+    assert 0 < accuracy < 1

@@ -101,3 +101,72 @@ def test_each_figure_shows_the_evaluated_subsets_or_cells():
     samples = sample_images_figure(images, index, PARAMS)
     titles = [ax.get_title().split("\n")[0] for ax in samples.axes if ax.get_title()]
     assert titles == ["Parasitized"] * 2 + ["Uninfected"] * 2
+
+
+class HandMadeClassifier:
+    """Stands in for the loaded model: P(Parasitized) of an image is its first pixel / 100."""
+
+    def __init__(self, class_names):
+        self.class_names = class_names
+
+    def predict_proba(self, images, batch_size=256):
+        p = images[:, 0, 0, 0].double() / 100
+        columns = {"Parasitized": p, "Uninfected": 1 - p}
+        return torch.stack([columns[name] for name in self.class_names], dim=1)
+
+
+# Two train cells (never evaluated), six validation cells and two test cells; P(Parasitized) of each.
+HAND_LABELS = ["Parasitized", "Uninfected"] + ["Parasitized"] * 3 + ["Uninfected"] * 3 + ["Parasitized", "Uninfected"]
+HAND_P_PARASITIZED = [10, 90] + [90, 50, 30, 60, 20, 10] + [80, 40]
+HAND_SUBSETS = ["train"] * 2 + ["validation"] * 6 + ["test"] * 2
+
+
+def hand_made_tables():
+    images = torch.zeros((10, 3, 4, 4), dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.tensor(HAND_P_PARASITIZED, dtype=torch.uint8)
+    paths = [f"cell_images/{label}/C1P1ThinF_IMG_1_cell_{i}.png" for i, label in enumerate(HAND_LABELS)]
+    index = pd.DataFrame({"path": paths, "label": HAND_LABELS, "patient_id": ["C1P1ThinF"] * 10})
+    return images, index, pd.DataFrame({"path": paths, "subset": HAND_SUBSETS})
+
+
+# Validation, worked out by hand at threshold 0.5 (a score on the threshold is positive):
+# positive Parasitized: P(Parasitized) 0.9 0.5 0.3 | 0.6 0.2 0.1 (parasitized | uninfected cells):
+#   found 0.9 and 0.5, missed 0.3, one false alarm (0.6). Ranked: P U P P U U, so the average precision is
+#   (1/1 + 2/3 + 3/4) / 3; ROC AUC: 0.9 beats 3 uninfected cells, 0.5 beats 2, 0.3 beats 2: 7/9.
+# positive Uninfected: P(Uninfected) 0.4 0.8 0.9 | 0.1 0.5 0.7 (uninfected | parasitized cells):
+#   found 0.8 and 0.9, missed 0.4, false alarms 0.5 and 0.7. Ranked: U U P P U P, so the average precision
+#   is (1/1 + 2/2 + 3/5) / 3; ROC AUC: 0.4 beats 1, 0.8 and 0.9 beat 3 each: 7/9.
+BY_HAND = {
+    "Parasitized": {"counts": (2, 1, 1, 2), "accuracy": 4 / 6, "sensitivity": 2 / 3, "specificity": 2 / 3,
+                    "precision": 2 / 3, "roc_auc": 7 / 9, "average_precision": (1 + 2 / 3 + 3 / 4) / 3,
+                    "test": (1, 0, 0, 1)},
+    "Uninfected": {"counts": (2, 1, 2, 1), "accuracy": 3 / 6, "sensitivity": 2 / 3, "specificity": 1 / 3,
+                   "precision": 2 / 4, "roc_auc": 7 / 9, "average_precision": (1 + 1 + 3 / 5) / 3,
+                   "test": (1, 0, 0, 1)},
+}
+
+
+@pytest.mark.parametrize("class_names", [["Parasitized", "Uninfected"], ["Uninfected", "Parasitized"]])
+@pytest.mark.parametrize("positive", ["Parasitized", "Uninfected"])
+def test_metrics_of_predictions_are_the_ones_worked_out_by_hand_with_either_class_positive(
+    monkeypatch, positive, class_names
+):
+    from malaria_pipeline.pipelines.evaluation import nodes
+
+    monkeypatch.setattr(nodes, "load_model", lambda model, device="cpu": HandMadeClassifier(class_names))
+    params = {**PARAMS, "positive_class": positive}
+    predictions = predict_subsets({}, *hand_made_tables(), params)
+    report, scores = compute_metrics(predictions, params)
+    validation, by_hand = report["validation"], BY_HAND[positive]
+    assert (validation["true_positives"], validation["false_negatives"], validation["false_positives"],
+            validation["true_negatives"]) == by_hand["counts"]
+    for name in ("accuracy", "sensitivity", "specificity", "precision", "roc_auc", "average_precision"):
+        assert validation[name] == pytest.approx(by_hand[name]), name
+        assert scores[f"validation.{name}"]["value"] == pytest.approx(by_hand[name]), name
+    test = report["test"]
+    test_counts = (test["true_positives"], test["false_negatives"], test["false_positives"], test["true_negatives"])
+    assert test_counts == by_hand["test"]
+    assert report["positive_class"] == positive
+    p_parasitized = [p / 100 for p in HAND_P_PARASITIZED[2:]]
+    expected = p_parasitized if positive == "Parasitized" else [1 - p for p in p_parasitized]
+    assert predictions["p_positive"].tolist() == pytest.approx(expected)

@@ -1,12 +1,15 @@
-"""The node of the served MLflow model, on its own: one answer per row, errors named by row."""
+"""The nodes of the inference pipeline and of the served MLflow model, on their own: one answer per image
+or row, errors named, and exactly the training preprocessing."""
 
 import base64
 
 import pandas as pd
 import pytest
+import torch
 
-from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images
-from tests.helpers import base_image_limits, bomb_png, image_bytes, tiny_bundle
+from malaria_pipeline.archive import ImageArchive
+from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images, predict_images
+from tests.helpers import base_image_limits, bomb_png, image_bytes, png_pixels, reference_proba, tiny_bundle
 
 
 def params(threshold: float = 0.5, batch_size: int = 4, max_rows: int = 4096) -> dict:
@@ -125,3 +128,55 @@ def test_the_served_node_rebuilds_the_classifier_once_per_bundle_and_device(bund
     other = dict(bundle)  # another bundle (another model): built anew
     predict_encoded_images(rows, other, params())
     assert len(built) == 2
+
+
+def test_the_served_probabilities_are_those_of_the_training_preprocessing_written_out(bundle):
+    files = [image_bytes(16, 16, "RGB", seed=i) for i in range(6)]  # the model's size: decoding fits nothing
+    answers = predict_encoded_images(pd.DataFrame({"image": [b64(f) for f in files]}), bundle, params(batch_size=4))
+    expected = reference_proba(bundle, torch.stack([png_pixels(f) for f in files]))[:, 0]  # P(Parasitized)
+    assert answers["p_parasitized"].astype(float).tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+    assert answers["label"].tolist() == ["Parasitized" if p >= 0.5 else "Uninfected" for p in expected]
+
+
+def test_broken_rows_leave_every_other_row_the_answer_it_gets_alone(bundle):
+    good = {1: image_bytes(16, 16, seed=1), 2: image_bytes(40, 25, "L", seed=2), 4: image_bytes(16, 16, seed=4),
+            6: image_bytes(33, 33, fmt="JPEG", seed=6)}
+    broken = {0: b"GIF89a...", 3: image_bytes(30, 30)[:90], 5: b""}  # the first row and two among the good
+    rows = pd.DataFrame({"image": [b64({**good, **broken}[i]) for i in range(7)]}, index=[f"r{i}" for i in range(7)])
+    answers = predict_encoded_images(rows, bundle, params(batch_size=2))
+    for i, data in good.items():
+        alone = predict_encoded_images(pd.DataFrame({"image": [b64(data)]}), bundle, params()).iloc[0]
+        assert answers.iloc[i]["error"] is None, i
+        assert answers.iloc[i]["p_parasitized"] == pytest.approx(alone["p_parasitized"], abs=1e-6), i
+        assert answers.iloc[i]["label"] == alone["label"], i
+    assert [answers.loc[f"r{i}", "error"].split(":")[0] for i in broken] == ["row r0", "row r3", "row r5"]
+    assert answers.iloc[list(broken)]["p_parasitized"].isna().all()
+
+
+def inference_params(source) -> dict:
+    return {"source": str(source), "threshold": 0.5, "batch_size": 2, "workers": None, "device": "cpu",
+            "positive_class": "Parasitized", "image_limits": base_image_limits()}
+
+
+def test_broken_files_leave_every_other_image_of_a_folder_the_answer_it_gets_alone(bundle, tmp_path):
+    good = {"b_cell.png": image_bytes(16, 16, seed=1), "d_cell.png": image_bytes(16, 16, seed=2),
+            "e_cell.jpg": image_bytes(16, 16, fmt="JPEG", seed=3), "g_cell.png": image_bytes(16, 16, seed=4)}
+    broken = {"a_cell.png": image_bytes(30, 30)[:90], "c_cell.png": b"", "f_cell.png": b"I am a text file"}
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for name, data in {**good, **broken}.items():
+        (folder / name).write_bytes(data)
+    predictions, summary = predict_images(ImageArchive.open(folder), bundle, inference_params(folder))
+    by_file = predictions.set_index("file")
+    for name, data in good.items():
+        alone_folder = tmp_path / f"alone_{name}"
+        alone_folder.mkdir()
+        (alone_folder / name).write_bytes(data)
+        alone, _ = predict_images(ImageArchive.open(alone_folder), bundle, inference_params(alone_folder))
+        assert by_file.loc[name, "p_parasitized"] == pytest.approx(alone.loc[0, "p_parasitized"], abs=1e-6), name
+        assert by_file.loc[name, "label"] == alone.loc[0, "label"], name
+    assert predictions["file"].tolist() == sorted(good)
+    assert [entry["path"] for entry in summary["skipped"]] == sorted(broken)
+    # and the probability is the training preprocessing's, written out
+    expected = reference_proba(bundle, torch.stack([png_pixels(good[name]) for name in sorted(good)]))[:, 0]
+    assert predictions["p_parasitized"].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
