@@ -105,7 +105,7 @@ def training_throughput(archive, index, images, params, device, args) -> dict[st
         return measure_baseline(classifier, loader, config, device, steps, args.warmup).images_per_second
 
     with tempfile.TemporaryDirectory(prefix="malaria-benchmark-") as folder:
-        loader = baseline_loader(_extract(archive, index, Path(folder)), size, config, workers,
+        loader = baseline_loader(_extract(archive, index, Path(folder)), size, mean, std, config, workers,
                                  pin_memory=device.type == "cuda")
         training: dict[str, Any] = {"baseline": {"input_pipeline": "ImageFolder + PIL transforms + DataLoader",
                                                  "workers": workers, "augmentation": _augmentation(config)}}

@@ -6,10 +6,11 @@ the whole batch on the device. The baseline is the reference notebooks' input pi
 ``ImageFolder`` over the PNG files, per-image PIL transforms, ``ToTensor`` and ``Normalize``, and a
 ``DataLoader`` with worker processes, so every image is decoded again every epoch. Its transforms
 draw the same augmentations as ours (pad-and-crop, and the flips and quarter turns that the
-configuration turns on), so that both do the same work, and end in ``uint8`` tensors (``PILToTensor``),
-which the classifier normalizes as it does ours. Both end in the same
-:func:`~malaria_pipeline.ml.train.train_step`, with the same classifier, optimizer, batch size, image
-size and speed switches: the ratio measures the input pipeline alone.
+configuration turns on), so that both do the same work, and end, as the notebooks do, in
+``ToTensor`` and ``Normalize`` per image in the workers; their batches skip the classifier's own
+normalization layer. Both end in the same :func:`~malaria_pipeline.ml.train.train_step`, with the same
+network, optimizer, batch size, image size and speed switches: the ratio measures the input pipeline
+alone.
 """
 
 from __future__ import annotations
@@ -41,15 +42,16 @@ class Throughput:
     batch_size: int
 
 
-def baseline_loader(folder: Path, image_size: int, config: TrainConfig, workers: int,
-                    pin_memory: bool = False) -> DataLoader:
+def baseline_loader(folder: Path, image_size: int, mean: list[float], std: list[float], config: TrainConfig,
+                    workers: int, pin_memory: bool = False) -> DataLoader:
     """The reference notebooks' input pipeline over ``folder/<class>/*.png``, with our augmentations."""
     augment = [transforms.Resize((image_size, image_size)), transforms.RandomCrop(image_size, padding=config.pad)]
     if config.flips:
         augment += [transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip()]
     if config.rotations:  # exact quarter turns: PIL transposes for multiples of 90°
         augment.append(transforms.RandomChoice([transforms.RandomRotation((a, a)) for a in (0, 90, 180, 270)]))
-    transform = transforms.Compose([*augment, transforms.PILToTensor()])
+    # The reference's normalization, per image: what the benchmark compares against.
+    transform = transforms.Compose([*augment, transforms.ToTensor(), transforms.Normalize(mean, std)])
     return DataLoader(datasets.ImageFolder(str(folder), transform=transform), batch_size=config.batch_size,
                       shuffle=True, num_workers=workers, pin_memory=pin_memory, drop_last=True)
 
@@ -64,7 +66,7 @@ def measure_ours(classifier: CellClassifier, images: torch.Tensor, labels: torch
 
 def measure_baseline(classifier: CellClassifier, loader: DataLoader, config: TrainConfig, device: torch.device,
                      steps: int, warmup: int) -> Throughput:
-    """The baseline: batches decoded and augmented by the loader's workers, then moved to ``device``.
+    """The baseline: batches decoded, augmented and normalized by the loader's workers, then moved to ``device``.
 
     The loader's workers start during the warm-up steps and stop when the measurement ends, so that
     they take no CPU from a measurement that follows.
@@ -75,7 +77,22 @@ def measure_baseline(classifier: CellClassifier, loader: DataLoader, config: Tra
             for images, labels in loader:
                 yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
-    return _measure(classifier, batches(), config, device, steps, warmup)
+    return _measure(_NormalizedInputs(classifier), batches(), config, device, steps, warmup)
+
+
+class _NormalizedInputs(torch.nn.Module):
+    """The classifier without its normalization layer, for batches the loader normalized already."""
+
+    def __init__(self, classifier: CellClassifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def set_speed(self, channels_last: bool, bf16: bool) -> _NormalizedInputs:
+        self.classifier.set_speed(channels_last, bf16)
+        return self
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.classifier.classify_normalized(inputs)
 
 
 def _measure(classifier: CellClassifier, batches: Iterator, config: TrainConfig, device: torch.device,
