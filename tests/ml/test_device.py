@@ -58,3 +58,15 @@ def test_the_determinism_switch_sets_cudnn_torch_and_cublas(monkeypatch, determi
         assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == (":4096:8" if deterministic else None)
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize(("device", "call"), [("cuda:1", "cuda"), ("mps", "mps"), ("cpu", None)])
+def test_synchronize_waits_for_the_device_it_is_given(monkeypatch, device, call):
+    from malaria_pipeline.ml.device import synchronize
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append(("cuda", d)))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append(("mps", None)))
+    synchronize(torch.device(device))
+    expected = {"cuda": [("cuda", torch.device("cuda:1"))], "mps": [("mps", None)], None: []}[call]
+    assert calls == expected

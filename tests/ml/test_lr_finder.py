@@ -50,3 +50,15 @@ def test_the_sweep_stops_before_num_batches_at_the_first_smoothed_loss_above_fou
     assert not np.isfinite(last) or last > 4 * lowest_so_far[-1]
     assert all(loss <= 4 * lowest for loss, lowest in zip(sweep.losses[:-1], lowest_so_far[:-1]))  # not earlier
     assert sweep.lrs == pytest.approx([1e-4 * (1e10 ** (1 / 59)) ** step for step in range(len(sweep.lrs))])
+
+
+@pytest.mark.parametrize(("bf16", "channels_last"), [(True, True), (False, False)])
+def test_the_sweep_runs_in_the_numeric_mode_of_the_training_it_serves(bf16, channels_last):
+    seen = []
+    config, data = train_config(bf16=bf16, channels_last=channels_last), tiny_data()
+    classifier = build_classifier(config, data)
+    classifier.network.register_forward_pre_hook(
+        lambda module, inputs: seen.append((torch.is_autocast_enabled("cpu"),
+                                            inputs[0].is_contiguous(memory_format=torch.channels_last))))
+    lr_range_test(classifier, data, config, num_batches=3)
+    assert seen and set(seen) == {(bf16, channels_last)}
