@@ -99,3 +99,76 @@ def test_an_operating_point_on_a_score_counts_that_score_as_positive():
     points = operating_points(TRUTH, P, [0.7, 0.70001])
     assert [p["specificity"] for p in points] == pytest.approx([0.9, 1.0])
     assert [p["sensitivity"] for p in points] == pytest.approx([0.8, 0.8])
+
+
+# Mutants found by mutmut (docs/mutation-testing.md)
+
+
+def test_a_probability_at_the_threshold_is_called_positive_everywhere():
+    truth = np.array([True, False, True, False])
+    p = np.array([0.5, 0.5, 0.2, 0.2])  # both 0.5 are called positive: one hit, one false alarm
+    m = classification_metrics(truth, p, threshold=0.5)
+    assert (m["true_positives"], m["false_negatives"], m["false_positives"], m["true_negatives"]) == (1, 1, 1, 1)
+    assert operating_points(truth, p, [0.5]) == [{"threshold": 0.5, "sensitivity": 0.5, "specificity": 0.5}]
+    predictions = pd.DataFrame({"patient_id": ["A", "A"], "label": ["Parasitized", "Uninfected"], "p_positive": [0.5, 0.5]})
+    assert per_patient(predictions, threshold=0.5)[0]["errors"] == 1  # the uninfected cell at 0.5
+
+
+def test_labels_given_as_zeros_and_ones_count_as_booleans():
+    truth = TRUTH.astype(int)
+    assert classification_metrics(truth, P) == classification_metrics(TRUTH, P)
+    assert operating_points(truth, P, [0.5]) == [{"threshold": 0.5, "sensitivity": 0.8, "specificity": 0.9}]
+
+
+def test_the_report_names_its_size_and_threshold():
+    m = classification_metrics(TRUTH, P, threshold=0.3)
+    assert m["images"] == 20 and m["threshold"] == 0.3
+    assert [p["threshold"] for p in operating_points(TRUTH, P, [0.15, 0.8])] == [0.15, 0.8]
+
+
+def test_uninfected_cells_all_passed_have_every_count_and_no_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no UndefinedMetricWarning for the ratios that have no positive
+        m = classification_metrics(np.array([False] * 4), np.array([0.1, 0.2, 0.3, 0.4]))
+        points = operating_points(np.array([False] * 4), np.array([0.1, 0.2, 0.3, 0.4]), [0.5])
+    assert (m["true_positives"], m["false_negatives"], m["false_positives"], m["true_negatives"]) == (0, 0, 0, 4)
+    assert m["sensitivity"] == 0.0 and m["precision"] == 0.0 and m["f1"] == 0.0 and m["specificity"] == 1.0
+    assert m["false_positive_rate"] == 0.0 and m["false_negative_rate"] is None
+    assert m["false_negatives_phrase"] == "0 of 0 parasitized cells were classified as uninfected"
+    assert points == [{"threshold": 0.5, "sensitivity": 0.0, "specificity": 1.0}]
+
+
+def test_parasitized_cells_only_leave_specificity_and_roc_auc_undefined_without_warning():
+    import warnings
+
+    truth, p = np.array([True] * 4), np.array([0.9, 0.8, 0.3, 0.6])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = classification_metrics(truth, p)
+        points = operating_points(truth, p, [0.5])
+    assert m["roc_auc"] is None and m["average_precision"] == 1.0  # every cell is positive: precision 1 at any cut
+    assert m["specificity"] == 0.0 and m["false_positive_rate"] is None and m["false_negative_rate"] == 0.25
+    assert m["false_positives_phrase"] == "0 of 0 uninfected cells were classified as parasitized"
+    assert points == [{"threshold": 0.5, "sensitivity": 0.75, "specificity": 0.0}]
+
+
+def test_error_rates_when_errors_and_hits_are_as_many():
+    # 2 parasitized cells, 1 found and 1 missed; 2 uninfected, 1 passed and 1 false alarm
+    m = classification_metrics(np.array([True, True, False, False]), np.array([0.9, 0.1, 0.9, 0.1]))
+    assert m["false_negative_rate"] == 0.5 and m["false_positive_rate"] == 0.5
+
+
+def test_per_patient_counts_errors_and_ranks_ties_by_size_then_patient_id():
+    predictions = pd.DataFrame({
+        "patient_id": ["D", "C", "C", "C", "C", "B", "B", "A", "A", "A", "A"],
+        "label": ["Parasitized"] * 5 + ["Uninfected"] * 6,
+        "p_positive": [0.9, 0.9, 0.9, 0.9, 0.1, 0.2, 0.8, 0.1, 0.1, 0.9, 0.6],
+    })
+    rows = per_patient(predictions)
+    # by hand: A 2 errors of 4, B 1 of 2 (accuracy 0.5 both: the larger first), C 1 of 4, D none of 1
+    assert [(r["patient_id"], r["images"], r["parasitized"], r["errors"], r["accuracy"]) for r in rows] == [
+        ("A", 4, 0, 2, 0.5), ("B", 2, 0, 1, 0.5), ("C", 4, 4, 1, 0.75), ("D", 1, 1, 0, 1.0)]
+    ties = pd.DataFrame({"patient_id": ["Z", "Y", "X"], "label": ["Uninfected"] * 3, "p_positive": [0.1] * 3})
+    assert [r["patient_id"] for r in per_patient(ties)] == ["X", "Y", "Z"]

@@ -107,3 +107,71 @@ def test_subset_rows_refuses_a_split_of_other_images():
     assert subset_rows(index, split, "train").tolist() == [0, 2]
     with pytest.raises(SplitError, match="come from different runs"):
         subset_rows(index, split.iloc[::-1].reset_index(drop=True), "train")
+
+
+# Mutants found by mutmut (docs/mutation-testing.md)
+
+
+def test_a_subset_left_out_of_the_fractions_gets_no_image():
+    labels, patients = _patients()
+    fractions = {"train": 0.8, "validation": 0.2}
+    assert set(split_stratified(labels, fractions, seed=0)) == {"train", "validation"}
+    assert set(split_by_patient(labels, patients, fractions, folds=5, seed=0)) == {"train", "validation"}
+
+
+@pytest.mark.parametrize("fractions", [
+    {"train": 1.2, "validation": -0.2, "test": 0.0},  # sums to 1, but a subset is negative
+    {"train": 0.0, "validation": 0.5, "test": 0.5},  # no training image
+])
+def test_negative_fractions_or_no_training_share_are_refused(fractions):
+    labels, _ = _patients()
+    with pytest.raises(SplitError, match=r"^split\.fractions must be >= 0 with train > 0, got \{'train': "):
+        split_stratified(labels, fractions, seed=0)
+
+
+def test_fractions_within_a_millionth_of_a_whole_are_accepted():
+    labels, patients = _patients()
+    # sum 1 - 5e-7, written to seven decimals: within the 1e-6 that check_fractions allows
+    assert (split_stratified(labels, {"train": 0.6, "validation": 0.2, "test": 0.1999995}, seed=0) == "test").any()
+    # shares of 20 folds 3.0000002 and 2.9999998: whole numbers within 1e-6
+    subset = split_by_patient(labels, patients, {"train": 0.7, "validation": 0.15000001, "test": 0.14999999}, folds=20, seed=0)
+    assert set(subset) == {"train", "validation", "test"}
+
+
+def test_as_many_patients_as_folds_is_enough():
+    labels, patients = _patients(n_patients=5)
+    subset = split_by_patient(labels, patients, {"train": 0.6, "validation": 0.2, "test": 0.2}, folds=5, seed=0)
+    per_patient = pd.DataFrame({"patient": patients, "subset": subset}).groupby("patient")["subset"].first()
+    assert sorted(per_patient.value_counts().to_dict().items()) == [("test", 1), ("train", 3), ("validation", 1)]
+
+
+def test_split_errors_say_in_full_what_to_change():
+    labels, patients = _patients()
+    missing = np.asarray(patients, dtype=object)
+    missing[:2] = None
+    with pytest.raises(SplitError) as error:
+        split_by_patient(labels, missing, FRACTIONS, folds=20, seed=0)
+    assert str(error.value) == (
+        "2 image(s) have no patient id (no '_IMG_' in the file name), so they can't be split by patient. "
+        "Use split.strategy=stratified, or name files <patient>_IMG_<...>.")
+    with pytest.raises(SplitError) as error:
+        split_by_patient(labels, patients, {"train": 0.7, "validation": 0.13, "test": 0.17}, folds=20, seed=0)
+    assert str(error.value) == (
+        "split.fractions {'train': 0.7, 'validation': 0.13, 'test': 0.17} are not multiples of 1/20: change "
+        "split.folds (20 fits any multiple of 0.05) or the fractions.")
+
+
+def test_subset_rows_checks_the_number_of_packed_images_and_says_which_pipeline_to_run():
+    index = pd.DataFrame({"path": ["a.png", "b.png", "c.png"]})
+    split = pd.DataFrame({"path": ["a.png", "b.png", "c.png"], "subset": ["train", "test", "validation"]})
+    assert subset_rows(index, split, "train", "validation", n_images=3).tolist() == [0, 2]
+    with pytest.raises(SplitError) as error:
+        subset_rows(index, split, "train", n_images=4)
+    assert str(error.value) == (
+        "image_tensors has 4 images but image_index 3 rows: they come from different runs. "
+        "Run the ingestion pipeline again.")
+    with pytest.raises(SplitError) as error:
+        subset_rows(index, split.iloc[:2], "train", n_images=3)
+    assert str(error.value) == (
+        "data_split (2 rows) does not match image_index (3 rows): they come from different runs. "
+        "Run the preprocessing pipeline again after ingestion.")

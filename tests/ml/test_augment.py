@@ -54,3 +54,32 @@ def test_augmentation_is_seeded_works_on_uint8_and_can_be_switched_off():
     b = Augmentation(pad=4, flips=True, rotations=True)(images, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and not torch.equal(a, images) and a.dtype == torch.uint8
     assert torch.equal(Augmentation(pad=0, flips=False, rotations=False)(images, torch.Generator()), images)
+
+
+# Mutants found by mutmut (docs/mutation-testing.md)
+
+
+@pytest.mark.parametrize("pad", [1, 2])
+def test_crop_offsets_cover_every_shift_from_minus_pad_to_pad(pad):
+    images = _batch(count=200) + 1
+    cropped = random_crop(images, pad=pad, generator=torch.Generator().manual_seed(0))
+    side = images.shape[-1]
+    shifts = set()
+    for original, crop in zip(images, cropped):
+        padded = torch.nn.functional.pad(original, (pad,) * 4)
+        shifts |= {(dy, dx) for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)
+                   if torch.equal(padded[:, pad + dy : pad + dy + side, pad + dx : pad + dx + side], crop)}
+    assert shifts == {(dy, dx) for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)}
+
+
+def test_symmetries_default_to_flips_and_quarter_turns():
+    images = _batch()
+    out = random_symmetries(images, torch.Generator().manual_seed(1))
+    assert torch.equal(out, _flips_then_turns(images, torch.Generator().manual_seed(1), True, True))
+
+
+@pytest.mark.parametrize(("flips", "rotations"), [(True, False), (False, True)])
+def test_the_augmentation_passes_its_flips_and_rotations_on(flips, rotations):
+    images = _batch()
+    out = Augmentation(pad=0, flips=flips, rotations=rotations)(images, torch.Generator().manual_seed(2))
+    assert torch.equal(out, _flips_then_turns(images, torch.Generator().manual_seed(2), flips, rotations))

@@ -21,3 +21,27 @@ def test_the_last_state_saved_comes_back_with_the_metadata_of_the_store(tmp_path
     # one file, replaced: no partial file is left beside it
     assert [p.name for p in (tmp_path / "checkpoint").iterdir()] == ["last.pt"]
     assert CheckpointStore(tmp_path / "checkpoint").load()["epoch"] == 2  # another store of the same folder
+
+
+# Mutants found by mutmut (docs/mutation-testing.md)
+
+
+def test_a_store_in_a_folder_not_made_yet_makes_it(tmp_path):
+    store = CheckpointStore(tmp_path / "runs" / "2026" / "checkpoint")
+    store.save({"epoch": 1})
+    assert store.load()["epoch"] == 1
+
+
+class _Unsafe:
+    """Any class but the tensors and containers that ``weights_only`` allows."""
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
+    import pickle
+
+    import pytest
+
+    store = CheckpointStore(tmp_path / "checkpoint")
+    store.save({"epoch": 1, "payload": _Unsafe()})
+    with pytest.raises(pickle.UnpicklingError):
+        store.load()

@@ -70,3 +70,51 @@ def test_synchronize_waits_for_the_device_it_is_given(monkeypatch, device, call)
     synchronize(torch.device(device))
     expected = {"cuda": [("cuda", torch.device("cuda:1"))], "mps": [("mps", None)], None: []}[call]
     assert calls == expected
+
+
+# Mutants found by mutmut (docs/mutation-testing.md)
+
+
+def _fake_accelerators(monkeypatch, cuda_count, mps):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_count)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+@pytest.mark.parametrize(("cuda_count", "mps", "expected"), [(2, True, "cuda"), (0, True, "mps"), (0, False, "cpu")])
+def test_auto_prefers_cuda_then_mps_then_the_cpu(monkeypatch, cuda_count, mps, expected):
+    _fake_accelerators(monkeypatch, cuda_count, mps)
+    assert pick_device() == pick_device("auto") == pick_device(None) == torch.device(expected)
+
+
+def test_a_cuda_device_is_accepted_only_if_its_index_exists(monkeypatch):
+    _fake_accelerators(monkeypatch, 2, True)
+    assert pick_device("cuda") == torch.device("cuda") and pick_device("cuda:1") == torch.device("cuda:1")
+    assert pick_device("mps") == torch.device("mps")
+    for missing in ("cuda:2", "cuda:3", "meta"):
+        with pytest.raises(ValueError) as error:
+            pick_device(missing)
+        assert str(error.value) == (
+            f"training.device is {missing!r}, but this machine has no such device. Use training.device=auto "
+            "(CUDA, else MPS, else CPU) or cpu.")
+    _fake_accelerators(monkeypatch, 1, False)
+    assert pick_device("cuda") == torch.device("cuda")
+
+
+def test_bf16_true_holds_on_cuda_and_auto_on_a_cpu_with_amx_alone(monkeypatch):
+    assert use_bf16(True, torch.device("cuda:0")) is True and use_bf16(True, torch.device("mps")) is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert use_bf16("auto", torch.device("cpu")) is True
+
+
+def test_synchronize_waits_for_the_devices_queue(monkeypatch):
+    from malaria_pipeline.ml.device import synchronize
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(("cuda", device)))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append(("mps", None)))
+    synchronize(torch.device("cuda:1"))
+    synchronize(torch.device("mps"))
+    synchronize(torch.device("cpu"))
+    assert calls == [("cuda", torch.device("cuda:1")), ("mps", None)]

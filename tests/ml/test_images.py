@@ -193,3 +193,66 @@ def test_a_png_with_corrupt_compressed_data_is_refused_and_the_process_lives(tmp
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.startswith("truncated or corrupt image")
+
+
+# Mutants found by mutmut (docs/mutation-testing.md)
+
+
+def _pillow_reason(data: bytes) -> str:
+    """The first line of the error Pillow itself raises on ``data``."""
+    try:
+        Image.open(io.BytesIO(data)).convert("RGB")
+    except Exception as error:  # noqa: BLE001 - whatever Pillow raises is the reference
+        return " ".join(str(error).splitlines()[0].split())
+    raise AssertionError("Pillow decoded it")
+
+
+@pytest.mark.parametrize("data", [image_bytes(40, 40)[:200], image_bytes(64, 64, fmt="JPEG")[:300]],
+                         ids=["truncated-png", "truncated-jpeg"])
+def test_unreadable_files_are_named_in_full(data):
+    with pytest.raises(UnreadableImageError) as raised:
+        decode_cell_image(data, 16, ANY_IMAGE)
+    assert str(raised.value) == f"truncated or corrupt image ({_pillow_reason(data)})"
+    for data, message in ((b"", "empty file (0 bytes)"),
+                          (b"this is a text file", "not a PNG or JPEG image (the file starts with b'this is ')")):
+        with pytest.raises(UnreadableImageError) as raised:
+            decode_cell_image(data, 16, ANY_IMAGE)
+        assert str(raised.value) == message
+
+
+def test_a_reason_is_the_first_line_on_one_line_or_the_error_type():
+    from malaria_pipeline.ml.images import _reason
+
+    assert _reason(ValueError("  broken   chunk\n  at byte 3")) == "broken chunk"
+    assert _reason(OSError()) == "OSError"
+
+
+def test_sizes_at_each_limit_are_accepted():
+    data = image_bytes(20, 10)
+    exact = ImageLimits(max_file_bytes=len(data), max_pixels=200, min_side=10, max_aspect_ratio=2.0)
+    image, info = decode_cell_image(data, 16, exact)
+    assert (info.width, info.height) == (20, 10) and image.shape == (3, 16, 16)
+    one_pixel = ImageLimits(max_file_bytes=2**20, max_pixels=1, min_side=1, max_aspect_ratio=1.0)
+    assert decode_cell_image(image_bytes(1, 1), 4, one_pixel)[1].width == 1
+
+
+def test_limits_from_parameters_take_exactly_the_known_keys():
+    params = base_image_limits()
+    assert ImageLimits.from_params(params, "inference.image_limits") == ImageLimits(**params, parameter="inference.image_limits")
+    missing = {k: v for k, v in params.items() if k != "min_side"}
+    with pytest.raises(ValueError, match=r"inference.image_limits has unknown keys \[\] or lacks \['min_side'\]"):
+        ImageLimits.from_params(missing, "inference.image_limits")
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 64), (64, 1)])
+def test_a_strip_one_pixel_thin_stays_one_pixel_thin(height, width):
+    square = fit_square(torch.full((3, height, width), 200, dtype=torch.uint8), 16)
+    lit = square[0] > 0
+    assert (lit.any(dim=1).sum(), lit.any(dim=0).sum()) == ((1, 16) if height == 1 else (16, 1))
+
+
+def test_downscaling_averages_fine_detail_instead_of_skipping_it():
+    stripes = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    stripes[:, :, 0::4] = 255  # one lit column in four: a quarter of the light
+    square = fit_square(stripes, 16).float()
+    assert 40 < square.mean() < 90 and square.std() < 40  # about 255 / 4 everywhere, not 0 or 255

@@ -44,3 +44,13 @@ def test_the_augmentation_gets_each_batch_and_the_loaders_generator():
 def test_mismatched_or_empty_sets_are_refused():
     with pytest.raises(ValueError, match="as many labels as images"):
         BatchLoader(torch.zeros(3, 3, 2, 2), torch.zeros(2), 2, torch.Generator())
+
+
+# Mutants found by mutmut (docs/mutation-testing.md)
+
+
+def test_an_empty_set_is_refused_and_a_single_image_is_one_batch():
+    with pytest.raises(ValueError, match=r"^BatchLoader needs as many labels as images, and some: got 0 and 0$"):
+        BatchLoader(torch.zeros(0, 3, 2, 2), torch.zeros(0), 4, torch.Generator())
+    loader = _loader(count=1, batch_size=4)
+    assert len(loader) == 1 and [labels.tolist() for _, labels in loader] == [[0]]

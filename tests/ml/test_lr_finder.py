@@ -62,3 +62,114 @@ def test_the_sweep_runs_in_the_numeric_mode_of_the_training_it_serves(bf16, chan
                                             inputs[0].is_contiguous(memory_format=torch.channels_last))))
     lr_range_test(classifier, data, config, num_batches=3)
     assert seen and set(seen) == {(bf16, channels_last)}
+
+
+# Mutants found by mutmut (docs/mutation-testing.md)
+
+
+def _spy_sweep_steps(monkeypatch):
+    from malaria_pipeline.ml import lr_finder
+
+    steps = []
+    original = lr_finder.train_step
+
+    def spying(classifier, optimizer, images, labels, config):
+        loss = original(classifier, optimizer, images, labels, config)
+        steps.append({"images": images.clone(), "lr": optimizer.param_groups[0]["lr"], "loss": float(loss),
+                      "speed": (classifier.channels_last, classifier.bf16)})
+        return loss
+
+    monkeypatch.setattr(lr_finder, "train_step", spying)
+    return steps
+
+
+def test_the_sweep_is_geometric_from_start_to_end_and_smooths_the_loss_with_bias_correction(monkeypatch):
+    steps = _spy_sweep_steps(monkeypatch)
+    config, data = train_config(), tiny_data()
+    sweep = lr_range_test(build_classifier(config, data), data, config, start_lr=1e-5, end_lr=1e-3, num_batches=5)
+    assert sweep.lrs == pytest.approx([1e-5, 10**-4.5, 1e-4, 10**-3.5, 1e-3], rel=1e-9)
+    assert [s["lr"] for s in steps] == sweep.lrs
+    average, expected = 0.0, []
+    for k, step in enumerate(steps):
+        average = 0.98 * average + 0.02 * step["loss"]
+        expected.append(average / (1 - 0.98 ** (k + 1)))
+    assert sweep.losses == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_sweep_defaults_to_a_million_fold_range_over_200_batches():
+    config, data = train_config(), tiny_data()
+    sweep = lr_range_test(build_classifier(config, data), data, config, num_batches=3)
+    assert sweep.lrs == pytest.approx([1e-6, 1e-3, 1.0], rel=1e-9)
+    sweep = lr_range_test(build_classifier(config, data), data, config, start_lr=1e-7, end_lr=1e-6)  # never diverges
+    assert len(sweep.lrs) == 200 and sweep.lrs[-1] == pytest.approx(1e-6, rel=1e-9)
+
+
+def test_the_sweep_stops_at_the_first_loss_above_four_times_the_lowest_and_says_so(caplog):
+    config, data = train_config(batch_size=12), tiny_data()
+    with caplog.at_level("INFO", logger="malaria_pipeline.ml.lr_finder"):
+        sweep = lr_range_test(build_classifier(config, data), data, config, start_lr=1e-5, end_lr=10.0, num_batches=60)
+    lowest = [min(sweep.losses[: k + 1]) for k in range(len(sweep.losses))]
+    assert len(sweep.lrs) < 60 and sweep.losses[-1] > 4 * lowest[-1]
+    assert all(loss <= 4 * low for loss, low in zip(sweep.losses[:-1], lowest[:-1]))
+    assert caplog.messages == [
+        f"Loss diverged at LR {sweep.lrs[-1]:.2e} after {len(sweep.lrs)} batches: sweep stopped",
+        f"LR range test: steepest descent at {sweep.suggested_lr:.2e}, lowest loss at {sweep.min_loss_lr:.2e}; "
+        f"suggested max LR {sweep.suggested_lr:.2e}",
+    ]
+
+
+def test_the_sweep_draws_seeded_augmented_batches_in_the_numeric_mode_of_its_config(monkeypatch):
+    steps = _spy_sweep_steps(monkeypatch)
+    config, data = train_config(pad=0, flips=False, rotations=False, channels_last=True, bf16=True), tiny_data()
+    lr_range_test(build_classifier(config, data), data, config, start_lr=1e-5, end_lr=1e-4, num_batches=4)
+    generator = torch.Generator().manual_seed(42)
+    first, second = torch.randperm(36, generator=generator), torch.randperm(36, generator=generator)
+    expected = [first[:12], first[12:24], first[24:], second[:12]]  # 3 batches a pass, then a new order
+    assert all(torch.equal(s["images"], data.train_images[rows]) for s, rows in zip(steps, expected))
+    assert {s["speed"] for s in steps} == {(True, True)}
+    steps.clear()
+    config = train_config(pad=0, flips=True, rotations=True)
+    lr_range_test(build_classifier(config, data), data, config, start_lr=1e-5, end_lr=1e-4, num_batches=3)
+    assert not torch.equal(steps[0]["images"], data.train_images[first[:12]])  # the same rows, turned and flipped
+
+
+def test_a_sweep_on_a_device_this_machine_lacks_is_refused():
+    if torch.cuda.device_count() > 3:
+        pytest.skip("this machine has a fourth CUDA device")
+    config = train_config(device="cuda:3")
+    with pytest.raises(ValueError, match=r"^training.device is 'cuda:3'"):
+        lr_range_test(build_classifier(train_config(), tiny_data()), tiny_data(), config, num_batches=3)
+
+
+def _suggestion_by_hand(lrs, losses, skip_start=0.1, window=5):
+    """The rule of suggest_lr's docstring, point by point: the steepest slope per log-LR, each measured
+    between the points ``half`` before and after, between the first skip_start of the sweep and the lowest."""
+    import math
+
+    lowest = min(range(len(losses)), key=lambda i: (losses[i], i))
+    first = int(skip_start * len(lrs))
+    half = min(window, max(1, (lowest - first) // 4))
+    centres = list(range(first + half, lowest - half + 1)) or list(range(1, max(2, lowest)))
+    if not range(first + half, lowest - half + 1):
+        half = 1
+    slope = {c: (losses[c + half] - losses[c - half]) / (math.log(lrs[c + half]) - math.log(lrs[c - half]))
+             for c in centres}
+    return lrs[min(centres, key=lambda c: (slope[c], c))], lrs[lowest]
+
+
+def test_the_suggestion_follows_its_rule_on_random_sweeps():
+    rng = np.random.default_rng(0)
+    for length in (3, 7, 15, 40, 120):
+        for _ in range(20):
+            lrs = list(np.logspace(-6, 0, length))
+            losses = list(np.cumsum(rng.normal(0, 1, length)))
+            assert suggest_lr(lrs, losses) == pytest.approx(_suggestion_by_hand(lrs, losses))
+
+
+def test_a_sweep_whose_loss_bottoms_out_at_once_falls_back_to_neighbouring_points():
+    lrs = list(np.logspace(-3, -1, 3))
+    assert suggest_lr(lrs, [1.0, 0.5, 0.8]) == pytest.approx((lrs[1], lrs[1]))
+    lrs = list(np.logspace(-6, 0, 15))
+    # first = 1, lowest = 3: the one centre, 2, has a gentler slope than point 1 would
+    losses = [1.0, 0.5, 0.45, 0.4] + [0.5 + 0.1 * k for k in range(11)]
+    assert suggest_lr(lrs, losses) == pytest.approx((lrs[2], lrs[3]))

@@ -63,3 +63,44 @@ def test_the_loaded_model_predicts_as_the_training_preprocessing_written_out():
     assert probabilities.dtype == torch.float32 and probabilities.shape == (len(images), 2)
     assert torch.allclose(probabilities.double(), expected, atol=1e-5, rtol=0)
     assert expected[:, 0].max() - expected[:, 0].min() > 1e-3  # the images get different answers
+
+
+# Mutants found by mutmut (docs/mutation-testing.md)
+
+
+@pytest.mark.parametrize(("architecture", "image_size"), [("resnet9", 16), ("resnet18", 128)])
+def test_a_saved_bundle_loads_in_this_process_as_the_classifier_it_was(tmp_path, architecture, image_size):
+    from malaria_pipeline.ml.models import build_network
+
+    torch.manual_seed(0)
+    network = build_network(architecture, num_classes=3, image_size=image_size, width=4).eval()
+    names = ["Parasitized", "Uninfected", "Other"]
+    classifier = CellClassifier(network, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3], names, image_size)
+    bundle = model_bundle(classifier, architecture=architecture, network_args={"width": 4})
+    assert bundle["torch_version"] == torch.__version__
+    torch.save(bundle, tmp_path / "model.pt")
+    loaded = load_model(tmp_path / "model.pt")
+    assert loaded.class_names == names and loaded.image_size == image_size
+    assert loaded.channels_last is True and loaded.bf16 is False and not loaded.training
+    if architecture == "resnet18":
+        assert loaded.network.conv1.stride == (2, 2)  # 128 pixels: torchvision's own stem
+    images = torch.randint(0, 256, (2, 3, image_size, image_size), dtype=torch.uint8)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = network((images.float() / 255 - mean) / std).softmax(dim=1)
+    assert torch.allclose(loaded.predict_proba(images), expected, atol=1e-5)
+
+
+def test_a_bundle_of_another_format_or_a_pickled_object_is_refused(tmp_path):
+    torch.save({"format": 2}, tmp_path / "future.pt")
+    with pytest.raises(ValueError, match=r"^Not a malaria-pipeline model bundle \(format 2\): "):
+        load_model(tmp_path / "future.pt")
+    torch.save({"format": 1, "payload": _Unsafe()}, tmp_path / "pickled.pt")
+    import pickle
+
+    with pytest.raises(pickle.UnpicklingError):
+        load_model(tmp_path / "pickled.pt")
+
+
+class _Unsafe:
+    """Any class but the tensors and containers that ``weights_only`` allows."""

@@ -70,3 +70,98 @@ def test_resnet9_global_max_pool_is_the_max_of_each_channel_and_deterministic_un
     out.sum().backward()
     # amax splits the gradient among tied maxima (the same on every device), where max-pool picks one
     assert x.grad.tolist() == [[[[0.0, 0.5], [0.5, 0.0]], [[0.25] * 2, [0.25] * 2]]]
+
+
+# Mutants found by mutmut (docs/mutation-testing.md)
+
+
+def test_normalize_scales_uint8_pixels_to_the_unit_interval_then_standardizes():
+    from malaria_pipeline.ml.models import Normalize
+
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3).expand(1, 3, 1, 3)
+    out = Normalize([0.2, 0.4, 0.6], [0.5, 0.25, 0.2])(images)
+    pixels = [0.0, 0.2, 1.0]  # 0, 51 and 255 out of 255
+    expected = [[(p - m) / s for p in pixels] for m, s in ((0.2, 0.5), (0.4, 0.25), (0.6, 0.2))]
+    assert out.dtype == torch.float32
+    assert out[0, :, 0].flatten().tolist() == pytest.approx(sum(expected, []), abs=1e-6)
+
+
+def test_a_new_classifier_computes_in_float32_and_set_speed_switches_the_memory_format():
+    from malaria_pipeline.ml.models import CellClassifier
+
+    torch.manual_seed(0)
+    network = build_network("resnet9", width=4).eval()
+    classifier = CellClassifier(network, [0.5] * 3, [0.25] * 3, ["Parasitized", "Uninfected"], 16).eval()
+    assert classifier.channels_last is False and classifier.bf16 is False
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = network((images.double() / 255 - 0.5).div(0.25).float())
+        assert torch.allclose(classifier(images), expected, atol=1e-5)
+    conv = network.prep[0].weight
+    classifier.set_speed(channels_last=True, bf16=False)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    classifier.set_speed(channels_last=False, bf16=False)
+    assert conv.is_contiguous()
+
+
+def test_resnet9_has_the_reference_layers_and_parameter_count():
+    from malaria_pipeline.ml.resnet9 import ResNet9
+
+    def conv_bn(cin, cout):  # 3x3 convolution without bias, batch norm's weight and bias
+        return 9 * cin * cout + 2 * cout
+
+    for network, width, classes in ((ResNet9(), 64, 2), (build_network("resnet9", num_classes=3, width=8), 8, 3)):
+        w = width
+        expected = (conv_bn(3, w) + conv_bn(w, 2 * w) + 2 * conv_bn(2 * w, 2 * w) + conv_bn(2 * w, 4 * w)
+                    + conv_bn(4 * w, 8 * w) + 2 * conv_bn(8 * w, 8 * w) + 8 * w * classes + classes)
+        assert sum(p.numel() for p in network.parameters()) == expected
+    network = build_network("resnet9", width=4)
+    x = torch.randn(2, 3, 32, 32)
+    # a 2x2 max-pool after each of layer1..layer3: 32 -> 4 pixels a side
+    assert network.layer3(network.layer2(network.layer1(network.prep(x)))).shape == (2, 32, 4, 4)
+    network.train()
+    torch.manual_seed(0)
+    assert not torch.equal(network(x), network(x))  # dropout in the head
+    network.eval()
+    assert torch.equal(network(x), network(x))
+
+
+def test_a_residual_block_adds_its_input():
+    from malaria_pipeline.ml.resnet9 import Residual
+
+    block = Residual(2)
+    block.block = torch.nn.Identity()
+    x = torch.randn(1, 2, 3, 3)
+    assert torch.equal(block(x), 2 * x)
+
+
+@pytest.mark.parametrize(("image_size", "small_input_stem", "stride"), [
+    (128, None, (2, 2)), (127, None, (1, 1)), (224, True, (1, 1)), (64, False, (2, 2))])
+def test_the_stem_is_small_below_128_pixels_unless_told(image_size, small_input_stem, stride):
+    network = build_network("resnet18", image_size=image_size, small_input_stem=small_input_stem)
+    assert network.conv1.stride == stride and isinstance(network.maxpool, torch.nn.Identity) == (stride == (1, 1))
+
+
+def test_the_offline_message_names_the_architecture_and_the_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    # where torchvision's weights look it up (not torch.hub's name)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(PretrainedWeightsError, match=r"^Could not download the ImageNet weights of resnet34 "
+                       r"\(<urlopen error no route to host>\); this machine may be offline\."):
+        build_network("resnet34", pretrained=True)
+
+
+def test_groups_never_frozen_keep_their_batch_norm_training():
+    from malaria_pipeline.ml.models import apply_frozen_mode, set_frozen
+
+    network = build_network("resnet9", width=4).train()
+    groups = layer_groups(network, "resnet9")
+    apply_frozen_mode(groups)
+    assert network.prep[1].training
+    set_frozen(groups, True)
+    apply_frozen_mode(groups)
+    assert not network.prep[1].training and network.head.training

@@ -21,3 +21,15 @@ def test_matches_mean_and_std_computed_directly(monkeypatch):
 def test_empty_subset_is_an_error():
     with pytest.raises(ValueError, match="subset is empty"):
         channel_mean_std(torch.zeros((2, 3, 4, 4), dtype=torch.uint8), torch.tensor([], dtype=torch.long))
+
+
+# Mutants found by mutmut (docs/mutation-testing.md)
+
+
+def test_all_images_by_default_and_images_taller_than_wide():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (5, 3, 4, 7), dtype=torch.uint8, generator=generator)
+    mean, std = channel_mean_std(images)
+    direct = images.double() / 255
+    assert mean == pytest.approx(direct.mean(dim=(0, 2, 3)).tolist(), abs=1e-10)
+    assert std == pytest.approx(direct.std(dim=(0, 2, 3), correction=0).tolist(), abs=1e-10)

@@ -250,6 +250,12 @@ def test_training_runs_under_the_determinism_it_is_given(deterministic):
     assert seen == [deterministic]
 
 
+
+
+
+# Mutants found by mutmut (docs/mutation-testing.md)
+
+
 def _without_seconds(history):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
@@ -323,3 +329,289 @@ def test_evaluating_in_batches_gives_what_one_batch_gives():
     assert train.evaluate(classifier, images, labels, 3) == (pytest.approx(loss, rel=1e-6), pytest.approx(accuracy))
     assert train.evaluate(classifier, images, labels, 1) == (pytest.approx(loss, rel=1e-6), pytest.approx(accuracy))
     assert 0 < accuracy < 1
+
+
+def _interrupted_at(epoch, store, config, data=None):
+    def interrupt(row):
+        if row["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(data or tiny_data(), config, checkpoint=store, on_epoch_end=interrupt)
+
+
+def _spy_steps(monkeypatch):
+    """Records each training step's images, labels, learning rate and returned loss."""
+    steps = []
+    original = train.train_step
+
+    def spying(classifier, optimizer, images, labels, config):
+        lr = optimizer.param_groups[-1]["lr"]
+        loss = original(classifier, optimizer, images, labels, config)
+        steps.append({"images": images.clone(), "labels": labels.clone(), "lr": lr, "loss": float(loss)})
+        return loss
+
+    monkeypatch.setattr(train, "train_step", spying)
+    return steps
+
+
+def test_a_resumed_run_ends_exactly_as_the_uninterrupted_run(tmp_path, caplog):
+    store = CheckpointStore(tmp_path / "checkpoint")
+    config = quick(epochs=3, resume=True)
+    _interrupted_at(2, store, config)
+    rows = []
+    with caplog.at_level("INFO", logger="malaria_pipeline.ml.train"):
+        resumed = fit(build_classifier(config, tiny_data()), tiny_data(), config, checkpoint=store,
+                      on_epoch_end=rows.append)
+    uninterrupted = train_classifier(tiny_data(), quick(epochs=3))
+    assert uninterrupted.best_epoch == 2  # the kept epoch is one the checkpoint brings back
+    assert _without_seconds(resumed.history) == _without_seconds(uninterrupted.history)
+    assert resumed.best_epoch == 2 and rows == resumed.history  # the restored rows are reported too
+    expected, got = uninterrupted.classifier.state_dict(), resumed.classifier.state_dict()
+    assert all(torch.equal(got[name], expected[name]) for name in expected)
+    assert f"Resuming from epoch 2 of 3 ({store.path})" in caplog.messages
+
+
+def test_resume_without_a_store_or_a_checkpoint(tmp_path, caplog):
+    with pytest.raises(ValueError) as error:
+        train_classifier(tiny_data(), quick(epochs=1, resume=True))
+    assert str(error.value) == "training.resume is true but no checkpoint store was given"
+    store = CheckpointStore(tmp_path / "empty")
+    with caplog.at_level("WARNING", logger="malaria_pipeline.ml.train"):
+        result = train_classifier(tiny_data(), quick(epochs=1, resume=True), checkpoint=store)
+    assert [row["epoch"] for row in result.history] == [1]
+    assert caplog.messages == [f"training.resume is true but {store.path} holds no checkpoint: starting afresh"]
+
+
+def test_a_checkpoint_of_another_device_type_redraws_the_batches_from_seed_plus_epoch(tmp_path, monkeypatch, caplog):
+    store = CheckpointStore(tmp_path / "checkpoint")
+    config = quick(epochs=2, resume=True, pad=0, flips=False, rotations=False)
+    _interrupted_at(1, store, config)
+    # A CPU-sized state written by an MPS run: the device type decides, not the size of the state.
+    store.save({**store.load(), "generator_device": "mps"})
+    steps = _spy_steps(monkeypatch)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="malaria_pipeline.ml.train"):
+        train_classifier(tiny_data(), config, checkpoint=store)
+    assert caplog.messages == [
+        "The checkpoint's random states belong to a mps device and this run is on cpu: the batches and augmentations "
+        "of the remaining epochs are drawn afresh (seed 43), so they differ from an uninterrupted run's"]
+    order = torch.randperm(36, generator=torch.Generator().manual_seed(42 + 1))
+    assert torch.equal(steps[0]["images"], tiny_data().train_images[order[:12]])
+
+
+def test_a_checkpoint_without_a_device_type_is_a_cpu_one(tmp_path, caplog):
+    store = CheckpointStore(tmp_path / "checkpoint")
+    config = quick(epochs=2, resume=True)
+    _interrupted_at(1, store, config)
+    saved = store.load()
+    del saved["generator_device"]  # as checkpoints written before it was recorded
+    store.save(saved)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="malaria_pipeline.ml.train"):
+        resumed = train_classifier(tiny_data(), config, checkpoint=store)
+    assert caplog.messages == []
+    assert _without_seconds(resumed.history) == _without_seconds(train_classifier(tiny_data(), quick(epochs=2)).history)
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_the_kept_weights_are_those_of_the_best_or_last_epoch_in_plain_float32(keep):
+    config, data = quick(epochs=3, keep=keep), tiny_data()
+    classifier = build_classifier(config, data)
+    snapshots = []
+    result = fit(classifier, data, config,
+                 on_epoch_end=lambda row: snapshots.append({n: t.clone() for n, t in classifier.state_dict().items()}))
+    losses = [row["valid_loss"] for row in result.history]
+    best = losses.index(min(losses)) + 1
+    assert best == 2  # not the last epoch, so that best and last differ
+    kept = best if keep == "best" else 3
+    assert result.best_epoch == kept
+    weights = result.classifier.state_dict()
+    assert all(torch.equal(weights[name], snapshots[kept - 1][name]) for name in weights)
+    assert result.classifier.channels_last is False and result.classifier.bf16 is False
+    assert result.classifier.network.prep[0].weight.is_contiguous()
+
+
+def test_the_training_log_is_a_table_of_the_epochs(caplog):
+    with caplog.at_level("INFO", logger="malaria_pipeline.ml.train"):
+        result = train_classifier(tiny_data(), quick(epochs=2))
+    rows = [f"{r['epoch']:>5} {r['stage']:>5} {r['train_loss']:>10.4f} {r['valid_loss']:>10.4f} {r['accuracy']:>8.4f} "
+            f"{r['lr']:>9.2e} {r['seconds']:>7.1f}" for r in result.history]
+    assert caplog.messages == [
+        "Training resnet9 on cpu: 36 training and 12 validation images of (3, 16, 16), 3 steps of 12 per epoch, "
+        "stages full (2 epochs, max LR 0.01)",
+        "epoch stage train_loss valid_loss accuracy        lr seconds",
+        *rows,
+        f"Kept the weights of epoch {result.best_epoch} (best)",
+    ]
+
+
+def test_a_two_stage_run_logs_both_stages_and_says_bf16(monkeypatch, caplog):
+    monkeypatch.setattr(train, "build_network", lambda *args, **kwargs: build_network(*args, **{**kwargs, "pretrained": False}))
+    config = quick(architecture="resnet18", pretrained=True, head_epochs=1, head_max_lr=0.01, epochs=1, max_lr=0.001,
+                   lr_ratio=100, batch_size=8, bf16=True)
+    with caplog.at_level("INFO", logger="malaria_pipeline.ml.train"):
+        result = train_classifier(tiny_data(count=16), config)
+    # the full stage: 0.001 / 100 ** (1 - i / 5) for the 6 groups
+    assert caplog.messages[0] == (
+        "Training resnet18 on cpu in bf16: 12 training and 4 validation images of (3, 16, 16), 1 steps of 8 per epoch, "
+        "stages head (1 epochs, max LR 0.01), full (1 epochs, max LR 1e-05/2.5e-05/6.3e-05/0.00016/0.0004/0.001)")
+    assert [row["stage"] for row in result.history] == ["head", "full"]
+
+
+def test_each_epoch_trains_on_a_seeded_permutation_and_reports_its_mean_loss_and_last_lr(monkeypatch):
+    import time
+
+    steps = _spy_steps(monkeypatch)
+    started = time.perf_counter()
+    result = train_classifier(tiny_data(), quick(epochs=2, pad=0, flips=False, rotations=False))
+    elapsed = time.perf_counter() - started
+    generator = torch.Generator().manual_seed(42)
+    images = tiny_data().train_images
+    for epoch in range(2):
+        order = torch.randperm(36, generator=generator)
+        for batch in range(3):
+            assert torch.equal(steps[3 * epoch + batch]["images"], images[order[12 * batch : 12 * batch + 12]])
+        row, epoch_steps = result.history[epoch], steps[3 * epoch : 3 * epoch + 3]
+        assert row["train_loss"] == pytest.approx(sum(s["loss"] for s in epoch_steps) / 3, rel=1e-6)
+        assert row["lr"] == epoch_steps[-1]["lr"]
+        assert 0 < row["seconds"] < elapsed
+
+
+def test_training_batches_are_augmented(monkeypatch):
+    steps = _spy_steps(monkeypatch)
+    train_classifier(tiny_data(), quick(epochs=1, pad=0, flips=True, rotations=True))
+    order = torch.randperm(36, generator=torch.Generator().manual_seed(42))
+    originals = tiny_data().train_images[order[:12]]
+    symmetries = [[t for k in range(4) for t in (x.rot90(k, (1, 2)), x.flip(2).rot90(k, (1, 2)))] for x in originals]
+    kinds = [next(i for i, s in enumerate(options) if torch.equal(s, y)) for options, y in zip(symmetries, steps[0]["images"])]
+    assert len(set(kinds)) > 1  # each image gets one of the 8 symmetries, not all the identity
+
+
+def test_training_runs_in_the_numeric_mode_of_its_config():
+    config, data = quick(epochs=1, channels_last=True, bf16=True), tiny_data()
+    classifier = build_classifier(config, data)
+    seen = []
+    fit(classifier, data, config, on_epoch_end=lambda row: seen.append((classifier.channels_last, classifier.bf16)))
+    assert seen == [(True, True)]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 3, reason="this machine has a fourth CUDA device")
+def test_training_on_a_device_this_machine_lacks_is_refused():
+    with pytest.raises(ValueError, match=r"^training.device is 'cuda:3', but this machine has no such device"):
+        train_classifier(tiny_data(), quick(epochs=1, device="cuda:3"))
+
+
+def test_compile_wraps_the_classifier(monkeypatch):
+    compiled = []
+
+    def compile_(module):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    config, data = quick(epochs=1, compile=True), tiny_data()
+    classifier = build_classifier(config, data)
+    fit(classifier, data, config)
+    assert compiled == [classifier]
+
+
+def test_resuming_with_other_speed_and_device_switches_is_allowed(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda module: module)
+    store = CheckpointStore(tmp_path / "checkpoint")
+    _interrupted_at(1, store, quick(epochs=2, resume=True))
+    switched = quick(epochs=2, resume=True, device="auto", bf16=True, channels_last=False, compile=True,
+                     deterministic=True, eval_batch_size=5, keep="last")
+    try:
+        resumed = train_classifier(tiny_data(), switched, checkpoint=store)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+
+
+def test_resuming_on_other_data_names_the_shapes_that_differ(tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoint")
+    train_classifier(tiny_data(), quick(epochs=1), checkpoint=store)
+    with pytest.raises(ValueError, match=r"differs in \['train_images', 'valid_images'\]\)"):
+        train_classifier(tiny_data(count=40), quick(epochs=1, resume=True), checkpoint=store)
+
+
+def test_a_two_stage_run_resumes_after_its_head_stage(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "build_network", lambda *args, **kwargs: build_network(*args, **{**kwargs, "pretrained": False}))
+    store = CheckpointStore(tmp_path / "checkpoint")
+    config = quick(architecture="resnet18", pretrained=True, head_epochs=1, head_max_lr=0.01, epochs=2, max_lr=0.001,
+                   lr_ratio=100, batch_size=8, resume=True)
+    data = tiny_data(count=16)
+    _interrupted_at(1, store, config, data)
+    resumed = train_classifier(data, config, checkpoint=store)
+    uninterrupted = train_classifier(data, quick(**{**vars(config), "resume": False}))
+    assert [row["stage"] for row in resumed.history] == ["head", "full", "full"]
+    assert _without_seconds(resumed.history) == _without_seconds(uninterrupted.history)
+
+
+def test_a_pretrained_network_without_head_epochs_trains_in_one_stage():
+    stages = plan_stages(quick(pretrained=True, architecture="resnet18", head_epochs=0, epochs=2), n_groups=6)
+    assert [(s.name, s.epochs, s.frozen) for s in stages] == [("full", 2, False)]
+
+
+@pytest.mark.parametrize(("name", "optimizer_class"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_the_optimizer_is_the_one_named_with_its_weight_decay(name, optimizer_class):
+    config = quick(optimizer=name, weight_decay=0.03)
+    network = build_network("resnet9", width=4)
+    optimizer = train.make_optimizer(config, plan_stages(config, 5)[0], layer_groups(network, "resnet9"))
+    assert type(optimizer) is optimizer_class
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.03]
+
+
+@pytest.mark.parametrize(("pct_start", "total", "expected"), [
+    (0.25, 4, 0.375),  # at least 1.5 steps of warm-up
+    (0.9, 4, 0.875),  # at most all but half a step
+    (0.25, 2, 0.75),
+    (0.3, 20, 0.3),
+])
+def test_the_warm_up_share_is_kept_between_one_and_a_half_steps_and_all_but_half_a_step(pct_start, total, expected):
+    def lrs(make):
+        optimizer = torch.optim.Adam(build_network("resnet9", width=4).parameters())
+        scheduler = make(optimizer)
+        values = []
+        for _ in range(total):
+            values.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return values
+
+    config = quick(pct_start=pct_start, max_lr=0.01, div_factor=25, final_div_factor=10000)
+    stage = train.Stage("full", 1, [0.01], frozen=False)
+    reference = lrs(lambda optimizer: torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=0.01, total_steps=total, pct_start=expected, div_factor=25, final_div_factor=10000))
+    assert lrs(lambda optimizer: train.make_scheduler(config, stage, optimizer, steps_per_epoch=total)) == pytest.approx(reference)
+
+
+def test_the_classifier_is_built_for_the_data_and_asks_for_pretrained_weights(monkeypatch):
+    data = tiny_data()
+    data.class_names = ["Parasitized", "Uninfected", "Other"]
+    classifier = build_classifier(quick(), data)
+    assert classifier.image_size == 16 and classifier.network.head[-1].out_features == 3
+    asked = []
+    monkeypatch.setattr(train, "build_network", lambda *args, **kwargs: asked.append(kwargs) or build_network(
+        *args, **{**kwargs, "pretrained": False}))
+    large = train.TrainData(torch.zeros(2, 3, 128, 128, dtype=torch.uint8), torch.tensor([0, 1]),
+                            torch.zeros(2, 3, 128, 128, dtype=torch.uint8), torch.tensor([0, 1]), [0.5] * 3, [0.2] * 3,
+                            ["Parasitized", "Uninfected"])
+    build_classifier(quick(architecture="resnet18", pretrained=True), large)
+    assert asked[0]["pretrained"] is True and asked[0]["image_size"] == 128
+
+
+def test_a_training_step_minimises_the_label_smoothed_cross_entropy():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    images, labels = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 1, 0])
+    with torch.no_grad():
+        log_p = model(images).log_softmax(dim=1)
+    # 0.2 of the target spread over the 2 classes: 0.9 on the label, 0.1 on the other
+    target = torch.full((4, 2), 0.1)
+    target[torch.arange(4), labels] = 0.9
+    expected = -(target * log_p).sum(dim=1).mean()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss = train.train_step(model, optimizer, images, labels, quick(label_smoothing=0.2, grad_clip=None))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
