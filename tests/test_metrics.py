@@ -110,8 +110,8 @@ def test_a_probability_at_the_threshold_is_called_positive_everywhere():
     m = classification_metrics(truth, p, threshold=0.5)
     assert (m["true_positives"], m["false_negatives"], m["false_positives"], m["true_negatives"]) == (1, 1, 1, 1)
     assert operating_points(truth, p, [0.5]) == [{"threshold": 0.5, "sensitivity": 0.5, "specificity": 0.5}]
-    predictions = pd.DataFrame({"patient_id": ["A", "A"], "label": ["Parasitized", "Uninfected"], "p_positive": [0.5, 0.5]})
-    assert per_patient(predictions, threshold=0.5)[0]["errors"] == 1  # the uninfected cell at 0.5
+    predictions = pd.DataFrame({"patient_id": ["A", "A"], "label": ["Parasitized"] * 2, "p_positive": [0.5, 0.5]})
+    assert per_patient(predictions, threshold=0.5)[0]["errors"] == 0  # both parasitized cells found at 0.5
 
 
 def test_labels_given_as_zeros_and_ones_count_as_booleans():

@@ -256,3 +256,15 @@ def test_downscaling_averages_fine_detail_instead_of_skipping_it():
     stripes[:, :, 0::4] = 255  # one lit column in four: a quarter of the light
     square = fit_square(stripes, 16).float()
     assert 40 < square.mean() < 90 and square.std() < 40  # about 255 / 4 everywhere, not 0 or 255
+
+
+def test_size_refusals_are_named_in_full():
+    limits = ImageLimits(max_file_bytes=2**20, max_pixels=100, min_side=8, max_aspect_ratio=2.0, parameter="p")
+    with pytest.raises(UnreadableImageError) as raised:
+        decode_cell_image(image_bytes(11, 10), 4, limits)
+    assert str(raised.value) == (
+        "image of 11 × 10 pixels (110 pixels) is larger than p.max_pixels (100): not decoded (a decompression bomb or "
+        "not a cell crop); raise that limit if such images are real cell crops")
+    with pytest.raises(UnreadableImageError) as raised:
+        decode_cell_image(image_bytes(7, 9), 4, limits)
+    assert str(raised.value) == "image of 7 × 9 pixels is smaller than p.min_side (8 pixels a side): too small to be a cell crop"

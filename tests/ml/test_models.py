@@ -115,6 +115,10 @@ def test_resnet9_has_the_reference_layers_and_parameter_count():
         expected = (conv_bn(3, w) + conv_bn(w, 2 * w) + 2 * conv_bn(2 * w, 2 * w) + conv_bn(2 * w, 4 * w)
                     + conv_bn(4 * w, 8 * w) + 2 * conv_bn(8 * w, 8 * w) + 8 * w * classes + classes)
         assert sum(p.numel() for p in network.parameters()) == expected
+    assert build_network("resnet9").prep[0].out_channels == 64  # the reference's width by default
+    with pytest.raises(ValueError) as error:
+        build_network("resnet9", pretrained=True)
+    assert str(error.value) == "There are no pretrained ResNet-9 weights: set training.pretrained=false for resnet9"
     network = build_network("resnet9", width=4)
     x = torch.randn(2, 3, 32, 32)
     # a 2x2 max-pool after each of layer1..layer3: 32 -> 4 pixels a side

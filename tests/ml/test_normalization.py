@@ -33,3 +33,9 @@ def test_all_images_by_default_and_images_taller_than_wide():
     direct = images.double() / 255
     assert mean == pytest.approx(direct.mean(dim=(0, 2, 3)).tolist(), abs=1e-10)
     assert std == pytest.approx(direct.std(dim=(0, 2, 3), correction=0).tolist(), abs=1e-10)
+
+
+def test_an_empty_subset_is_named_in_full():
+    with pytest.raises(ValueError) as error:
+        channel_mean_std(torch.zeros((2, 3, 4, 4), dtype=torch.uint8), torch.tensor([], dtype=torch.long))
+    assert str(error.value) == "No images to compute normalization statistics on: the subset is empty"

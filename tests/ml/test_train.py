@@ -370,6 +370,9 @@ def test_a_resumed_run_ends_exactly_as_the_uninterrupted_run(tmp_path, caplog):
     expected, got = uninterrupted.classifier.state_dict(), resumed.classifier.state_dict()
     assert all(torch.equal(got[name], expected[name]) for name in expected)
     assert f"Resuming from epoch 2 of 3 ({store.path})" in caplog.messages
+    table = [f"{r['epoch']:>5} {r['stage']:>5} {r['train_loss']:>10.4f} {r['valid_loss']:>10.4f} {r['accuracy']:>8.4f} "
+             f"{r['lr']:>9.2e} {r['seconds']:>7.1f}" for r in resumed.history]
+    assert [m for m in caplog.messages if m in table] == table  # the restored epochs are in the log's table too
 
 
 def test_resume_without_a_store_or_a_checkpoint(tmp_path, caplog):
@@ -532,8 +535,11 @@ def test_resuming_with_other_speed_and_device_switches_is_allowed(tmp_path, monk
 def test_resuming_on_other_data_names_the_shapes_that_differ(tmp_path):
     store = CheckpointStore(tmp_path / "checkpoint")
     train_classifier(tiny_data(), quick(epochs=1), checkpoint=store)
-    with pytest.raises(ValueError, match=r"differs in \['train_images', 'valid_images'\]\)"):
+    with pytest.raises(ValueError) as error:
         train_classifier(tiny_data(count=40), quick(epochs=1, resume=True), checkpoint=store)
+    assert str(error.value) == (
+        f"The checkpoint {store.path} belongs to another run (it differs in ['train_images', 'valid_images']). Resume "
+        "with the parameters and data of the interrupted run, or set training.resume=false to start afresh.")
 
 
 def test_a_two_stage_run_resumes_after_its_head_stage(tmp_path, monkeypatch):
