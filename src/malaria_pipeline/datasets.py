@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import fsspec
+import pandas as pd
 import torch
 from kedro.io.core import (
     AbstractDataset,
@@ -21,6 +22,7 @@ from kedro.io.core import (
     get_filepath_str,
     get_protocol_and_path,
 )
+from kedro_datasets.pandas import CSVDataset
 
 from malaria_pipeline import kedro_private
 from malaria_pipeline.archive import ImageArchive
@@ -255,3 +257,21 @@ class CheckpointStoreDataset(AbstractDataset[None, CheckpointStore]):
 
     def _exists(self) -> bool:
         return True
+
+
+class OptionalCSVDataset(CSVDataset):
+    """A versioned CSV file that loads as an empty table of ``columns`` while no version of it exists.
+
+    For a pipeline input that another pipeline writes and that a run may not have yet: training reads
+    the latest label audit of ``cross_validation`` this way (``label_issues_to_exclude``), and uses it
+    only when ``training.exclude_label_issues`` is true, which then refuses an empty audit by name.
+    """
+
+    def __init__(self, *, columns: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._columns = list(columns or [])
+
+    def load(self) -> pd.DataFrame:
+        if not self._exists():
+            return pd.DataFrame({name: pd.Series(dtype="object") for name in self._columns})
+        return super().load()

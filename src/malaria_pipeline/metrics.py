@@ -15,6 +15,7 @@ from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
     f1_score,
+    matthews_corrcoef,
     precision_score,
     recall_score,
     roc_auc_score,
@@ -25,7 +26,7 @@ def classification_metrics(
     is_positive: np.ndarray, p_positive: np.ndarray, threshold: float = 0.5,
     positive: str = "Parasitized", negative: str = "Uninfected",
 ) -> dict[str, Any]:
-    """Accuracy, sensitivity, specificity, precision, F1, ROC AUC, average precision and error counts.
+    """Accuracy, sensitivity, specificity, precision, F1, Matthews correlation, ROC AUC, average precision and error counts.
 
     Args:
         is_positive: true class of each image (True: ``positive``).
@@ -48,6 +49,7 @@ def classification_metrics(
         "specificity": float(recall_score(~truth, ~called, zero_division=0)),
         "precision": float(precision_score(truth, called, zero_division=0)),
         "f1": float(f1_score(truth, called, zero_division=0)),
+        "mcc": float(matthews_corrcoef(truth, called)),
         "roc_auc": float(roc_auc_score(truth, p_positive)) if both_classes else None,
         "average_precision": float(average_precision_score(truth, p_positive)) if truth.any() else None,
         "true_positives": int(tp), "false_negatives": int(fn), "false_positives": int(fp), "true_negatives": int(tn),
@@ -95,3 +97,15 @@ def per_patient(predictions: pd.DataFrame, threshold: float = 0.5, positive: str
             "accuracy": float((truth == called).mean()),
         })
     return sorted(rows, key=lambda row: (row["accuracy"], -row["images"]))
+
+
+def mean_and_std(rows: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Mean and sample standard deviation (``ddof=1``, as cross-validation tables report) of each metric
+    over ``rows`` (one per fold), skipping folds where a metric is undefined (None)."""
+    summary = {}
+    for name in names:
+        values = np.array([row[name] for row in rows if row.get(name) is not None], dtype=float)
+        if len(values):
+            summary[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                             "folds": int(len(values))}
+    return summary

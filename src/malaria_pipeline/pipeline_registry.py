@@ -6,7 +6,15 @@ from kedro.pipeline import Pipeline
 from kedro_mlflow.pipeline import pipeline_ml_factory
 
 from malaria_pipeline.pipelines.inference import served_model
-from malaria_pipeline.pipelines import evaluation, inference, ingestion, lr_finder, model_training, preprocessing
+from malaria_pipeline.pipelines import (
+    cross_validation,
+    evaluation,
+    inference,
+    ingestion,
+    lr_finder,
+    model_training,
+    preprocessing,
+)
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -18,7 +26,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     Returns:
         A mapping from pipeline names to ``Pipeline`` objects: ``ingestion``, ``preprocessing``,
         ``model_training``, ``evaluation`` and ``lr_finder`` (each on the latest outputs of the one
-        before), ``inference`` (new images, the latest model), and ``training``: the whole chain from
+        before), ``inference`` (new images, the latest model), ``cross_validation`` (ingestion, then
+        patient-grouped k-fold cross-validation of the training configuration and a label audit), and ``training``: the whole chain from
         the archive to an evaluated model, also ``__default__``. ``training`` is bound to the served
         pipeline (:mod:`malaria_pipeline.pipelines.inference.served_model`): each run logs an MLflow model that takes
         raw image files.
@@ -41,4 +50,5 @@ def register_pipelines() -> dict[str, Pipeline]:
         input_name=inference.SERVED_INPUT,
         log_model_kwargs=served_model.log_model_kwargs(),
     )
-    return {**parts, "training": training, "__default__": training}
+    cv = parts["ingestion"] + cross_validation.create_pipeline()
+    return {**parts, "cross_validation": cv, "training": training, "__default__": training}

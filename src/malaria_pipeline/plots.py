@@ -86,3 +86,54 @@ def plot_image_grid(images, titles: list[str], columns: int = 8, suptitle: str =
         figure.suptitle(suptitle)
     figure.tight_layout()
     return figure
+
+
+def plot_fold_roc_curves(folds: dict[str, tuple], positive: str) -> Figure:
+    """ROC curve of each cross-validation fold (``{fold: (is_positive, p_positive)}``) and their mean
+    (true-positive rates averaged on a common false-positive grid), with ± 1 std shaded."""
+    import numpy as np
+    from sklearn.metrics import auc, roc_curve
+
+    figure = Figure(figsize=(5.5, 5.5))
+    axes = figure.subplots()
+    grid = np.linspace(0, 1, 201)
+    curves, aucs = [], []
+    for name, (truth, score) in folds.items():
+        fpr, tpr, _ = roc_curve(truth, score)
+        aucs.append(auc(fpr, tpr))
+        axes.plot(fpr, tpr, linewidth=1, alpha=0.6, label=f"{name} (AUC {aucs[-1]:.4f})")
+        curves.append(np.interp(grid, fpr, tpr))
+        curves[-1][0] = 0.0
+    mean, std = np.mean(curves, axis=0), np.std(curves, axis=0)
+    mean[-1] = 1.0
+    axes.plot(grid, mean, color="black", linewidth=2,
+              label=f"mean (AUC {np.mean(aucs):.4f} ± {np.std(aucs, ddof=1) if len(aucs) > 1 else 0:.4f})")
+    axes.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color="gray", alpha=0.2)
+    axes.plot([0, 1], [0, 1], color="tab:gray", linestyle=":")
+    axes.set_xlabel("false positive rate")
+    axes.set_ylabel("true positive rate (sensitivity)")
+    axes.set_title(f"ROC per fold, positive class {positive}")
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_per_patient_accuracy(patients: list[dict], worst: int) -> Figure:
+    """The spread of per-patient accuracy (histogram) and the ``worst`` patients by name, with their
+    number of cells and errors. ``patients``: rows of :func:`malaria_pipeline.metrics.per_patient`."""
+    figure = Figure(figsize=(12, 4.5))
+    spread, names = figure.subplots(1, 2)
+    accuracy = [p["accuracy"] for p in patients]
+    spread.hist(accuracy, bins=25, color="tab:blue")
+    spread.set_xlabel("accuracy of the patient's cells (out of fold)")
+    spread.set_ylabel("patients")
+    spread.set_title(f"{len(patients)} patients")
+    shown = patients[:worst][::-1]
+    names.barh([f"{p['patient_id']} ({p['images']} cells)" for p in shown], [p["accuracy"] for p in shown], color="tab:red")
+    for y, p in enumerate(shown):
+        names.text(p["accuracy"], y, f" {p['accuracy']:.3f}, {p['errors']} errors", va="center", fontsize=7)
+    names.set_xlim(0, 1.15)
+    names.tick_params(axis="y", labelsize=7)
+    names.set_title(f"the {len(shown)} worst patients")
+    figure.tight_layout()
+    return figure

@@ -85,16 +85,57 @@ def split_by_patient(
             f"{n_patients} patients are too few for split.folds={folds}: lower split.folds to at "
             f"most {n_patients} (the fractions must stay multiples of 1/folds)."
         )
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    fold_of = np.empty(len(labels), dtype=int)
-    for fold, (_, rows) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups=patients)):
-        fold_of[rows] = fold
+    fold_of = patient_folds(labels, patients, folds, seed)
     order = np.random.default_rng(seed).permutation(folds)
     bounds = np.cumsum([round(shares[name]) for name in SUBSETS])
     subset_of_fold = np.empty(folds, dtype=object)
     for position, fold in enumerate(order):
         subset_of_fold[fold] = SUBSETS[int(np.searchsorted(bounds, position, side="right"))]
     return subset_of_fold[fold_of]
+
+
+def patient_folds(labels: np.ndarray, patients: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Deals whole patients into ``folds`` folds of balanced class ratio (``StratifiedGroupKFold``, seeded).
+
+    Returns:
+        The fold (0 to ``folds - 1``) of each image, in input order.
+    """
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    fold_of = np.empty(len(labels), dtype=int)
+    for fold, (_, rows) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups=patients)):
+        fold_of[rows] = fold
+    return fold_of
+
+
+def check_patients(patients: np.ndarray, folds: int, parameter: str) -> None:
+    """Raises :class:`SplitError` when an image has no patient id or there are fewer patients than ``folds``."""
+    missing = pd.isna(patients)
+    if missing.any():
+        raise SplitError(
+            f"{int(missing.sum())} image(s) have no patient id (no '_IMG_' in the file name), so they "
+            "can't be split by patient. Name files <patient>_IMG_<...>."
+        )
+    n_patients = len(pd.unique(patients))
+    if n_patients < folds:
+        raise SplitError(f"{n_patients} patients are too few for {parameter}={folds}: lower it to at most {n_patients}.")
+
+
+def cross_validation_subsets(
+    labels: np.ndarray, patients: np.ndarray, fold_of: np.ndarray, fold: int, validation_folds: int, seed: int
+) -> np.ndarray:
+    """The subsets of one cross-validation fold: ``test`` is the held-out fold, and the patients of the
+    other folds are dealt again into ``validation_folds`` class-balanced groups, one of which becomes
+    ``validation`` (it chooses the epoch) and the rest ``train``. The held-out fold chooses nothing.
+
+    Returns:
+        ``train``, ``validation`` or ``test`` per image, in input order.
+    """
+    subset = np.full(len(labels), "test", dtype=object)
+    rest = np.flatnonzero(fold_of != fold)
+    check_patients(patients[rest], validation_folds, "cross_validation.validation_folds")
+    inner = patient_folds(labels[rest], patients[rest], validation_folds, seed + fold)
+    subset[rest] = np.where(inner == 0, "validation", "train")
+    return subset
 
 
 def subset_rows(

@@ -35,7 +35,8 @@ def class_codes(labels: Sequence[str] | pd.Series, class_names: list[str]) -> to
 
 
 def train_data(
-    images: torch.Tensor, image_index: pd.DataFrame, data_split: pd.DataFrame, normalization: dict[str, Any]
+    images: torch.Tensor, image_index: pd.DataFrame, data_split: pd.DataFrame, normalization: dict[str, Any],
+    need_validation: bool = True,
 ) -> TrainData:
     """The ``train`` and ``validation`` subsets of the packed images, for :mod:`malaria_pipeline.ml.train`.
 
@@ -44,6 +45,8 @@ def train_data(
         image_index: ``path`` and ``label`` per image.
         data_split: ``path`` and ``subset`` per image, in index order.
         normalization: ``mean`` and ``std`` per channel of the training images.
+        need_validation: False where no epoch is chosen (``training.keep: last``): a model trained on
+            every image has no validation subset.
 
     Raises:
         SplitError: the split has no validation image, or belongs to other images.
@@ -52,10 +55,10 @@ def train_data(
     codes = class_codes(image_index["label"], class_names)
     train = torch.from_numpy(subset_rows(image_index, data_split, "train", n_images=len(images)))
     valid = torch.from_numpy(subset_rows(image_index, data_split, "validation"))
-    if len(valid) == 0:
+    if len(valid) == 0 and need_validation:
         raise SplitError(
             "The split has no validation images, which training needs to choose its best epoch: give "
-            "preprocessing.split.fractions.validation a value above 0."
+            "preprocessing.split.fractions.validation a value above 0, or set training.keep=last."
         )
     return TrainData(images[train], codes[train], images[valid], codes[valid],
                      list(normalization["mean"]), list(normalization["std"]), class_names)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,9 @@ PROCESS_STARTED_TAG = "process_started"
 PROFILE_TAG = "profile"
 RESUMED_FROM_TAG = "resumed_from_run_id"
 KILLED_REASON_TAG = "killed_reason"
+FOLD_TAG = "fold"
+# The cross-validation run whose out-of-fold figures are the accuracy claim of a model trained on every patient.
+CROSS_VALIDATION_RUN_TAG = "cross_validation_run_id"
 
 # The per-epoch metrics: MLflow name ← column of the training history.
 EPOCH_METRICS = {"train_loss": "train_loss", "valid_loss": "valid_loss", "accuracy": "accuracy", "lr": "lr",
@@ -110,3 +115,45 @@ def _process_started(pid: int) -> str | None:
         return None
     # The command name (field 2) may hold spaces; the start time is field 22, the 20th after it.
     return stat.rsplit(")", 1)[1].split()[19]
+
+
+@contextmanager
+def child_run(name: str, params: dict[str, Any], tags: dict[str, Any]) -> Iterator[str | None]:
+    """A nested MLflow run under the active one, for one part of a pipeline run (a cross-validation fold).
+
+    Logs ``params`` (flattened ``a.b`` keys) and ``tags`` with the owner tags, so a killed process's
+    child runs are marked KILLED as its parent is. Ends ``FINISHED``, or ``FAILED`` on an exception and
+    ``KILLED`` on Ctrl-C (re-raised). Yields the child's run id; without an active run it does nothing
+    and yields None.
+    """
+    if mlflow.active_run() is None:
+        yield None
+        return
+    run = mlflow.start_run(run_name=name, nested=True)
+    try:
+        mlflow.log_params(_flatten(params))
+        set_tags({**owner_tags(), **tags})
+        yield run.info.run_id
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def log_metrics(metrics: dict[str, Any]) -> None:
+    """Logs the numeric values of ``metrics`` (None skipped) to the active run, if there is one."""
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)[:6000]
+    return flat

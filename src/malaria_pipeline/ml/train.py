@@ -66,6 +66,8 @@ class TrainConfig:
     deterministic: bool
     keep: str
     resume: bool
+    # Read by the pipeline, which leaves the suspected label errors out of the training images it passes.
+    exclude_label_issues: bool
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from malaria_pipeline import tracking
+from malaria_pipeline.label_audit import excluded_paths
 from malaria_pipeline.ml.checkpoint import CheckpointStore
 from malaria_pipeline.ml.model_io import model_bundle
 from malaria_pipeline.ml.train import HISTORY_COLUMNS, TrainConfig, train_classifier
@@ -24,6 +25,7 @@ def train_model(
     data_split: pd.DataFrame,
     normalization_stats: dict[str, Any],
     training_checkpoint: CheckpointStore,
+    label_issues_to_exclude: pd.DataFrame,
     params: dict[str, Any],
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Trains the classifier on the ``train`` subset, choosing its epoch on ``validation``.
@@ -34,6 +36,8 @@ def train_model(
         data_split: ``path`` and ``subset`` per image.
         normalization_stats: ``mean`` and ``std`` of the training images.
         training_checkpoint: where each epoch's state is kept, for ``resume``.
+        label_issues_to_exclude: the latest label audit of cross-validation; with
+            ``exclude_label_issues`` its images leave the ``train`` subset (never validation or test).
         params: ``parameters_training.yml``: architecture, network, optimization and speed switches.
 
     Each epoch's row goes to the active MLflow run as soon as the epoch ends; a resumed run is tagged
@@ -46,8 +50,10 @@ def train_model(
     config = TrainConfig.from_params(params)
     if config.resume:
         _tag_the_run_it_continues(training_checkpoint)
+    data_split = without_label_issues(data_split, excluded_paths(label_issues_to_exclude, image_index["path"], config.exclude_label_issues))
     result = train_classifier(
-        train_data(image_tensors, image_index, data_split, normalization_stats), config,
+        train_data(image_tensors, image_index, data_split, normalization_stats, need_validation=config.keep == "best"),
+        config,
         checkpoint=dataclasses.replace(training_checkpoint, metadata={"mlflow_run_id": tracking.active_run_id() or ""}),
         on_epoch_end=tracking.log_epoch,
     )
@@ -56,6 +62,20 @@ def train_model(
         extra={"best_epoch": result.best_epoch, "pretrained": config.pretrained},
     )
     return bundle, pd.DataFrame(result.history, columns=list(HISTORY_COLUMNS))
+
+
+def without_label_issues(data_split: pd.DataFrame, excluded: set[str]) -> pd.DataFrame:
+    """``data_split`` with the ``train`` images among ``excluded`` moved to the subset ``excluded``."""
+    if not excluded:
+        return data_split
+    leave_out = (data_split["subset"] == "train") & data_split["path"].isin(excluded)
+    logger.info(
+        "Leaving %d suspected label errors of the latest label audit out of the %d training images "
+        "(training.exclude_label_issues); validation and test keep theirs", int(leave_out.sum()),
+        int((data_split["subset"] == "train").sum()),
+    )
+    tracking.log_metrics({"training.excluded_label_issues": int(leave_out.sum())})
+    return data_split.assign(subset=data_split["subset"].mask(leave_out, "excluded"))
 
 
 def _tag_the_run_it_continues(checkpoint: CheckpointStore) -> None:

@@ -16,7 +16,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 func=train_model,
                 inputs=[
                     "image_tensors", "image_index", "data_split", "normalization_stats",
-                    "training_checkpoint", "params:training",
+                    "training_checkpoint", "label_issues_to_exclude", "params:training",
                 ],
                 outputs=["model", "training_history"],
                 name="train_model_node",

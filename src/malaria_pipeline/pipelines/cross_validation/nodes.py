@@ -1,0 +1,223 @@
+"""Nodes of the cross-validation pipeline: folds, out-of-fold predictions, metrics, label audit."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from malaria_pipeline import tracking
+from malaria_pipeline.label_audit import excluded_paths, find_issues, summarize_issues
+from malaria_pipeline.metrics import classification_metrics, mean_and_std, per_patient
+from malaria_pipeline.ml.normalization import channel_mean_std
+from malaria_pipeline.ml.train import TrainConfig, TrainResult, train_classifier
+from malaria_pipeline.plots import plot_fold_roc_curves, plot_image_grid, plot_per_patient_accuracy
+from malaria_pipeline.splitting import check_patients, cross_validation_subsets, patient_folds, subset_rows
+from malaria_pipeline.tensors import train_data
+
+logger = logging.getLogger(__name__)
+
+# The metrics of each fold, and their mean ± std: Rajaraman et al. (2018) report these.
+FOLD_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "mcc", "roc_auc", "average_precision")
+
+
+def probability_column(positive_class: str) -> str:
+    """``p_parasitized`` for the positive class ``Parasitized``."""
+    return f"p_{positive_class.lower()}"
+
+
+def assign_folds(image_index: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """Deals whole patients into ``params["folds"]`` class-balanced folds (``StratifiedGroupKFold``, seeded).
+
+    Returns:
+        ``cv_folds``: ``path``, ``patient_id``, ``label`` and ``fold`` (1 to K) of every image, in index order.
+    """
+    patients = image_index["patient_id"].to_numpy()
+    check_patients(patients, params["folds"], "cross_validation.folds")
+    fold = patient_folds(image_index["label"].to_numpy(), patients, params["folds"], params["seed"]) + 1
+    folds = image_index[["path", "patient_id", "label"]].assign(fold=fold)
+    for number, rows in folds.groupby("fold"):
+        logger.info("Fold %d: %d images of %d patients (%s)", number, len(rows), rows["patient_id"].nunique(),
+                    ", ".join(f"{k} {v:.1%}" for k, v in rows["label"].value_counts(normalize=True).sort_index().items()))
+    return folds
+
+
+def cross_validate(
+    image_tensors: torch.Tensor, image_index: pd.DataFrame, cv_folds: pd.DataFrame,
+    label_issues_to_exclude: pd.DataFrame, params: dict[str, Any], training: dict[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """For each fold: trains with the ``training`` parameters on the other folds and predicts this one.
+
+    The patients of the other folds are dealt again: ``1 / validation_folds`` of them choose the epoch
+    (``training.keep``), the rest train; the held-out fold chooses nothing. Each fold is a nested MLflow
+    run (its parameters, per-epoch history and held-out metrics). With ``training.exclude_label_issues``
+    the audit's suspects leave the training images only.
+
+    Returns:
+        ``cv_predictions``: path, patient_id, label, fold and P(positive class) of every image, predicted
+        by the model of the fold that held it out; ``cv_history``: each fold's epochs, the kept one marked.
+    """
+    config = TrainConfig.from_params(training)
+    subset_rows(image_index, cv_folds.rename(columns={"fold": "subset"}), n_images=len(image_tensors))
+    excluded = excluded_paths(label_issues_to_exclude, image_index["path"], config.exclude_label_issues)
+    folds = int(cv_folds["fold"].max())
+    predictions, histories, started = [], [], time.perf_counter()
+    for fold in range(1, folds + 1):
+        split = fold_split(image_index, cv_folds, fold, params, excluded)
+        _log_fold_start(fold, folds, started, image_index, split)
+        with tracking.child_run(f"fold {fold} of {folds}", {"training": training, "cross_validation": params},
+                                {tracking.FOLD_TAG: fold}):
+            result = _train_fold(image_tensors, image_index, split, config)
+            held_out = _predict_held_out(result, image_tensors, image_index, split, params).assign(fold=fold)
+            _log_fold_metrics(held_out, params)
+        predictions.append(held_out)
+        histories.append(pd.DataFrame(result.history).assign(fold=fold, kept=lambda h: h["epoch"] == result.best_epoch))
+    logger.info("Cross-validation: %d folds in %.1f min", folds, (time.perf_counter() - started) / 60)
+    order = pd.Series(np.arange(len(image_index)), index=image_index["path"])
+    cv_predictions = pd.concat(predictions).sort_values("path", key=lambda p: p.map(order)).reset_index(drop=True)
+    return cv_predictions, pd.concat(histories, ignore_index=True)
+
+
+def fold_split(image_index: pd.DataFrame, cv_folds: pd.DataFrame, fold: int, params: dict[str, Any],
+               excluded: set[str]) -> pd.DataFrame:
+    """``path`` and ``subset`` (train, validation, test: the held-out fold, or excluded) of one fold."""
+    subset = cross_validation_subsets(
+        image_index["label"].to_numpy(), image_index["patient_id"].to_numpy(), cv_folds["fold"].to_numpy(), fold,
+        params["validation_folds"], params["seed"],
+    )
+    leave_out = (subset == "train") & image_index["path"].isin(excluded).to_numpy()
+    subset[leave_out] = "excluded"
+    return pd.DataFrame({"path": image_index["path"], "subset": subset})
+
+
+def _train_fold(image_tensors, image_index, split, config: TrainConfig) -> TrainResult:
+    train = torch.from_numpy(subset_rows(image_index, split, "train"))
+    mean, std = channel_mean_std(image_tensors, train)
+    data = train_data(image_tensors, image_index, split, {"mean": mean, "std": std})
+    return train_classifier(data, config, on_epoch_end=tracking.log_epoch)
+
+
+def _predict_held_out(result: TrainResult, image_tensors, image_index, split, params) -> pd.DataFrame:
+    rows = subset_rows(image_index, split, "test")
+    probabilities = result.classifier.predict_proba(image_tensors[torch.from_numpy(rows)], params["batch_size"])
+    positive = result.classifier.class_names.index(params["positive_class"])
+    held_out = image_index.iloc[rows][["path", "patient_id", "label"]].reset_index(drop=True)
+    return held_out.assign(**{probability_column(params["positive_class"]): probabilities[:, positive].numpy()})
+
+
+def _fold_metrics(cells: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
+    positive = params["positive_class"]
+    negative = next((c for c in sorted(cells["label"].unique()) if c != positive), "negative")
+    return classification_metrics((cells["label"] == positive).to_numpy(),
+                                  cells[probability_column(positive)].to_numpy(), params["threshold"], positive, negative)
+
+
+def _log_fold_metrics(held_out: pd.DataFrame, params: dict[str, Any]) -> None:
+    metrics = _fold_metrics(held_out, params)
+    tracking.log_metrics({f"test.{name}": metrics[name] for name in FOLD_METRICS})
+    logger.info("Held-out fold: %s", ", ".join(f"{n} {metrics[n]:.4f}" for n in FOLD_METRICS if metrics[n] is not None))
+
+
+def _log_fold_start(fold: int, folds: int, started: float, image_index: pd.DataFrame, split: pd.DataFrame) -> None:
+    elapsed = time.perf_counter() - started
+    left = f", about {elapsed / (fold - 1) * (folds - fold + 1) / 60:.0f} min left" if fold > 1 else ""
+    counts = {name: (int((split["subset"] == name).sum()), image_index["patient_id"][split["subset"] == name].nunique())
+              for name in ("train", "validation", "test", "excluded")}
+    logger.info(
+        "Cross-validation fold %d of %d%s: training on %d images of %d patients, choosing the epoch on %d of %d, "
+        "predicting the held-out %d of %d%s", fold, folds, left, *counts["train"], *counts["validation"], *counts["test"],
+        f"; {counts['excluded'][0]} suspected label errors left out of training" if counts["excluded"][0] else "",
+    )
+
+
+def summarize(cv_predictions: pd.DataFrame, cv_history: pd.DataFrame, params: dict[str, Any]) -> tuple[dict, dict]:
+    """Metrics of each fold, their mean ± standard deviation, the pooled out-of-fold figures, per-patient
+    accuracy, and the epoch count that the folds chose (for a model trained on every patient).
+
+    Returns:
+        ``cv_metrics`` (the JSON report) and ``cv_scores`` (MLflow metrics of the pipeline's run).
+    """
+    p_column = probability_column(params["positive_class"])
+    per_fold = [{"fold": int(fold), **_fold_metrics(cells, params)} for fold, cells in cv_predictions.groupby("fold")]
+    summary = mean_and_std(per_fold, FOLD_METRICS)
+    pooled = _fold_metrics(cv_predictions, params)
+    patients = per_patient(cv_predictions.rename(columns={p_column: "p_positive"}), params["threshold"], params["positive_class"])
+    kept = cv_history.loc[cv_history["kept"], "epoch"]
+    report = {
+        "folds": len(per_fold), "images": int(len(cv_predictions)), "patients": int(cv_predictions["patient_id"].nunique()),
+        "positive_class": params["positive_class"], "threshold": params["threshold"], "std": "sample (ddof=1) over folds",
+        "mean_std": summary, "per_fold": per_fold, "pooled": pooled, "per_patient": patients,
+        "kept_epochs": [int(e) for e in kept], "recommended_epochs": int(np.median(kept)) if len(kept) else None,
+        "mlflow_run_id": tracking.active_run_id(),
+    }
+    logger.info("%s", format_table(report))
+    scores = {f"cv.{name}.{stat}": {"value": values[stat], "step": 0}
+              for name, values in summary.items() for stat in ("mean", "std")}
+    scores.update({f"cv.pooled.{name}": {"value": pooled[name], "step": 0} for name in FOLD_METRICS if pooled[name] is not None})
+    if report["recommended_epochs"] is not None:
+        scores["cv.recommended_epochs"] = {"value": report["recommended_epochs"], "step": 0}
+    return report, scores
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The table of mean ± std per metric, with the pooled out-of-fold figure beside it."""
+    lines = [f"Cross-validation over {report['folds']} patient-grouped folds ({report['images']:,} images of "
+             f"{report['patients']} patients, out of fold):",
+             f"{'metric':<18} {'mean ± std':>17} {'pooled':>8}"]
+    for name, values in report["mean_std"].items():
+        pooled = report["pooled"][name]
+        lines.append(f"{name:<18} {values['mean']:>8.4f} ± {values['std']:.4f} {pooled if pooled is None else f'{pooled:.4f}':>8}")
+    worst = report["per_patient"][:3]
+    lines.append("worst patients: " + ", ".join(f"{p['patient_id']} {p['accuracy']:.3f} of {p['images']}" for p in worst))
+    if report["recommended_epochs"] is not None:
+        lines.append(f"epochs kept per fold {report['kept_epochs']}: a model on every patient trains "
+                     f"{report['recommended_epochs']} (training.epochs; docs/cross-validation.md)")
+    return "\n".join(lines)
+
+
+def audit_labels(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Suspected label errors among the out-of-fold predictions (cleanlab), and their counts.
+
+    Returns:
+        ``label_issues`` (one row per suspect, most suspect first) and ``label_audit_summary``.
+    """
+    method = params["label_audit"]["filter_by"]
+    issues = find_issues(cv_predictions, probability_column(params["positive_class"]), params["positive_class"], method)
+    summary = summarize_issues(cv_predictions, issues, method)
+    logger.info(
+        "Label audit: %d of %d images (%.2f%%) are suspected of a wrong label (%s); worst patients: %s",
+        summary["flagged"], summary["images"], 100 * summary["share"],
+        ", ".join(f"{label} {c['flagged']}" for label, c in summary["by_given_label"].items()),
+        ", ".join(f"{p['patient_id']} {p['flagged']} of {p['images']}" for p in summary["by_patient"][:3]) or "none",
+    )
+    tracking.log_metrics({"label_audit.flagged": summary["flagged"], "label_audit.share": summary["share"]})
+    return issues, summary
+
+
+def label_issues_figure(label_issues: pd.DataFrame, image_tensors: torch.Tensor, image_index: pd.DataFrame,
+                        params: dict[str, Any]) -> Figure:
+    """The most suspect cells: given → suggested label, label quality, patient."""
+    worst = label_issues.nsmallest(params["label_audit"]["figure_cells"], "rank")
+    rows = pd.Series(np.arange(len(image_index)), index=image_index["path"])[worst["path"]].to_numpy()
+    titles = [f"{r.given_label[:5]}→{r.suggested_label[:5]} q={r.label_quality:.2f}\n{r.patient_id}"
+              for r in worst.itertuples()]
+    return plot_image_grid(image_tensors[torch.from_numpy(rows.copy())], titles,
+                           suptitle=f"The {len(worst)} most suspect labels of {len(label_issues)} flagged "
+                                    "(given→suggested, q = out-of-fold P(given label))")
+
+
+def roc_curves_figure(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    positive = params["positive_class"]
+    p_column = probability_column(positive)
+    folds = {f"fold {fold}": ((cells["label"] == positive).to_numpy(), cells[p_column].to_numpy())
+             for fold, cells in cv_predictions.groupby("fold")}
+    return plot_fold_roc_curves(folds, positive)
+
+
+def per_patient_figure(cv_metrics: dict[str, Any], params: dict[str, Any]) -> Figure:
+    return plot_per_patient_accuracy(cv_metrics["per_patient"], params["worst_patients"])

@@ -1,0 +1,70 @@
+"""The `cross_validation` pipeline run end to end over the project's catalog, in a KedroProject in tmp_path:
+six patients of real PNG files, 3 folds, a ResNet-9 of width 4 for one epoch."""
+
+import mlflow
+import numpy as np
+import pytest
+
+TINY_CV = {
+    "ingestion": {"image_size": 16},
+    "cross_validation": {"folds": 3, "validation_folds": 2},
+    "training": {"width": 4, "epochs": 2, "batch_size": 8, "pad": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def cv_run(module_kedro_project, tmp_path_factory):
+    from tests.helpers import SMALL_PATIENTS, write_cells
+
+    folder = tmp_path_factory.mktemp("cells")
+    write_cells(folder, SMALL_PATIENTS)
+    module_kedro_project.run("cross_validation", **{**TINY_CV, "ingestion": {**TINY_CV["ingestion"], "source": str(folder)}})
+    return module_kedro_project
+
+
+def test_every_image_gets_one_out_of_fold_prediction_and_no_patient_is_in_two_folds(cv_run):
+    catalog = cv_run.context().catalog
+    index, folds, predictions = catalog.load("image_index"), catalog.load("cv_folds"), catalog.load("cv_predictions")
+    assert sorted(predictions["path"]) == sorted(index["path"]) and predictions["path"].is_unique
+    assert folds.groupby("patient_id")["fold"].nunique().max() == 1
+    assert sorted(folds["fold"].unique()) == [1, 2, 3]
+    by_path = folds.set_index("path")["fold"]
+    assert (predictions["fold"].to_numpy() == by_path[predictions["path"]].to_numpy()).all()
+    assert predictions["p_parasitized"].between(0, 1).all()
+
+
+def test_the_metrics_are_those_of_the_predictions_fold_by_fold(cv_run):
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    catalog = cv_run.context().catalog
+    predictions, metrics = catalog.load("cv_predictions"), catalog.load("cv_metrics")
+    accuracies = []
+    for fold, cells in predictions.groupby("fold"):
+        truth = cells["label"] == "Parasitized"
+        accuracies.append(accuracy_score(truth, cells["p_parasitized"] >= 0.5))
+        reported = next(row for row in metrics["per_fold"] if row["fold"] == fold)
+        assert reported["accuracy"] == pytest.approx(accuracies[-1])
+        if truth.nunique() == 2:
+            assert reported["roc_auc"] == pytest.approx(roc_auc_score(truth, cells["p_parasitized"]))
+    assert metrics["mean_std"]["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+    assert metrics["mean_std"]["accuracy"]["std"] == pytest.approx(np.std(accuracies, ddof=1))
+    assert metrics["images"] == len(predictions) and metrics["folds"] == 3
+
+
+def test_the_mlflow_run_has_one_finished_child_run_per_fold(cv_run):
+    client = cv_run.mlflow_client()
+    runs = client.search_runs([client.get_experiment_by_name("malaria-pipeline").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["fold"] for r in children) == ["1", "2", "3"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "valid_loss")
+        assert [m.step for m in history] == [1, 2]
+        assert "test.accuracy" in child.data.metrics and child.data.params["training.epochs"] == "2"
+    assert {"cv.accuracy.mean", "cv.accuracy.std", "cv.pooled.roc_auc"} <= parent.data.metrics.keys()
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {"figures/cv_roc_curves.png", "figures/cv_per_patient.png", "figures/label_issues.png"} <= artifacts
+    assert {"label_issues.csv", "cv_metrics.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
