@@ -161,3 +161,40 @@ class PinVersionsForPipelineModel:
             path = saved if kedro_private.path_exists(dataset, saved) else kedro_private.load_path(dataset)
             catalog[name] = kedro_private.unversioned_copy(dataset, path)
             logger.info("The MLflow model packs %s of %s", path, name)
+
+
+class TagAccuracyClaim:
+    """Tags a training run with the cross-validation run whose figures are its accuracy claim.
+
+    A model trained on every patient (``kedro run --pipelines training --env all_patients``) has no
+    held-out images: its accuracy is the one that cross-validation of the same configuration measured.
+    The parameter ``cross_validation_run_id`` names that run (``latest``: the newest finished
+    ``cross_validation`` run of the experiment). The run is checked (it exists, finished, holds
+    cross-validation metrics) and the training run gets the tag ``cross_validation_run_id`` and, in
+    ``accuracy_claim``, its mean ± std accuracy. A run id that is not such a run fails the run at once.
+    """
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline, catalog) -> None:
+        if "params:training" not in pipeline.inputs() or mlflow.active_run() is None:
+            return
+        wanted = catalog.load("parameters").get("cross_validation_run_id")
+        if not wanted:
+            return
+        try:
+            run = tracking.cross_validation_run(str(wanted), mlflow.active_run().info.experiment_id)
+        except ValueError:
+            mlflow.end_run(status="FAILED")
+            raise
+        metrics = run.data.metrics
+        claim = f"cross-validation accuracy {metrics['cv.accuracy.mean']:.4f} ± {metrics['cv.accuracy.std']:.4f}"
+        tracking.set_tags({tracking.CROSS_VALIDATION_RUN_TAG: run.info.run_id, "accuracy_claim": claim})
+        epochs = catalog.load("params:training")["epochs"]
+        recommended = metrics.get("cv.recommended_epochs")
+        logger.info("The accuracy claim of this model is run %s's: %s", run.info.run_id, claim)
+        if recommended is not None and int(recommended) != epochs:
+            logger.warning(
+                "training.epochs is %d but the folds of cross-validation run %s kept %d epochs (median): set "
+                'training.epochs=%d for the model that claim is about', epochs, run.info.run_id, int(recommended),
+                int(recommended),
+            )

@@ -137,3 +137,10 @@ def plot_per_patient_accuracy(patients: list[dict], worst: int) -> Figure:
     names.set_title(f"the {len(shown)} worst patients")
     figure.tight_layout()
     return figure
+
+
+def plot_message(text: str) -> Figure:
+    """A figure that says why there is nothing to draw (a model trained on every image has no test cells)."""
+    figure = Figure(figsize=(6, 2))
+    figure.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    return figure

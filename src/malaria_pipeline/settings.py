@@ -15,6 +15,7 @@ from malaria_pipeline.hooks import (
     LogHardwareProfile,
     MarkDeadMlflowRunsKilled,
     PinVersionsForPipelineModel,
+    TagAccuracyClaim,
 )
 from malaria_pipeline.profiles import by_profile
 
@@ -25,6 +26,7 @@ HOOKS = (
     MarkDeadMlflowRunsKilled(),
     LogHardwareProfile(),
     CheckTrainingParameters(),
+    TagAccuracyClaim(),
 )
 
 # Installed plugins for which to disable hook auto-registration.

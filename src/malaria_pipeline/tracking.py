@@ -157,3 +157,33 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[f"{prefix}{key}"] = str(value)[:6000]
     return flat
+
+
+def cross_validation_run(run_id: str, experiment_id: str):
+    """The finished cross-validation run ``run_id`` (``latest``: the newest of the experiment).
+
+    Raises:
+        ValueError: there is no such run, it has not finished, or it is not a cross-validation run.
+    """
+    client = mlflow.MlflowClient()
+    if run_id == "latest":
+        runs = client.search_runs(
+            [experiment_id], filter_string="attributes.status = 'FINISHED' and metrics.`cv.accuracy.mean` >= 0",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        if not runs:
+            raise ValueError(
+                "cross_validation_run_id is 'latest' but this MLflow experiment has no finished cross-validation "
+                "run: run `kedro run --pipelines cross_validation` first (docs/cross-validation.md)."
+            )
+        return runs[0]
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        raise ValueError(f"cross_validation_run_id {run_id!r} is not an MLflow run of this tracking store") from error
+    if run.info.status != "FINISHED" or "cv.accuracy.mean" not in run.data.metrics:
+        raise ValueError(
+            f"MLflow run {run_id} ({run.info.status}) is not a finished cross-validation run: give the id of a "
+            "`kedro run --pipelines cross_validation` run, or latest."
+        )
+    return run

@@ -16,6 +16,7 @@ from malaria_pipeline.ml.model_io import CellClassifier, load_model
 from malaria_pipeline.plots import (
     plot_confusion_matrices,
     plot_image_grid,
+    plot_message,
     plot_roc_curves,
     plot_training_curves,
 )
@@ -97,13 +98,22 @@ def package_model(model: dict[str, Any]) -> CellClassifier:
     return load_model(model)
 
 
+# The figures of a model trained on every image (conf/all_patients): no cell was held out from it.
+NOTHING_HELD_OUT = ("No validation or test images: this model trained on every image. Its accuracy is that of "
+                    "the cross-validation run named by the MLflow tag cross_validation_run_id.")
+
+
 def confusion_matrix_figure(predictions: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    if predictions.empty:
+        return plot_message(NOTHING_HELD_OUT)
     classes = sorted(predictions["label"].unique())
     subsets = {s: (c["label"], c["predicted"]) for s, c in _by_subset(predictions)}
     return plot_confusion_matrices(subsets, classes)
 
 
 def roc_curve_figure(predictions: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    if predictions.empty:
+        return plot_message(NOTHING_HELD_OUT)
     positive = params["positive_class"]
     subsets = {s: (c["label"] == positive, c["p_positive"]) for s, c in _by_subset(predictions)}
     return plot_roc_curves(subsets, positive)
@@ -116,6 +126,8 @@ def _by_subset(predictions: pd.DataFrame):
 
 def top_losses_figure(predictions: pd.DataFrame, image_tensors: torch.Tensor, params: dict[str, Any]) -> Figure:
     """The most wrongly classified cells: true label / prediction / probability of the positive class."""
+    if predictions.empty:
+        return plot_message(NOTHING_HELD_OUT)
     worst = predictions.nlargest(params["top_losses"], "loss")
     titles = [f"{r.label[:5]}→{r.predicted[:5]}\np={r.p_positive:.2f} {r.subset[:5]}" for r in worst.itertuples()]
     return plot_image_grid(image_tensors[torch.as_tensor(worst["row"].to_numpy(copy=True))], titles,

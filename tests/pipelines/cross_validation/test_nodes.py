@@ -1,0 +1,99 @@
+"""The cross-validation nodes on tables and tensors made by hand: which images each fold's model sees,
+the label audit on an easy set with planted label flips, and what exclude_label_issues leaves out."""
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from malaria_pipeline.pipelines.cross_validation import nodes
+from tests.helpers import TRAIN_PARAMS
+
+CV_PARAMS = {"folds": 4, "seed": 0, "validation_folds": 3, "positive_class": "Parasitized", "threshold": 0.5,
+             "batch_size": 64, "worst_patients": 5, "label_audit": {"filter_by": "prune_by_noise_rate", "figure_cells": 8}}
+
+
+def easy_cells(patients=12, per_patient=20, size=16, seed=0):
+    """Every image different; parasitized cells (half of each patient's) carry a dark 4×4 spot."""
+    generator = torch.Generator().manual_seed(seed)
+    count = patients * per_patient
+    images = torch.randint(120, 200, (count, 3, size, size), dtype=torch.uint8, generator=generator)
+    labels = np.where(np.arange(count) % 2 == 0, "Parasitized", "Uninfected")
+    images[torch.from_numpy(labels == "Parasitized"), :, 6:10, 6:10] = 10
+    patient = [f"C{i // per_patient}P{i // per_patient}ThinF" for i in range(count)]
+    index = pd.DataFrame({"path": [f"cell_images/{label}/{p}_IMG_1_cell_{i}.png" for i, (label, p) in enumerate(zip(labels, patient))],
+                          "label": labels, "patient_id": patient})
+    return images, index
+
+
+def digest(image: torch.Tensor) -> str:
+    return hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()
+
+
+NO_AUDIT = pd.DataFrame({"path": pd.Series(dtype="object")})
+
+
+def test_each_image_is_predicted_by_the_one_model_that_never_saw_it(monkeypatch):
+    images, index = easy_cells()
+    folds = nodes.assign_folds(index, CV_PARAMS)
+    seen = []
+    real = nodes.train_classifier
+
+    def spy(data, config, **kwargs):
+        seen.append({digest(image) for image in torch.cat([data.train_images, data.valid_images])})
+        return real(data, config, **kwargs)
+
+    monkeypatch.setattr(nodes, "train_classifier", spy)
+    predictions, history = nodes.cross_validate(images, index, folds, NO_AUDIT, CV_PARAMS, {**TRAIN_PARAMS, "epochs": 1})
+
+    assert len(seen) == 4 and sorted(predictions["path"]) == sorted(index["path"])
+    by_path = dict(zip(index["path"], images))
+    for row in predictions.itertuples():
+        model_of_fold = seen[row.fold - 1]
+        assert digest(by_path[row.path]) not in model_of_fold, row.path
+        assert sum(digest(by_path[row.path]) in other for other in seen) == 3  # the other folds' models trained on it
+    # Train and validation of a fold are whole patients of the other folds, never of the held-out one.
+    for fold in range(1, 5):
+        split = nodes.fold_split(index, folds, fold, CV_PARAMS, set())
+        held_out = set(index["patient_id"][folds["fold"] == fold])
+        by_subset = {s: set(index["patient_id"][split["subset"] == s]) for s in ("train", "validation", "test")}
+        assert by_subset["test"] == held_out and not by_subset["train"] & held_out and not by_subset["validation"] & held_out
+        assert by_subset["validation"] and not by_subset["validation"] & by_subset["train"]
+    assert set(history["fold"]) == {1, 2, 3, 4} and history.groupby("fold")["kept"].sum().tolist() == [1, 1, 1, 1]
+
+
+def test_planted_label_flips_in_an_easy_set_are_found():
+    images, index = easy_cells(patients=12, per_patient=24)
+    true_label = dict(zip(index["path"], index["label"]))
+    flipped = np.random.default_rng(1).choice(len(index), size=10, replace=False)
+    index.loc[flipped, "label"] = np.where(index.loc[flipped, "label"] == "Parasitized", "Uninfected", "Parasitized")
+    folds = nodes.assign_folds(index, CV_PARAMS)
+    predictions, _ = nodes.cross_validate(images, index, folds, NO_AUDIT, CV_PARAMS, {**TRAIN_PARAMS, "epochs": 4})
+    issues, summary = nodes.audit_labels(predictions, CV_PARAMS)
+
+    found = set(issues["path"]) & set(index["path"][flipped])
+    assert len(found) >= 9, f"found {len(found)} of 10 planted flips"
+    assert len(issues) <= 0.06 * len(index)
+    planted = issues[issues["path"].isin(index["path"][flipped])]
+    # The suggested label of a planted flip is its true class: the one its pixels show.
+    assert (planted["suggested_label"] == planted["path"].map(true_label)).all()
+    assert (planted["given_label"] != planted["suggested_label"]).all()
+    assert issues["rank"].tolist() == list(range(1, len(issues) + 1))
+    assert issues["label_quality"].is_monotonic_increasing
+    assert summary["flagged"] == len(issues) and summary["images"] == len(index)
+    assert sum(c["flagged"] for c in summary["by_given_label"].values()) == len(issues)
+
+
+def test_exclude_label_issues_leaves_suspects_out_of_the_training_images_only():
+    images, index = easy_cells()
+    folds = nodes.assign_folds(index, CV_PARAMS)
+    suspects = set(index["path"].iloc[::7])
+    for fold in range(1, 5):
+        kept = nodes.fold_split(index, folds, fold, CV_PARAMS, set())
+        excluded = nodes.fold_split(index, folds, fold, CV_PARAMS, suspects)
+        moved = kept["subset"] != excluded["subset"]
+        assert (excluded["subset"][moved] == "excluded").all()
+        assert set(kept["path"][moved]) == {p for p, s in zip(kept["path"], kept["subset"]) if s == "train" and p in suspects}
+        assert (kept["subset"][~moved] == excluded["subset"][~moved]).all()  # validation and test keep theirs
