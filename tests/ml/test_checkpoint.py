@@ -45,3 +45,16 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
     store.save({"epoch": 1, "payload": _Unsafe()})
     with pytest.raises(pickle.UnpicklingError):
         store.load()
+
+
+def test_a_pickled_object_is_refused_even_where_the_environment_turns_weights_only_off(tmp_path, monkeypatch):
+    # torch.load's default becomes weights_only=False under this variable; the store asks for True itself.
+    import pickle
+
+    import pytest
+
+    store = CheckpointStore(tmp_path / "checkpoint")
+    store.save({"epoch": 1, "payload": _Unsafe()})
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(pickle.UnpicklingError):
+        store.load()

@@ -173,3 +173,26 @@ def test_a_sweep_whose_loss_bottoms_out_at_once_falls_back_to_neighbouring_point
     # first = 1, lowest = 3: the one centre, 2, has a gentler slope than point 1 would
     losses = [1.0, 0.5, 0.45, 0.4] + [0.5 + 0.1 * k for k in range(11)]
     assert suggest_lr(lrs, losses) == pytest.approx((lrs[2], lrs[3]))
+
+
+def test_the_sweep_draws_no_progress_bar_where_stderr_is_not_a_terminal(capsys):
+    # A log file or CI output gets no bar (tqdm's disable=None): under pytest stderr is not a terminal.
+    config, data = train_config(), tiny_data()
+    lr_range_test(build_classifier(config, data), data, config, start_lr=1e-5, end_lr=1e-4, num_batches=3)
+    err = capsys.readouterr().err
+    assert "LR sweep" not in err and "batch" not in err
+
+
+def test_a_loss_at_its_minimum_never_stops_the_sweep_even_at_zero():
+    # The sweep stops once the smoothed loss *exceeds* diverge times its lowest: a classifier that already
+    # fits every batch (logits +-1e4 for class 0, cross-entropy exactly 0.0) sweeps all its batches.
+    config, data = train_config(label_smoothing=0.0), tiny_data()
+    data.train_labels = torch.zeros_like(data.train_labels)
+    classifier = build_classifier(config, data)
+    head = classifier.network.head[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([1e4, -1e4]))
+    sweep = lr_range_test(classifier, data, config, start_lr=1e-5, end_lr=1e-4, num_batches=5)
+    assert sweep.losses == [0.0] * 5
+    assert len(sweep.lrs) == 5

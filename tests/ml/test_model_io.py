@@ -104,3 +104,13 @@ def test_a_bundle_of_another_format_or_a_pickled_object_is_refused(tmp_path):
 
 class _Unsafe:
     """Any class but the tensors and containers that ``weights_only`` allows."""
+
+
+def test_a_pickled_object_is_refused_even_where_the_environment_turns_weights_only_off(tmp_path, monkeypatch):
+    # torch.load's default becomes weights_only=False under this variable; load_model asks for True itself.
+    import pickle
+
+    torch.save({"format": 1, "payload": _Unsafe()}, tmp_path / "pickled.pt")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(pickle.UnpicklingError):
+        load_model(tmp_path / "pickled.pt")

@@ -621,3 +621,32 @@ def test_a_training_step_minimises_the_label_smoothed_cross_entropy():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     loss = train.train_step(model, optimizer, images, labels, quick(label_smoothing=0.2, grad_clip=None))
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_on_a_tie_of_validation_loss_the_first_epoch_of_it_is_kept(monkeypatch):
+    # Every epoch scores the same: the kept weights are those of the first epoch reaching the lowest
+    # loss (as min() or argmin picks it), not a later one that merely equals it.
+    monkeypatch.setattr(train, "evaluate", lambda *args: (0.5, 0.75))
+    result, snapshots = _snapshotting_fit(quick(epochs=3), tiny_data())
+    losses = [row["valid_loss"] for row in result.history]
+    assert losses == [0.5, 0.5, 0.5]
+    assert result.best_epoch == losses.index(min(losses)) + 1 == 1
+    assert _same_weights(result.classifier.state_dict(), snapshots[1])
+    assert not _same_weights(snapshots[1], snapshots[3])
+
+
+@pytest.mark.parametrize("max_lrs", [[0.01, 0.04], [0.01, 0.02, 0.04]])
+def test_each_parameter_group_warms_up_to_its_own_max_lr(max_lrs):
+    config = quick(div_factor=25, final_div_factor=100)
+    groups = [torch.nn.Linear(2, 2) for _ in max_lrs]
+    optimizer = train.make_optimizer(config, train.Stage("full", 1, max_lrs, frozen=False), groups)
+    train.make_scheduler(config, train.Stage("full", 1, max_lrs, frozen=False), optimizer, steps_per_epoch=8)
+    assert [group["max_lr"] for group in optimizer.param_groups] == max_lrs
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([lr / 25 for lr in max_lrs])
+
+
+def test_training_draws_no_progress_bar_where_stderr_is_not_a_terminal(capsys):
+    # A log file or CI output gets no bar (tqdm's disable=None): under pytest stderr is not a terminal.
+    train_classifier(tiny_data(), quick(epochs=1))
+    err = capsys.readouterr().err
+    assert "epoch 1" not in err and "batch" not in err
