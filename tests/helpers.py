@@ -274,11 +274,11 @@ class KedroProject:
         )
         bootstrap_project(root)
 
-    def run(self, pipeline: str, **runtime_params):
-        """Runs a registered pipeline in a new KedroSession, as ``kedro run --params`` would."""
+    def run(self, pipeline: str, env: str | None = None, **runtime_params):
+        """Runs a registered pipeline in a new KedroSession, as ``kedro run [--env] --params`` would."""
         from kedro.framework.session import KedroSession
 
-        with KedroSession.create(project_path=self.root, runtime_params=runtime_params) as session:
+        with KedroSession.create(project_path=self.root, env=env, runtime_params=runtime_params) as session:
             return session.run(pipeline_names=[pipeline])
 
     def context(self, **runtime_params):

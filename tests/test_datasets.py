@@ -9,7 +9,13 @@ import torch
 from kedro.io.core import DatasetError, Version
 
 from malaria_pipeline.archive import ImageArchive
-from malaria_pipeline.datasets import CellImageSourceDataset, CheckpointStoreDataset, TorchDataset, TrainedModelDataset
+from malaria_pipeline.datasets import (
+    CellImageSourceDataset,
+    CheckpointStoreDataset,
+    OptionalCSVDataset,
+    TorchDataset,
+    TrainedModelDataset,
+)
 from malaria_pipeline.ml.checkpoint import CheckpointStore
 
 OLD, NEW = "2024-01-01T00.00.00.000Z", "2024-02-01T00.00.00.000Z"
@@ -83,3 +89,19 @@ def test_the_checkpoint_dataset_hands_over_a_store_of_its_folder_and_cannot_be_w
     assert store.load() is None and dataset.exists()
     with pytest.raises(DatasetError, match="read-only"):
         dataset.save({"a": 1})
+
+
+def test_an_optional_csv_is_an_empty_table_until_a_version_exists_then_the_latest(tmp_path):
+    import pandas as pd
+    from kedro_datasets.pandas import CSVDataset
+
+    path = str(tmp_path / "label_issues.csv")
+    optional = OptionalCSVDataset(filepath=path, version=Version(None, None), columns=["path", "rank"])
+    empty = optional.load()
+    assert empty.empty and list(empty.columns) == ["path", "rank"]
+    for rows in (["a.png"], ["b.png", "c.png"]):  # written by another dataset of the same file, as the catalog does
+        CSVDataset(filepath=path, version=Version(None, None), save_args={"index": False}).save(
+            pd.DataFrame({"path": rows, "rank": range(1, len(rows) + 1)}))
+        import time; time.sleep(0.01)
+    latest = OptionalCSVDataset(filepath=path, version=Version(None, None), columns=["path", "rank"]).load()
+    assert latest["path"].tolist() == ["b.png", "c.png"]

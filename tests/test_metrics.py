@@ -69,6 +69,8 @@ def test_a_score_on_the_threshold_is_positive_and_each_metric_is_the_one_worked_
     assert m["sensitivity"] == pytest.approx(2 / 3) and m["specificity"] == pytest.approx(2 / 3)
     assert m["precision"] == pytest.approx(2 / 3)  # 2 of the 3 cells called parasitized
     assert m["f1"] == pytest.approx(2 / 3)
+    # Matthews: (TP·TN - FP·FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)) = (4 - 1) / sqrt(3·3·3·3) = 1/3
+    assert m["mcc"] == pytest.approx(1 / 3)
     # from the scores, not the labels: 0.9 beats 3 uninfected, 0.5 beats 2, 0.3 beats 2 (from the labels: 6/9)
     assert concordant_share(EDGE_TRUTH, EDGE_P) == pytest.approx(7 / 9)
     assert m["roc_auc"] == pytest.approx(7 / 9)
@@ -172,3 +174,13 @@ def test_per_patient_counts_errors_and_ranks_ties_by_size_then_patient_id():
         ("A", 4, 0, 2, 0.5), ("B", 2, 0, 1, 0.5), ("C", 4, 4, 1, 0.75), ("D", 1, 1, 0, 1.0)]
     ties = pd.DataFrame({"patient_id": ["Z", "Y", "X"], "label": ["Uninfected"] * 3, "p_positive": [0.1] * 3})
     assert [r["patient_id"] for r in per_patient(ties)] == ["X", "Y", "Z"]
+
+
+def test_mean_and_std_over_folds_use_the_sample_std_and_skip_undefined_folds():
+    from malaria_pipeline.metrics import mean_and_std
+
+    rows = [{"accuracy": 0.90, "roc_auc": 0.99}, {"accuracy": 0.94, "roc_auc": None}, {"accuracy": 0.98, "roc_auc": 0.97}]
+    summary = mean_and_std(rows, ("accuracy", "roc_auc"))
+    # accuracy: mean 0.94, deviations ±0.04 and 0: sqrt((0.0016 + 0 + 0.0016) / 2) = 0.04
+    assert summary["accuracy"] == {"mean": pytest.approx(0.94), "std": pytest.approx(0.04), "folds": 3}
+    assert summary["roc_auc"] == {"mean": pytest.approx(0.98), "std": pytest.approx(0.02 ** 0.5 * 0.1), "folds": 2}

@@ -9,6 +9,7 @@ import os
 import socket
 
 import mlflow
+import pytest
 
 from malaria_pipeline import tracking
 
@@ -59,3 +60,40 @@ def test_the_owner_tags_name_this_host_and_process():
     assert tags[tracking.HOST_TAG] == socket.gethostname() and tags[tracking.PID_TAG] == str(os.getpid())
     if os.path.exists(f"/proc/{os.getpid()}/stat"):  # Linux: the start time tells a recycled pid apart
         assert tags[tracking.PROCESS_STARTED_TAG].isdigit()
+
+
+@pytest.fixture
+def own_tracking_store(tmp_path):
+    """An MLflow store of this test's own, and MLflow's default tracking URI back afterwards."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("child-runs")
+    yield
+    mlflow.set_tracking_uri(None)
+
+
+def test_a_fold_runs_nested_under_the_active_run_and_ends_finished_failed_or_killed(own_tracking_store):
+    client = mlflow.MlflowClient()
+    outcomes = {}
+    with mlflow.start_run() as parent:
+        with tracking.child_run("fold 1 of 3", {"training": {"epochs": 2, "max_lr": 0.01}}, {tracking.FOLD_TAG: 1}) as run_id:
+            tracking.log_metrics({"test.accuracy": 0.9, "test.roc_auc": None})
+            outcomes["finished"] = run_id
+        for name, error in (("failed", RuntimeError("out of memory")), ("killed", KeyboardInterrupt())):
+            with pytest.raises(type(error)), tracking.child_run(name, {}, {}) as run_id:
+                outcomes[name] = run_id
+                raise error
+        assert mlflow.active_run().info.run_id == parent.info.run_id  # the parent is active again
+    runs = {name: client.get_run(run_id) for name, run_id in outcomes.items()}
+    assert {name: run.info.status for name, run in runs.items()} == {"finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+    finished = runs["finished"].data
+    assert finished.tags["mlflow.parentRunId"] == parent.info.run_id and finished.tags[tracking.FOLD_TAG] == "1"
+    assert finished.params == {"training.epochs": "2", "training.max_lr": "0.01"}
+    assert finished.metrics == {"test.accuracy": 0.9}
+    assert finished.tags[tracking.PID_TAG] == str(os.getpid())  # so a killed process's folds are swept too
+
+
+def test_without_an_active_run_a_fold_logs_nothing():
+    assert mlflow.active_run() is None
+    with tracking.child_run("fold 1 of 3", {"a": 1}, {}) as run_id:
+        tracking.log_metrics({"test.accuracy": 0.9})
+    assert run_id is None and mlflow.active_run() is None

@@ -49,7 +49,7 @@ def classification_metrics(
         "specificity": float(recall_score(~truth, ~called, zero_division=0)),
         "precision": float(precision_score(truth, called, zero_division=0)),
         "f1": float(f1_score(truth, called, zero_division=0)),
-        "mcc": float(matthews_corrcoef(truth, called)),
+        "mcc": float(matthews_corrcoef(truth, called)) if both_classes else None,
         "roc_auc": float(roc_auc_score(truth, p_positive)) if both_classes else None,
         "average_precision": float(average_precision_score(truth, p_positive)) if truth.any() else None,
         "true_positives": int(tp), "false_negatives": int(fn), "false_positives": int(fp), "true_negatives": int(tn),

@@ -68,3 +68,38 @@ def test_the_mlflow_run_has_one_finished_child_run_per_fold(cv_run):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert {"figures/cv_roc_curves.png", "figures/cv_per_patient.png", "figures/label_issues.png"} <= artifacts
     assert {"label_issues.csv", "cv_metrics.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+
+def test_the_model_on_every_patient_trains_its_epochs_on_all_images_and_claims_the_cross_validation(cv_run, tmp_path_factory):
+    from tests.helpers import SMALL_PATIENTS, write_cells
+
+    client = cv_run.mlflow_client()
+    experiment = client.get_experiment_by_name("malaria-pipeline").experiment_id
+    (cv_parent,) = client.search_runs([experiment], filter_string="tags.`mlflow.runName` = 'cross_validation'")
+    folder = tmp_path_factory.mktemp("cells_all")
+    write_cells(folder, SMALL_PATIENTS)
+    cv_run.run("training", env="all_patients", ingestion={"source": str(folder), "image_size": 16},
+               preprocessing={"split": {"folds": 2}}, training={"width": 4, "epochs": 2, "batch_size": 8, "pad": 2})
+
+    catalog = cv_run.context().catalog
+    assert set(catalog.load("data_split")["subset"]) == {"train"}
+    history, bundle = catalog.load("training_history"), catalog.load("model")
+    assert history["epoch"].tolist() == [1, 2] and history["valid_loss"].isna().all()
+    assert bundle["best_epoch"] == 2
+    assert not {"validation", "test"} & catalog.load("evaluation_metrics").keys()
+    (training,) = client.search_runs([experiment], filter_string="tags.`mlflow.runName` = 'training'")
+    assert training.info.status == "FINISHED"
+    assert training.data.tags["cross_validation_run_id"] == cv_parent.info.run_id
+    mean, std = cv_parent.data.metrics["cv.accuracy.mean"], cv_parent.data.metrics["cv.accuracy.std"]
+    assert training.data.tags["accuracy_claim"] == f"cross-validation accuracy {mean:.4f} ± {std:.4f}"
+
+
+def test_a_claimed_run_that_is_not_a_cross_validation_fails_the_training_run_at_once(cv_run):
+    client = cv_run.mlflow_client()
+    experiment = client.get_experiment_by_name("malaria-pipeline").experiment_id
+    fold = client.search_runs([experiment], filter_string="tags.fold = '1'")[0]
+    with pytest.raises(ValueError, match=f"MLflow run {fold.info.run_id} .* is not a finished cross-validation run"):
+        cv_run.run("training", env="all_patients", cross_validation_run_id=fold.info.run_id)
+    (failed,) = client.search_runs([experiment], filter_string="attributes.status = 'FAILED'")
+    assert failed.data.tags["mlflow.runName"] == "training"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
+import torch
 
 from malaria_pipeline import tracking
 from malaria_pipeline.ml import load_model
@@ -12,11 +14,14 @@ from malaria_pipeline.pipelines.model_training.nodes import train_model
 from malaria_pipeline.splitting import SplitError
 from tests.helpers import TRAIN_PARAMS, tiny_tables
 
+# What the catalog's label_issues_to_exclude loads before any cross-validation has run.
+NO_AUDIT = pd.DataFrame({"path": pd.Series(dtype="object")})
+
 
 def test_the_node_trains_on_the_train_rows_and_returns_the_bundle_and_one_history_row_per_epoch(tmp_path):
     images, index, split, stats = tiny_tables()
     store = CheckpointStore(tmp_path / "checkpoint")
-    bundle, history = train_model(images, index, split, stats, store, {**TRAIN_PARAMS, "epochs": 1})
+    bundle, history = train_model(images, index, split, stats, store, NO_AUDIT, {**TRAIN_PARAMS, "epochs": 1})
     assert list(history.columns) == list(HISTORY_COLUMNS) and history["epoch"].tolist() == [1]
     model = load_model(bundle)
     assert model.class_names == ["Parasitized", "Uninfected"] and model.image_size == 16
@@ -38,9 +43,9 @@ def test_an_interrupted_node_resumes_from_its_checkpoint_with_resume(tmp_path, m
     with monkeypatch.context() as patch:
         patch.setattr(tracking, "log_epoch", interrupt)
         with pytest.raises(KeyboardInterrupt):
-            train_model(images, index, split, stats, store, params)
+            train_model(images, index, split, stats, store, NO_AUDIT, params)
     (saved,) = store.load()["history"]
-    _, history = train_model(images, index, split, stats, store, {**params, "resume": True})
+    _, history = train_model(images, index, split, stats, store, NO_AUDIT, {**params, "resume": True})
     assert history["epoch"].tolist() == [1, 2]
     assert history.iloc[0].to_dict() == saved  # epoch 1 is the checkpoint's, not trained again
 
@@ -49,4 +54,37 @@ def test_a_split_without_validation_images_is_refused_before_training(tmp_path):
     images, index, split, stats = tiny_tables()
     split["subset"] = split["subset"].replace("validation", "test")
     with pytest.raises(SplitError, match="no validation images"):
-        train_model(images, index, split, stats, CheckpointStore(tmp_path), {**TRAIN_PARAMS, "epochs": 1})
+        train_model(images, index, split, stats, CheckpointStore(tmp_path), NO_AUDIT, {**TRAIN_PARAMS, "epochs": 1})
+
+
+
+def test_exclude_label_issues_leaves_the_suspects_out_of_the_training_images_only(tmp_path, monkeypatch):
+    from malaria_pipeline.pipelines.model_training import nodes
+
+    images, index, split, stats = tiny_tables(count=24)
+    # Suspects: two training rows (0 and 3), one validation row (12) and one test row (20).
+    audit = pd.DataFrame({"path": index["path"][[0, 3, 12, 20]], "rank": [1, 2, 3, 4]})
+    given = []
+    real = nodes.train_classifier
+
+    def spy(data, config, **kwargs):
+        given.append(data)
+        return real(data, config, **kwargs)
+
+    monkeypatch.setattr(nodes, "train_classifier", spy)
+    before = split.copy()
+    train_model(images, index, split, stats, CheckpointStore(tmp_path), audit, {**TRAIN_PARAMS, "epochs": 1})
+    train_model(images, index, split, stats, CheckpointStore(tmp_path), audit,
+                {**TRAIN_PARAMS, "epochs": 1, "exclude_label_issues": True})
+    kept, excluded = given
+    train_rows = [i for i in range(12) if i not in (0, 3)]
+    assert torch.equal(excluded.train_images, images[train_rows]) and torch.equal(kept.train_images, images[:12])
+    assert torch.equal(excluded.valid_images, images[12:18]) and torch.equal(excluded.valid_images, kept.valid_images)
+    assert split.equals(before)  # the catalog's data_split, which evaluation reads, is left whole
+
+
+def test_exclude_label_issues_without_an_audit_says_to_run_cross_validation(tmp_path):
+    images, index, split, stats = tiny_tables()
+    with pytest.raises(ValueError, match="kedro run --pipelines cross_validation"):
+        train_model(images, index, split, stats, CheckpointStore(tmp_path), NO_AUDIT,
+                    {**TRAIN_PARAMS, "epochs": 1, "exclude_label_issues": True})
