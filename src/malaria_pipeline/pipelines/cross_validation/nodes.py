@@ -155,7 +155,8 @@ def summarize(cv_predictions: pd.DataFrame, cv_history: pd.DataFrame, params: di
         "kept_epochs": [int(e) for e in kept], "recommended_epochs": int(np.median(kept)) if len(kept) else None,
         "mlflow_run_id": tracking.active_run_id(),
     }
-    logger.info("%s", format_table(report))
+    for line in format_table(report):  # one record per line, as in a log file or CI
+        logger.info("%s", line)
     scores = {f"cv.{name}.{stat}": {"value": values[stat], "step": 0}
               for name, values in summary.items() for stat in ("mean", "std")}
     scores.update({f"cv.pooled.{name}": {"value": pooled[name], "step": 0} for name in FOLD_METRICS if pooled[name] is not None})
@@ -164,8 +165,8 @@ def summarize(cv_predictions: pd.DataFrame, cv_history: pd.DataFrame, params: di
     return report, scores
 
 
-def format_table(report: dict[str, Any]) -> str:
-    """The table of mean ± std per metric, with the pooled out-of-fold figure beside it."""
+def format_table(report: dict[str, Any]) -> list[str]:
+    """The lines of the table of mean ± std per metric, with the pooled out-of-fold figure beside it."""
     lines = [f"Cross-validation over {report['folds']} patient-grouped folds ({report['images']:,} images of "
              f"{report['patients']} patients, out of fold):",
              f"{'metric':<18} {'mean ± std':>17} {'pooled':>8}"]
@@ -177,7 +178,7 @@ def format_table(report: dict[str, Any]) -> str:
     if report["recommended_epochs"] is not None:
         lines.append(f"epochs kept per fold {report['kept_epochs']}: a model on every patient trains "
                      f"{report['recommended_epochs']} (training.epochs; docs/cross-validation.md)")
-    return "\n".join(lines)
+    return lines
 
 
 def audit_labels(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
