@@ -97,3 +97,12 @@ def test_exclude_label_issues_leaves_suspects_out_of_the_training_images_only():
         assert (excluded["subset"][moved] == "excluded").all()
         assert set(kept["path"][moved]) == {p for p, s in zip(kept["path"], kept["subset"]) if s == "train" and p in suspects}
         assert (kept["subset"][~moved] == excluded["subset"][~moved]).all()  # validation and test keep theirs
+
+
+def test_folds_of_other_images_are_refused_by_name():
+    from malaria_pipeline.splitting import SplitError
+
+    images, index = easy_cells()
+    folds = nodes.assign_folds(index, CV_PARAMS)
+    with pytest.raises(SplitError, match=r"cv_folds \(239 rows\), image_index \(240\) .* run the whole cross_validation"):
+        nodes.cross_validate(images, index, folds.iloc[1:], NO_AUDIT, CV_PARAMS, TRAIN_PARAMS)

@@ -17,7 +17,13 @@ from malaria_pipeline.metrics import classification_metrics, mean_and_std, per_p
 from malaria_pipeline.ml.normalization import channel_mean_std
 from malaria_pipeline.ml.train import TrainConfig, TrainResult, train_classifier
 from malaria_pipeline.plots import plot_fold_roc_curves, plot_image_grid, plot_per_patient_accuracy
-from malaria_pipeline.splitting import check_patients, cross_validation_subsets, patient_folds, subset_rows
+from malaria_pipeline.splitting import (
+    SplitError,
+    check_patients,
+    cross_validation_subsets,
+    patient_folds,
+    subset_rows,
+)
 from malaria_pipeline.tensors import train_data
 
 logger = logging.getLogger(__name__)
@@ -63,7 +69,7 @@ def cross_validate(
         by the model of the fold that held it out; ``cv_history``: each fold's epochs, the kept one marked.
     """
     config = TrainConfig.from_params(training)
-    subset_rows(image_index, cv_folds.rename(columns={"fold": "subset"}), n_images=len(image_tensors))
+    _check_same_images(image_tensors, image_index, cv_folds)
     excluded = excluded_paths(label_issues_to_exclude, image_index["path"], config.exclude_label_issues)
     folds = int(cv_folds["fold"].max())
     predictions, histories, started = [], [], time.perf_counter()
@@ -81,6 +87,16 @@ def cross_validate(
     order = pd.Series(np.arange(len(image_index)), index=image_index["path"])
     cv_predictions = pd.concat(predictions).sort_values("path", key=lambda p: p.map(order)).reset_index(drop=True)
     return cv_predictions, pd.concat(histories, ignore_index=True)
+
+
+def _check_same_images(image_tensors: torch.Tensor, image_index: pd.DataFrame, cv_folds: pd.DataFrame) -> None:
+    same = len(image_tensors) == len(image_index) == len(cv_folds) and (
+        cv_folds["path"].to_numpy() == image_index["path"].to_numpy()).all()
+    if not same:
+        raise SplitError(
+            f"cv_folds ({len(cv_folds)} rows), image_index ({len(image_index)}) and image_tensors ({len(image_tensors)}) "
+            "come from different runs: run the whole cross_validation pipeline again."
+        )
 
 
 def fold_split(image_index: pd.DataFrame, cv_folds: pd.DataFrame, fold: int, params: dict[str, Any],
