@@ -136,6 +136,11 @@ def test_keep_last_keeps_the_last_epoch():
     ("optimizer", "sgd", "training.optimizer is 'sgd'"),
     ("keep", "first", "training.keep is 'first'"),
     ("epochs", 0, "training.epochs must be >= 1"),
+    ("brightness", -0.1, r"training.brightness is -0.1: use a number from 0 \(off\) to 1$"),
+    ("contrast", 1.5, r"training.contrast is 1.5: use a number from 0 \(off\) to 1$"),
+    ("gamma", 1.0, r"training.gamma is 1.0: use a number from 0 \(off\) to 0.99$"),
+    ("saturation", 2, r"training.saturation is 2: use a number from 0 \(off\) to 1$"),
+    ("hue", 0.6, r"training.hue is 0.6: use a number from 0 \(off\) to 0.5$"),
 ])
 def test_bad_parameters_are_named(knob, value, message):
     with pytest.raises(ValueError, match=message):
@@ -216,11 +221,12 @@ def _blocking_ops(step, ignore: set[int]) -> list[str]:
     return found
 
 
-def test_a_training_step_never_waits_for_the_device():
+@pytest.mark.parametrize("jitter", [{}, {"brightness": 0.2, "contrast": 0.2, "gamma": 0.2, "saturation": 0.2, "hue": 0.1}])
+def test_a_training_step_never_waits_for_the_device(jitter):
     from malaria_pipeline.ml.loader import BatchLoader
     from malaria_pipeline.ml.train import make_optimizer, train_step
 
-    config, data = quick(), tiny_data()
+    config, data = quick(**jitter), tiny_data()
     classifier = build_classifier(config, data).set_speed(channels_last=True, bf16=False).train()
     optimizer = make_optimizer(config, plan_stages(config, 5)[0], layer_groups(classifier.network, "resnet9"))
     batches = BatchLoader(data.train_images, data.train_labels, 12, torch.Generator().manual_seed(0),

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from malaria_pipeline.ml.augment import Augmentation
+from malaria_pipeline.ml.augment import Augmentation, ColorJitter
 from malaria_pipeline.ml.checkpoint import CheckpointStore
 from malaria_pipeline.ml.device import pick_device, set_determinism, use_bf16
 from malaria_pipeline.ml.loader import BatchLoader
@@ -60,6 +60,11 @@ class TrainConfig:
     pad: int
     flips: bool
     rotations: bool
+    brightness: float
+    contrast: float
+    gamma: float
+    saturation: float
+    hue: float
     bf16: bool | str
     channels_last: bool
     compile: bool
@@ -91,6 +96,9 @@ class TrainConfig:
             raise ValueError(f"training.keep is {self.keep!r}: use best (lowest validation loss) or last")
         if self.epochs < 1 or self.head_epochs < 0:
             raise ValueError(f"training.epochs must be >= 1 and head_epochs >= 0, got {self.epochs}, {self.head_epochs}")
+        for name, top in (("brightness", 1), ("contrast", 1), ("saturation", 1), ("gamma", 0.99), ("hue", 0.5)):
+            if not 0 <= getattr(self, name) <= top:
+                raise ValueError(f"training.{name} is {getattr(self, name)!r}: use a number from 0 (off) to {top}")
 
     @property
     def network_args(self) -> dict[str, Any]:
@@ -99,7 +107,8 @@ class TrainConfig:
 
     @property
     def augmentation(self) -> Augmentation:
-        return Augmentation(self.pad, self.flips, self.rotations)
+        jitter = ColorJitter(self.brightness, self.contrast, self.gamma, self.saturation, self.hue)
+        return Augmentation(self.pad, self.flips, self.rotations, jitter)
 
 
 def check_known_keys(params: dict[str, Any], known: list[str], group: str) -> None:
