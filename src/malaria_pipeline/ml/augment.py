@@ -150,9 +150,10 @@ def adjust_hue(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     value, _ = images.max(dim=1, keepdim=True)
     chroma = value - images.min(dim=1, keepdim=True).values
     red, green, blue = images[:, 0:1], images[:, 1:2], images[:, 2:3]
-    divisor = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    sextant = torch.where(value == red, (green - blue) / divisor,
-                          torch.where(value == green, (blue - red) / divisor + 2, (red - green) / divisor + 4))
+    is_red, is_green = value == red, value == green
+    difference = torch.where(is_red, green - blue, torch.where(is_green, blue - red, red - green))
+    sextant = difference.div_(torch.where(chroma > 0, chroma, torch.ones_like(chroma)))
+    sextant += torch.where(is_red, 0.0, torch.where(is_green, 2.0, 4.0))
     sextant = (sextant + 6 * _per_image(shifts)).remainder_(6)
     offsets = torch.arange(5, 0, -2, device=images.device, dtype=images.dtype)[None, :, None, None]  # R, G, B
     k = (offsets + sextant).remainder_(6)
