@@ -159,7 +159,8 @@ TRAIN_PARAMS = {
     "seed": 42, "epochs": 2, "max_lr": 0.01, "head_epochs": 0, "head_max_lr": 0.01, "lr_ratio": 100,
     "pct_start": 0.25, "div_factor": 25, "final_div_factor": 10000, "optimizer": "adam", "weight_decay": 1e-4,
     "grad_clip": 0.1, "label_smoothing": 0.0, "batch_size": 12, "eval_batch_size": 1024, "pad": 2,
-    "flips": True, "rotations": True, "bf16": False, "channels_last": True, "compile": False,
+    "flips": True, "rotations": True, "brightness": 0.0, "contrast": 0.0, "gamma": 0.0, "saturation": 0.0,
+    "hue": 0.0, "ema_decay": None, "bf16": False, "channels_last": True, "compile": False,
     "deterministic": False, "keep": "best", "resume": False, "exclude_label_issues": False,
 }
 

@@ -136,6 +136,13 @@ def test_keep_last_keeps_the_last_epoch():
     ("optimizer", "sgd", "training.optimizer is 'sgd'"),
     ("keep", "first", "training.keep is 'first'"),
     ("epochs", 0, "training.epochs must be >= 1"),
+    ("brightness", -0.1, r"training.brightness is -0.1: use a number from 0 \(off\) to 1$"),
+    ("contrast", 1.5, r"training.contrast is 1.5: use a number from 0 \(off\) to 1$"),
+    ("gamma", 1.0, r"training.gamma is 1.0: use a number from 0 \(off\) to 0.99$"),
+    ("saturation", 2, r"training.saturation is 2: use a number from 0 \(off\) to 1$"),
+    ("hue", 0.6, r"training.hue is 0.6: use a number from 0 \(off\) to 0.5$"),
+    ("ema_decay", 1.0, r"training.ema_decay is 1.0: use a number between 0 and 1, or null \(off\)$"),
+    ("ema_decay", 0, r"training.ema_decay is 0: use a number between 0 and 1, or null \(off\)$"),
 ])
 def test_bad_parameters_are_named(knob, value, message):
     with pytest.raises(ValueError, match=message):
@@ -216,23 +223,32 @@ def _blocking_ops(step, ignore: set[int]) -> list[str]:
     return found
 
 
-def test_a_training_step_never_waits_for_the_device():
+@pytest.mark.parametrize("knobs", [
+    {}, {"brightness": 0.2, "contrast": 0.2, "gamma": 0.2, "saturation": 0.2, "hue": 0.1, "ema_decay": 0.9}])
+def test_a_training_step_never_waits_for_the_device(knobs):
+    from malaria_pipeline.ml.averaging import make_average, update_average
     from malaria_pipeline.ml.loader import BatchLoader
     from malaria_pipeline.ml.train import make_optimizer, train_step
 
-    config, data = quick(), tiny_data()
+    config, data = quick(**knobs), tiny_data()
     classifier = build_classifier(config, data).set_speed(channels_last=True, bf16=False).train()
     optimizer = make_optimizer(config, plan_stages(config, 5)[0], layer_groups(classifier.network, "resnet9"))
     batches = BatchLoader(data.train_images, data.train_labels, 12, torch.Generator().manual_seed(0),
                           config.augmentation).forever()
 
+    average = make_average(classifier, config.ema_decay) if config.ema_decay else None
+
     def step():
         images, labels = next(batches)
         train_step(classifier, optimizer, images, labels, config)
+        if average is not None:  # as run_epoch does
+            update_average(average, classifier)
 
     step()  # creates the optimizer's state
-    # Adam reads its step counters, which live on the CPU whatever the device: no device sync.
+    # Adam reads its step counters, and update_average the average's n_averaged, which live on the CPU
+    # whatever the device: no device sync.
     counters = {state["step"].data_ptr() for state in optimizer.state.values()}
+    counters |= set() if average is None else {average.n_averaged.data_ptr()}
     assert _blocking_ops(step, ignore=counters) == []
     # The check sees what it must: a boolean mask (the quarter turns as they were once written) and a read-back.
     assert _blocking_ops(lambda: data.train_images[data.train_labels == 0], set()) == ["aten.index.Tensor"]
@@ -650,3 +666,66 @@ def test_training_draws_no_progress_bar_where_stderr_is_not_a_terminal(capsys):
     train_classifier(tiny_data(), quick(epochs=1))
     err = capsys.readouterr().err
     assert "epoch 1" not in err and "batch" not in err
+
+
+# Weight averaging (ema_decay)
+
+
+def _ema_by_hand(monkeypatch, decay):
+    """Records the weights after every training step and their moving average, by hand: a copy of the
+    first step, then decay · average + (1 - decay) · weights; returns the averages at each epoch's end."""
+    averages, at_epoch_end = [], {}
+    original = train.train_step
+
+    def spying(classifier, optimizer, images, labels, config):
+        loss = original(classifier, optimizer, images, labels, config)
+        now = {name: t.detach().clone() for name, t in classifier.state_dict().items()}
+        last = averages[-1] if averages else now
+        averages.append({name: now[name] if t.dtype == torch.long else decay * last[name] + (1 - decay) * t
+                         for name, t in now.items()})
+        return loss
+
+    def epoch_end(row):
+        at_epoch_end[row["epoch"]] = averages[-1]
+
+    monkeypatch.setattr(train, "train_step", spying)
+    return at_epoch_end, epoch_end
+
+
+def _close(state, expected):
+    return all(torch.allclose(tensor.float(), expected[name].float(), rtol=1e-5, atol=1e-6)
+               for name, tensor in state.items() if not name.endswith("num_batches_tracked"))
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_with_ema_each_epoch_validates_and_keeps_the_moving_average_which_the_bundle_holds(monkeypatch, keep):
+    from malaria_pipeline.ml.model_io import load_model, model_bundle
+
+    config, data = quick(epochs=4, ema_decay=0.8, keep=keep, seed=1), tiny_data()
+    at_epoch_end, epoch_end = _ema_by_hand(monkeypatch, 0.8)
+    result = fit(build_classifier(config, data), data, config, on_epoch_end=epoch_end)
+    for row in result.history:  # the validation figures are the average's
+        reference = build_classifier(config, data)
+        reference.load_state_dict(at_epoch_end[row["epoch"]])
+        loss, accuracy = train.evaluate(reference, data.valid_images, data.valid_labels, 1024)
+        assert row["valid_loss"] == pytest.approx(loss, rel=1e-5) and row["accuracy"] == pytest.approx(accuracy)
+    kept = min(result.history, key=lambda row: row["valid_loss"])["epoch"] if keep == "best" else 4
+    assert result.best_epoch == kept and (keep == "last" or kept != 4)  # this seed's best epoch is not the last
+    assert _close(result.classifier.state_dict(), at_epoch_end[kept])
+    assert not _close(result.classifier.state_dict(), at_epoch_end[1 if kept != 1 else 2])
+    bundle = model_bundle(result.classifier, architecture="resnet9", network_args=config.network_args)
+    loaded = load_model(bundle).network.state_dict()
+    assert _close({f"network.{name}": t for name, t in loaded.items()}, at_epoch_end[kept])
+
+
+def test_a_resumed_run_with_ema_ends_as_the_uninterrupted_one(tmp_path):
+    store = CheckpointStore(tmp_path / "checkpoint")
+    config = quick(epochs=2, resume=True, keep="last", ema_decay=0.7)
+    _interrupted_at(1, store, config, tiny_data(count=32))
+    assert int(store.load()["average"]["n_averaged"]) == 2  # two steps of 12 of the 24 training images
+    resumed = train_classifier(tiny_data(count=32), config, checkpoint=store)
+    uninterrupted = train_classifier(tiny_data(count=32), quick(epochs=2, keep="last", ema_decay=0.7))
+    assert _without_seconds(resumed.history) == _without_seconds(uninterrupted.history)
+    expected = uninterrupted.classifier.state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in resumed.classifier.state_dict().items())
+

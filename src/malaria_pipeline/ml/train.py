@@ -1,4 +1,5 @@
-"""The training loop: one-cycle schedule, Adam(W), gradient clipping, batch augmentation on the device.
+"""The training loop: one-cycle schedule, Adam(W), gradient clipping, batch augmentation on the device,
+optionally an exponential moving average of the weights.
 
 The training images live on the device as one ``uint8`` tensor that a :class:`BatchLoader` shuffles,
 slices and augments; the classifier normalizes inside. One or two stages: without pretrained weights
@@ -19,9 +20,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from malaria_pipeline.ml.augment import Augmentation
+from malaria_pipeline.ml.augment import Augmentation, ColorJitter
+from malaria_pipeline.ml.averaging import make_average, update_average
 from malaria_pipeline.ml.checkpoint import CheckpointStore
 from malaria_pipeline.ml.device import pick_device, set_determinism, use_bf16
 from malaria_pipeline.ml.loader import BatchLoader
@@ -60,6 +63,12 @@ class TrainConfig:
     pad: int
     flips: bool
     rotations: bool
+    brightness: float
+    contrast: float
+    gamma: float
+    saturation: float
+    hue: float
+    ema_decay: float | None
     bf16: bool | str
     channels_last: bool
     compile: bool
@@ -91,6 +100,11 @@ class TrainConfig:
             raise ValueError(f"training.keep is {self.keep!r}: use best (lowest validation loss) or last")
         if self.epochs < 1 or self.head_epochs < 0:
             raise ValueError(f"training.epochs must be >= 1 and head_epochs >= 0, got {self.epochs}, {self.head_epochs}")
+        for name, top in (("brightness", 1), ("contrast", 1), ("saturation", 1), ("gamma", 0.99), ("hue", 0.5)):
+            if not 0 <= getattr(self, name) <= top:
+                raise ValueError(f"training.{name} is {getattr(self, name)!r}: use a number from 0 (off) to {top}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"training.ema_decay is {self.ema_decay!r}: use a number between 0 and 1, or null (off)")
 
     @property
     def network_args(self) -> dict[str, Any]:
@@ -99,7 +113,8 @@ class TrainConfig:
 
     @property
     def augmentation(self) -> Augmentation:
-        return Augmentation(self.pad, self.flips, self.rotations)
+        jitter = ColorJitter(self.brightness, self.contrast, self.gamma, self.saturation, self.hue)
+        return Augmentation(self.pad, self.flips, self.rotations, jitter)
 
 
 def check_known_keys(params: dict[str, Any], known: list[str], group: str) -> None:
@@ -231,6 +246,12 @@ class _Run:
     fingerprint: dict[str, Any]
     on_epoch_end: Callable[[dict[str, Any]], None]
     progress: Progress
+    average: AveragedModel | None  # the EMA of the classifier's weights (ema_decay), or None
+
+    @property
+    def kept(self) -> nn.Module:
+        """The module that is validated and kept: the weight average when there is one, else the classifier."""
+        return self.classifier if self.average is None else self.average.module
 
 
 def fit(
@@ -265,6 +286,7 @@ def fit(
         classifier, torch.compile(classifier) if config.compile else classifier, groups, loader,
         (data.valid_images.to(device), data.valid_labels.to(device)), config, checkpoint,
         _fingerprint(config, data, stages), on_epoch_end or (lambda row: None), Progress(),
+        None if config.ema_decay is None else make_average(classifier, config.ema_decay),
     )
     saved = _restore(run, generator)
     _log_start(run, device, stages)
@@ -288,7 +310,8 @@ def _train_stage(run: _Run, stage: Stage, first_epoch: int, saved: dict[str, Any
     for epoch in range(max(run.progress.epoch, first_epoch), first_epoch + stage.epochs):
         started = time.perf_counter()
         train_loss, last_lr = run_epoch(run, optimizer, scheduler, f"epoch {epoch + 1}")
-        valid_loss, accuracy = evaluate(run.network, *run.valid, run.config.eval_batch_size)
+        validated = run.network if run.average is None else run.average.module
+        valid_loss, accuracy = evaluate(validated, *run.valid, run.config.eval_batch_size)
         row = {"epoch": epoch + 1, "stage": stage.name, "train_loss": train_loss, "valid_loss": valid_loss,
                "accuracy": accuracy, "lr": last_lr, "seconds": time.perf_counter() - started}
         run.progress.epoch = epoch + 1
@@ -306,6 +329,8 @@ def run_epoch(run: _Run, optimizer: torch.optim.Optimizer, scheduler, descriptio
     loss_sum = torch.zeros((), device=run.loader.images.device)
     for images, labels in tqdm(run.loader, desc=description, unit="batch", leave=False, disable=None):
         loss_sum += train_step(run.network, optimizer, images, labels, run.config)
+        if run.average is not None:
+            update_average(run.average, run.classifier)
         last_lr = optimizer.param_groups[-1]["lr"]  # before the step readies the next batch's
         scheduler.step()
     return float(loss_sum) / len(run.loader), last_lr
@@ -346,16 +371,19 @@ def evaluate(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 
 def _keep_best(run: _Run, row: dict[str, Any]) -> None:
     if row["valid_loss"] < run.progress.best["valid_loss"]:
-        run.progress.best = {"valid_loss": row["valid_loss"], "epoch": row["epoch"], "state_dict": _cpu_state(run.classifier)}
+        run.progress.best = {"valid_loss": row["valid_loss"], "epoch": row["epoch"], "state_dict": _cpu_state(run.kept)}
 
 
 def _finish(run: _Run) -> TrainResult:
-    """Loads the kept epoch's weights (best or last) and puts the classifier back to plain float32 NCHW."""
+    """Loads the kept epoch's weights (best or last; the weight average's when there is one) and puts the
+    classifier back to plain float32 NCHW."""
     set_frozen(run.groups, False)
     best = run.progress.best
     kept = best["epoch"] if run.config.keep == "best" and best["state_dict"] is not None else len(run.progress.history)
     if kept != len(run.progress.history):
         run.classifier.load_state_dict(best["state_dict"])
+    elif run.average is not None:
+        run.classifier.load_state_dict(run.average.module.state_dict())
     logger.info("Kept the weights of epoch %d (%s)", kept, run.config.keep)
     classifier = run.classifier.set_speed(channels_last=False, bf16=False)
     return TrainResult(classifier=classifier, history=run.progress.history, best_epoch=kept)
@@ -370,6 +398,7 @@ def _snapshot(run: _Run, optimizer, scheduler, generator: torch.Generator) -> No
         "epoch": progress.epoch, "fingerprint": run.fingerprint, "history": progress.history, "best": progress.best,
         "model": _cpu_state(run.classifier), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), **_random_states(generator),
+        "average": None if run.average is None else _cpu_state(run.average),
     })
 
 
@@ -422,6 +451,8 @@ def _restore(run: _Run, generator: torch.Generator) -> dict[str, Any] | None:
             "the parameters and data of the interrupted run, or set training.resume=false to start afresh."
         )
     run.classifier.load_state_dict(saved["model"])
+    if run.average is not None:
+        run.average.load_state_dict(saved["average"])
     run.progress = Progress(saved["epoch"], saved["history"], saved["best"])
     _restore_random_states(saved, generator, run.config.seed)
     total = sum(row["epochs"] for row in run.fingerprint["stages"])
@@ -437,6 +468,9 @@ def _log_start(run: _Run, device: torch.device, stages: list[Stage]) -> None:
         tuple(images.shape[1:]), len(run.loader), run.loader.batch_size,
         ", ".join(f"{s.name} ({s.epochs} epochs, max LR {_lrs(s.max_lrs)})" for s in stages),
     )
+    if run.average is not None:
+        logger.info("Validating and keeping the moving average of the weights (decay %g), updated every step",
+                    run.config.ema_decay)
     logger.info("%s", _table_row(HISTORY_COLUMNS))
     for row in run.progress.history:
         logger.info("%s", _table_row(row))
