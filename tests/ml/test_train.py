@@ -650,3 +650,13 @@ def test_training_draws_no_progress_bar_where_stderr_is_not_a_terminal(capsys):
     train_classifier(tiny_data(), quick(epochs=1))
     err = capsys.readouterr().err
     assert "epoch 1" not in err and "batch" not in err
+
+
+def test_calibrate_is_no_part_of_a_checkpoints_fingerprint():
+    # temperature scaling comes after training: switching it must not stop a run from resuming
+    from malaria_pipeline.ml.train import _fingerprint, plan_stages
+
+    on, off = quick(calibrate=True), quick(calibrate=False)
+    data = tiny_data()
+    assert _fingerprint(on, data, plan_stages(on, 5)) == _fingerprint(off, data, plan_stages(off, 5))
+    assert _fingerprint(on, data, plan_stages(on, 5)) != _fingerprint(quick(seed=1), data, plan_stages(on, 5))
