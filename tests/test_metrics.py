@@ -284,3 +284,12 @@ def test_binary_confidence_is_the_probability_of_the_predicted_class():
 
     confidence, correct = binary_confidence(np.array([False, False, True]), np.array([0.2, 0.7, 0.5]))
     assert confidence.tolist() == pytest.approx([0.8, 0.7, 0.5]) and correct.tolist() == [True, False, True]
+
+
+def test_ece_puts_a_confidence_on_a_bin_edge_in_the_bin_below_it():
+    from malaria_pipeline.metrics import expected_calibration_error
+
+    # bins ((m-1)/15, m/15]: 9/15 = 0.6 closes the bin (8/15, 0.6], and 0.62 is in the next: each alone,
+    # (|1 - 0.6| + |0 - 0.62|) / 2; in one bin they would give |0.5 - 0.61|
+    assert expected_calibration_error([9 / 15, 0.62], [True, False]) == pytest.approx(0.51)
+    assert expected_calibration_error([9 / 15, 0.62], [True, False]) == pytest.approx(_ece_by_hand([0.6, 0.62], [1, 0]))
