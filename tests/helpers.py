@@ -162,6 +162,7 @@ TRAIN_PARAMS = {
     "flips": True, "rotations": True, "brightness": 0.0, "contrast": 0.0, "gamma": 0.0, "saturation": 0.0,
     "hue": 0.0, "ema_decay": None, "bf16": False, "channels_last": True, "compile": False,
     "deterministic": False, "keep": "best", "resume": False, "exclude_label_issues": False,
+    "calibrate": True,
 }
 
 
@@ -220,10 +221,10 @@ def tiny_bundle(image_size: int = 16) -> dict:
     return model_bundle(classifier, architecture="resnet9", network_args={"width": 4})
 
 
-def reference_proba(bundle: dict, images) -> "torch.Tensor":
-    """Class probabilities of ``uint8`` images under the training preprocessing, written out here rather
-    than taken from the package: the bundle's network rebuilt from its weights, in float64, on
-    ``(pixels / 255 - mean) / std``. What serving must agree with."""
+def reference_logits(bundle: dict, images) -> "torch.Tensor":
+    """Logits of ``uint8`` images under the training preprocessing, written out here rather than taken
+    from the package: the bundle's network rebuilt from its weights, in float64, on
+    ``(pixels / 255 - mean) / std``."""
     import torch
 
     from malaria_pipeline.ml.models import build_network
@@ -235,7 +236,26 @@ def reference_proba(bundle: dict, images) -> "torch.Tensor":
     mean = torch.tensor(bundle["mean"], dtype=torch.float64).view(1, -1, 1, 1)
     std = torch.tensor(bundle["std"], dtype=torch.float64).view(1, -1, 1, 1)
     with torch.no_grad():
-        return network((images.double() / 255 - mean) / std).softmax(dim=1)
+        return network((images.double() / 255 - mean) / std)
+
+
+def reference_proba(bundle: dict, images, temperature: float = 1.0) -> "torch.Tensor":
+    """Class probabilities of :func:`reference_logits` divided by ``temperature``. What serving must agree with."""
+    return (reference_logits(bundle, images) / temperature).softmax(dim=1)
+
+
+def reference_tta_proba(bundle: dict, images, temperature: float = 1.0) -> "torch.Tensor":
+    """Test-time augmentation written out: :func:`reference_proba` of the 4 quarter turns (``torch.rot90``)
+    of the images and of their mirror images (``torch.flip``), averaged by hand over the 8."""
+    import torch
+
+    views = [torch.rot90(mirrored, turns, dims=[2, 3]) for mirrored in (images, torch.flip(images, dims=[3]))
+             for turns in range(4)]
+    probabilities = reference_proba(bundle, torch.cat(views), temperature)  # one network, all 8 views
+    total = torch.zeros((len(images), len(bundle["class_names"])), dtype=torch.float64)
+    for k in range(8):
+        total += probabilities[k * len(images) : (k + 1) * len(images)]
+    return total / 8
 
 
 def png_pixels(data: bytes) -> "torch.Tensor":

@@ -184,3 +184,112 @@ def test_mean_and_std_over_folds_use_the_sample_std_and_skip_undefined_folds():
     # accuracy: mean 0.94, deviations ±0.04 and 0: sqrt((0.0016 + 0 + 0.0016) / 2) = 0.04
     assert summary["accuracy"] == {"mean": pytest.approx(0.94), "std": pytest.approx(0.04), "folds": 3}
     assert summary["roc_auc"] == {"mean": pytest.approx(0.98), "std": pytest.approx(0.02 ** 0.5 * 0.1), "folds": 2}
+
+
+# Operating threshold for a target sensitivity, worked out by hand. Scores of 5 parasitized and 5 uninfected
+# cells; a score at or above the threshold is called parasitized.
+POSITIVE_SCORES = [0.95, 0.85, 0.7, 0.55, 0.3]
+NEGATIVE_SCORES = [0.9, 0.6, 0.5, 0.2, 0.1]
+
+
+@pytest.mark.parametrize(("target", "threshold", "sensitivity", "specificity"), [
+    (0.8, 0.55, 0.8, 0.6),   # 4 of 5 found at 0.55, where 0.9 and 0.6 are false alarms; 0.5 would add one
+    (0.75, 0.55, 0.8, 0.6),  # the first threshold that reaches at least the target
+    (0.2, 0.95, 0.2, 1.0),   # the top score alone, before the first false alarm
+    (1.0, 0.3, 1.0, 0.4),    # every parasitized cell: 0.9, 0.6 and 0.5 are then false alarms
+])
+def test_the_operating_threshold_is_the_one_worked_out_by_hand(target, threshold, sensitivity, specificity):
+    from malaria_pipeline.metrics import threshold_for_sensitivity
+
+    truth = np.array([True] * 5 + [False] * 5)
+    point = threshold_for_sensitivity(truth, np.array(POSITIVE_SCORES + NEGATIVE_SCORES), target)
+    assert point == {"threshold": pytest.approx(threshold), "sensitivity": pytest.approx(sensitivity),
+                     "specificity": pytest.approx(specificity)}
+
+
+def test_among_thresholds_of_the_same_specificity_the_most_sensitive_is_chosen():
+    from malaria_pipeline.metrics import threshold_for_sensitivity
+
+    # 0.52 finds the fifth parasitized cell without a new false alarm: same specificity, more sensitive
+    truth = np.array([True] * 5 + [False] * 5)
+    scores = np.array([0.95, 0.85, 0.7, 0.55, 0.52] + NEGATIVE_SCORES)
+    assert threshold_for_sensitivity(truth, scores, 0.8) == {"threshold": pytest.approx(0.52), "sensitivity": 1.0,
+                                                              "specificity": pytest.approx(0.6)}
+
+
+def test_the_operating_threshold_agrees_with_a_brute_force_search_over_every_score():
+    from malaria_pipeline.metrics import threshold_for_sensitivity
+
+    rng = np.random.default_rng(5)
+    truth = rng.random(300) < 0.4
+    scores = np.round(np.clip(rng.normal(0.3 + 0.4 * truth, 0.2), 0, 1), 2)  # rounded: ties of scores
+    for target in (0.5, 0.9, 0.97, 1.0):
+        best = None
+        for t in np.unique(scores):
+            sens, spec = (scores[truth] >= t).mean(), (scores[~truth] < t).mean()
+            if sens >= target and (best is None or (spec, sens) > (best[2], best[1])):
+                best = (t, sens, spec)
+        point = threshold_for_sensitivity(truth, scores, target)
+        assert (point["threshold"], point["sensitivity"], point["specificity"]) == pytest.approx(best), target
+
+
+def test_an_operating_threshold_needs_both_classes_and_a_target_in_range():
+    from malaria_pipeline.metrics import threshold_for_sensitivity
+
+    with pytest.raises(ValueError, match="both classes"):
+        threshold_for_sensitivity(np.array([True, True]), np.array([0.2, 0.8]), 0.9)
+    with pytest.raises(ValueError, match=r"evaluation.target_sensitivity is 1.5: give a sensitivity in \(0, 1\]"):
+        threshold_for_sensitivity(np.array([True, False]), np.array([0.2, 0.8]), 1.5)
+
+
+def _ece_by_hand(confidence, correct, bins=15):
+    """ECE as Guo et al. (2017) define it, written out: bins ((m-1)/M, m/M], |B_m|/n · |acc(B_m) − conf(B_m)|."""
+    n, total = len(confidence), 0.0
+    for m in range(1, bins + 1):
+        low, high = (m - 1) / bins, m / bins
+        members = [i for i in range(n) if (low < confidence[i] <= high) or (m == 1 and confidence[i] == 0)]
+        if members:
+            accuracy = sum(correct[i] for i in members) / len(members)
+            mean_confidence = sum(confidence[i] for i in members) / len(members)
+            total += len(members) / n * abs(accuracy - mean_confidence)
+    return total
+
+
+def test_ece_of_a_small_case_is_the_one_worked_out_by_hand():
+    from malaria_pipeline.metrics import calibration_bins, expected_calibration_error
+
+    # bin (8/15, 9/15]: 0.55 right, 0.58 wrong: |0.5 - 0.565| · 2/5; bin (14/15, 1]: 0.95, 0.97 right, 1.0 wrong:
+    # |2/3 - 2.92/3| · 3/5. ECE = 0.026 + 0.184.
+    confidence, correct = [0.55, 0.58, 0.95, 0.97, 1.0], [True, False, True, True, False]
+    assert expected_calibration_error(confidence, correct) == pytest.approx(0.21)
+    rows = calibration_bins(confidence, correct)
+    assert len(rows) == 15 and [r["images"] for r in rows] == [0] * 8 + [2] + [0] * 5 + [3]
+    assert rows[8]["accuracy"] == 0.5 and rows[14]["confidence"] == pytest.approx(2.92 / 3)
+    assert expected_calibration_error([], []) is None
+
+
+def test_ece_agrees_with_the_definition_written_out_on_random_predictions():
+    from malaria_pipeline.metrics import expected_calibration_error
+
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.5, 1.0, 500)
+    correct = rng.random(500) < confidence ** 2  # overconfident
+    for bins in (15, 10):
+        assert expected_calibration_error(confidence, correct, bins) == pytest.approx(
+            _ece_by_hand(confidence.tolist(), correct.tolist(), bins))
+
+
+def test_binary_confidence_is_the_probability_of_the_predicted_class():
+    from malaria_pipeline.metrics import binary_confidence
+
+    confidence, correct = binary_confidence(np.array([False, False, True]), np.array([0.2, 0.7, 0.5]))
+    assert confidence.tolist() == pytest.approx([0.8, 0.7, 0.5]) and correct.tolist() == [True, False, True]
+
+
+def test_ece_puts_a_confidence_on_a_bin_edge_in_the_bin_below_it():
+    from malaria_pipeline.metrics import expected_calibration_error
+
+    # bins ((m-1)/15, m/15]: 9/15 = 0.6 closes the bin (8/15, 0.6], and 0.62 is in the next: each alone,
+    # (|1 - 0.6| + |0 - 0.62|) / 2; in one bin they would give |0.5 - 0.61|
+    assert expected_calibration_error([9 / 15, 0.62], [True, False]) == pytest.approx(0.51)
+    assert expected_calibration_error([9 / 15, 0.62], [True, False]) == pytest.approx(_ece_by_hand([0.6, 0.62], [1, 0]))

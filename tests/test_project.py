@@ -115,15 +115,21 @@ def test_a_training_run_is_tracked_in_mlflow_with_history_metrics_figures_and_mo
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"evaluation_metrics.json", "training_history.csv", "figures"} <= artifacts  # the model is an MLflow 3 LoggedModel
-    assert figures == {f"figures/{f}.png" for f in ("confusion_matrix", "roc_curve", "training_curves", "top_losses", "sample_images")}
+    assert figures == {f"figures/{f}.png" for f in ("confusion_matrix", "roc_curve", "training_curves", "top_losses", "sample_images",
+                                                    "reliability_diagram")}
+    for subset in ("validation", "test"):
+        assert 0 <= run.data.metrics[f"{subset}.ece"] <= 1 and 0 <= run.data.metrics[f"{subset}.ece_uncalibrated"] <= 1
+    assert run.data.metrics["training.temperature"] == kedro_project.load("model")["temperature"]
 
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/classifier")
     images = kedro_project.load("image_tensors")[:6]
     with torch.no_grad():
         logits = model(images)
     assert logits.shape == (6, 2)
+    # the logits as trained; the module carries the temperature that every prediction divides them by
     expected = load_model(kedro_project.load("model")).predict_proba(images)
-    assert torch.allclose(logits.softmax(dim=1), expected, atol=1e-5)
+    assert torch.allclose((logits / model.temperature).softmax(dim=1), expected, atol=1e-5)
+    assert torch.allclose(model.predict_proba(images), expected, atol=1e-5)
 
 
 def test_kedro_viz_build_works_offline_and_shows_every_training_node_in_the_group_of_its_stage(kedro_project):

@@ -19,6 +19,7 @@ from sklearn.metrics import (
     precision_score,
     recall_score,
     roc_auc_score,
+    roc_curve,
 )
 
 
@@ -109,3 +110,65 @@ def mean_and_std(rows: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str
             summary[name] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                              "folds": int(len(values))}
     return summary
+
+
+def threshold_for_sensitivity(is_positive: np.ndarray, p_positive: np.ndarray, target_sensitivity: float) -> dict[str, float]:
+    """The threshold on ``p_positive`` that reaches ``target_sensitivity`` at the best specificity.
+
+    Among the thresholds of scikit-learn's ``roc_curve`` (each a score; ``p_positive >= threshold`` is
+    called positive) whose sensitivity is at least the target, the one of lowest false-positive rate;
+    among those, the one of highest sensitivity.
+
+    Returns:
+        ``threshold`` and the ``sensitivity`` and ``specificity`` it gives on these cells.
+
+    Raises:
+        ValueError: the target is not in (0, 1], or the cells are not of both classes.
+    """
+    if not 0 < target_sensitivity <= 1:
+        raise ValueError(f"evaluation.target_sensitivity is {target_sensitivity!r}: give a sensitivity in (0, 1], e.g. 0.97")
+    truth = np.asarray(is_positive, dtype=bool)
+    if truth.all() or not truth.any():
+        raise ValueError("An operating threshold needs cells of both classes; these are all of one class")
+    fpr, tpr, thresholds = roc_curve(truth, np.asarray(p_positive, dtype=float), drop_intermediate=False)
+    reaching = np.flatnonzero(tpr >= target_sensitivity)
+    best = reaching[np.lexsort((-tpr[reaching], fpr[reaching]))[0]]  # lowest fpr, then highest tpr
+    return {"threshold": float(thresholds[best]), "sensitivity": float(tpr[best]), "specificity": float(1 - fpr[best])}
+
+
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> list[dict[str, Any]]:
+    """The reliability diagram's bins: ``bins`` equal-width intervals ((m-1)/bins, m/bins] of confidence
+    (a confidence of 0 goes to the first), each with its ``images``, mean ``confidence`` and ``accuracy``
+    (None where empty), and its bounds ``low`` and ``high``."""
+    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=bool)
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    rows = []
+    for m in range(bins):
+        inside = which == m
+        rows.append({"low": m / bins, "high": (m + 1) / bins, "images": int(inside.sum()),
+                     "confidence": float(confidence[inside].mean()) if inside.any() else None,
+                     "accuracy": float(correct[inside].mean()) if inside.any() else None})
+    return rows
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float | None:
+    """ECE (Naeini et al. 2015; Guo et al. 2017): the mean over the images of |accuracy − confidence| of
+    their bin of :func:`calibration_bins`, ``Σ_m |B_m| / n · |acc(B_m) − conf(B_m)|``; None without images.
+
+    Args:
+        confidence: probability of the predicted class of each image.
+        correct: whether the predicted class is the true one.
+    """
+    rows = calibration_bins(confidence, correct, bins)
+    total = sum(row["images"] for row in rows)
+    if not total:
+        return None
+    return float(sum(row["images"] / total * abs(row["accuracy"] - row["confidence"]) for row in rows if row["images"]))
+
+
+def binary_confidence(is_positive: np.ndarray, p_positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(confidence, correct)`` of two-class predictions: the predicted class is the one of probability
+    ≥ 0.5 (positive on a tie), its confidence that probability."""
+    p = np.asarray(p_positive, dtype=float)
+    called = p >= 0.5
+    return np.where(called, p, 1 - p), called == np.asarray(is_positive, dtype=bool)

@@ -53,6 +53,29 @@ def plot_roc_curves(subsets: dict[str, tuple], positive: str) -> Figure:
     return figure
 
 
+def plot_reliability_diagrams(diagrams: dict[str, dict[str, list[dict]]]) -> Figure:
+    """One reliability diagram per subset: ``{subset: {"before": bins, "after": bins}}``, each ``bins`` the
+    rows of :func:`malaria_pipeline.metrics.calibration_bins`. Bars: the accuracy of each bin after
+    temperature scaling; dots: before; the diagonal: perfect calibration."""
+    figure = Figure(figsize=(5 * len(diagrams), 4.5))
+    axes = figure.subplots(1, len(diagrams), squeeze=False)[0]
+    for ax, (name, curves) in zip(axes, diagrams.items()):
+        after = [row for row in curves["after"] if row["images"]]
+        ax.bar([row["low"] for row in after], [row["accuracy"] for row in after], align="edge", alpha=0.6,
+               width=[row["high"] - row["low"] for row in after], edgecolor="tab:blue", label="after (bars)")
+        before = [row for row in curves["before"] if row["images"]]
+        ax.plot([row["confidence"] for row in before], [row["accuracy"] for row in before], "o--",
+                color="tab:orange", label="before")
+        ax.plot([0, 1], [0, 1], color="tab:gray", linestyle=":")
+        ax.set_xlabel("confidence (probability of the predicted class)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{name} ({sum(row['images'] for row in curves['after']):,} cells)")
+        ax.legend(loc="upper left", title="temperature scaling")
+    figure.suptitle("Reliability diagram")
+    figure.tight_layout()
+    return figure
+
+
 def plot_training_curves(history) -> Figure:
     """Losses, validation accuracy and learning rate per epoch, from ``training_history``."""
     figure = Figure(figsize=(13, 3.8))

@@ -114,3 +114,20 @@ def test_a_pickled_object_is_refused_even_where_the_environment_turns_weights_on
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     with pytest.raises(pickle.UnpicklingError):
         load_model(tmp_path / "pickled.pt")
+
+
+def test_a_bundle_without_temperature_loads_with_t_1_and_one_with_it_applies_it(tmp_path):
+    # a bundle saved before temperature scaling existed: no key "temperature", no "operating_point"
+    old = {k: v for k, v in tiny_bundle().items() if k != "temperature"}
+    images = tiny_data().valid_images
+    assert load_model(old).temperature == 1.0
+    assert torch.allclose(load_model(old).predict_proba(images).double(), reference_proba(old, images), atol=1e-5)
+    point = {"threshold": 0.3, "positive_class": "Parasitized", "tta": False, "target_sensitivity": 0.97,
+             "sensitivity": 0.98, "specificity": 0.9}
+    torch.save({**old, "temperature": 2.0, "operating_point": point}, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert loaded["operating_point"] == point
+    assert torch.allclose(load_model(loaded).predict_proba(images).double(), reference_proba(old, images, 2.0), atol=1e-5)
+    # and the classifier's temperature is what the next bundle keeps
+    classifier = load_model(loaded)
+    assert model_bundle(classifier, architecture="resnet9", network_args={"width": 4})["temperature"] == 2.0

@@ -169,3 +169,46 @@ def test_groups_never_frozen_keep_their_batch_norm_training():
     set_frozen(groups, True)
     apply_frozen_mode(groups)
     assert not network.prep[1].training and network.head.training
+
+
+def _tiny_untrained_classifier(temperature: float = 1.0):
+    from malaria_pipeline.ml import load_model
+    from tests.helpers import tiny_bundle
+
+    bundle = {**tiny_bundle(), "temperature": temperature}
+    images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    images[:, :, 2:6, 9:12] = 10  # an off-centre spot, so that the symmetries see different cells
+    return bundle, load_model(bundle), images
+
+
+def test_tta_is_the_mean_over_the_quarter_turns_and_mirror_images_written_out():
+    from tests.helpers import reference_proba, reference_tta_proba
+
+    bundle, classifier, images = _tiny_untrained_classifier()
+    expected = reference_tta_proba(bundle, images)
+    assert not torch.allclose(expected, reference_proba(bundle, images), atol=1e-4)  # TTA changes something here
+    # batches of 2 over 5 images: the averaging is per image, whatever the batch
+    assert torch.allclose(classifier.predict_proba(images, batch_size=2, tta=True).double(), expected, atol=1e-5)
+    assert torch.allclose(classifier.predict_proba(images, batch_size=2).double(), reference_proba(bundle, images), atol=1e-5)
+
+
+def test_the_temperature_divides_the_logits_with_and_without_tta_and_calibrated_false_ignores_it():
+    from tests.helpers import reference_proba, reference_tta_proba
+
+    bundle, classifier, images = _tiny_untrained_classifier(temperature=0.3)
+    assert torch.allclose(classifier.predict_proba(images).double(), reference_proba(bundle, images, 0.3), atol=1e-5)
+    assert torch.allclose(classifier.predict_proba(images, tta=True).double(), reference_tta_proba(bundle, images, 0.3),
+                          atol=1e-5)
+    assert torch.allclose(classifier.predict_proba(images, calibrated=False).double(), reference_proba(bundle, images),
+                          atol=1e-5)
+    assert torch.allclose(classifier(images).double().softmax(dim=1), reference_proba(bundle, images), atol=1e-5)
+
+
+def test_the_eight_symmetries_are_distinct_and_closed_under_a_quarter_turn():
+    from malaria_pipeline.ml.models import square_symmetries
+
+    image = torch.arange(9).view(1, 1, 3, 3)  # no symmetry of its own: its 8 images are all different
+    views = {tuple(v.flatten().tolist()) for v in square_symmetries(image)}
+    by_hand = {tuple(torch.rot90(m, k, dims=[2, 3]).flatten().tolist())
+               for m in (image, torch.flip(image, dims=[3])) for k in range(4)}
+    assert len(views) == 8 and views == by_hand

@@ -729,3 +729,12 @@ def test_a_resumed_run_with_ema_ends_as_the_uninterrupted_one(tmp_path):
     expected = uninterrupted.classifier.state_dict()
     assert all(torch.equal(tensor, expected[name]) for name, tensor in resumed.classifier.state_dict().items())
 
+
+def test_calibrate_is_no_part_of_a_checkpoints_fingerprint():
+    # temperature scaling comes after training: switching it must not stop a run from resuming
+    from malaria_pipeline.ml.train import _fingerprint, plan_stages
+
+    on, off = quick(calibrate=True), quick(calibrate=False)
+    data = tiny_data()
+    assert _fingerprint(on, data, plan_stages(on, 5)) == _fingerprint(off, data, plan_stages(off, 5))
+    assert _fingerprint(on, data, plan_stages(on, 5)) != _fingerprint(quick(seed=1), data, plan_stages(on, 5))

@@ -52,6 +52,13 @@ def test_training_pipeline_runs_on_real_pngs_some_broken(kedro_project, cell_fol
         assert {p["patient_id"] for p in report["per_patient"]} == set(index[split["subset"] == subset]["patient_id"])
     predictions = catalog.load("evaluation_predictions")
     assert set(predictions["subset"]) == {"validation", "test"} and predictions["p_positive"].between(0, 1).all()
-    for figure in ("confusion_matrix", "roc_curve", "training_curves", "top_losses", "sample_images"):
+    # calibrated on validation: T in the model file, ECE before and after, the operating point of the model
+    assert bundle["temperature"] > 0 and metrics["temperature"] == bundle["temperature"]
+    assert all(0 <= metrics[s]["ece"] <= 1 and 0 <= metrics[s]["ece_uncalibrated"] <= 1 for s in ("validation", "test"))
+    point = metrics["operating_point"]
+    assert point["threshold"] == bundle["operating_point"]["threshold"] and point["target_sensitivity"] == 0.97
+    assert point["validation"]["sensitivity"] >= 0.97 and set(point["test"]) == {"sensitivity", "specificity"}
+    for figure in ("confusion_matrix", "roc_curve", "training_curves", "top_losses", "sample_images",
+                   "reliability_diagram"):
         png = next((kedro_project.root / "data" / "08_reporting" / f"{figure}.png").iterdir()) / f"{figure}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure

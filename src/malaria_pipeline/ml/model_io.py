@@ -2,6 +2,14 @@
 
 A bundle is a plain dict of tensors, strings and numbers, so ``torch.load(path, weights_only=True)``
 reads it safely, and :func:`load_model` rebuilds the classifier without the training code's state.
+
+Optional keys, absent from bundles saved before they existed (such a bundle still loads):
+
+- ``temperature``: T of temperature scaling, fitted on the validation subset (absent: 1).
+- ``operating_point``: the threshold on P(positive class) chosen on the validation subset for a target
+  sensitivity, which ``inference.threshold: auto`` uses: ``threshold``, ``positive_class``,
+  ``target_sensitivity``, ``tta`` (whether it was chosen on test-time-augmented probabilities), and the
+  ``sensitivity`` and ``specificity`` it gave on validation (absent: no threshold was chosen).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ def model_bundle(
         "std": classifier.normalize.std.flatten().tolist(),
         "image_size": int(classifier.image_size),
         "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in classifier.network.state_dict().items()},
+        "temperature": float(classifier.temperature),
         "torch_version": str(torch.__version__),  # a plain str: TorchVersion is not weights_only-safe
         **(extra or {}),
     }
@@ -59,5 +68,6 @@ def load_model(source: str | Path | dict[str, Any], device: str | torch.device =
     )
     network.load_state_dict(bundle["state_dict"])
     classifier = CellClassifier(network, bundle["mean"], bundle["std"], bundle["class_names"], bundle["image_size"])
+    classifier.temperature = float(bundle.get("temperature", 1.0))
     # Channels-last batches of 256 measured fastest for inference on the CPU: docs/benchmarks.md.
     return classifier.to(device).set_speed(channels_last=True, bf16=False).eval()

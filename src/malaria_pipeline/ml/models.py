@@ -49,6 +49,9 @@ class CellClassifier(nn.Module):
         image_size: the side S of the images it was trained on.
         channels_last, bf16: speed switches of the forward pass (:meth:`set_speed`); the logits are
             ``float32`` either way.
+        temperature: T of temperature scaling (Guo et al. 2017): :meth:`predict_proba` takes the softmax
+            of logits / T. 1 leaves the probabilities as trained; :meth:`forward` returns the logits
+            unscaled, so that training and fitting T see the network's own.
     """
 
     def __init__(self, network: nn.Module, mean: list[float], std: list[float], class_names: list[str], image_size: int):
@@ -59,6 +62,7 @@ class CellClassifier(nn.Module):
         self.image_size = image_size
         self.channels_last = False
         self.bf16 = False
+        self.temperature = 1.0
 
     def set_speed(self, channels_last: bool, bf16: bool) -> CellClassifier:
         """Runs the network on channels-last (NHWC) tensors and/or under bfloat16 autocast; returns self."""
@@ -79,8 +83,18 @@ class CellClassifier(nn.Module):
             return self.network(inputs).float()
 
     @torch.inference_mode()
-    def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    def predict_proba(self, images: torch.Tensor, batch_size: int = 256, tta: bool = False,
+                      calibrated: bool = True) -> torch.Tensor:
         """Class probabilities ``N×classes`` on the CPU, in eval mode, in batches (see :meth:`set_speed`).
+
+        The one prediction path of evaluation, inference and the served model.
+
+        Args:
+            images: ``uint8, N×3×S×S``.
+            batch_size: images per forward pass (with ``tta``, each pass is one symmetry of a batch).
+            tta: test-time augmentation: the mean of the probabilities of the 8 symmetries of the square
+                (:func:`square_symmetries`), 8 forward passes per batch.
+            calibrated: softmax of logits / :attr:`temperature`; False: of the logits as trained.
 
         The batches stay on the model's device until the end: one copy to the host, not one a batch.
         """
@@ -88,8 +102,24 @@ class CellClassifier(nn.Module):
         device = self.normalize.mean.device
         if len(images) == 0:
             return torch.empty((0, len(self.class_names)))
-        return torch.cat([self(images[i : i + batch_size].to(device, non_blocking=True)).softmax(dim=1)
-                          for i in range(0, len(images), batch_size)]).cpu()
+        temperature = self.temperature if calibrated else 1.0
+        views = square_symmetries if tta else (lambda batch: [batch])
+        batches = []
+        for i in range(0, len(images), batch_size):
+            batch = images[i : i + batch_size].to(device, non_blocking=True)
+            probabilities = [(self(view) / temperature).softmax(dim=1) for view in views(batch)]
+            batches.append(torch.stack(probabilities).mean(dim=0) if tta else probabilities[0])
+        return torch.cat(batches).cpu()
+
+
+def square_symmetries(images: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 symmetries of the square (the dihedral group D4) of ``…×S×S`` images: identity, the three
+    quarter turns, and the four reflections (flips across the two axes and the two diagonals).
+
+    Every element is an optional transpose followed by optional flips of rows and of columns.
+    """
+    transposed = images.transpose(-1, -2)
+    return [view.flip(dims) if dims else view for view in (images, transposed) for dims in ((), (-1,), (-2,), (-2, -1))]
 
 
 class PretrainedWeightsError(RuntimeError):

@@ -77,6 +77,8 @@ class TrainConfig:
     resume: bool
     # Read by the pipeline, which leaves the suspected label errors out of the training images it passes.
     exclude_label_issues: bool
+    # Read by the pipeline, which fits temperature scaling on the validation subset after training.
+    calibrate: bool
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:
@@ -479,7 +481,8 @@ def _log_start(run: _Run, device: torch.device, stages: list[Stage]) -> None:
 
 def _fingerprint(config: TrainConfig, data: TrainData, stages: list[Stage]) -> dict[str, Any]:
     # What must match for a checkpoint to belong to this run (the device and speed switches need not).
-    ignored = ("device", "bf16", "channels_last", "compile", "deterministic", "eval_batch_size", "keep", "resume")
+    ignored = ("device", "bf16", "channels_last", "compile", "deterministic", "eval_batch_size", "keep", "resume",
+               "calibrate")  # calibrate: after training, which it leaves as it is
     return {
         **{k: v for k, v in asdict(config).items() if k not in ignored},
         "stages": [asdict(s) for s in stages],

@@ -14,14 +14,16 @@ from malaria_pipeline.pipelines.evaluation.nodes import (
     confusion_matrix_figure,
     package_model,
     predict_subsets,
+    reliability_diagram_figure,
     roc_curve_figure,
     sample_images_figure,
     top_losses_figure,
 )
-from tests.helpers import tiny_bundle, tiny_tables
+from tests.helpers import reference_tta_proba, tiny_bundle, tiny_tables
 
 PARAMS = {"positive_class": "Parasitized", "threshold": 0.5, "operating_thresholds": [0.25, 0.5], "device": "cpu",
-          "batch_size": 3, "top_losses": 3, "samples_per_class": 2, "seed": 0}
+          "batch_size": 3, "top_losses": 3, "samples_per_class": 2, "seed": 0, "tta": False, "calibration_bins": 15,
+          "target_sensitivity": 0.97}
 
 # At threshold 0.5, validation: 2 parasitized found, 1 missed (0.3), 1 uninfected right, 1 false alarm (0.7);
 # test: all three right. The train row (a miss) must count nowhere.
@@ -35,10 +37,12 @@ PREDICTIONS = pd.DataFrame({
 PREDICTIONS["predicted"] = ["Parasitized" if p >= 0.5 else "Uninfected" for p in PREDICTIONS["p_positive"]]
 PREDICTIONS["loss"] = [0.1, 0.5, 1.2, 0.2, 1.1, 0.2, 0.1, 0.4, 2.3]
 PREDICTIONS["row"] = range(len(PREDICTIONS))
+# Before temperature scaling: more confident, and as often wrong.
+PREDICTIONS["p_positive_uncalibrated"] = [0.99, 0.8, 0.1, 0.05, 0.95, 0.9, 0.05, 0.3, 0.5]
 
 
 def test_metrics_of_each_subset_match_the_counts_worked_out_by_hand():
-    report, scores = compute_metrics(PREDICTIONS, PARAMS)
+    report, scores = compute_metrics(PREDICTIONS, {}, PARAMS)
     assert report["positive_class"] == "Parasitized" and report["threshold"] == 0.5
     validation, test = report["validation"], report["test"]
     assert (validation["true_positives"], validation["false_negatives"], validation["false_positives"],
@@ -57,7 +61,7 @@ def test_metrics_of_each_subset_match_the_counts_worked_out_by_hand():
 
 
 def test_a_subset_without_predictions_is_left_out():
-    report, scores = compute_metrics(PREDICTIONS[PREDICTIONS["subset"] == "validation"], PARAMS)
+    report, scores = compute_metrics(PREDICTIONS[PREDICTIONS["subset"] == "validation"], {}, PARAMS)
     assert "validation" in report and "test" not in report
     assert not [name for name in scores if name.startswith("test.")]
 
@@ -108,8 +112,9 @@ class HandMadeClassifier:
 
     def __init__(self, class_names):
         self.class_names = class_names
+        self.temperature = 1.0
 
-    def predict_proba(self, images, batch_size=256):
+    def predict_proba(self, images, batch_size=256, tta=False, calibrated=True):
         p = images[:, 0, 0, 0].double() / 100
         columns = {"Parasitized": p, "Uninfected": 1 - p}
         return torch.stack([columns[name] for name in self.class_names], dim=1)
@@ -156,7 +161,7 @@ def test_metrics_of_predictions_are_the_ones_worked_out_by_hand_with_either_clas
     monkeypatch.setattr(nodes, "load_model", lambda model, device="cpu": HandMadeClassifier(class_names))
     params = {**PARAMS, "positive_class": positive}
     predictions = predict_subsets({}, *hand_made_tables(), params)
-    report, scores = compute_metrics(predictions, params)
+    report, scores = compute_metrics(predictions, {}, params)
     validation, by_hand = report["validation"], BY_HAND[positive]
     assert (validation["true_positives"], validation["false_negatives"], validation["false_positives"],
             validation["true_negatives"]) == by_hand["counts"]
@@ -170,3 +175,54 @@ def test_metrics_of_predictions_are_the_ones_worked_out_by_hand_with_either_clas
     p_parasitized = [p / 100 for p in HAND_P_PARASITIZED[2:]]
     expected = p_parasitized if positive == "Parasitized" else [1 - p for p in p_parasitized]
     assert predictions["p_positive"].tolist() == pytest.approx(expected)
+
+
+def test_expected_calibration_error_before_and_after_is_the_one_worked_out_by_hand():
+    # validation, after: confidences 0.9 right, 0.6 right, 0.7 wrong (a missed 0.3), 0.8 right, 0.7 wrong; in
+    # 15 bins 0.9, 0.6 and 0.8 are alone in theirs, both 0.7 share one: (0.1 + 0.4 + 0.7·2 + 0.2) / 5.
+    # before: 0.99 right, 0.8 right, 0.9 wrong, 0.95 right, 0.95 wrong: 0.99 and the two 0.95 share the top bin
+    # (accuracy 2/3, confidence 2.89/3): (3·|2/3 - 2.89/3| + 0.2 + 0.9) / 5.
+    # test: after 0.8, 0.9, 0.6 right, each alone: (0.2 + 0.1 + 0.4) / 3; before 0.9, 0.95, 0.7: (0.1 + 0.05 + 0.3) / 3.
+    report, scores = compute_metrics(PREDICTIONS, {"temperature": 1.7}, PARAMS)
+    assert report["validation"]["ece"] == pytest.approx(0.42)
+    assert report["validation"]["ece_uncalibrated"] == pytest.approx((3 * abs(2 / 3 - 2.89 / 3) + 0.2 + 0.9) / 5)
+    assert (report["test"]["ece"], report["test"]["ece_uncalibrated"]) == pytest.approx((0.7 / 3, 0.45 / 3))
+    assert scores["test.ece"]["value"] == pytest.approx(0.7 / 3)
+    assert scores["validation.ece_uncalibrated"]["value"] == report["validation"]["ece_uncalibrated"]
+    assert report["temperature"] == 1.7 and report["calibration_bins"] == 15
+    assert compute_metrics(PREDICTIONS, {}, PARAMS)[0]["temperature"] == 1.0  # a bundle saved before calibration
+
+
+def test_the_models_operating_point_is_reported_with_its_sensitivity_and_specificity_on_each_subset():
+    point = {"threshold": 0.25, "positive_class": "Parasitized", "target_sensitivity": 0.97, "tta": False,
+             "sensitivity": 1.0, "specificity": 0.5}
+    report, scores = compute_metrics(PREDICTIONS, {"operating_point": point}, PARAMS)
+    # at 0.25: validation finds 0.9, 0.6, 0.3 and passes 0.2 but not 0.7; test finds 0.8, passes 0.1 but not 0.4
+    assert report["operating_point"]["threshold"] == 0.25 and report["operating_point"]["target_sensitivity"] == 0.97
+    assert report["operating_point"]["validation"] == {"sensitivity": 1.0, "specificity": 0.5}
+    assert report["operating_point"]["test"] == {"sensitivity": 1.0, "specificity": 0.5}
+    assert scores["test.sensitivity_at_operating_point"] == {"value": 1.0, "step": 0}
+    assert report["threshold"] == 0.5 and report["validation"]["sensitivity"] == pytest.approx(2 / 3)  # unchanged
+    report, scores = compute_metrics(PREDICTIONS, {}, PARAMS)
+    assert report["operating_point"] is None and not [name for name in scores if "operating_point" in name]
+
+
+def test_predictions_with_tta_and_temperature_are_the_written_out_ones_and_before_calibration_too():
+    images, index, split, _ = tiny_tables(count=8)
+    images[:, :, 1:5, 10:14] = 0  # an off-centre spot: the symmetries differ
+    bundle = {**tiny_bundle(), "temperature": 0.5}
+    predictions = predict_subsets(bundle, images, index, split, {**PARAMS, "tta": True})
+    assert predictions["p_positive"].tolist() == pytest.approx(
+        reference_tta_proba(bundle, images[4:], 0.5)[:, 0].tolist(), abs=1e-5)
+    assert predictions["p_positive_uncalibrated"].tolist() == pytest.approx(
+        reference_tta_proba(bundle, images[4:])[:, 0].tolist(), abs=1e-5)
+
+
+def test_the_reliability_diagram_has_one_panel_per_subset_with_the_accuracy_of_each_bin():
+    figure = reliability_diagram_figure(PREDICTIONS[PREDICTIONS["subset"] != "train"], PARAMS)
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles == ["validation (5 cells)", "test (3 cells)"]
+    # after calibration, validation's non-empty bins, by confidence: 0.6 right, the two 0.7 wrong, 0.8, 0.9 right
+    assert [bar.get_height() for bar in figure.axes[0].patches] == [1.0, 0.0, 1.0, 1.0]
+    assert figure.get_suptitle() == "Reliability diagram"
+    assert reliability_diagram_figure(PREDICTIONS.iloc[:0], PARAMS).texts  # nothing held out: says why

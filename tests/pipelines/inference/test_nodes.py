@@ -9,12 +9,20 @@ import torch
 
 from malaria_pipeline.archive import ImageArchive
 from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images, predict_images
-from tests.helpers import base_image_limits, bomb_png, image_bytes, png_pixels, reference_proba, tiny_bundle
+from tests.helpers import (
+    base_image_limits,
+    bomb_png,
+    image_bytes,
+    png_pixels,
+    reference_proba,
+    reference_tta_proba,
+    tiny_bundle,
+)
 
 
-def params(threshold: float = 0.5, batch_size: int = 4, max_rows: int = 4096) -> dict:
+def params(threshold: float | str = 0.5, batch_size: int = 4, max_rows: int = 4096, tta: bool = False) -> dict:
     return {"threshold": threshold, "batch_size": batch_size, "device": "cpu", "positive_class": "Parasitized",
-            "image_limits": base_image_limits(), "max_rows": max_rows}
+            "image_limits": base_image_limits(), "max_rows": max_rows, "tta": tta}
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +163,7 @@ def test_broken_rows_leave_every_other_row_the_answer_it_gets_alone(bundle):
 
 def inference_params(source) -> dict:
     return {"source": str(source), "threshold": 0.5, "batch_size": 2, "workers": None, "device": "cpu",
-            "positive_class": "Parasitized", "image_limits": base_image_limits()}
+            "positive_class": "Parasitized", "image_limits": base_image_limits(), "tta": False}
 
 
 def test_broken_files_leave_every_other_image_of_a_folder_the_answer_it_gets_alone(bundle, tmp_path):
@@ -180,3 +188,68 @@ def test_broken_files_leave_every_other_image_of_a_folder_the_answer_it_gets_alo
     # and the probability is the training preprocessing's, written out
     expected = reference_proba(bundle, torch.stack([png_pixels(good[name]) for name in sorted(good)]))[:, 0]
     assert predictions["p_parasitized"].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def _with_operating_point(bundle: dict, threshold: float, temperature: float = 1.0, positive: str = "Parasitized") -> dict:
+    point = {"threshold": threshold, "positive_class": positive, "target_sensitivity": 0.97, "tta": False,
+             "sensitivity": 0.97, "specificity": 0.9}
+    return {**bundle, "temperature": temperature, "operating_point": point}
+
+
+SPOTTED = [image_bytes(16, 16, "RGB", seed=i) for i in range(8)]
+
+
+def test_threshold_auto_uses_the_models_threshold_and_a_number_still_wins(bundle):
+    expected = reference_proba(bundle, torch.stack([png_pixels(f) for f in SPOTTED]), 0.8)[:, 0].tolist()
+    middle = sum(sorted(expected)[3:5]) / 2  # half of the cells above it (between two: float32 and 64 agree)
+    model = _with_operating_point(bundle, middle, temperature=0.8)
+    rows = pd.DataFrame({"image": [b64(f) for f in SPOTTED]})
+    answers = predict_encoded_images(rows, model, params(threshold="auto"))
+    assert answers["p_parasitized"].astype(float).tolist() == pytest.approx(expected, abs=1e-5)
+    assert answers["label"].tolist() == ["Parasitized" if p >= middle else "Uninfected" for p in expected]
+    assert (answers["label"] == "Parasitized").sum() == 4
+    assert (predict_encoded_images(rows, model, params(threshold=0.0))["label"] == "Parasitized").all()
+
+
+def test_threshold_auto_in_the_inference_pipeline_and_its_summary(bundle, tmp_path):
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i, data in enumerate(SPOTTED):
+        (folder / f"cell_{i}.png").write_bytes(data)
+    expected = reference_proba(bundle, torch.stack([png_pixels(f) for f in SPOTTED]))[:, 0].tolist()
+    middle = sum(sorted(expected)[1:3]) / 2
+    predictions, summary = predict_images(ImageArchive.open(folder), _with_operating_point(bundle, middle),
+                                          {**inference_params(folder), "threshold": "auto"})
+    assert predictions["label"].tolist() == ["Parasitized" if p >= middle else "Uninfected" for p in expected]
+    assert summary["threshold"] == middle and summary["threshold_parameter"] == "auto"
+
+
+def test_threshold_auto_with_a_model_without_a_stored_threshold_says_which_parameter_and_what_to_do(bundle, tmp_path):
+    rows = pd.DataFrame({"image": [b64(SPOTTED[0])]})
+    message = r"inference.threshold is auto, but this model has no stored operating threshold .* Give a number instead"
+    with pytest.raises(ValueError, match=message):
+        predict_encoded_images(rows, bundle, params(threshold="auto"))
+    folder = tmp_path / "new"
+    folder.mkdir()
+    (folder / "cell.png").write_bytes(SPOTTED[0])
+    with pytest.raises(ValueError, match=message):
+        predict_images(ImageArchive.open(folder), bundle, {**inference_params(folder), "threshold": "auto"})
+    with pytest.raises(ValueError, match=r"the model's threshold is on P\(Uninfected\)"):
+        predict_encoded_images(rows, _with_operating_point(bundle, 0.5, positive="Uninfected"), params(threshold="auto"))
+    with pytest.raises(ValueError, match="inference.threshold is 'high': give a number"):
+        predict_encoded_images(rows, bundle, params(threshold="high"))
+
+
+def test_tta_in_the_served_model_and_the_inference_pipeline_is_the_written_out_mean_over_8_symmetries(bundle, tmp_path):
+    files = [image_bytes(16, 16, "RGB", seed=i) for i in range(5)]
+    model = {**bundle, "temperature": 1.5}
+    expected = reference_tta_proba(model, torch.stack([png_pixels(f) for f in files]), 1.5)[:, 0].tolist()
+    served = predict_encoded_images(pd.DataFrame({"image": [b64(f) for f in files]}), model, params(batch_size=8, tta=True))
+    assert served["p_parasitized"].astype(float).tolist() == pytest.approx(expected, abs=1e-5)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i, data in enumerate(files):
+        (folder / f"cell_{i}.png").write_bytes(data)
+    predictions, summary = predict_images(ImageArchive.open(folder), model,
+                                          {**inference_params(folder), "tta": True, "batch_size": 8})
+    assert predictions["p_parasitized"].tolist() == pytest.approx(expected, abs=1e-5) and summary["tta"] is True

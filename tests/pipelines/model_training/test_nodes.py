@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -12,7 +13,7 @@ from malaria_pipeline.ml.checkpoint import CheckpointStore
 from malaria_pipeline.ml.train import HISTORY_COLUMNS
 from malaria_pipeline.pipelines.model_training.nodes import train_model
 from malaria_pipeline.splitting import SplitError
-from tests.helpers import TRAIN_PARAMS, tiny_tables
+from tests.helpers import TRAIN_PARAMS, reference_logits, reference_proba, reference_tta_proba, tiny_tables
 
 # What the catalog's label_issues_to_exclude loads before any cross-validation has run.
 NO_AUDIT = pd.DataFrame({"path": pd.Series(dtype="object")})
@@ -88,3 +89,77 @@ def test_exclude_label_issues_without_an_audit_says_to_run_cross_validation(tmp_
     with pytest.raises(ValueError, match="kedro run --pipelines cross_validation"):
         train_model(images, index, split, stats, CheckpointStore(tmp_path), NO_AUDIT,
                     {**TRAIN_PARAMS, "epochs": 1, "exclude_label_issues": True})
+
+
+# What calibrate_model reads of the evaluation parameters.
+EVALUATION = {"positive_class": "Parasitized", "target_sensitivity": 0.75, "tta": False, "batch_size": 5,
+              "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A model trained 2 epochs on the first 24 of 48 hand-made cells; validation: rows 24-35, test: 36-47."""
+    images, index, split, stats = tiny_tables(count=48)
+    bundle, _ = train_model(images, index, split, stats, CheckpointStore(tmp_path_factory.mktemp("checkpoint")), NO_AUDIT,
+                            {**TRAIN_PARAMS, "epochs": 2, "channels_last": False})
+    return bundle, images, index, split
+
+
+def _best_threshold_by_brute_force(scores, truth, target):
+    best = None
+    for t in np.unique(scores):
+        sens, spec = (scores[truth] >= t).mean(), (scores[~truth] < t).mean()
+        if sens >= target and (best is None or (spec, sens) > (best[2], best[1])):
+            best = (t, sens, spec)
+    return best
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_calibration_fits_t_and_the_threshold_on_the_validation_cells_as_written_out(trained, tta):
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    from malaria_pipeline.pipelines.model_training.nodes import calibrate_model
+
+    bundle, images, index, split = trained
+    model = calibrate_model(bundle, images, index, split, TRAIN_PARAMS, {**EVALUATION, "tta": tta})
+    logits, labels = reference_logits(bundle, images[24:36]).numpy(), np.arange(24, 36) % 2  # even rows parasitized
+    nll = lambda t: -log_softmax(logits / t, axis=1)[np.arange(12), labels].mean()  # noqa: E731
+    expected_t = minimize_scalar(nll, bounds=(0.01, 100), method="bounded", options={"xatol": 1e-8}).x
+    assert model["temperature"] == pytest.approx(expected_t, rel=2e-3)
+    reference = reference_tta_proba if tta else reference_proba
+    scores = reference(bundle, images[24:36], model["temperature"])[:, 0].numpy()
+    threshold, sensitivity, specificity = _best_threshold_by_brute_force(scores, labels == 0, 0.75)
+    point = model["operating_point"]
+    assert point["threshold"] == pytest.approx(threshold, abs=1e-5)
+    assert (point["sensitivity"], point["specificity"]) == pytest.approx((sensitivity, specificity))
+    assert point["positive_class"] == "Parasitized" and point["tta"] is tta and point["target_sensitivity"] == 0.75
+    assert load_model(model).temperature == model["temperature"]
+
+
+def test_calibration_never_looks_at_the_test_cells_and_calibrate_false_keeps_t_1(trained):
+    from malaria_pipeline.pipelines.model_training.nodes import calibrate_model
+
+    bundle, images, index, split = trained
+    model = calibrate_model(bundle, images, index, split, TRAIN_PARAMS, EVALUATION)
+    other_test_cells = images.clone()
+    other_test_cells[36:] = 255 - other_test_cells[36:]
+    assert calibrate_model(bundle, other_test_cells, index, split, TRAIN_PARAMS, EVALUATION) == model
+    other_validation_cells = images.clone()
+    other_validation_cells[24:30] = 255 - other_validation_cells[24:30]
+    changed = calibrate_model(bundle, other_validation_cells, index, split, TRAIN_PARAMS, EVALUATION)
+    assert changed["temperature"] != model["temperature"]
+    uncalibrated = calibrate_model(bundle, images, index, split, {**TRAIN_PARAMS, "calibrate": False}, EVALUATION)
+    assert uncalibrated["temperature"] == 1.0 and "threshold" in uncalibrated["operating_point"]
+
+
+def test_without_validation_cells_or_with_one_class_there_is_no_operating_point(trained):
+    from malaria_pipeline.pipelines.model_training.nodes import calibrate_model
+
+    bundle, images, index, split = trained
+    no_validation = split.assign(subset=split["subset"].replace("validation", "train"))
+    model = calibrate_model(bundle, images, index, no_validation, TRAIN_PARAMS, EVALUATION)
+    assert model["temperature"] == 1.0 and "operating_point" not in model
+    one_class = index.assign(label=index["label"].where(~split["subset"].eq("validation"), "Uninfected"))
+    model = calibrate_model(bundle, images, one_class, split, TRAIN_PARAMS, EVALUATION)
+    assert "operating_point" not in model and model["temperature"] != 1.0

@@ -10,13 +10,21 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from malaria_pipeline.metrics import classification_metrics, operating_points, per_patient
+from malaria_pipeline.metrics import (
+    binary_confidence,
+    calibration_bins,
+    classification_metrics,
+    expected_calibration_error,
+    operating_points,
+    per_patient,
+)
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.model_io import CellClassifier, load_model
 from malaria_pipeline.plots import (
     plot_confusion_matrices,
     plot_image_grid,
     plot_message,
+    plot_reliability_diagrams,
     plot_roc_curves,
     plot_training_curves,
 )
@@ -28,7 +36,7 @@ logger = logging.getLogger(__name__)
 EVALUATED_SUBSETS = ("validation", "test")
 # Metrics of each subset that go to MLflow as final metrics.
 SCORES = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "average_precision",
-          "false_negatives", "false_positives")
+          "false_negatives", "false_positives", "ece", "ece_uncalibrated")
 
 
 def predict_subsets(
@@ -37,14 +45,21 @@ def predict_subsets(
 ) -> pd.DataFrame:
     """The model's probability of the positive class for every validation and test image.
 
+    Predicted as inference predicts (:meth:`~malaria_pipeline.ml.models.CellClassifier.predict_proba`,
+    with the model's temperature and ``params["tta"]``), and also with T = 1, for the calibration error
+    before temperature scaling.
+
     Returns:
-        One row per image: path, subset, label, patient_id, p_positive, predicted label, and loss
-        (cross-entropy of the true class).
+        One row per image: path, subset, label, patient_id, p_positive, predicted label, loss
+        (cross-entropy of the true class), row, and p_positive_uncalibrated (T = 1).
     """
     classifier = load_model(model, device=pick_device(params["device"]))
     positive = classifier.class_names.index(params["positive_class"])
     rows = subset_rows(image_index, data_split, *EVALUATED_SUBSETS, n_images=len(image_tensors))
-    probabilities = classifier.predict_proba(image_tensors[torch.from_numpy(rows)], batch_size=params["batch_size"])
+    images = image_tensors[torch.from_numpy(rows)]
+    probabilities = classifier.predict_proba(images, batch_size=params["batch_size"], tta=params["tta"])
+    uncalibrated = (probabilities if classifier.temperature == 1.0 else
+                    classifier.predict_proba(images, batch_size=params["batch_size"], tta=params["tta"], calibrated=False))
     labels = image_index["label"].to_numpy()[rows]
     true_class = class_codes(labels, classifier.class_names)
     p_true = probabilities.gather(1, true_class[:, None]).squeeze(1) if len(rows) else torch.empty(0)
@@ -57,11 +72,15 @@ def predict_subsets(
         "predicted": np.asarray(classifier.class_names)[probabilities.argmax(dim=1).numpy()],
         "loss": (-torch.log(p_true.clamp_min(1e-12))).numpy(),
         "row": rows,
+        "p_positive_uncalibrated": uncalibrated[:, positive].numpy(),
     })
 
 
-def compute_metrics(predictions: pd.DataFrame, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics of each evaluated subset: overall, per patient, and at several thresholds.
+def compute_metrics(
+    predictions: pd.DataFrame, model: dict[str, Any], params: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics of each evaluated subset: overall, per patient, at several thresholds, calibration, and at
+    the model's operating point.
 
     Returns:
         ``evaluation_metrics`` (all of it, for the JSON report) and ``evaluation_scores`` (the headline
@@ -69,14 +88,16 @@ def compute_metrics(predictions: pd.DataFrame, params: dict[str, Any]) -> tuple[
     """
     positive, threshold = params["positive_class"], params["threshold"]
     negative = next((label for label in sorted(predictions["label"].unique()) if label != positive), "negative")
-    report: dict[str, Any] = {"positive_class": positive, "threshold": threshold}
+    point = model.get("operating_point")
+    report: dict[str, Any] = {"positive_class": positive, "threshold": threshold, "tta": params["tta"],
+                              "temperature": float(model.get("temperature", 1.0)),
+                              "calibration_bins": params["calibration_bins"],
+                              "operating_point": dict(point) if point else None}
     scores: dict[str, Any] = {}
-    for subset in EVALUATED_SUBSETS:
-        cells = predictions[predictions["subset"] == subset]
-        if cells.empty:
-            continue
+    for subset, cells in _by_subset(predictions):
         is_positive = (cells["label"] == positive).to_numpy()
-        metrics = classification_metrics(is_positive, cells["p_positive"].to_numpy(), threshold, positive, negative)
+        metrics = {**classification_metrics(is_positive, cells["p_positive"].to_numpy(), threshold, positive, negative),
+                   **_calibration_errors(is_positive, cells, params["calibration_bins"])}
         report[subset] = {
             **metrics,
             "operating_points": operating_points(is_positive, cells["p_positive"].to_numpy(), params["operating_thresholds"]),
@@ -84,13 +105,29 @@ def compute_metrics(predictions: pd.DataFrame, params: dict[str, Any]) -> tuple[
         }
         scores.update({f"{subset}.{name}": {"value": metrics[name], "step": 0}
                        for name in SCORES if metrics[name] is not None})
-        logger.info(
-            "%s: accuracy %.4f, sensitivity %.4f, specificity %.4f, ROC AUC %s; %s; %s", subset,
-            metrics["accuracy"], metrics["sensitivity"], metrics["specificity"],
-            f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a",
-            metrics["false_negatives_phrase"], metrics["false_positives_phrase"],
-        )
+        if point and point["positive_class"] == positive:
+            at_point = operating_points(is_positive, cells["p_positive"].to_numpy(), [point["threshold"]])[0]
+            report["operating_point"][subset] = {k: at_point[k] for k in ("sensitivity", "specificity")}
+            scores.update({f"{subset}.{k}_at_operating_point": {"value": at_point[k], "step": 0}
+                           for k in ("sensitivity", "specificity")})
+        _log_subset(subset, metrics)
     return report, scores
+
+
+def _calibration_errors(is_positive: np.ndarray, cells: pd.DataFrame, bins: int) -> dict[str, float | None]:
+    """Expected calibration error after (``ece``) and before (``ece_uncalibrated``) temperature scaling."""
+    return {"ece": expected_calibration_error(*binary_confidence(is_positive, cells["p_positive"]), bins),
+            "ece_uncalibrated": expected_calibration_error(
+                *binary_confidence(is_positive, cells["p_positive_uncalibrated"]), bins)}
+
+
+def _log_subset(subset: str, metrics: dict[str, Any]) -> None:
+    logger.info(
+        "%s: accuracy %.4f, sensitivity %.4f, specificity %.4f, ROC AUC %s, ECE %.4f (%.4f before temperature "
+        "scaling); %s; %s", subset, metrics["accuracy"], metrics["sensitivity"], metrics["specificity"],
+        f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a", metrics["ece"],
+        metrics["ece_uncalibrated"], metrics["false_negatives_phrase"], metrics["false_positives_phrase"],
+    )
 
 
 def package_model(model: dict[str, Any]) -> CellClassifier:
@@ -117,6 +154,20 @@ def roc_curve_figure(predictions: pd.DataFrame, params: dict[str, Any]) -> Figur
     positive = params["positive_class"]
     subsets = {s: (c["label"] == positive, c["p_positive"]) for s, c in _by_subset(predictions)}
     return plot_roc_curves(subsets, positive)
+
+
+def reliability_diagram_figure(predictions: pd.DataFrame, params: dict[str, Any]) -> Figure:
+    """Accuracy against confidence per bin, before and after temperature scaling, one panel per subset."""
+    if predictions.empty:
+        return plot_message(NOTHING_HELD_OUT)
+    bins, diagrams = params["calibration_bins"], {}
+    for subset, cells in _by_subset(predictions):
+        is_positive = (cells["label"] == params["positive_class"]).to_numpy()
+        diagrams[subset] = {
+            name: calibration_bins(*binary_confidence(is_positive, cells[column]), bins)
+            for name, column in (("before", "p_positive_uncalibrated"), ("after", "p_positive"))
+        }
+    return plot_reliability_diagrams(diagrams)
 
 
 def _by_subset(predictions: pd.DataFrame):

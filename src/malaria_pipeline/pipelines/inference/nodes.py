@@ -32,7 +32,8 @@ def predict_images(
         inference_images: the new images (PNG or JPEG, any size, grayscale or RGB, any folders).
         inference_model: the bundle of a training run: the latest ``model`` by default, else the
             version or MLflow run that ``inference.model_version`` or ``inference.mlflow_run_id`` names.
-        params: ``source``, ``threshold`` (P(Parasitized) at or above it is Parasitized),
+        params: ``source``, ``threshold`` (P(Parasitized) at or above it is Parasitized; ``auto``: the
+            model's operating threshold, :func:`operating_threshold`), ``tta`` (test-time augmentation),
             ``batch_size``, ``workers``, ``device`` and ``image_limits``.
 
     Returns:
@@ -41,20 +42,23 @@ def predict_images(
     """
     check_source(params.get("source"), inference_images, "inference.source", "inference_source")
     classifier = _classifier(inference_model, params)
+    threshold = operating_threshold(inference_model, params)
     candidates, skipped = image_members(inference_images.members())
     limits = ImageLimits.from_params(params["image_limits"], "inference.image_limits")
     packed = pack_images(inference_images, candidates, classifier.image_size, limits, params.get("workers"))
     skipped = sorted(skipped + packed.skipped)
     if not packed.members:
         raise ArchiveError(f"{inference_images.source} holds no decodable PNG or JPEG image ({len(skipped)} files skipped)")
-    p_parasitized, labels = _classify(classifier, packed.images, params)
+    p_parasitized, labels = _classify(classifier, packed.images, threshold, params)
     predictions = pd.DataFrame({"file": packed.members, "label": labels, "p_parasitized": p_parasitized})
 
     counts = predictions["label"].value_counts()
     summary = {
         "source": inference_images.source,
         "model": {key: inference_model.get(key) for key in ("source", "architecture", "image_size")},
-        "threshold": params["threshold"],
+        "threshold": threshold,
+        "threshold_parameter": params["threshold"],
+        "tta": params["tta"],
         "images": len(predictions),
         "per_class": {name: int(counts.get(name, 0)) for name in classifier.class_names},
         "fraction_parasitized": float((labels == params["positive_class"]).mean()),
@@ -77,8 +81,8 @@ def predict_encoded_images(served_images: pd.DataFrame, model: dict[str, Any], p
     Args:
         served_images: a column ``image`` of base64-encoded PNG or JPEG files, one cell per row.
         model: the bundle of the training run that logged the MLflow model.
-        params: ``inference``'s ``threshold``, ``batch_size``, ``device``, ``image_limits`` and
-            ``max_rows``.
+        params: ``inference``'s ``threshold`` (a number, or ``auto``), ``tta``, ``batch_size``, ``device``,
+            ``image_limits`` and ``max_rows``.
 
     Returns:
         A table with the index of ``served_images`` and the columns ``label`` (``Parasitized`` or
@@ -98,6 +102,7 @@ def predict_encoded_images(served_images: pd.DataFrame, model: dict[str, Any], p
     _check_rows(len(served_images), params["max_rows"])
     limits = ImageLimits.from_params(params["image_limits"], "inference.image_limits")
     classifier = _classifier(model, params)
+    threshold = operating_threshold(model, params)
     images, decoded, errors = [], [], {}
     for position, (row, value) in enumerate(served_images["image"].items()):
         try:
@@ -109,7 +114,7 @@ def predict_encoded_images(served_images: pd.DataFrame, model: dict[str, Any], p
             logger.exception("Row %s could not be decoded", row)
             errors[position] = f"row {row}: could not be decoded ({type(error).__name__}: {one_line(error)})"
     stacked = torch.stack(images) if images else torch.empty((0, 3, classifier.image_size, classifier.image_size), dtype=torch.uint8)
-    p_parasitized, labels = _classify(classifier, stacked, params)
+    p_parasitized, labels = _classify(classifier, stacked, threshold, params)
 
     answers = pd.DataFrame({"label": None, "p_parasitized": np.nan, "error": None}, index=served_images.index)
     answers = answers.astype({"label": object, "error": object})
@@ -173,10 +178,44 @@ def _classifier(bundle: dict[str, Any], params: dict[str, Any]) -> CellClassifie
     return classifier
 
 
-def _classify(classifier: CellClassifier, images: torch.Tensor, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """P(positive class) of ``uint8, N×3×S×S`` images, and the label at ``params["threshold"]``."""
+def operating_threshold(bundle: dict[str, Any], params: dict[str, Any]) -> float:
+    """The threshold on P(positive class): ``params["threshold"]`` when it is a number, else (``auto``)
+    the one stored in the model, chosen on its validation subset for ``evaluation.target_sensitivity``.
+
+    Raises:
+        ValueError: ``auto`` with a model that has no stored threshold (trained before there were any,
+            or without validation images), or one chosen for another positive class; or neither a
+            number nor ``auto``.
+    """
+    threshold = params["threshold"]
+    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+        return float(threshold)
+    if threshold != "auto":
+        raise ValueError(f"inference.threshold is {threshold!r}: give a number (P(Parasitized) at or above it is "
+                         "Parasitized, e.g. 0.5) or auto (the threshold stored in the model)")
+    point = bundle.get("operating_point")
+    if not point:
+        raise ValueError(
+            "inference.threshold is auto, but this model has no stored operating threshold (it was trained before "
+            "they were stored, or without validation images, e.g. in conf/all_patients). Give a number instead "
+            "(--params \"inference.threshold=0.5\"), or use a model of a training run with a validation subset, "
+            "which chooses one for evaluation.target_sensitivity."
+        )
+    if point["positive_class"] != params["positive_class"]:
+        raise ValueError(f"inference.threshold is auto, but the model's threshold is on P({point['positive_class']}) "
+                         f"and positive_class is {params['positive_class']}: give inference.threshold a number")
+    if bool(point.get("tta")) != bool(params["tta"]):
+        logger.warning("The model's operating threshold was chosen with tta=%s and inference.tta is %s: its "
+                       "sensitivity may differ from the %.3f it was chosen for", point.get("tta"), params["tta"],
+                       point["target_sensitivity"])
+    return float(point["threshold"])
+
+
+def _classify(classifier: CellClassifier, images: torch.Tensor, threshold: float,
+              params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """P(positive class) of ``uint8, N×3×S×S`` images (with ``params["tta"]``), and the label at ``threshold``."""
     positive = params["positive_class"]
-    probabilities = classifier.predict_proba(images, batch_size=params["batch_size"])
+    probabilities = classifier.predict_proba(images, batch_size=params["batch_size"], tta=params["tta"])
     p_positive = probabilities[:, classifier.class_names.index(positive)].numpy().astype(np.float64)
     negative = next(name for name in classifier.class_names if name != positive)
-    return p_positive, np.where(p_positive >= params["threshold"], positive, negative)
+    return p_positive, np.where(p_positive >= threshold, positive, negative)

@@ -6,15 +6,20 @@ import dataclasses
 import logging
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from malaria_pipeline import tracking
 from malaria_pipeline.label_audit import excluded_paths
+from malaria_pipeline.metrics import threshold_for_sensitivity
+from malaria_pipeline.ml.calibration import classifier_logits, fit_temperature
 from malaria_pipeline.ml.checkpoint import CheckpointStore
-from malaria_pipeline.ml.model_io import model_bundle
+from malaria_pipeline.ml.device import pick_device
+from malaria_pipeline.ml.model_io import load_model, model_bundle
 from malaria_pipeline.ml.train import HISTORY_COLUMNS, TrainConfig, train_classifier
-from malaria_pipeline.tensors import train_data
+from malaria_pipeline.splitting import subset_rows
+from malaria_pipeline.tensors import class_codes, train_data
 
 logger = logging.getLogger(__name__)
 
@@ -84,3 +89,47 @@ def _tag_the_run_it_continues(checkpoint: CheckpointStore) -> None:
     if previous:
         logger.info("Resuming the training of MLflow run %s", previous)
         tracking.set_tags({tracking.RESUMED_FROM_TAG: previous})
+
+
+def calibrate_model(
+    trained_model: dict[str, Any], image_tensors: torch.Tensor, image_index: pd.DataFrame, data_split: pd.DataFrame,
+    training_params: dict[str, Any], evaluation_params: dict[str, Any],
+) -> dict[str, Any]:
+    """Fits temperature scaling and chooses the clinical operating threshold, both on the validation
+    subset (never the test subset), and keeps them in the model bundle.
+
+    Args:
+        trained_model: the bundle of :func:`train_model`.
+        image_tensors, image_index, data_split: as for :func:`train_model`.
+        training_params: ``calibrate`` (false: T stays 1).
+        evaluation_params: ``positive_class``, ``target_sensitivity``, ``tta``, ``batch_size``, ``device``.
+
+    Returns:
+        ``model``: the bundle with ``temperature`` and, where the validation subset holds both classes,
+        ``operating_point`` (the threshold on P(positive class) chosen on the calibrated probabilities,
+        with ``tta`` as evaluation and inference predict). Without validation images (a model trained on
+        every image) the bundle is returned with T = 1 and no operating point.
+    """
+    rows = torch.from_numpy(subset_rows(image_index, data_split, "validation", n_images=len(image_tensors)))
+    if len(rows) == 0:
+        logger.warning("No validation images: no temperature scaling and no operating threshold for this model")
+        return {**trained_model, "temperature": 1.0}
+    classifier = load_model(trained_model, device=pick_device(evaluation_params["device"]))
+    images, batch_size = image_tensors[rows], evaluation_params["batch_size"]
+    labels = class_codes(image_index["label"].to_numpy()[rows.numpy()], classifier.class_names)
+    if TrainConfig.from_params(training_params).calibrate:
+        classifier.temperature = fit_temperature(classifier_logits(classifier, images, batch_size), labels)
+        tracking.log_metrics({"training.temperature": classifier.temperature})
+    bundle = {**trained_model, "temperature": classifier.temperature}
+    positive = evaluation_params["positive_class"]
+    is_positive = labels.numpy() == classifier.class_names.index(positive)
+    if is_positive.all() or not is_positive.any():
+        logger.warning("The validation subset holds one class only: no operating threshold for this model")
+        return bundle
+    p_positive = classifier.predict_proba(images, batch_size, tta=evaluation_params["tta"])[:, classifier.class_names.index(positive)]
+    point = threshold_for_sensitivity(is_positive, p_positive.numpy().astype(np.float64), evaluation_params["target_sensitivity"])
+    logger.info("Operating threshold %.4f on P(%s): sensitivity %.4f, specificity %.4f on the %d validation images "
+                "(target sensitivity %s)", point["threshold"], positive, point["sensitivity"], point["specificity"],
+                len(rows), evaluation_params["target_sensitivity"])
+    return {**bundle, "operating_point": {**point, "positive_class": positive, "tta": bool(evaluation_params["tta"]),
+                                          "target_sensitivity": float(evaluation_params["target_sensitivity"])}}

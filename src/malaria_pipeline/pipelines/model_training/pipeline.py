@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import train_model
+from .nodes import calibrate_model, train_model
 
 # The group that kedro-viz draws these nodes in (node names become f"{NAMESPACE}.{name}"); the
 # datasets and parameters keep their catalog names (prefix_datasets_with_namespace=False).
@@ -18,8 +18,15 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "image_tensors", "image_index", "data_split", "normalization_stats",
                     "training_checkpoint", "label_issues_to_exclude", "params:training",
                 ],
-                outputs=["model", "training_history"],
+                outputs=["trained_model", "training_history"],
                 name="train_model_node",
+            ),
+            Node(
+                func=calibrate_model,
+                inputs=["trained_model", "image_tensors", "image_index", "data_split", "params:training",
+                        "params:evaluation"],
+                outputs="model",
+                name="calibrate_model_node",
             ),
         ],
         namespace=NAMESPACE,
