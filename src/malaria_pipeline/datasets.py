@@ -272,6 +272,6 @@ class OptionalCSVDataset(CSVDataset):
         self._columns = list(columns or [])
 
     def load(self) -> pd.DataFrame:
-        if not self._exists():
+        if not self.exists():
             return pd.DataFrame({name: pd.Series(dtype="object") for name in self._columns})
         return super().load()
