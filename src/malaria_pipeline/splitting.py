@@ -67,24 +67,14 @@ def split_by_patient(
         The subset name of each image, in input order.
     """
     fractions = check_fractions(fractions)
-    missing = pd.isna(patients)
-    if missing.any():
-        raise SplitError(
-            f"{int(missing.sum())} image(s) have no patient id (no '_IMG_' in the file name), so they "
-            "can't be split by patient. Use split.strategy=stratified, or name files <patient>_IMG_<...>."
-        )
+    check_patient_ids(patients, "Use split.strategy=stratified, or name files <patient>_IMG_<...>.")
     shares = {name: fraction * folds for name, fraction in fractions.items()}
     if any(not math.isclose(share, round(share), abs_tol=1e-6) for share in shares.values()):
         raise SplitError(
             f"split.fractions {fractions} are not multiples of 1/{folds}: change split.folds "
             "(20 fits any multiple of 0.05) or the fractions."
         )
-    n_patients = len(pd.unique(patients))
-    if n_patients < folds:
-        raise SplitError(
-            f"{n_patients} patients are too few for split.folds={folds}: lower split.folds to at "
-            f"most {n_patients} (the fractions must stay multiples of 1/folds)."
-        )
+    check_patient_count(patients, folds, "split.folds", " (the fractions must stay multiples of 1/folds)")
     fold_of = patient_folds(labels, patients, folds, seed)
     order = np.random.default_rng(seed).permutation(folds)
     bounds = np.cumsum([round(shares[name]) for name in SUBSETS])
@@ -107,17 +97,24 @@ def patient_folds(labels: np.ndarray, patients: np.ndarray, folds: int, seed: in
     return fold_of
 
 
-def check_patients(patients: np.ndarray, folds: int, parameter: str) -> None:
-    """Raises :class:`SplitError` when an image has no patient id or there are fewer patients than ``folds``."""
+def check_patient_ids(patients: np.ndarray, advice: str = "Name files <patient>_IMG_<...>.") -> None:
+    """Raises :class:`SplitError` when an image has no patient id, with ``advice`` on what to do."""
     missing = pd.isna(patients)
     if missing.any():
         raise SplitError(
             f"{int(missing.sum())} image(s) have no patient id (no '_IMG_' in the file name), so they "
-            "can't be split by patient. Name files <patient>_IMG_<...>."
+            f"can't be split by patient. {advice}"
         )
+
+
+def check_patient_count(patients: np.ndarray, folds: int, parameter: str, why: str = "") -> None:
+    """Raises :class:`SplitError` when there are fewer patients than ``folds``, naming ``parameter``."""
     n_patients = len(pd.unique(patients))
     if n_patients < folds:
-        raise SplitError(f"{n_patients} patients are too few for {parameter}={folds}: lower it to at most {n_patients}.")
+        raise SplitError(
+            f"{n_patients} patients are too few for {parameter}={folds}: lower {parameter} to at "
+            f"most {n_patients}{why}."
+        )
 
 
 def cross_validation_subsets(
@@ -132,7 +129,8 @@ def cross_validation_subsets(
     """
     subset = np.full(len(labels), "test", dtype=object)
     rest = np.flatnonzero(fold_of != fold)
-    check_patients(patients[rest], validation_folds, "cross_validation.validation_folds")
+    check_patient_ids(patients[rest])
+    check_patient_count(patients[rest], validation_folds, "cross_validation.validation_folds")
     inner = patient_folds(labels[rest], patients[rest], validation_folds, seed + fold)
     subset[rest] = np.where(inner == 0, "validation", "train")
     return subset

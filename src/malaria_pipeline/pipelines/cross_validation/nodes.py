@@ -19,7 +19,8 @@ from malaria_pipeline.ml.train import TrainConfig, TrainResult, train_classifier
 from malaria_pipeline.plots import plot_fold_roc_curves, plot_image_grid, plot_per_patient_accuracy
 from malaria_pipeline.splitting import (
     SplitError,
-    check_patients,
+    check_patient_count,
+    check_patient_ids,
     cross_validation_subsets,
     patient_folds,
     subset_rows,
@@ -44,7 +45,8 @@ def assign_folds(image_index: pd.DataFrame, params: dict[str, Any]) -> pd.DataFr
         ``cv_folds``: ``path``, ``patient_id``, ``label`` and ``fold`` (1 to K) of every image, in index order.
     """
     patients = image_index["patient_id"].to_numpy()
-    check_patients(patients, params["folds"], "cross_validation.folds")
+    check_patient_ids(patients)
+    check_patient_count(patients, params["folds"], "cross_validation.folds")
     fold = patient_folds(image_index["label"].to_numpy(), patients, params["folds"], params["seed"]) + 1
     folds = image_index[["path", "patient_id", "label"]].assign(fold=fold)
     for number, rows in folds.groupby("fold"):
