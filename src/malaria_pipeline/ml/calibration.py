@@ -11,23 +11,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from malaria_pipeline.ml.models import CellClassifier
-
 logger = logging.getLogger(__name__)
 
 # T is kept within [1/100, 100]: on held-out images that the network separates perfectly the likelihood
 # keeps rising as T falls to 0, and nothing below 1/100 changes a probability that matters.
 LOG_T_BOUND = math.log(100.0)
-
-
-@torch.inference_mode()
-def classifier_logits(classifier: CellClassifier, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The logits ``float32, N×classes`` of ``uint8, N×3×S×S`` images as trained (no temperature), on the CPU."""
-    classifier.eval()
-    device = classifier.normalize.mean.device
-    if len(images) == 0:
-        return torch.empty((0, len(classifier.class_names)))
-    return torch.cat([classifier(images[i : i + batch_size].to(device)) for i in range(0, len(images), batch_size)]).cpu()
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:

@@ -87,7 +87,8 @@ class CellClassifier(nn.Module):
                       calibrated: bool = True) -> torch.Tensor:
         """Class probabilities ``N×classes`` on the CPU, in eval mode, in batches (see :meth:`set_speed`).
 
-        The one prediction path of evaluation, inference and the served model.
+        The one prediction path of evaluation, inference and the served model:
+        :func:`probabilities` of :meth:`view_logits`.
 
         Args:
             images: ``uint8, N×3×S×S``.
@@ -95,21 +96,32 @@ class CellClassifier(nn.Module):
             tta: test-time augmentation: the mean of the probabilities of the 8 symmetries of the square
                 (:func:`square_symmetries`), 8 forward passes per batch.
             calibrated: softmax of logits / :attr:`temperature`; False: of the logits as trained.
+        """
+        return probabilities(self.view_logits(images, batch_size, tta), self.temperature if calibrated else 1.0)
 
-        The batches stay on the model's device until the end: one copy to the host, not one a batch.
+    @torch.inference_mode()
+    def view_logits(self, images: torch.Tensor, batch_size: int = 256, tta: bool = False) -> torch.Tensor:
+        """The logits as trained (no temperature), ``float32, V×N×classes`` on the CPU, in eval mode: V = 1,
+        or with ``tta`` V = 8, one per symmetry of the square in the order of :func:`square_symmetries`.
+
+        One forward pass serves every temperature (:func:`probabilities`). The batches stay on the
+        model's device until the end: one copy to the host, not one a batch.
         """
         self.eval()
         device = self.normalize.mean.device
-        if len(images) == 0:
-            return torch.empty((0, len(self.class_names)))
-        temperature = self.temperature if calibrated else 1.0
         views = square_symmetries if tta else (lambda batch: [batch])
+        if len(images) == 0:
+            return torch.empty((8 if tta else 1, 0, len(self.class_names)))
         batches = []
         for i in range(0, len(images), batch_size):
             batch = images[i : i + batch_size].to(device, non_blocking=True)
-            probabilities = [(self(view) / temperature).softmax(dim=1) for view in views(batch)]
-            batches.append(torch.stack(probabilities).mean(dim=0) if tta else probabilities[0])
-        return torch.cat(batches).cpu()
+            batches.append(torch.stack([self(view) for view in views(batch)]))
+        return torch.cat(batches, dim=1).cpu()
+
+
+def probabilities(view_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``N×classes``: the mean over the views (the first dimension) of ``softmax(logits / temperature)``."""
+    return (view_logits / temperature).softmax(dim=-1).mean(dim=0)
 
 
 def square_symmetries(images: torch.Tensor) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ from malaria_pipeline.pipelines.cross_validation import nodes
 from tests.helpers import TRAIN_PARAMS
 
 CV_PARAMS = {"folds": 4, "seed": 0, "validation_folds": 3, "positive_class": "Parasitized", "threshold": 0.5,
-             "batch_size": 64, "worst_patients": 5, "label_audit": {"filter_by": "prune_by_noise_rate", "figure_cells": 8}}
+             "target_sensitivity": 0.9, "tta": False, "calibration_bins": 10, "batch_size": 64, "worst_patients": 5, "label_audit": {"filter_by": "prune_by_noise_rate", "figure_cells": 8}}
 
 
 def easy_cells(patients=12, per_patient=20, size=16, seed=0):
@@ -106,3 +106,70 @@ def test_folds_of_other_images_are_refused_by_name():
     folds = nodes.assign_folds(index, CV_PARAMS)
     with pytest.raises(SplitError, match=r"cv_folds \(239 rows\), image_index \(240\) .* run the whole cross_validation"):
         nodes.cross_validate(images, index, folds.iloc[1:], NO_AUDIT, CV_PARAMS, TRAIN_PARAMS)
+
+
+def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_held_out_fold_as_evaluation_does(monkeypatch):
+    from malaria_pipeline.ml.model_io import model_bundle
+    from tests.helpers import reference_tta_proba
+
+    images, index = easy_cells(seed=3)
+    folds = nodes.assign_folds(index, CV_PARAMS)
+    calls = []
+    real = nodes.calibrate
+
+    def spy(classifier, fold_images, labels, **kwargs):
+        point = real(classifier, fold_images, labels, **kwargs)
+        calls.append({"images": {digest(image) for image in fold_images}, "point": point, "kwargs": kwargs,
+                      "bundle": model_bundle(classifier, architecture="resnet9", network_args={"width": 4}),
+                      "temperature": classifier.temperature})
+        return point
+
+    monkeypatch.setattr(nodes, "calibrate", spy)
+    params = {**CV_PARAMS, "tta": True, "target_sensitivity": 0.95}
+    predictions, _ = nodes.cross_validate(images, index, folds, NO_AUDIT, params, {**TRAIN_PARAMS, "epochs": 1})
+
+    assert len(calls) == 4
+    for fold, call in enumerate(calls, start=1):
+        split = nodes.fold_split(index, folds, fold, params, set())
+        validation = {digest(image) for image in images[torch.from_numpy((split["subset"] == "validation").to_numpy())]}
+        assert call["images"] == validation  # never the held-out fold, never the training patients
+        assert call["kwargs"] == {"fit": True, "positive_class": "Parasitized", "target_sensitivity": 0.95, "tta": True,
+                                  "batch_size": 64}
+        cells = predictions[predictions["fold"] == fold]
+        rows = torch.from_numpy(index.reset_index().set_index("path").loc[cells["path"], "index"].to_numpy())
+        expected = reference_tta_proba(call["bundle"], images[rows], call["temperature"])[:, 0].numpy()
+        assert cells["p_parasitized"].to_numpy() == pytest.approx(expected, abs=1e-5)
+        uncalibrated = reference_tta_proba(call["bundle"], images[rows])[:, 0].numpy()
+        assert cells["p_parasitized_uncalibrated"].to_numpy() == pytest.approx(uncalibrated, abs=1e-5)
+        assert (cells["operating_threshold"] == call["point"]["threshold"]).all()
+        assert (cells["temperature"] == call["temperature"]).all() and call["temperature"] != 1.0
+
+    report, scores = nodes.summarize(predictions, pd.DataFrame({"epoch": [1] * 4, "kept": [True] * 4}), params)
+    for row in report["per_fold"]:
+        cells = predictions[predictions["fold"] == row["fold"]]
+        truth, called = cells["label"] == "Parasitized", cells["p_parasitized"] >= cells["operating_threshold"]
+        assert row["sensitivity_at_operating_point"] == pytest.approx((called & truth).sum() / truth.sum())
+        assert row["specificity_at_operating_point"] == pytest.approx((~called & ~truth).sum() / (~truth).sum())
+        assert row["sensitivity"] == pytest.approx(((cells["p_parasitized"] >= 0.5) & truth).sum() / truth.sum())
+    thresholds = [call["point"]["threshold"] for call in calls]
+    assert report["recommended_operating_threshold"] == pytest.approx(np.median(thresholds))
+    assert scores["cv.recommended_temperature"]["value"] == pytest.approx(np.median([c["temperature"] for c in calls]))
+
+
+def test_the_calibration_error_of_each_fold_is_the_binned_gap_worked_out_by_hand():
+    # One fold of 4 cells in the bins of 10: confidences 0.95, 0.95 (bin 10), 0.65 (bin 7), 0.55 (bin 6).
+    cells = pd.DataFrame({
+        "label": ["Parasitized", "Uninfected", "Parasitized", "Uninfected"],
+        "p_parasitized": [0.95, 0.95, 0.65, 0.45], "p_parasitized_uncalibrated": [0.99, 0.99, 0.99, 0.01],
+        "operating_threshold": 0.6, "temperature": 2.0, "fold": 1, "path": list("abcd"), "patient_id": "P",
+    })
+    metrics = nodes._fold_metrics(cells, CV_PARAMS)
+    # bin 10: 2 cells, accuracy 1/2, confidence 0.95; bin 7: accuracy 1, 0.65; bin 6: accuracy 1, 0.55.
+    assert metrics["ece"] == pytest.approx(2 / 4 * 0.45 + 1 / 4 * 0.35 + 1 / 4 * 0.45)
+    # uncalibrated: bin 10 holds all four, accuracy 3/4, confidence 0.99.
+    assert metrics["ece_uncalibrated"] == pytest.approx(0.24)
+    # at 0.6: called a, b, c: sensitivity 2/2, specificity 1/2 (d passed), accuracy 3/4.
+    assert (metrics["sensitivity_at_operating_point"], metrics["specificity_at_operating_point"],
+            metrics["accuracy_at_operating_point"]) == pytest.approx((1.0, 0.5, 0.75))
+    no_point = nodes._fold_metrics(cells.assign(operating_threshold=np.nan), CV_PARAMS)
+    assert no_point["sensitivity_at_operating_point"] is None and no_point["ece"] == metrics["ece"]

@@ -114,10 +114,10 @@ class HandMadeClassifier:
         self.class_names = class_names
         self.temperature = 1.0
 
-    def predict_proba(self, images, batch_size=256, tta=False, calibrated=True):
+    def view_logits(self, images, batch_size=256, tta=False):
         p = images[:, 0, 0, 0].double() / 100
         columns = {"Parasitized": p, "Uninfected": 1 - p}
-        return torch.stack([columns[name] for name in self.class_names], dim=1)
+        return torch.stack([columns[name] for name in self.class_names], dim=1).log()[None]  # softmax(log p) = p
 
 
 # Two train cells (never evaluated), six validation cells and two test cells; P(Parasitized) of each.

@@ -13,9 +13,17 @@ from matplotlib.figure import Figure
 
 from malaria_pipeline import tracking
 from malaria_pipeline.label_audit import excluded_paths, find_issues, summarize_issues
-from malaria_pipeline.metrics import classification_metrics, mean_and_std, per_patient
+from malaria_pipeline.metrics import (
+    binary_confidence,
+    classification_metrics,
+    expected_calibration_error,
+    mean_and_std,
+    per_patient,
+)
+from malaria_pipeline.ml.models import CellClassifier, probabilities
 from malaria_pipeline.ml.normalization import channel_mean_std
 from malaria_pipeline.ml.train import TrainConfig, TrainResult, train_classifier
+from malaria_pipeline.operating_point import calibrate
 from malaria_pipeline.plots import plot_fold_roc_curves, plot_image_grid, plot_per_patient_accuracy
 from malaria_pipeline.splitting import (
     SplitError,
@@ -25,12 +33,17 @@ from malaria_pipeline.splitting import (
     patient_folds,
     subset_rows,
 )
-from malaria_pipeline.tensors import train_data
+from malaria_pipeline.tensors import class_codes, train_data
 
 logger = logging.getLogger(__name__)
 
-# The metrics of each fold, and their mean ± std: Rajaraman et al. (2018) report these.
-FOLD_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "mcc", "roc_auc", "average_precision")
+# The metrics of each fold, and their mean ± std: Rajaraman et al. (2018) report the first eight; then
+# the calibration error after and before temperature scaling, the sensitivity and specificity at each
+# fold's operating threshold (chosen on its validation patients), and that threshold and temperature.
+AT_OPERATING_POINT = ("accuracy_at_operating_point", "sensitivity_at_operating_point", "specificity_at_operating_point")
+FOLD_CHOICES = ("operating_threshold", "temperature")
+FOLD_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "mcc", "roc_auc", "average_precision",
+                "ece", "ece_uncalibrated", *AT_OPERATING_POINT, *FOLD_CHOICES)
 
 
 def probability_column(positive_class: str) -> str:
@@ -62,13 +75,17 @@ def cross_validate(
     """For each fold: trains with the ``training`` parameters on the other folds and predicts this one.
 
     The patients of the other folds are dealt again: ``1 / validation_folds`` of them choose the epoch
-    (``training.keep``), the rest train; the held-out fold chooses nothing. Each fold is a nested MLflow
-    run (its parameters, per-epoch history and held-out metrics). With ``training.exclude_label_issues``
-    the audit's suspects leave the training images only.
+    (``training.keep``), then fit the temperature (``training.calibrate``) and the operating threshold
+    (``target_sensitivity``) as the training pipeline does; the held-out fold chooses nothing, and is
+    predicted as evaluation predicts (the temperature, ``tta``). Each fold is a nested MLflow run (its
+    parameters, per-epoch history and held-out metrics). With ``training.exclude_label_issues`` the
+    audit's suspects leave the training images only.
 
     Returns:
-        ``cv_predictions``: path, patient_id, label, fold and P(positive class) of every image, predicted
-        by the model of the fold that held it out; ``cv_history``: each fold's epochs, the kept one marked.
+        ``cv_predictions``: path, patient_id, label and fold of every image, with P(positive class) from the
+        model of the fold that held it out (calibrated, and ``…_uncalibrated`` with T = 1), and that fold's
+        ``operating_threshold`` (NaN when its validation patients were of one class) and ``temperature``;
+        ``cv_history``: each fold's epochs, the kept one marked.
     """
     config = TrainConfig.from_params(training)
     _check_same_images(image_tensors, image_index, cv_folds)
@@ -81,7 +98,8 @@ def cross_validate(
         with tracking.child_run(f"fold {fold} of {folds}", {"training": training, "cross_validation": params},
                                 {tracking.FOLD_TAG: fold}):
             result = _train_fold(image_tensors, image_index, split, config)
-            held_out = _predict_held_out(result, image_tensors, image_index, split, params).assign(fold=fold)
+            point = _calibrate_fold(result.classifier, image_tensors, image_index, split, params, config)
+            held_out = _predict_held_out(result.classifier, point, image_tensors, image_index, split, params).assign(fold=fold)
             _log_fold_metrics(held_out, params)
         predictions.append(held_out)
         histories.append(pd.DataFrame(result.history).assign(fold=fold, kept=lambda h: h["epoch"] == result.best_epoch))
@@ -120,23 +138,54 @@ def _train_fold(image_tensors, image_index, split, config: TrainConfig) -> Train
     return train_classifier(data, config, on_epoch_end=tracking.log_epoch)
 
 
-def _predict_held_out(result: TrainResult, image_tensors, image_index, split, params) -> pd.DataFrame:
+def _calibrate_fold(classifier: CellClassifier, image_tensors, image_index, split, params, config: TrainConfig) -> dict | None:
+    rows = subset_rows(image_index, split, "validation")
+    labels = class_codes(image_index["label"].to_numpy()[rows], classifier.class_names)
+    return calibrate(classifier, image_tensors[torch.from_numpy(rows)], labels, fit=config.calibrate,
+                     positive_class=params["positive_class"], target_sensitivity=params["target_sensitivity"],
+                     tta=params["tta"], batch_size=params["batch_size"])
+
+
+def _predict_held_out(classifier: CellClassifier, point: dict | None, image_tensors, image_index, split, params) -> pd.DataFrame:
     rows = subset_rows(image_index, split, "test")
-    probabilities = result.classifier.predict_proba(image_tensors[torch.from_numpy(rows)], params["batch_size"])
-    positive = result.classifier.class_names.index(params["positive_class"])
+    views = classifier.view_logits(image_tensors[torch.from_numpy(rows)], params["batch_size"], params["tta"])
+    positive = classifier.class_names.index(params["positive_class"])
+    column = probability_column(params["positive_class"])
     held_out = image_index.iloc[rows][["path", "patient_id", "label"]].reset_index(drop=True)
-    return held_out.assign(**{probability_column(params["positive_class"]): probabilities[:, positive].numpy()})
+    return held_out.assign(**{
+        column: probabilities(views, classifier.temperature)[:, positive].numpy(),
+        f"{column}_uncalibrated": probabilities(views)[:, positive].numpy(),
+        "operating_threshold": point["threshold"] if point else np.nan, "temperature": classifier.temperature,
+    })
 
 
 def _fold_metrics(cells: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
+    """The metrics at ``params["threshold"]``, the calibration errors (``calibration_bins``), and the
+    metrics at each image's fold's operating threshold (None where a fold has none)."""
     positive = params["positive_class"]
     negative = next((c for c in sorted(cells["label"].unique()) if c != positive), "negative")
-    return classification_metrics((cells["label"] == positive).to_numpy(),
-                                  cells[probability_column(positive)].to_numpy(), params["threshold"], positive, negative)
+    column = probability_column(positive)
+    truth, p_positive = (cells["label"] == positive).to_numpy(), cells[column].to_numpy()
+    metrics = classification_metrics(truth, p_positive, params["threshold"], positive, negative)
+    bins = params["calibration_bins"]
+    metrics["ece"] = expected_calibration_error(*binary_confidence(truth, p_positive), bins)
+    metrics["ece_uncalibrated"] = expected_calibration_error(*binary_confidence(truth, cells[f"{column}_uncalibrated"]), bins)
+    thresholds = cells["operating_threshold"].to_numpy(dtype=float)
+    called = p_positive >= thresholds
+    at_point = (float((called == truth).mean()), float(called[truth].mean()) if truth.any() else None,
+                float((~called[~truth]).mean()) if (~truth).any() else None)
+    metrics.update(dict(zip(AT_OPERATING_POINT, (None,) * 3 if np.isnan(thresholds).any() else at_point)))
+    return metrics
+
+
+def _fold_choices(cells: pd.DataFrame) -> dict[str, float | None]:
+    """The operating threshold and temperature that a fold chose (one value per fold)."""
+    return {name: None if np.isnan(cells[name].iloc[0]) else float(cells[name].iloc[0]) for name in FOLD_CHOICES}
 
 
 def _log_fold_metrics(held_out: pd.DataFrame, params: dict[str, Any]) -> None:
     metrics = _fold_metrics(held_out, params)
+    metrics.update(_fold_choices(held_out))
     tracking.log_metrics({f"test.{name}": metrics[name] for name in FOLD_METRICS})
     logger.info("Held-out fold: %s", ", ".join(f"{n} {metrics[n]:.4f}" for n in FOLD_METRICS if metrics[n] is not None))
 
@@ -161,7 +210,8 @@ def summarize(cv_predictions: pd.DataFrame, cv_history: pd.DataFrame, params: di
         ``cv_metrics`` (the JSON report) and ``cv_scores`` (MLflow metrics of the pipeline's run).
     """
     p_column = probability_column(params["positive_class"])
-    per_fold = [{"fold": int(fold), **_fold_metrics(cells, params)} for fold, cells in cv_predictions.groupby("fold")]
+    per_fold = [{"fold": int(fold), **_fold_metrics(cells, params), **_fold_choices(cells)}
+                for fold, cells in cv_predictions.groupby("fold")]
     summary = mean_and_std(per_fold, FOLD_METRICS)
     pooled = _fold_metrics(cv_predictions, params)
     patients = per_patient(cv_predictions.rename(columns={p_column: "p_positive"}), params["threshold"], params["positive_class"])
@@ -171,31 +221,41 @@ def summarize(cv_predictions: pd.DataFrame, cv_history: pd.DataFrame, params: di
         "positive_class": params["positive_class"], "threshold": params["threshold"], "std": "sample (ddof=1) over folds",
         "mean_std": summary, "per_fold": per_fold, "pooled": pooled, "per_patient": patients,
         "kept_epochs": [int(e) for e in kept], "recommended_epochs": int(np.median(kept)) if len(kept) else None,
+        **{f"recommended_{name}": _median(row[name] for row in per_fold) for name in FOLD_CHOICES},
         "mlflow_run_id": tracking.active_run_id(),
     }
     for line in format_table(report):  # one record per line, as in a log file or CI
         logger.info("%s", line)
     scores = {f"cv.{name}.{stat}": {"value": values[stat], "step": 0}
               for name, values in summary.items() for stat in ("mean", "std")}
-    scores.update({f"cv.pooled.{name}": {"value": pooled[name], "step": 0} for name in FOLD_METRICS if pooled[name] is not None})
-    if report["recommended_epochs"] is not None:
-        scores["cv.recommended_epochs"] = {"value": report["recommended_epochs"], "step": 0}
+    scores.update({f"cv.pooled.{name}": {"value": pooled[name], "step": 0} for name in FOLD_METRICS if pooled.get(name) is not None})
+    scores.update({f"cv.recommended_{name}": {"value": report[f"recommended_{name}"], "step": 0}
+                   for name in ("epochs", *FOLD_CHOICES) if report[f"recommended_{name}"] is not None})
     return report, scores
+
+
+def _median(values) -> float | None:
+    """The median of the values that are not None; None if there are none."""
+    known = [v for v in values if v is not None]
+    return float(np.median(known)) if known else None
 
 
 def format_table(report: dict[str, Any]) -> list[str]:
     """The lines of the table of mean ± std per metric, with the pooled out-of-fold figure beside it."""
     lines = [f"Cross-validation over {report['folds']} patient-grouped folds ({report['images']:,} images of "
              f"{report['patients']} patients, out of fold):",
-             f"{'metric':<18} {'mean ± std':>17} {'pooled':>8}"]
+             f"{'metric':<30} {'mean ± std':>17} {'pooled':>8}"]
     for name, values in report["mean_std"].items():
-        pooled = report["pooled"][name]
-        lines.append(f"{name:<18} {values['mean']:>8.4f} ± {values['std']:.4f} {pooled if pooled is None else f'{pooled:.4f}':>8}")
+        pooled = report["pooled"].get(name)
+        lines.append(f"{name:<30} {values['mean']:>8.4f} ± {values['std']:.4f} {'' if pooled is None else f'{pooled:.4f}':>8}")
     worst = report["per_patient"][:3]
     lines.append("worst patients: " + ", ".join(f"{p['patient_id']} {p['accuracy']:.3f} of {p['images']}" for p in worst))
     if report["recommended_epochs"] is not None:
         lines.append(f"epochs kept per fold {report['kept_epochs']}: a model on every patient trains "
                      f"{report['recommended_epochs']} (training.epochs; docs/cross-validation.md)")
+    if report.get("recommended_operating_threshold") is not None:
+        lines.append(f"median of the folds' operating thresholds {report['recommended_operating_threshold']:.4f}, "
+                     f"temperatures {report['recommended_temperature']:.4f}")
     return lines
 
 

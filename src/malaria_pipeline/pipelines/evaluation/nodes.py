@@ -20,6 +20,7 @@ from malaria_pipeline.metrics import (
 )
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.model_io import CellClassifier, load_model
+from malaria_pipeline.ml.models import probabilities as probabilities_of
 from malaria_pipeline.plots import (
     plot_confusion_matrices,
     plot_image_grid,
@@ -45,9 +46,9 @@ def predict_subsets(
 ) -> pd.DataFrame:
     """The model's probability of the positive class for every validation and test image.
 
-    Predicted as inference predicts (:meth:`~malaria_pipeline.ml.models.CellClassifier.predict_proba`,
-    with the model's temperature and ``params["tta"]``), and also with T = 1, for the calibration error
-    before temperature scaling.
+    Predicted as inference predicts (:meth:`~malaria_pipeline.ml.models.CellClassifier.predict_proba`:
+    the model's temperature and ``params["tta"]``), and from the same forward passes with T = 1, for the
+    calibration error before temperature scaling.
 
     Returns:
         One row per image: path, subset, label, patient_id, p_positive, predicted label, loss
@@ -57,9 +58,8 @@ def predict_subsets(
     positive = classifier.class_names.index(params["positive_class"])
     rows = subset_rows(image_index, data_split, *EVALUATED_SUBSETS, n_images=len(image_tensors))
     images = image_tensors[torch.from_numpy(rows)]
-    probabilities = classifier.predict_proba(images, batch_size=params["batch_size"], tta=params["tta"])
-    uncalibrated = (probabilities if classifier.temperature == 1.0 else
-                    classifier.predict_proba(images, batch_size=params["batch_size"], tta=params["tta"], calibrated=False))
+    views = classifier.view_logits(images, batch_size=params["batch_size"], tta=params["tta"])
+    probabilities, uncalibrated = probabilities_of(views, classifier.temperature), probabilities_of(views)
     labels = image_index["label"].to_numpy()[rows]
     true_class = class_codes(labels, classifier.class_names)
     p_true = probabilities.gather(1, true_class[:, None]).squeeze(1) if len(rows) else torch.empty(0)

@@ -6,18 +6,16 @@ import dataclasses
 import logging
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from malaria_pipeline import tracking
 from malaria_pipeline.label_audit import excluded_paths
-from malaria_pipeline.metrics import threshold_for_sensitivity
-from malaria_pipeline.ml.calibration import classifier_logits, fit_temperature
 from malaria_pipeline.ml.checkpoint import CheckpointStore
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.model_io import load_model, model_bundle
 from malaria_pipeline.ml.train import HISTORY_COLUMNS, TrainConfig, train_classifier
+from malaria_pipeline.operating_point import calibrate
 from malaria_pipeline.splitting import subset_rows
 from malaria_pipeline.tensors import class_codes, train_data
 
@@ -115,21 +113,12 @@ def calibrate_model(
         logger.warning("No validation images: no temperature scaling and no operating threshold for this model")
         return {**trained_model, "temperature": 1.0}
     classifier = load_model(trained_model, device=pick_device(evaluation_params["device"]))
-    images, batch_size = image_tensors[rows], evaluation_params["batch_size"]
     labels = class_codes(image_index["label"].to_numpy()[rows.numpy()], classifier.class_names)
-    if TrainConfig.from_params(training_params).calibrate:
-        classifier.temperature = fit_temperature(classifier_logits(classifier, images, batch_size), labels)
+    fit = TrainConfig.from_params(training_params).calibrate
+    point = calibrate(classifier, image_tensors[rows], labels, fit=fit, positive_class=evaluation_params["positive_class"],
+                      target_sensitivity=evaluation_params["target_sensitivity"], tta=evaluation_params["tta"],
+                      batch_size=evaluation_params["batch_size"])
+    if fit:
         tracking.log_metrics({"training.temperature": classifier.temperature})
     bundle = {**trained_model, "temperature": classifier.temperature}
-    positive = evaluation_params["positive_class"]
-    is_positive = labels.numpy() == classifier.class_names.index(positive)
-    if is_positive.all() or not is_positive.any():
-        logger.warning("The validation subset holds one class only: no operating threshold for this model")
-        return bundle
-    p_positive = classifier.predict_proba(images, batch_size, tta=evaluation_params["tta"])[:, classifier.class_names.index(positive)]
-    point = threshold_for_sensitivity(is_positive, p_positive.numpy().astype(np.float64), evaluation_params["target_sensitivity"])
-    logger.info("Operating threshold %.4f on P(%s): sensitivity %.4f, specificity %.4f on the %d validation images "
-                "(target sensitivity %s)", point["threshold"], positive, point["sensitivity"], point["specificity"],
-                len(rows), evaluation_params["target_sensitivity"])
-    return {**bundle, "operating_point": {**point, "positive_class": positive, "tta": bool(evaluation_params["tta"]),
-                                          "target_sensitivity": float(evaluation_params["target_sensitivity"])}}
+    return {**bundle, "operating_point": point} if point else bundle
