@@ -110,7 +110,7 @@ def test_folds_of_other_images_are_refused_by_name():
 
 def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_held_out_fold_as_evaluation_does(monkeypatch):
     from malaria_pipeline.ml.model_io import model_bundle
-    from tests.helpers import reference_tta_proba
+    from tests.helpers import reference_proba, reference_tta_proba
 
     images, index = easy_cells(seed=3)
     folds = nodes.assign_folds(index, CV_PARAMS)
@@ -141,6 +141,8 @@ def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_he
         assert cells["p_parasitized"].to_numpy() == pytest.approx(expected, abs=1e-5)
         uncalibrated = reference_tta_proba(call["bundle"], images[rows])[:, 0].numpy()
         assert cells["p_parasitized_uncalibrated"].to_numpy() == pytest.approx(uncalibrated, abs=1e-5)
+        plain = reference_proba(call["bundle"], images[rows], call["temperature"])[:, 0].numpy()
+        assert cells["p_parasitized_without_tta"].to_numpy() == pytest.approx(plain, abs=1e-5)
         assert (cells["operating_threshold"] == call["point"]["threshold"]).all()
         assert (cells["temperature"] == call["temperature"]).all() and call["temperature"] != 1.0
 
@@ -151,6 +153,9 @@ def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_he
         assert row["sensitivity_at_operating_point"] == pytest.approx((called & truth).sum() / truth.sum())
         assert row["specificity_at_operating_point"] == pytest.approx((~called & ~truth).sum() / (~truth).sum())
         assert row["sensitivity"] == pytest.approx(((cells["p_parasitized"] >= 0.5) & truth).sum() / truth.sum())
+    without = [np.mean((cells["p_parasitized_without_tta"] >= 0.5) == (cells["label"] == "Parasitized"))
+               for _, cells in predictions.groupby("fold")]
+    assert report["without_tta"]["accuracy"]["mean"] == pytest.approx(np.mean(without))
     thresholds = [call["point"]["threshold"] for call in calls]
     assert report["recommended_operating_threshold"] == pytest.approx(np.median(thresholds))
     assert scores["cv.recommended_temperature"]["value"] == pytest.approx(np.median([c["temperature"] for c in calls]))

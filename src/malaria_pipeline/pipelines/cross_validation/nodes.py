@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 # fold's operating threshold (chosen on its validation patients), and that threshold and temperature.
 AT_OPERATING_POINT = ("accuracy_at_operating_point", "sensitivity_at_operating_point", "specificity_at_operating_point")
 FOLD_CHOICES = ("operating_threshold", "temperature")
+# With tta, the held-out predictions also without it (same models): what test-time augmentation changed.
+WITHOUT_TTA = "without_tta"
+TTA_COMPARED = ("accuracy", "sensitivity", "specificity", "roc_auc")
 FOLD_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "mcc", "roc_auc", "average_precision",
                 "ece", "ece_uncalibrated", *AT_OPERATING_POINT, *FOLD_CHOICES)
 
@@ -151,12 +154,14 @@ def _predict_held_out(classifier: CellClassifier, point: dict | None, image_tens
     views = classifier.view_logits(image_tensors[torch.from_numpy(rows)], params["batch_size"], params["tta"])
     positive = classifier.class_names.index(params["positive_class"])
     column = probability_column(params["positive_class"])
-    held_out = image_index.iloc[rows][["path", "patient_id", "label"]].reset_index(drop=True)
-    return held_out.assign(**{
+    held_out = image_index.iloc[rows][["path", "patient_id", "label"]].reset_index(drop=True).assign(**{
         column: probabilities(views, classifier.temperature)[:, positive].numpy(),
         f"{column}_uncalibrated": probabilities(views)[:, positive].numpy(),
         "operating_threshold": point["threshold"] if point else np.nan, "temperature": classifier.temperature,
     })
+    if params["tta"]:  # the first view is the image as it is: what the same model gives without TTA, for free
+        held_out[f"{column}_{WITHOUT_TTA}"] = probabilities(views[:1], classifier.temperature)[:, positive].numpy()
+    return held_out
 
 
 def _fold_metrics(cells: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +229,8 @@ def summarize(cv_predictions: pd.DataFrame, cv_history: pd.DataFrame, params: di
         **{f"recommended_{name}": _median(row[name] for row in per_fold) for name in FOLD_CHOICES},
         "mlflow_run_id": tracking.active_run_id(),
     }
+    if params["tta"]:
+        report[WITHOUT_TTA] = _without_tta(cv_predictions, params)
     for line in format_table(report):  # one record per line, as in a log file or CI
         logger.info("%s", line)
     scores = {f"cv.{name}.{stat}": {"value": values[stat], "step": 0}
@@ -232,6 +239,15 @@ def summarize(cv_predictions: pd.DataFrame, cv_history: pd.DataFrame, params: di
     scores.update({f"cv.recommended_{name}": {"value": report[f"recommended_{name}"], "step": 0}
                    for name in ("epochs", *FOLD_CHOICES) if report[f"recommended_{name}"] is not None})
     return report, scores
+
+
+def _without_tta(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
+    """Mean ± std over the folds of :data:`TTA_COMPARED` of the same models' predictions without TTA."""
+    column = probability_column(params["positive_class"])
+    plain = cv_predictions.assign(**{column: cv_predictions[f"{column}_{WITHOUT_TTA}"]})
+    per_fold = [classification_metrics((cells["label"] == params["positive_class"]).to_numpy(), cells[column].to_numpy(),
+                                       params["threshold"]) for _, cells in plain.groupby("fold")]
+    return mean_and_std(per_fold, TTA_COMPARED)
 
 
 def _median(values) -> float | None:
@@ -248,6 +264,9 @@ def format_table(report: dict[str, Any]) -> list[str]:
     for name, values in report["mean_std"].items():
         pooled = report["pooled"].get(name)
         lines.append(f"{name:<30} {values['mean']:>8.4f} ± {values['std']:.4f} {'' if pooled is None else f'{pooled:.4f}':>8}")
+    if WITHOUT_TTA in report:
+        lines.append("the same models without test-time augmentation: " + ", ".join(
+            f"{name} {v['mean']:.4f} ± {v['std']:.4f}" for name, v in report[WITHOUT_TTA].items()))
     worst = report["per_patient"][:3]
     lines.append("worst patients: " + ", ".join(f"{p['patient_id']} {p['accuracy']:.3f} of {p['images']}" for p in worst))
     if report["recommended_epochs"] is not None:
