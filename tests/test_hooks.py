@@ -101,3 +101,21 @@ def test_ctrl_c_ends_the_run_as_killed_when_kedro_exits(kedro_project, cell_fold
     assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr
     (run,) = kedro_project.mlflow_client().search_runs([mlflow.get_experiment_by_name("malaria-pipeline").experiment_id])
     assert run.info.status == "KILLED"  # not FINISHED, as MLflow's own exit handler would have it
+
+
+def test_a_model_on_every_patient_is_told_each_choice_of_its_cross_validation_that_it_does_not_follow():
+    from malaria_pipeline.hooks import claim_mismatches
+
+    metrics = {"cv.recommended_epochs": 11.0, "cv.recommended_temperature": 1.1234, "cv.recommended_operating_threshold": 0.2512}
+    following = {"without_validation": {"temperature": 1.1234, "operating_threshold": 0.2512}}
+    assert claim_mismatches({"epochs": 11}, following, metrics) == []
+    advice = claim_mismatches({"epochs": 12}, {"without_validation": {"temperature": None, "operating_threshold": 0.3}}, metrics)
+    assert advice == [
+        "training.epochs is 12 but the folds kept 11 epochs (median): set training.epochs=11",
+        "evaluation.without_validation.temperature is None but the folds chose 1.1234 (median): "
+        "set evaluation.without_validation.temperature=1.1234",
+        "evaluation.without_validation.operating_threshold is 0.3 but the folds chose 0.2512 (median): "
+        "set evaluation.without_validation.operating_threshold=0.2512",
+    ]
+    # A cross-validation run of before the folds chose thresholds (no such metrics) asks nothing of them.
+    assert claim_mismatches({"epochs": 11}, {}, {"cv.recommended_epochs": 11.0}) == []

@@ -189,12 +189,26 @@ class TagAccuracyClaim:
         metrics = run.data.metrics
         claim = f"cross-validation accuracy {metrics['cv.accuracy.mean']:.4f} ± {metrics['cv.accuracy.std']:.4f}"
         tracking.set_tags({tracking.CROSS_VALIDATION_RUN_TAG: run.info.run_id, "accuracy_claim": claim})
-        epochs = catalog.load("params:training")["epochs"]
-        recommended = metrics.get("cv.recommended_epochs")
         logger.info("The accuracy claim of this model is run %s's: %s", run.info.run_id, claim)
-        if recommended is not None and int(recommended) != epochs:
-            logger.warning(
-                "training.epochs is %d but the folds of cross-validation run %s kept %d epochs (median): set "
-                'training.epochs=%d for the model that claim is about', epochs, run.info.run_id, int(recommended),
-                int(recommended),
-            )
+        evaluation = catalog.load("params:evaluation") if "params:evaluation" in pipeline.inputs() else {}
+        for advice in claim_mismatches(catalog.load("params:training"), evaluation, metrics):
+            logger.warning("%s (cross-validation run %s) for the model that claim is about", advice, run.info.run_id)
+
+
+def claim_mismatches(training: dict, evaluation: dict, metrics: dict[str, float]) -> list[str]:
+    """What a model trained on every patient should set to be the one its cross-validation measured: the
+    epoch count the folds kept, and the temperature and operating threshold they chose (the medians,
+    ``cv.recommended_*``), where the parameters differ from them.
+    """
+    advice = []
+    epochs = metrics.get("cv.recommended_epochs")
+    if epochs is not None and int(epochs) != training["epochs"]:
+        advice.append(f"training.epochs is {training['epochs']} but the folds kept {int(epochs)} epochs (median): "
+                      f"set training.epochs={int(epochs)}")
+    given = evaluation.get("without_validation") or {}
+    for name in ("temperature", "operating_threshold"):
+        chosen = metrics.get(f"cv.recommended_{name}")
+        if chosen is not None and (given.get(name) is None or abs(given[name] - chosen) > 5e-4):
+            advice.append(f"evaluation.without_validation.{name} is {given.get(name)} but the folds chose {chosen:.4f} "
+                          f"(median): set evaluation.without_validation.{name}={chosen:.4f}")
+    return advice

@@ -80,13 +80,15 @@ def test_the_model_on_every_patient_trains_its_epochs_on_all_images_and_claims_t
     folder = tmp_path_factory.mktemp("cells_all")
     write_cells(folder, SMALL_PATIENTS)
     cv_run.run("training", env="all_patients", ingestion={"source": str(folder), "image_size": 16},
-               preprocessing={"split": {"folds": 2}}, training={"width": 4, "epochs": 2, "batch_size": 8, "pad": 2})
+               preprocessing={"split": {"folds": 2}}, training={"width": 4, "epochs": 2, "batch_size": 8, "pad": 2},
+               evaluation={"without_validation": {"temperature": 1.5, "operating_threshold": 0.25}})
 
     catalog = cv_run.context().catalog
     assert set(catalog.load("data_split")["subset"]) == {"train"}
     history, bundle = catalog.load("training_history"), catalog.load("model")
     assert history["epoch"].tolist() == [1, 2] and history["valid_loss"].isna().all()
     assert bundle["best_epoch"] == 2
+    assert bundle["temperature"] == 1.5 and bundle["operating_point"]["threshold"] == 0.25
     assert not {"validation", "test"} & catalog.load("evaluation_metrics").keys()
     (training,) = client.search_runs([experiment], filter_string="tags.`mlflow.runName` = 'training'")
     assert training.info.status == "FINISHED"

@@ -163,3 +163,22 @@ def test_without_validation_cells_or_with_one_class_there_is_no_operating_point(
     one_class = index.assign(label=index["label"].where(~split["subset"].eq("validation"), "Uninfected"))
     model = calibrate_model(bundle, images, one_class, split, TRAIN_PARAMS, EVALUATION)
     assert "operating_point" not in model and model["temperature"] != 1.0
+
+
+def test_without_validation_cells_the_model_takes_the_temperature_and_threshold_its_cross_validation_chose(trained):
+    from malaria_pipeline.pipelines.model_training.nodes import calibrate_model
+
+    bundle, images, index, split = trained
+    no_validation = split.assign(subset=split["subset"].replace("validation", "train"))
+    given = {**EVALUATION, "without_validation": {"temperature": 1.25, "operating_threshold": 0.3}}
+    model = calibrate_model(bundle, images, index, no_validation, TRAIN_PARAMS, given)
+    assert model["temperature"] == 1.25 and load_model(model).temperature == 1.25
+    assert model["operating_point"]["threshold"] == 0.3 and model["operating_point"]["positive_class"] == "Parasitized"
+    assert model["operating_point"]["tta"] is False and model["operating_point"]["target_sensitivity"] == 0.75
+    for wrong, name in (({"temperature": 0, "operating_threshold": None}, "temperature"),
+                        ({"temperature": None, "operating_threshold": 1.5}, "operating_threshold")):
+        with pytest.raises(ValueError, match=f"evaluation.without_validation.{name} is"):
+            calibrate_model(bundle, images, index, no_validation, TRAIN_PARAMS, {**EVALUATION, "without_validation": wrong})
+    # With validation cells, those are what T and the threshold are fitted on; the given values are ignored.
+    assert calibrate_model(bundle, images, index, split, TRAIN_PARAMS, given) == calibrate_model(
+        bundle, images, index, split, TRAIN_PARAMS, EVALUATION)

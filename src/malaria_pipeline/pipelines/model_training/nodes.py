@@ -106,12 +106,11 @@ def calibrate_model(
         ``model``: the bundle with ``temperature`` and, where the validation subset holds both classes,
         ``operating_point`` (the threshold on P(positive class) chosen on the calibrated probabilities,
         with ``tta`` as evaluation and inference predict). Without validation images (a model trained on
-        every image) the bundle is returned with T = 1 and no operating point.
+        every image): :func:`without_validation`.
     """
     rows = torch.from_numpy(subset_rows(image_index, data_split, "validation", n_images=len(image_tensors)))
     if len(rows) == 0:
-        logger.warning("No validation images: no temperature scaling and no operating threshold for this model")
-        return {**trained_model, "temperature": 1.0}
+        return without_validation(trained_model, evaluation_params)
     classifier = load_model(trained_model, device=pick_device(evaluation_params["device"]))
     labels = class_codes(image_index["label"].to_numpy()[rows.numpy()], classifier.class_names)
     fit = TrainConfig.from_params(training_params).calibrate
@@ -122,3 +121,33 @@ def calibrate_model(
         tracking.log_metrics({"training.temperature": classifier.temperature})
     bundle = {**trained_model, "temperature": classifier.temperature}
     return {**bundle, "operating_point": point} if point else bundle
+
+
+def without_validation(trained_model: dict[str, Any], evaluation_params: dict[str, Any]) -> dict[str, Any]:
+    """The bundle of a model trained without validation images (``conf/all_patients``): nothing to fit
+    or choose on, so T and the operating threshold are ``evaluation.without_validation``'s, the medians
+    over the folds of a cross-validation of the same configuration (``recommended_temperature`` and
+    ``recommended_operating_threshold`` of ``cv_metrics.json``); null: T = 1 and no operating threshold.
+    """
+    given = evaluation_params.get("without_validation") or {}
+    temperature, threshold = given.get("temperature"), given.get("operating_threshold")
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"evaluation.without_validation.temperature is {temperature!r}: give a number above 0 "
+                         "(recommended_temperature of cv_metrics.json), or null for 1")
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise ValueError(f"evaluation.without_validation.operating_threshold is {threshold!r}: give a probability "
+                         "from 0 to 1 (recommended_operating_threshold of cv_metrics.json), or null for none")
+    bundle = {**trained_model, "temperature": float(temperature or 1.0)}
+    if threshold is None:
+        logger.warning("No validation images: no operating threshold for this model (T = %s). Set "
+                       "evaluation.without_validation from a cross-validation run's cv_metrics.json to give it one",
+                       bundle["temperature"])
+        return bundle
+    logger.info("No validation images: T = %s and the operating threshold %s on P(%s), the medians over the folds of "
+                "cross-validation (evaluation.without_validation)", bundle["temperature"], threshold,
+                evaluation_params["positive_class"])
+    return {**bundle, "operating_point": {
+        "threshold": float(threshold), "positive_class": evaluation_params["positive_class"],
+        "tta": bool(evaluation_params["tta"]), "target_sensitivity": float(evaluation_params["target_sensitivity"]),
+        "chosen_on": "cross-validation (evaluation.without_validation)",
+    }}
