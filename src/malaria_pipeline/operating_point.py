@@ -18,21 +18,23 @@ from malaria_pipeline.ml.models import CellClassifier, probabilities
 logger = logging.getLogger(__name__)
 
 
-def calibrate(classifier: CellClassifier, images: torch.Tensor, labels: torch.Tensor, *, fit: bool,
-              positive_class: str, target_sensitivity: float, tta: bool, batch_size: int) -> dict[str, Any] | None:
-    """Sets ``classifier.temperature`` (fitted on the logits of ``images`` when ``fit``, else 1) and returns
-    the operating point chosen on them: the threshold on P(positive_class), predicted as evaluation and
-    inference predict (the temperature, ``tta``), that reaches ``target_sensitivity`` at the best specificity.
+def calibrate(classifier: CellClassifier, view_logits: torch.Tensor, labels: torch.Tensor, *, fit: bool,
+              positive_class: str, target_sensitivity: float) -> dict[str, Any] | None:
+    """Sets ``classifier.temperature`` (fitted on the logits of the images as they are when ``fit``, else 1)
+    and returns the operating point chosen on them: the threshold on P(positive_class), predicted as
+    evaluation and inference predict (the temperature; test-time augmentation when ``view_logits`` holds
+    the 8 views), that reaches ``target_sensitivity`` at the best specificity.
 
     Args:
-        images: ``uint8, N×3×S×S`` held-out images that may choose (validation).
+        view_logits: ``V×N×classes``, :meth:`~malaria_pipeline.ml.models.CellClassifier.view_logits` of
+            held-out images that may choose (validation): V = 8 with test-time augmentation, else 1.
         labels: ``int64, N`` their class indices in ``classifier.class_names``.
 
     Returns:
         ``threshold``, the ``sensitivity`` and ``specificity`` it gives on ``images``, ``positive_class``,
         ``tta`` and ``target_sensitivity``; None when the images are all of one class (nothing to choose on).
     """
-    views = classifier.view_logits(images, batch_size, tta)  # views[0]: the images as they are
+    views = view_logits  # views[0]: the images as they are
     classifier.temperature = fit_temperature(views[0], labels) if fit else 1.0
     is_positive = labels.numpy() == classifier.class_names.index(positive_class)
     if is_positive.all() or not is_positive.any():
@@ -43,4 +45,4 @@ def calibrate(classifier: CellClassifier, images: torch.Tensor, labels: torch.Te
     logger.info("Operating threshold %.4f on P(%s): sensitivity %.4f, specificity %.4f on the %d held-out images "
                 "(target sensitivity %s)", point["threshold"], positive_class, point["sensitivity"],
                 point["specificity"], len(labels), target_sensitivity)
-    return {**point, "positive_class": positive_class, "tta": bool(tta), "target_sensitivity": float(target_sensitivity)}
+    return {**point, "positive_class": positive_class, "tta": len(views) > 1, "target_sensitivity": float(target_sensitivity)}

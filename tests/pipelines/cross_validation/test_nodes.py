@@ -12,7 +12,7 @@ from malaria_pipeline.pipelines.cross_validation import nodes
 from tests.helpers import TRAIN_PARAMS
 
 CV_PARAMS = {"folds": 4, "seed": 0, "validation_folds": 3, "positive_class": "Parasitized", "threshold": 0.5,
-             "target_sensitivity": 0.9, "tta": False, "calibration_bins": 10, "batch_size": 64, "worst_patients": 5, "label_audit": {"filter_by": "prune_by_noise_rate", "figure_cells": 8}}
+             "target_sensitivity": 0.9, "target_sensitivities": [0.9, 0.95], "tta": False, "calibration_bins": 10, "batch_size": 64, "worst_patients": 5, "label_audit": {"filter_by": "prune_by_noise_rate", "figure_cells": 8}}
 
 
 def easy_cells(patients=12, per_patient=20, size=16, seed=0):
@@ -46,7 +46,7 @@ def test_each_image_is_predicted_by_the_one_model_that_never_saw_it(monkeypatch)
         return real(data, config, **kwargs)
 
     monkeypatch.setattr(nodes, "train_classifier", spy)
-    predictions, history = nodes.cross_validate(images, index, folds, NO_AUDIT, CV_PARAMS, {**TRAIN_PARAMS, "epochs": 1})
+    predictions, history, _ = nodes.cross_validate(images, index, folds, NO_AUDIT, CV_PARAMS, {**TRAIN_PARAMS, "epochs": 1})
 
     assert len(seen) == 4 and sorted(predictions["path"]) == sorted(index["path"])
     by_path = dict(zip(index["path"], images))
@@ -70,7 +70,7 @@ def test_planted_label_flips_in_an_easy_set_are_found():
     flipped = np.random.default_rng(1).choice(len(index), size=10, replace=False)
     index.loc[flipped, "label"] = np.where(index.loc[flipped, "label"] == "Parasitized", "Uninfected", "Parasitized")
     folds = nodes.assign_folds(index, CV_PARAMS)
-    predictions, _ = nodes.cross_validate(images, index, folds, NO_AUDIT, CV_PARAMS, {**TRAIN_PARAMS, "epochs": 4})
+    predictions, _, _ = nodes.cross_validate(images, index, folds, NO_AUDIT, CV_PARAMS, {**TRAIN_PARAMS, "epochs": 4})
     issues, summary = nodes.audit_labels(predictions, CV_PARAMS)
 
     found = set(issues["path"]) & set(index["path"][flipped])
@@ -108,6 +108,16 @@ def test_folds_of_other_images_are_refused_by_name():
         nodes.cross_validate(images, index, folds.iloc[1:], NO_AUDIT, CV_PARAMS, TRAIN_PARAMS)
 
 
+def _threshold_by_brute_force(scores, truth, target):
+    """Of the thresholds that find at least ``target`` of the positives, the one of best specificity."""
+    best = None
+    for t in np.unique(scores):
+        sensitivity, specificity = (scores[truth] >= t).mean(), (scores[~truth] < t).mean()
+        if sensitivity >= target and (best is None or (specificity, sensitivity) > best[1:]):
+            best = (t, specificity, sensitivity)
+    return best[0]
+
+
 def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_held_out_fold_as_evaluation_does(monkeypatch):
     from malaria_pipeline.ml.model_io import model_bundle
     from tests.helpers import reference_proba, reference_tta_proba
@@ -117,24 +127,27 @@ def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_he
     calls = []
     real = nodes.calibrate
 
-    def spy(classifier, fold_images, labels, **kwargs):
-        point = real(classifier, fold_images, labels, **kwargs)
-        calls.append({"images": {digest(image) for image in fold_images}, "point": point, "kwargs": kwargs,
+    def spy(classifier, views, labels, **kwargs):
+        point = real(classifier, views, labels, **kwargs)
+        calls.append({"views": views, "point": point, "kwargs": kwargs,
                       "bundle": model_bundle(classifier, architecture="resnet9", network_args={"width": 4}),
                       "temperature": classifier.temperature})
         return point
 
     monkeypatch.setattr(nodes, "calibrate", spy)
     params = {**CV_PARAMS, "tta": True, "target_sensitivity": 0.95}
-    predictions, _ = nodes.cross_validate(images, index, folds, NO_AUDIT, params, {**TRAIN_PARAMS, "epochs": 1})
+    predictions, _, points = nodes.cross_validate(images, index, folds, NO_AUDIT, params, {**TRAIN_PARAMS, "epochs": 1})
 
     assert len(calls) == 4
     for fold, call in enumerate(calls, start=1):
         split = nodes.fold_split(index, folds, fold, params, set())
-        validation = {digest(image) for image in images[torch.from_numpy((split["subset"] == "validation").to_numpy())]}
-        assert call["images"] == validation  # never the held-out fold, never the training patients
-        assert call["kwargs"] == {"fit": True, "positive_class": "Parasitized", "target_sensitivity": 0.95, "tta": True,
-                                  "batch_size": 64}
+        valid_rows = torch.from_numpy(np.flatnonzero((split["subset"] == "validation").to_numpy()))
+        # The views it chose on are those of the validation images (never the held-out fold, never the training
+        # patients): their TTA probabilities at T = 1, written out, are the softmax of the mean of the views'.
+        assert call["views"].shape[:2] == (8, len(valid_rows))
+        assert call["views"].softmax(-1).mean(0)[:, 0].numpy() == pytest.approx(
+            reference_tta_proba(call["bundle"], images[valid_rows])[:, 0].numpy(), abs=1e-5)
+        assert call["kwargs"] == {"fit": True, "positive_class": "Parasitized", "target_sensitivity": 0.95}
         cells = predictions[predictions["fold"] == fold]
         rows = torch.from_numpy(index.reset_index().set_index("path").loc[cells["path"], "index"].to_numpy())
         expected = reference_tta_proba(call["bundle"], images[rows], call["temperature"])[:, 0].numpy()
@@ -145,8 +158,21 @@ def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_he
         assert cells["p_parasitized_without_tta"].to_numpy() == pytest.approx(plain, abs=1e-5)
         assert (cells["operating_threshold"] == call["point"]["threshold"]).all()
         assert (cells["temperature"] == call["temperature"]).all() and call["temperature"] != 1.0
+        # Each target's threshold, chosen on validation (with and without TTA), and what it gives held out.
+        valid_truth, held_truth = (index["label"].to_numpy()[valid_rows.numpy()] == "Parasitized"), cells["label"] == "Parasitized"
+        for tta, reference, column in ((True, reference_tta_proba, "p_parasitized"),
+                                       (False, reference_proba, "p_parasitized_without_tta")):
+            p_valid = reference(call["bundle"], images[valid_rows], call["temperature"])[:, 0].numpy()
+            p_held = cells[column].to_numpy()  # checked against the reference above; float32 as the thresholds see it
+            for target in (0.9, 0.95):
+                threshold = _threshold_by_brute_force(p_valid, valid_truth, target)
+                (row,) = points[(points["fold"] == fold) & (points["tta"] == tta) & (points["target_sensitivity"] == target)].itertuples()
+                assert row.threshold == pytest.approx(threshold, abs=1e-5)
+                called = p_held >= row.threshold
+                assert (row.sensitivity, row.specificity) == pytest.approx(
+                    (called[held_truth.to_numpy()].mean(), (~called[~held_truth.to_numpy()]).mean()))
 
-    report, scores = nodes.summarize(predictions, pd.DataFrame({"epoch": [1] * 4, "kept": [True] * 4}), params)
+    report, scores = nodes.summarize(predictions, pd.DataFrame({"epoch": [1] * 4, "kept": [True] * 4}), points, params)
     for row in report["per_fold"]:
         cells = predictions[predictions["fold"] == row["fold"]]
         truth, called = cells["label"] == "Parasitized", cells["p_parasitized"] >= cells["operating_threshold"]
@@ -156,6 +182,10 @@ def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_he
     without = [np.mean((cells["p_parasitized_without_tta"] >= 0.5) == (cells["label"] == "Parasitized"))
                for _, cells in predictions.groupby("fold")]
     assert report["without_tta"]["accuracy"]["mean"] == pytest.approx(np.mean(without))
+    (at_95_plain,) = [r for r in report["target_sensitivities"] if r["target_sensitivity"] == 0.95 and not r["tta"]]
+    plain = points[(points["target_sensitivity"] == 0.95) & ~points["tta"]]
+    assert at_95_plain["specificity"]["mean"] == pytest.approx(plain["specificity"].mean())
+    assert at_95_plain["median_threshold"] == pytest.approx(plain["threshold"].median())
     thresholds = [call["point"]["threshold"] for call in calls]
     assert report["recommended_operating_threshold"] == pytest.approx(np.median(thresholds))
     assert scores["cv.recommended_temperature"]["value"] == pytest.approx(np.median([c["temperature"] for c in calls]))

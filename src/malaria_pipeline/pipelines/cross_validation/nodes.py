@@ -19,6 +19,7 @@ from malaria_pipeline.metrics import (
     expected_calibration_error,
     mean_and_std,
     per_patient,
+    threshold_for_sensitivity,
 )
 from malaria_pipeline.ml.models import CellClassifier, probabilities
 from malaria_pipeline.ml.normalization import channel_mean_std
@@ -45,6 +46,7 @@ FOLD_CHOICES = ("operating_threshold", "temperature")
 # With tta, the held-out predictions also without it (same models): what test-time augmentation changed.
 WITHOUT_TTA = "without_tta"
 TTA_COMPARED = ("accuracy", "sensitivity", "specificity", "roc_auc")
+OPERATING_POINT_COLUMNS = ("fold", "tta", "target_sensitivity", "threshold", "sensitivity", "specificity")
 FOLD_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "mcc", "roc_auc", "average_precision",
                 "ece", "ece_uncalibrated", *AT_OPERATING_POINT, *FOLD_CHOICES)
 
@@ -74,7 +76,7 @@ def assign_folds(image_index: pd.DataFrame, params: dict[str, Any]) -> pd.DataFr
 def cross_validate(
     image_tensors: torch.Tensor, image_index: pd.DataFrame, cv_folds: pd.DataFrame,
     label_issues_to_exclude: pd.DataFrame, params: dict[str, Any], training: dict[str, Any],
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """For each fold: trains with the ``training`` parameters on the other folds and predicts this one.
 
     The patients of the other folds are dealt again: ``1 / validation_folds`` of them choose the epoch
@@ -88,28 +90,33 @@ def cross_validate(
         ``cv_predictions``: path, patient_id, label and fold of every image, with P(positive class) from the
         model of the fold that held it out (calibrated, and ``…_uncalibrated`` with T = 1), and that fold's
         ``operating_threshold`` (NaN when its validation patients were of one class) and ``temperature``;
-        ``cv_history``: each fold's epochs, the kept one marked.
+        ``cv_history``: each fold's epochs, the kept one marked; ``cv_operating_points``: for each fold and
+        each of ``target_sensitivities`` (with and without TTA when ``tta`` is on), the threshold chosen on
+        its validation patients and the sensitivity and specificity it gives on the held-out fold.
     """
     config = TrainConfig.from_params(training)
     _check_same_images(image_tensors, image_index, cv_folds)
     excluded = excluded_paths(label_issues_to_exclude, image_index["path"], config.exclude_label_issues)
     folds = int(cv_folds["fold"].max())
-    predictions, histories, started = [], [], time.perf_counter()
+    predictions, histories, points, started = [], [], [], time.perf_counter()
     for fold in range(1, folds + 1):
         split = fold_split(image_index, cv_folds, fold, params, excluded)
         _log_fold_start(fold, folds, started, image_index, split)
         with tracking.child_run(f"fold {fold} of {folds}", {"training": training, "cross_validation": params},
                                 {tracking.FOLD_TAG: fold}):
             result = _train_fold(image_tensors, image_index, split, config)
-            point = _calibrate_fold(result.classifier, image_tensors, image_index, split, params, config)
-            held_out = _predict_held_out(result.classifier, point, image_tensors, image_index, split, params).assign(fold=fold)
+            point, validation = _calibrate_fold(result.classifier, image_tensors, image_index, split, params, config)
+            held_out, held_out_views = _predict_held_out(result.classifier, point, image_tensors, image_index, split, params)
+            held_out = held_out.assign(fold=fold)
             _log_fold_metrics(held_out, params)
+        points.extend(dict(fold=fold, **row) for row in _operating_points(
+            result.classifier, validation, (held_out_views, (held_out["label"] == params["positive_class"]).to_numpy()), params))
         predictions.append(held_out)
         histories.append(pd.DataFrame(result.history).assign(fold=fold, kept=lambda h: h["epoch"] == result.best_epoch))
     logger.info("Cross-validation: %d folds in %.1f min", folds, (time.perf_counter() - started) / 60)
     order = pd.Series(np.arange(len(image_index)), index=image_index["path"])
     cv_predictions = pd.concat(predictions).sort_values("path", key=lambda p: p.map(order)).reset_index(drop=True)
-    return cv_predictions, pd.concat(histories, ignore_index=True)
+    return cv_predictions, pd.concat(histories, ignore_index=True), pd.DataFrame(points, columns=OPERATING_POINT_COLUMNS)
 
 
 def _check_same_images(image_tensors: torch.Tensor, image_index: pd.DataFrame, cv_folds: pd.DataFrame) -> None:
@@ -141,12 +148,36 @@ def _train_fold(image_tensors, image_index, split, config: TrainConfig) -> Train
     return train_classifier(data, config, on_epoch_end=tracking.log_epoch)
 
 
-def _calibrate_fold(classifier: CellClassifier, image_tensors, image_index, split, params, config: TrainConfig) -> dict | None:
+def _calibrate_fold(classifier: CellClassifier, image_tensors, image_index, split, params, config: TrainConfig):
+    """The fold's operating point (:func:`calibrate`, which sets the temperature), and its validation
+    images' view logits and truth (is positive)."""
     rows = subset_rows(image_index, split, "validation")
     labels = class_codes(image_index["label"].to_numpy()[rows], classifier.class_names)
-    return calibrate(classifier, image_tensors[torch.from_numpy(rows)], labels, fit=config.calibrate,
-                     positive_class=params["positive_class"], target_sensitivity=params["target_sensitivity"],
-                     tta=params["tta"], batch_size=params["batch_size"])
+    views = classifier.view_logits(image_tensors[torch.from_numpy(rows)], params["batch_size"], params["tta"])
+    point = calibrate(classifier, views, labels, fit=config.calibrate, positive_class=params["positive_class"],
+                      target_sensitivity=params["target_sensitivity"])
+    return point, (views, labels.numpy() == classifier.class_names.index(params["positive_class"]))
+
+
+def _operating_points(classifier: CellClassifier, validation, held_out, params) -> list[dict[str, Any]]:
+    """For each of ``params["target_sensitivities"]``, the threshold chosen on the validation images and what
+    it gives on the held-out ones; with ``tta`` also without it (the first view). None of each where the
+    validation images are of one class."""
+    positive, rows = classifier.class_names.index(params["positive_class"]), []
+    for tta in (True, False) if params["tta"] else (False,):
+        (valid_views, valid_truth), (test_views, test_truth) = validation, held_out
+        keep = slice(None) if tta else slice(0, 1)
+        p_valid = probabilities(valid_views[keep], classifier.temperature)[:, positive].numpy().astype(np.float64)
+        p_test = probabilities(test_views[keep], classifier.temperature)[:, positive].numpy()
+        for target in params["target_sensitivities"]:
+            row = {"tta": tta, "target_sensitivity": float(target), "threshold": None, "sensitivity": None, "specificity": None}
+            if valid_truth.any() and not valid_truth.all():
+                row["threshold"] = threshold_for_sensitivity(valid_truth, p_valid, target)["threshold"]
+                called = p_test >= row["threshold"]
+                row["sensitivity"] = float(called[test_truth].mean()) if test_truth.any() else None
+                row["specificity"] = float((~called[~test_truth]).mean()) if (~test_truth).any() else None
+            rows.append(row)
+    return rows
 
 
 def _predict_held_out(classifier: CellClassifier, point: dict | None, image_tensors, image_index, split, params) -> pd.DataFrame:
@@ -161,7 +192,7 @@ def _predict_held_out(classifier: CellClassifier, point: dict | None, image_tens
     })
     if params["tta"]:  # the first view is the image as it is: what the same model gives without TTA, for free
         held_out[f"{column}_{WITHOUT_TTA}"] = probabilities(views[:1], classifier.temperature)[:, positive].numpy()
-    return held_out
+    return held_out, views
 
 
 def _fold_metrics(cells: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
@@ -207,9 +238,11 @@ def _log_fold_start(fold: int, folds: int, started: float, image_index: pd.DataF
     )
 
 
-def summarize(cv_predictions: pd.DataFrame, cv_history: pd.DataFrame, params: dict[str, Any]) -> tuple[dict, dict]:
+def summarize(cv_predictions: pd.DataFrame, cv_history: pd.DataFrame, cv_operating_points: pd.DataFrame,
+              params: dict[str, Any]) -> tuple[dict, dict]:
     """Metrics of each fold, their mean ± standard deviation, the pooled out-of-fold figures, per-patient
-    accuracy, and the epoch count that the folds chose (for a model trained on every patient).
+    accuracy, the epoch count, temperature and operating threshold that the folds chose (for a model
+    trained on every patient), and what each target sensitivity gave on the held-out folds.
 
     Returns:
         ``cv_metrics`` (the JSON report) and ``cv_scores`` (MLflow metrics of the pipeline's run).
@@ -231,6 +264,7 @@ def summarize(cv_predictions: pd.DataFrame, cv_history: pd.DataFrame, params: di
     }
     if params["tta"]:
         report[WITHOUT_TTA] = _without_tta(cv_predictions, params)
+    report["target_sensitivities"] = _by_target(cv_operating_points)
     for line in format_table(report):  # one record per line, as in a log file or CI
         logger.info("%s", line)
     scores = {f"cv.{name}.{stat}": {"value": values[stat], "step": 0}
@@ -250,6 +284,17 @@ def _without_tta(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> dict[s
     return mean_and_std(per_fold, TTA_COMPARED)
 
 
+def _by_target(cv_operating_points: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per target sensitivity (and tta): mean ± std over the folds of the held-out sensitivity and
+    specificity at the thresholds chosen on validation, and the median of those thresholds."""
+    rows = []
+    for (tta, target), folds in cv_operating_points.groupby(["tta", "target_sensitivity"], sort=True):
+        records = folds.to_dict("records")
+        rows.append({"tta": bool(tta), "target_sensitivity": float(target), **mean_and_std(records, ("sensitivity", "specificity")),
+                     "median_threshold": _median(r["threshold"] for r in records if not pd.isna(r["threshold"]))})
+    return rows
+
+
 def _median(values) -> float | None:
     """The median of the values that are not None; None if there are none."""
     known = [v for v in values if v is not None]
@@ -267,6 +312,12 @@ def format_table(report: dict[str, Any]) -> list[str]:
     if WITHOUT_TTA in report:
         lines.append("the same models without test-time augmentation: " + ", ".join(
             f"{name} {v['mean']:.4f} ± {v['std']:.4f}" for name, v in report[WITHOUT_TTA].items()))
+    for row in report.get("target_sensitivities", []):
+        if "sensitivity" in row and "specificity" in row:
+            lines.append(f"target sensitivity {row['target_sensitivity']}{' with TTA' if row['tta'] else ''}: held-out "
+                         f"sensitivity {row['sensitivity']['mean']:.4f} ± {row['sensitivity']['std']:.4f}, specificity "
+                         f"{row['specificity']['mean']:.4f} ± {row['specificity']['std']:.4f} (median threshold "
+                         f"{row['median_threshold']:.4f})")
     worst = report["per_patient"][:3]
     lines.append("worst patients: " + ", ".join(f"{p['patient_id']} {p['accuracy']:.3f} of {p['images']}" for p in worst))
     if report["recommended_epochs"] is not None:

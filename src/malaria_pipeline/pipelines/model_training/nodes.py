@@ -114,9 +114,9 @@ def calibrate_model(
     classifier = load_model(trained_model, device=pick_device(evaluation_params["device"]))
     labels = class_codes(image_index["label"].to_numpy()[rows.numpy()], classifier.class_names)
     fit = TrainConfig.from_params(training_params).calibrate
-    point = calibrate(classifier, image_tensors[rows], labels, fit=fit, positive_class=evaluation_params["positive_class"],
-                      target_sensitivity=evaluation_params["target_sensitivity"], tta=evaluation_params["tta"],
-                      batch_size=evaluation_params["batch_size"])
+    views = classifier.view_logits(image_tensors[rows], evaluation_params["batch_size"], evaluation_params["tta"])
+    point = calibrate(classifier, views, labels, fit=fit, positive_class=evaluation_params["positive_class"],
+                      target_sensitivity=evaluation_params["target_sensitivity"])
     if fit:
         tracking.log_metrics({"training.temperature": classifier.temperature})
     bundle = {**trained_model, "temperature": classifier.temperature}
