@@ -31,9 +31,9 @@ def test_check_training_parameters_accepts_the_training_parameters_and_names_a_t
 
 
 @pytest.mark.parametrize(("requested", "line"), [
-    ("auto", 'No CUDA device: training the cpu profile (40-pixel images, resnet9 width 16, 12 epochs); set '
+    ("auto", 'No CUDA device: training the cpu profile (50-pixel images, resnet9 width 16, 12 epochs); set '
              '--params "profile=gpu" or profile: gpu in conf/local/globals.yml to change it'),
-    ("cpu", "profile=cpu was set: training the cpu profile (40-pixel images, resnet9 width 16, 12 epochs)"),
+    ("cpu", "profile=cpu was set: training the cpu profile (50-pixel images, resnet9 width 16, 12 epochs)"),
 ])
 def test_a_training_run_says_in_one_line_which_profile_and_why(kedro_project, monkeypatch, caplog, requested, line):
     monkeypatch.setattr(profiles, "_cuda_available", lambda: False)

@@ -8,7 +8,7 @@ from malaria_pipeline import profiles
 
 # The values of each profile, as the README and conf/base/parameters.yml state them.
 GPU = {"image_size": 64, "width": 64, "epochs": 10}
-CPU = {"image_size": 40, "width": 16, "epochs": 12}
+CPU = {"image_size": 50, "width": 16, "epochs": 12}
 
 
 @pytest.fixture(params=[True, False], ids=["cuda", "no-cuda"])
