@@ -209,3 +209,13 @@ def test_the_calibration_error_of_each_fold_is_the_binned_gap_worked_out_by_hand
             metrics["accuracy_at_operating_point"]) == pytest.approx((1.0, 0.5, 0.75))
     no_point = nodes._fold_metrics(cells.assign(operating_threshold=np.nan), CV_PARAMS)
     assert no_point["sensitivity_at_operating_point"] is None and no_point["ece"] == metrics["ece"]
+
+
+def test_a_fold_without_an_operating_threshold_is_left_out_of_the_targets_means():
+    # As cv_operating_points reads back from its CSV: fold 3's validation patients were of one class (NaN).
+    points = pd.DataFrame({"fold": [1, 2, 3], "tta": [False] * 3, "target_sensitivity": [0.96] * 3,
+                           "threshold": [0.3, 0.5, np.nan], "sensitivity": [0.95, 0.97, np.nan],
+                           "specificity": [0.94, 0.90, np.nan]})
+    (row,) = nodes._by_target(points)
+    assert row["sensitivity"] == {"mean": pytest.approx(0.96), "std": pytest.approx(np.std([0.95, 0.97], ddof=1)), "folds": 2}
+    assert row["specificity"]["mean"] == pytest.approx(0.92) and row["median_threshold"] == pytest.approx(0.4)

@@ -289,9 +289,9 @@ def _by_target(cv_operating_points: pd.DataFrame) -> list[dict[str, Any]]:
     specificity at the thresholds chosen on validation, and the median of those thresholds."""
     rows = []
     for (tta, target), folds in cv_operating_points.groupby(["tta", "target_sensitivity"], sort=True):
-        records = folds.to_dict("records")
+        records = folds.astype(object).where(folds.notna(), None).to_dict("records")  # NaN (read from CSV): None
         rows.append({"tta": bool(tta), "target_sensitivity": float(target), **mean_and_std(records, ("sensitivity", "specificity")),
-                     "median_threshold": _median(r["threshold"] for r in records if not pd.isna(r["threshold"]))})
+                     "median_threshold": _median(r["threshold"] for r in records)})
     return rows
 
 
