@@ -56,8 +56,8 @@ def test_training_pipeline_runs_on_real_pngs_some_broken(kedro_project, cell_fol
     assert bundle["temperature"] > 0 and metrics["temperature"] == bundle["temperature"]
     assert all(0 <= metrics[s]["ece"] <= 1 and 0 <= metrics[s]["ece_uncalibrated"] <= 1 for s in ("validation", "test"))
     point = metrics["operating_point"]
-    assert point["threshold"] == bundle["operating_point"]["threshold"] and point["target_sensitivity"] == 0.97
-    assert point["validation"]["sensitivity"] >= 0.97 and set(point["test"]) == {"sensitivity", "specificity"}
+    assert point["threshold"] == bundle["operating_point"]["threshold"] and point["target_sensitivity"] == 0.96  # conf/base
+    assert point["validation"]["sensitivity"] >= 0.96 and set(point["test"]) == {"sensitivity", "specificity"}
     for figure in ("confusion_matrix", "roc_curve", "training_curves", "top_losses", "sample_images",
                    "reliability_diagram"):
         png = next((kedro_project.root / "data" / "08_reporting" / f"{figure}.png").iterdir()) / f"{figure}.png"
