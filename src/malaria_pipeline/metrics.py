@@ -172,3 +172,11 @@ def binary_confidence(is_positive: np.ndarray, p_positive: np.ndarray) -> tuple[
     p = np.asarray(p_positive, dtype=float)
     called = p >= 0.5
     return np.where(called, p, 1 - p), called == np.asarray(is_positive, dtype=bool)
+
+
+def calibration_errors(is_positive: np.ndarray, p_positive: np.ndarray, p_uncalibrated: np.ndarray,
+                       bins: int = 15) -> dict[str, float | None]:
+    """Expected calibration error after (``ece``: of ``p_positive``) and before (``ece_uncalibrated``: of
+    ``p_uncalibrated``, T = 1) temperature scaling, of two-class predictions (:func:`binary_confidence`)."""
+    return {"ece": expected_calibration_error(*binary_confidence(is_positive, p_positive), bins),
+            "ece_uncalibrated": expected_calibration_error(*binary_confidence(is_positive, p_uncalibrated), bins)}

@@ -14,9 +14,8 @@ from matplotlib.figure import Figure
 from malaria_pipeline import tracking
 from malaria_pipeline.label_audit import excluded_paths, find_issues, summarize_issues
 from malaria_pipeline.metrics import (
-    binary_confidence,
+    calibration_errors,
     classification_metrics,
-    expected_calibration_error,
     mean_and_std,
     per_patient,
     threshold_for_sensitivity,
@@ -202,10 +201,8 @@ def _fold_metrics(cells: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]
     negative = next((c for c in sorted(cells["label"].unique()) if c != positive), "negative")
     column = probability_column(positive)
     truth, p_positive = (cells["label"] == positive).to_numpy(), cells[column].to_numpy()
-    metrics = classification_metrics(truth, p_positive, params["threshold"], positive, negative)
-    bins = params["calibration_bins"]
-    metrics["ece"] = expected_calibration_error(*binary_confidence(truth, p_positive), bins)
-    metrics["ece_uncalibrated"] = expected_calibration_error(*binary_confidence(truth, cells[f"{column}_uncalibrated"]), bins)
+    metrics = {**classification_metrics(truth, p_positive, params["threshold"], positive, negative),
+               **calibration_errors(truth, p_positive, cells[f"{column}_uncalibrated"], params["calibration_bins"])}
     thresholds = cells["operating_threshold"].to_numpy(dtype=float)
     called = p_positive >= thresholds
     at_point = (float((called == truth).mean()), float(called[truth].mean()) if truth.any() else None,

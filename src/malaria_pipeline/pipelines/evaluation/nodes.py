@@ -13,8 +13,8 @@ from matplotlib.figure import Figure
 from malaria_pipeline.metrics import (
     binary_confidence,
     calibration_bins,
+    calibration_errors,
     classification_metrics,
-    expected_calibration_error,
     operating_points,
     per_patient,
 )
@@ -97,7 +97,8 @@ def compute_metrics(
     for subset, cells in _by_subset(predictions):
         is_positive = (cells["label"] == positive).to_numpy()
         metrics = {**classification_metrics(is_positive, cells["p_positive"].to_numpy(), threshold, positive, negative),
-                   **_calibration_errors(is_positive, cells, params["calibration_bins"])}
+                   **calibration_errors(is_positive, cells["p_positive"], cells["p_positive_uncalibrated"],
+                                        params["calibration_bins"])}
         report[subset] = {
             **metrics,
             "operating_points": operating_points(is_positive, cells["p_positive"].to_numpy(), params["operating_thresholds"]),
@@ -112,13 +113,6 @@ def compute_metrics(
                            for k in ("sensitivity", "specificity")})
         _log_subset(subset, metrics)
     return report, scores
-
-
-def _calibration_errors(is_positive: np.ndarray, cells: pd.DataFrame, bins: int) -> dict[str, float | None]:
-    """Expected calibration error after (``ece``) and before (``ece_uncalibrated``) temperature scaling."""
-    return {"ece": expected_calibration_error(*binary_confidence(is_positive, cells["p_positive"]), bins),
-            "ece_uncalibrated": expected_calibration_error(
-                *binary_confidence(is_positive, cells["p_positive_uncalibrated"]), bins)}
 
 
 def _log_subset(subset: str, metrics: dict[str, Any]) -> None:
