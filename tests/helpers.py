@@ -258,6 +258,28 @@ def reference_tta_proba(bundle: dict, images, temperature: float = 1.0) -> "torc
     return total / 8
 
 
+def reference_grad_cam(classifier, layer, images, target):
+    """Grad-CAM as Selvaraju et al. define it, written out with a forward hook and autograd: ``S×S`` maps of
+    ``target`` (one class index, or one per image), each scaled to [0, 1] by its maximum."""
+    import torch
+    import torch.nn.functional as F
+
+    saved = []
+    handle = layer.register_forward_hook(lambda module, inputs, output: saved.append(output))
+    try:
+        logits = classifier(images)
+    finally:
+        handle.remove()
+    activations = saved[0]
+    chosen = logits.gather(1, torch.as_tensor(target).expand(len(images))[:, None])
+    gradients = torch.autograd.grad(chosen.sum(), activations)[0]
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * activations).sum(dim=1, keepdim=True))
+    cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0].detach()
+    peak = cam.amax(dim=(1, 2), keepdim=True)
+    return torch.where(peak > 0, cam / peak, torch.zeros_like(cam))
+
+
 def png_pixels(data: bytes) -> "torch.Tensor":
     """``uint8, 3×H×W`` of an RGB PNG or JPEG file, decoded by Pillow here (not by the package)."""
     import torch

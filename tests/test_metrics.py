@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from malaria_pipeline.metrics import classification_metrics, operating_points, per_patient
+from malaria_pipeline.metrics import classification_metrics, operating_points, patient_bootstrap_intervals, per_patient
 
 # 10 parasitized cells (2 missed) and 10 uninfected (1 false alarm), worked out by hand.
 TRUTH = np.array([True] * 10 + [False] * 10)
@@ -293,3 +293,16 @@ def test_ece_puts_a_confidence_on_a_bin_edge_in_the_bin_below_it():
     # (|1 - 0.6| + |0 - 0.62|) / 2; in one bin they would give |0.5 - 0.61|
     assert expected_calibration_error([9 / 15, 0.62], [True, False]) == pytest.approx(0.51)
     assert expected_calibration_error([9 / 15, 0.62], [True, False]) == pytest.approx(_ece_by_hand([0.6, 0.62], [1, 0]))
+
+
+def test_patient_bootstrap_intervals_resample_whole_patients():
+    # Patient A: every cell right; patient B: its 5 uninfected cells called parasitized. Resampling the two
+    # patients gives AA, AB, BA or BB: accuracy 1, 0.75 or 0.5 and specificity 1, 0.5 or 0, each pair
+    # drawn with probability 1/4, 1/2, 1/4: the 95% interval spans the extremes. Resampling cells would
+    # give a narrow interval around 0.75.
+    a = pd.DataFrame({"patient_id": "A", "label": ["Parasitized"] * 5 + ["Uninfected"] * 5, "p_positive": [0.9] * 5 + [0.1] * 5})
+    b = a.assign(patient_id="B", p_positive=[0.9] * 5 + [0.6] * 5)
+    intervals = patient_bootstrap_intervals(pd.concat([a, b]), resamples=2000, seed=1)
+    assert intervals == {"accuracy": [0.5, 1.0], "sensitivity": [1.0, 1.0], "specificity": [0.0, 1.0],
+                         "roc_auc": [1.0, 1.0]}
+    assert patient_bootstrap_intervals(a) == dict.fromkeys(("accuracy", "sensitivity", "specificity", "roc_auc"))

@@ -180,3 +180,49 @@ def calibration_errors(is_positive: np.ndarray, p_positive: np.ndarray, p_uncali
     ``p_uncalibrated``, T = 1) temperature scaling, of two-class predictions (:func:`binary_confidence`)."""
     return {"ece": expected_calibration_error(*binary_confidence(is_positive, p_positive), bins),
             "ece_uncalibrated": expected_calibration_error(*binary_confidence(is_positive, p_uncalibrated), bins)}
+
+
+INTERVAL_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc")
+
+
+def patient_bootstrap_intervals(predictions: pd.DataFrame, threshold: float = 0.5, positive: str = "Parasitized",
+                                resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, list[float] | None]:
+    """Percentile bootstrap intervals of accuracy, sensitivity, specificity and ROC AUC, resampling whole
+    patients (``scipy.stats.bootstrap`` over patient indices): the cells of one patient are not
+    independent, so an interval over cells would be too narrow.
+
+    Args:
+        predictions: ``patient_id``, ``label`` and ``p_positive`` per image.
+
+    Returns:
+        ``{metric: [low, high]}``; None where a resample left the metric undefined (a single patient, or
+        patients of one class only).
+    """
+    import warnings
+
+    from scipy.stats import DegenerateDataWarning, bootstrap
+
+    groups = [(cells["label"] == positive).to_numpy() for _, cells in predictions.groupby("patient_id", sort=True)]
+    scores = [cells["p_positive"].to_numpy() for _, cells in predictions.groupby("patient_id", sort=True)]
+    if len(groups) < 2:
+        return {name: None for name in INTERVAL_METRICS}
+
+    def statistic(patients: np.ndarray) -> np.ndarray:
+        truth = np.concatenate([groups[i] for i in patients])
+        score = np.concatenate([scores[i] for i in patients])
+        called = score >= threshold
+        both = truth.any() and (~truth).any()
+        return np.array([
+            (truth == called).mean(),
+            called[truth].mean() if truth.any() else np.nan,
+            (~called[~truth]).mean() if (~truth).any() else np.nan,
+            roc_auc_score(truth, score) if both else np.nan,
+        ])
+
+    with warnings.catch_warnings():  # every resample equal (a sensitivity of 1, say) is an answer, not a fault
+        warnings.simplefilter("ignore", DegenerateDataWarning)
+        result = bootstrap((np.arange(len(groups)),), statistic, vectorized=False, n_resamples=resamples,
+                           confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return {name: None if np.isnan(lo) or np.isnan(hi) else [float(lo), float(hi)]
+            for name, lo, hi in zip(INTERVAL_METRICS, low, high)}

@@ -111,6 +111,39 @@ def plot_image_grid(images, titles: list[str], columns: int = 8, suptitle: str =
     return figure
 
 
+def heatmap_overlay(image, heatmap, alpha: float = 0.45):
+    """``uint8, S×S×3``: a ``uint8, 3×S×S`` cell blended with its heatmap (``S×S``, values in [0, 1]) in the
+    ``jet`` colour map, ``alpha`` of the colour over the cell: blue where the network found nothing, red
+    where it looked most."""
+    import numpy as np
+    from matplotlib import colormaps
+
+    colour = colormaps["jet"](np.asarray(heatmap, dtype=np.float64))[..., :3]
+    cell = image.permute(1, 2, 0).numpy().astype(np.float64) / 255
+    return np.round(255 * ((1 - alpha) * cell + alpha * colour)).astype(np.uint8)
+
+
+def plot_explained_cells(images, heatmaps, titles: list[str], columns: int = 6, suptitle: str = "") -> Figure:
+    """A grid of cells (``uint8, N×3×S×S``), each as its heatmap overlay (:func:`heatmap_overlay`) with the
+    bare cell small beside it, and a title over each pair."""
+    rows = max(1, -(-len(images) // columns))
+    figure = Figure(figsize=(2.3 * columns, 2.2 * rows))
+    grid = figure.add_gridspec(rows, 2 * columns, width_ratios=[1, 2] * columns, wspace=0.05)
+    for position, (image, heatmap, title) in enumerate(zip(images, heatmaps, titles)):
+        row, column = divmod(position, columns)
+        bare = figure.add_subplot(grid[row, 2 * column])
+        bare.imshow(image.permute(1, 2, 0).numpy())
+        bare.set_anchor("N")
+        overlay = figure.add_subplot(grid[row, 2 * column + 1])
+        overlay.imshow(heatmap_overlay(image, heatmap))
+        overlay.set_title(title, fontsize=7)
+        for ax in (bare, overlay):
+            ax.axis("off")
+    if suptitle:
+        figure.suptitle(suptitle)
+    return figure
+
+
 def plot_fold_roc_curves(folds: dict[str, tuple], positive: str) -> Figure:
     """ROC curve of each cross-validation fold (``{fold: (is_positive, p_positive)}``) and their mean
     (true-positive rates averaged on a common false-positive grid), with ± 1 std shaded."""

@@ -12,6 +12,7 @@ from malaria_pipeline.pipelines.evaluation.nodes import (
     SCORES,
     compute_metrics,
     confusion_matrix_figure,
+    explanations_figure,
     package_model,
     predict_subsets,
     reliability_diagram_figure,
@@ -19,11 +20,11 @@ from malaria_pipeline.pipelines.evaluation.nodes import (
     sample_images_figure,
     top_losses_figure,
 )
-from tests.helpers import reference_tta_proba, tiny_bundle, tiny_tables
+from tests.helpers import reference_grad_cam, reference_tta_proba, tiny_bundle, tiny_tables
 
 PARAMS = {"positive_class": "Parasitized", "threshold": 0.5, "operating_thresholds": [0.25, 0.5], "device": "cpu",
-          "batch_size": 3, "top_losses": 3, "samples_per_class": 2, "seed": 0, "tta": False, "calibration_bins": 15,
-          "target_sensitivity": 0.97}
+          "batch_size": 3, "top_losses": 3, "explanations_per_class": 2, "samples_per_class": 2, "seed": 0, "tta": False, "calibration_bins": 15,
+          "target_sensitivity": 0.97, "intervals": {"resamples": 200, "level": 0.95}}
 
 # At threshold 0.5, validation: 2 parasitized found, 1 missed (0.3), 1 uninfected right, 1 false alarm (0.7);
 # test: all three right. The train row (a miss) must count nowhere.
@@ -97,7 +98,7 @@ def test_each_figure_shows_the_evaluated_subsets_or_cells():
     roc = roc_curve_figure(PREDICTIONS, PARAMS)
     assert isinstance(roc, Figure) and roc.axes[0].get_title() == "ROC, positive class Parasitized"
     evaluated = PREDICTIONS[PREDICTIONS["subset"] != "train"]  # as predict_subsets gives them
-    worst = top_losses_figure(evaluated, images, PARAMS)
+    worst = top_losses_figure(evaluated, images, tiny_bundle(), PARAMS)
     assert worst.get_suptitle().startswith("Top 3 losses")
     # the three largest losses, largest first: the missed cell (1.2), the false alarm (1.1), then 0.5
     assert [ax.get_title().split("\n")[0] for ax in worst.axes if ax.get_title()] == [
@@ -105,6 +106,43 @@ def test_each_figure_shows_the_evaluated_subsets_or_cells():
     samples = sample_images_figure(images, index, PARAMS)
     titles = [ax.get_title().split("\n")[0] for ax in samples.axes if ax.get_title()]
     assert titles == ["Parasitized"] * 2 + ["Uninfected"] * 2
+
+
+def shown_cells(figure: Figure) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(title, bare cell, overlay) of each pair of axes of a figure of explained cells."""
+    axes = [ax for ax in figure.axes if ax.images]
+    return [(overlay.get_title(), torch.from_numpy(bare.images[0].get_array().data.copy()),
+             torch.from_numpy(overlay.images[0].get_array().data.copy())) for bare, overlay in zip(axes[::2], axes[1::2])]
+
+
+def hand_overlay(image: torch.Tensor, heatmap: torch.Tensor) -> torch.Tensor:
+    """0.55 of the cell and 0.45 of the heatmap in matplotlib's jet colours, ``uint8, S×S×3``."""
+    from matplotlib import colormaps
+
+    colour = torch.from_numpy(colormaps["jet"](heatmap.double().numpy())[..., :3])
+    return (255 * (0.55 * image.permute(1, 2, 0).double() / 255 + 0.45 * colour)).round().to(torch.uint8)
+
+
+@pytest.mark.parametrize("figure", ["top_losses", "explanations"])
+def test_each_cell_is_drawn_beside_the_grad_cam_of_its_predicted_class(figure):
+    images, *_ = tiny_tables(count=9)
+    bundle = tiny_bundle()
+    evaluated = PREDICTIONS[PREDICTIONS["subset"] != "train"]
+    params = {**PARAMS, "explanations_per_class": 1}
+    drawn = (top_losses_figure if figure == "top_losses" else explanations_figure)(evaluated, images, bundle, params)
+    # top losses: rows 2, 4, 1 (losses 1.2, 1.1, 0.5); explanations: one right test cell of each class
+    rows = [2, 4, 1] if figure == "top_losses" else [5, None]
+    cells = shown_cells(drawn)
+    assert len(cells) == len(rows)
+    classifier = load_model(bundle)
+    for (title, bare, overlay), row in zip(cells, rows):
+        if row is None:  # either right Uninfected test cell (rows 6 and 7), drawn at random
+            assert title.startswith("Uninf→Uninf") and title.endswith("test")
+            row = next(r for r in (6, 7) if torch.equal(bare, images[r].permute(1, 2, 0)))
+        assert torch.equal(bare, images[row].permute(1, 2, 0))
+        predicted = classifier.class_names.index(PREDICTIONS.loc[row, "predicted"])
+        heatmap = reference_grad_cam(classifier, classifier.network.layer3, images[row : row + 1], predicted)[0]
+        assert (overlay.int() - hand_overlay(images[row], heatmap).int()).abs().max() <= 1
 
 
 class HandMadeClassifier:

@@ -16,13 +16,16 @@ from malaria_pipeline.metrics import (
     calibration_errors,
     classification_metrics,
     operating_points,
+    patient_bootstrap_intervals,
     per_patient,
 )
 from malaria_pipeline.ml.device import pick_device
+from malaria_pipeline.ml.explain import grad_cam
 from malaria_pipeline.ml.model_io import CellClassifier, load_model
 from malaria_pipeline.ml.models import probabilities as probabilities_of
 from malaria_pipeline.plots import (
     plot_confusion_matrices,
+    plot_explained_cells,
     plot_image_grid,
     plot_message,
     plot_reliability_diagrams,
@@ -103,6 +106,9 @@ def compute_metrics(
             **metrics,
             "operating_points": operating_points(is_positive, cells["p_positive"].to_numpy(), params["operating_thresholds"]),
             "per_patient": per_patient(cells, threshold, positive),
+            # 95% (intervals.level) intervals over resampled patients, at threshold
+            "intervals": patient_bootstrap_intervals(cells, threshold, positive, params["intervals"]["resamples"],
+                                                     params["intervals"]["level"], params["seed"]),
         }
         scores.update({f"{subset}.{name}": {"value": metrics[name], "step": 0}
                        for name in SCORES if metrics[name] is not None})
@@ -169,14 +175,40 @@ def _by_subset(predictions: pd.DataFrame):
     return [(s, predictions[predictions["subset"] == s]) for s in EVALUATED_SUBSETS if (predictions["subset"] == s).any()]
 
 
-def top_losses_figure(predictions: pd.DataFrame, image_tensors: torch.Tensor, params: dict[str, Any]) -> Figure:
-    """The most wrongly classified cells: true label / prediction / probability of the positive class."""
+def top_losses_figure(predictions: pd.DataFrame, image_tensors: torch.Tensor, model: dict[str, Any],
+                      params: dict[str, Any]) -> Figure:
+    """The most wrongly classified cells, each with the Grad-CAM heatmap of its predicted class: true
+    label → prediction, probability of the positive class, subset."""
     if predictions.empty:
         return plot_message(NOTHING_HELD_OUT)
     worst = predictions.nlargest(params["top_losses"], "loss")
-    titles = [f"{r.label[:5]}→{r.predicted[:5]}\np={r.p_positive:.2f} {r.subset[:5]}" for r in worst.itertuples()]
-    return plot_image_grid(image_tensors[torch.as_tensor(worst["row"].to_numpy(copy=True))], titles,
-                           suptitle=f"Top {len(worst)} losses (true→predicted, p = P({params['positive_class']}))")
+    return _explained_figure(worst, image_tensors, model, params, f"Top {len(worst)} losses (true→predicted, "
+                             f"p = P({params['positive_class']})); heatmap: Grad-CAM of the predicted class")
+
+
+def explanations_figure(predictions: pd.DataFrame, image_tensors: torch.Tensor, model: dict[str, Any],
+                        params: dict[str, Any]) -> Figure:
+    """Correctly classified cells of each class (the test subset's, else validation's; a seeded random
+    ``explanations_per_class`` of each), with the Grad-CAM heatmap of their class: what the network
+    looks at when it is right."""
+    if predictions.empty:
+        return plot_message(NOTHING_HELD_OUT)
+    subset = "test" if (predictions["subset"] == "test").any() else "validation"
+    right = predictions[(predictions["subset"] == subset) & (predictions["label"] == predictions["predicted"])]
+    shown = (right.sample(frac=1.0, random_state=params["seed"]).groupby("label", sort=True)
+             .head(params["explanations_per_class"]).sort_values("label", kind="stable"))
+    return _explained_figure(shown, image_tensors, model, params, f"Correctly classified {subset} cells "
+                             f"(p = P({params['positive_class']})); heatmap: Grad-CAM of the class")
+
+
+def _explained_figure(cells: pd.DataFrame, image_tensors: torch.Tensor, model: dict[str, Any],
+                      params: dict[str, Any], suptitle: str) -> Figure:
+    classifier = load_model(model, device=pick_device(params["device"]))
+    images = image_tensors[torch.as_tensor(cells["row"].to_numpy(copy=True))]
+    heatmaps = grad_cam(classifier, images, class_codes(cells["predicted"].to_numpy(), classifier.class_names),
+                        batch_size=params["batch_size"])
+    titles = [f"{r.label[:5]}→{r.predicted[:5]}\np={r.p_positive:.2f} {r.subset[:5]}" for r in cells.itertuples()]
+    return plot_explained_cells(images, heatmaps, titles, suptitle=suptitle)
 
 
 def sample_images_figure(image_tensors: torch.Tensor, image_index: pd.DataFrame, params: dict[str, Any]) -> Figure:
