@@ -151,9 +151,10 @@ class TorchDataset(AbstractVersionedDataset[Any, Any]):
 
 class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
     """The model bundle to classify new images with (read-only): a version of the files that training
-    writes, or the copy that an MLflow run logged inside its MLflow model.
+    writes, or the copy packed inside an MLflow model (a run's, or a registered version's).
 
-    The bundle is returned with one more key, ``source``: the file or ``runs:/`` URI it was read from.
+    The bundle is returned with one more key, ``source``: the file or MLflow URI it was read from, and,
+    for a registered model, ``registered_version``.
 
     Example ``catalog.yml`` entry:
 
@@ -163,7 +164,8 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
           type: malaria_pipeline.datasets.TrainedModelDataset
           filepath: data/06_models/model.pt        # the versioned files of the catalog's `model`
           load_version: null                      # null: the latest; or 2026-11-22T10.00.00.000Z
-          mlflow_run_id: null                     # or a run id: that run's MLflow model (then used instead)
+          model_uri: null                         # or models:/malaria-cell-classifier@champion, runs:/<id>/model
+          mlflow_run_id: null                     # or a run id: the same as model_uri runs:/<id>/model
     """
 
     def __init__(
@@ -171,18 +173,19 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
         *,
         filepath: str,
         load_version: str | None = None,
+        model_uri: str | None = None,
         mlflow_run_id: str | None = None,
         mlflow_model_name: str = "model",
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self._files = TorchDataset(filepath=filepath, version=Version(load_version or None, None))
         self._version = load_version or None
-        self._run_id = mlflow_run_id or None
-        self._model_name = mlflow_model_name
+        self._uri = model_uri or (f"runs:/{mlflow_run_id}/{mlflow_model_name}" if mlflow_run_id else None)
+        self._parameter = "inference.model_uri" if model_uri else "inference.mlflow_run_id"
         self.metadata = metadata
 
     def load(self) -> dict[str, Any]:
-        if self._run_id:
+        if self._uri:
             return self._load_from_mlflow()
         try:
             path = kedro_private.load_path(self._files)
@@ -195,7 +198,7 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
             which = f"version {self._version!r} of the model" if self._version else "model"
             raise DatasetError(
                 f"Found no {which} in {kedro_private.filepath(self._files)}: run `kedro run --pipelines training` "
-                "first, or set inference.model_version or inference.mlflow_run_id"
+                "first, or set inference.model_version or inference.model_uri"
                 + (f" (the latest versions: {', '.join(versions)})" if versions else "")
             ) from error
         return {**bundle, "source": str(path)}
@@ -203,28 +206,46 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
     def _load_from_mlflow(self) -> dict[str, Any]:
         import mlflow  # only when asked: the tracking URI is the one kedro-mlflow set from mlflow.yml
 
-        model_uri = f"runs:/{self._run_id}/{self._model_name}"
         try:
-            flavor = mlflow.models.Model.load(model_uri).flavors["python_function"]
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=self._uri))
+            flavor = mlflow.models.Model.load(local).flavors["python_function"]
             relative = flavor["artifacts"]["model"]["path"]
-            path = mlflow.artifacts.download_artifacts(f"{model_uri}/{relative}")
+            registered = _registered_version(self._uri)
         except (mlflow.exceptions.MlflowException, OSError, KeyError) as error:
             raise DatasetError(
-                f"inference.mlflow_run_id={self._run_id!r}: cannot read the model bundle of {model_uri} "
-                f"from {mlflow.get_tracking_uri()} ({error}). Give the id of a finished `training` run "
-                "(see `mlflow ui --backend-store-uri sqlite:///mlflow.db`)."
+                f"{self._parameter}: cannot read the model bundle of {self._uri} from {mlflow.get_tracking_uri()} "
+                f"({error}). Give the MLflow model of a finished `training` run: models:/<name>@<alias>, "
+                "models:/<name>/<version> or runs:/<run id>/model (see `mlflow ui --backend-store-uri sqlite:///mlflow.db`)."
             ) from error
-        return {**torch.load(path, weights_only=True, map_location="cpu"), "source": f"{model_uri}/{relative}"}
+        bundle = torch.load(local / relative, weights_only=True, map_location="cpu")
+        return {**bundle, "source": f"{self._uri}/{relative}", **({"registered_version": registered} if registered else {})}
 
     def save(self, data: None) -> None:
         raise DatasetError(f"{type(self).__name__} is read-only: training writes the catalog's `model`")
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": kedro_private.filepath(self._files), "version": self._version,
-                "mlflow_run_id": self._run_id}
+        return {"filepath": kedro_private.filepath(self._files), "version": self._version, "model_uri": self._uri}
 
     def _exists(self) -> bool:
-        return bool(self._run_id) or self._files.exists()
+        return bool(self._uri) or self._files.exists()
+
+
+def _registered_version(uri: str) -> dict[str, Any] | None:
+    """Name, version and run of the registered model version that a ``models:/<name>@<alias>`` or
+    ``models:/<name>/<version>`` URI names; None for other URIs (``runs:/``, ``models:/m-<id>``)."""
+    import mlflow
+
+    if not uri.startswith("models:/"):
+        return None
+    client, rest = mlflow.MlflowClient(), uri[len("models:/"):].strip("/")
+    if "@" in rest:
+        version = client.get_model_version_by_alias(*rest.split("@", 1))
+    else:
+        parts = rest.split("/")
+        if len(parts) != 2 or not parts[1].isdigit():
+            return None
+        version = client.get_model_version(*parts)
+    return {"name": version.name, "version": int(version.version), "run_id": version.run_id}
 
 
 class CheckpointStoreDataset(AbstractDataset[None, CheckpointStore]):
@@ -257,6 +278,60 @@ class CheckpointStoreDataset(AbstractDataset[None, CheckpointStore]):
 
     def _exists(self) -> bool:
         return True
+
+
+class ImageFolderDataset(AbstractVersionedDataset[dict[str, Any], dict[str, Any]]):
+    """A versioned folder of PNG files: saves ``{file name: uint8 H×W×3 array}``, loads the same.
+
+    Each version is a folder ``<filepath>/<version>/<folder name>/``; the names are plain file names (no
+    folders, no ``..``), so a saved version never writes outside its folder.
+
+    Example ``catalog.yml`` entry:
+
+    .. code-block:: yaml
+
+        explanation_overlays:
+          type: malaria_pipeline.datasets.ImageFolderDataset
+          filepath: data/08_reporting/explanations
+          versioned: true
+    """
+
+    def __init__(self, *, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None) -> None:
+        self._fs = fsspec.filesystem("file", auto_mkdir=True)
+        self.metadata = metadata
+        super().__init__(filepath=PurePosixPath(filepath), version=version, exists_function=self._fs.exists,
+                         glob_function=self._fs.glob)
+
+    def load(self) -> dict[str, Any]:
+        import numpy as np
+        from PIL import Image
+
+        folder = Path(kedro_private.load_path(self))
+        images = {}
+        for path in sorted(folder.glob("*.png")):
+            with Image.open(path) as image:
+                images[path.name] = np.asarray(image.convert("RGB"))
+        return images
+
+    def save(self, data: dict[str, Any]) -> None:
+        from PIL import Image
+
+        folder = Path(kedro_private.save_path(self))
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, pixels in data.items():
+            if Path(name).name != name or not name.endswith(".png") or name.startswith("."):
+                raise DatasetError(f"{name!r} is not a plain .png file name: {type(self).__name__} writes into {folder} only")
+            Image.fromarray(pixels).save(folder / name)
+        self._fs.invalidate_cache(str(folder))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": kedro_private.filepath(self), "version": kedro_private.version(self)}
+
+    def _exists(self) -> bool:
+        try:
+            return self._fs.isdir(str(kedro_private.load_path(self)))
+        except DatasetError:
+            return False
 
 
 class OptionalCSVDataset(CSVDataset):

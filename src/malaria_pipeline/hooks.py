@@ -9,7 +9,7 @@ import mlflow
 from kedro.framework.hooks import hook_impl
 from kedro_mlflow.pipeline.pipeline_ml import PipelineML
 
-from malaria_pipeline import kedro_private, tracking
+from malaria_pipeline import kedro_private, registry, tracking
 from malaria_pipeline.ml.train import TrainConfig
 from malaria_pipeline.profiles import choose_profile
 
@@ -161,6 +161,43 @@ class PinVersionsForPipelineModel:
             path = saved if kedro_private.path_exists(dataset, saved) else kedro_private.load_path(dataset)
             catalog[name] = kedro_private.unversioned_copy(dataset, path)
             logger.info("The MLflow model packs %s of %s", path, name)
+
+
+class RegisterModelVersion:
+    """Registers the served MLflow model of each ``training`` run as a new version of ``registry.model_name``
+    with the alias ``registry.challenger_alias``, and the run's model card as the version's description.
+
+    kedro-mlflow logs that model, and ends the run, in its own ``after_pipeline_run``: this one runs
+    after it (``trylast``) and registers by run id. ``kedro run --pipelines promote`` then decides whether
+    the challenger becomes champion.
+    """
+
+    def __init__(self) -> None:
+        self._run_id: str | None = None
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline) -> None:
+        self._run_id = tracking.active_run_id() if isinstance(pipeline, PipelineML) else None
+
+    @hook_impl(trylast=True)
+    def after_pipeline_run(self, pipeline, catalog) -> None:
+        run_id, self._run_id = self._run_id, None
+        settings = catalog.load("parameters").get("registry") or {}
+        if not run_id or not settings.get("register"):
+            return
+        card = catalog.load("model_card") if "model_card" in pipeline.all_outputs() else None
+        try:
+            registry.register_run_model(run_id, settings["model_name"], settings["challenger_alias"], card)
+        except mlflow.exceptions.MlflowException as error:
+            raise RuntimeError(
+                f"Run {run_id} finished and logged its model, but registering it as {settings['model_name']} failed "
+                f"({error.message}). Register it by hand: mlflow.register_model('runs:/{run_id}/model', "
+                f"'{settings['model_name']}'), or set registry.register=false."
+            ) from error
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._run_id = None
 
 
 class TagAccuracyClaim:

@@ -14,6 +14,7 @@ from malaria_pipeline.pipelines import (
     lr_finder,
     model_training,
     preprocessing,
+    promote,
 )
 
 
@@ -26,7 +27,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     Returns:
         A mapping from pipeline names to ``Pipeline`` objects: ``ingestion``, ``preprocessing``,
         ``model_training``, ``evaluation`` and ``lr_finder`` (each on the latest outputs of the one
-        before), ``inference`` (new images, the latest model), ``cross_validation`` (ingestion, then
+        before), ``inference`` (new images, the latest model), ``promote`` (the registered
+        model's champion alias to the challenger when it is not worse), ``cross_validation`` (ingestion, then
         patient-grouped k-fold cross-validation of the training configuration and a label audit), and ``training``: the whole chain from
         the archive to an evaluated model, also ``__default__``. ``training`` is bound to the served
         pipeline (:mod:`malaria_pipeline.pipelines.inference.served_model`): each run logs an MLflow model that takes
@@ -43,6 +45,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "lr_finder": lr_finder.create_pipeline(),
         "evaluation": evaluation.create_pipeline(),
         "inference": inference.create_pipeline(),
+        "promote": promote.create_pipeline(),
     }
     training = pipeline_ml_factory(
         training=parts["ingestion"] + parts["preprocessing"] + parts["model_training"] + parts["evaluation"],

@@ -123,6 +123,15 @@ def heatmap_overlay(image, heatmap, alpha: float = 0.45):
     return np.round(255 * ((1 - alpha) * cell + alpha * colour)).astype(np.uint8)
 
 
+def cell_and_overlay(image, heatmap, scale: int = 4):
+    """``uint8, sS×2sS×3``: the cell and its :func:`heatmap_overlay` side by side, each pixel repeated
+    ``scale`` times each way (a 50-pixel cell becomes 200×400), for an image file."""
+    import numpy as np
+
+    pair = np.concatenate([image.permute(1, 2, 0).numpy(), heatmap_overlay(image, heatmap)], axis=1)
+    return pair.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
 def plot_explained_cells(images, heatmaps, titles: list[str], columns: int = 6, suptitle: str = "") -> Figure:
     """A grid of cells (``uint8, N×3×S×S``), each as its heatmap overlay (:func:`heatmap_overlay`) with the
     bare cell small beside it, and a title over each pair."""

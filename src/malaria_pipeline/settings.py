@@ -15,6 +15,7 @@ from malaria_pipeline.hooks import (
     LogHardwareProfile,
     MarkDeadMlflowRunsKilled,
     PinVersionsForPipelineModel,
+    RegisterModelVersion,
     TagAccuracyClaim,
 )
 from malaria_pipeline.profiles import by_profile
@@ -27,6 +28,7 @@ HOOKS = (
     LogHardwareProfile(),
     CheckTrainingParameters(),
     TagAccuracyClaim(),
+    RegisterModelVersion(),
 )
 
 # Installed plugins for which to disable hook auto-registration.

@@ -187,3 +187,13 @@ def cross_validation_run(run_id: str, experiment_id: str):
             "`kedro run --pipelines cross_validation` run, or latest."
         )
     return run
+
+
+def claimed_cross_validation(run_id: str | None) -> dict[str, Any] | None:
+    """The cross-validation run that ``cross_validation_run_id`` names (``latest`` in the active run's
+    experiment): its id, fold count and metrics; None without a run id or an active run."""
+    if not run_id or mlflow.active_run() is None:
+        return None
+    run = cross_validation_run(str(run_id), mlflow.active_run().info.experiment_id)
+    return {"run_id": run.info.run_id, "folds": run.data.params.get("cross_validation.folds", "?"),
+            "metrics": dict(run.data.metrics)}

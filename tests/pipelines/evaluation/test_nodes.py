@@ -20,7 +20,7 @@ from malaria_pipeline.pipelines.evaluation.nodes import (
     sample_images_figure,
     top_losses_figure,
 )
-from tests.helpers import reference_grad_cam, reference_tta_proba, tiny_bundle, tiny_tables
+from tests.helpers import hand_overlay, reference_grad_cam, reference_tta_proba, tiny_bundle, tiny_tables
 
 PARAMS = {"positive_class": "Parasitized", "threshold": 0.5, "operating_thresholds": [0.25, 0.5], "device": "cpu",
           "batch_size": 3, "top_losses": 3, "explanations_per_class": 2, "samples_per_class": 2, "seed": 0, "tta": False, "calibration_bins": 15,
@@ -113,14 +113,6 @@ def shown_cells(figure: Figure) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     axes = [ax for ax in figure.axes if ax.images]
     return [(overlay.get_title(), torch.from_numpy(bare.images[0].get_array().data.copy()),
              torch.from_numpy(overlay.images[0].get_array().data.copy())) for bare, overlay in zip(axes[::2], axes[1::2])]
-
-
-def hand_overlay(image: torch.Tensor, heatmap: torch.Tensor) -> torch.Tensor:
-    """0.55 of the cell and 0.45 of the heatmap in matplotlib's jet colours, ``uint8, S×S×3``."""
-    from matplotlib import colormaps
-
-    colour = torch.from_numpy(colormaps["jet"](heatmap.double().numpy())[..., :3])
-    return (255 * (0.55 * image.permute(1, 2, 0).double() / 255 + 0.45 * colour)).round().to(torch.uint8)
 
 
 @pytest.mark.parametrize("figure", ["top_losses", "explanations"])

@@ -2,6 +2,7 @@
 or row, errors named, and exactly the training preprocessing."""
 
 import base64
+import re
 
 import pandas as pd
 import pytest
@@ -11,6 +12,8 @@ from malaria_pipeline.archive import ImageArchive
 from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images, predict_images
 from tests.helpers import (
     base_image_limits,
+    hand_overlay,
+    reference_grad_cam,
     bomb_png,
     image_bytes,
     png_pixels,
@@ -163,7 +166,8 @@ def test_broken_rows_leave_every_other_row_the_answer_it_gets_alone(bundle):
 
 def inference_params(source) -> dict:
     return {"source": str(source), "threshold": 0.5, "batch_size": 2, "workers": None, "device": "cpu",
-            "positive_class": "Parasitized", "image_limits": base_image_limits(), "tta": False}
+            "positive_class": "Parasitized", "image_limits": base_image_limits(), "tta": False,
+            "explain": False, "explain_max": None, "explain_scale": 4}
 
 
 def test_broken_files_leave_every_other_image_of_a_folder_the_answer_it_gets_alone(bundle, tmp_path):
@@ -174,13 +178,13 @@ def test_broken_files_leave_every_other_image_of_a_folder_the_answer_it_gets_alo
     folder.mkdir()
     for name, data in {**good, **broken}.items():
         (folder / name).write_bytes(data)
-    predictions, summary = predict_images(ImageArchive.open(folder), bundle, inference_params(folder))
+    predictions, summary, _ = predict_images(ImageArchive.open(folder), bundle, inference_params(folder))
     by_file = predictions.set_index("file")
     for name, data in good.items():
         alone_folder = tmp_path / f"alone_{name}"
         alone_folder.mkdir()
         (alone_folder / name).write_bytes(data)
-        alone, _ = predict_images(ImageArchive.open(alone_folder), bundle, inference_params(alone_folder))
+        alone, *_ = predict_images(ImageArchive.open(alone_folder), bundle, inference_params(alone_folder))
         assert by_file.loc[name, "p_parasitized"] == pytest.approx(alone.loc[0, "p_parasitized"], abs=1e-6), name
         assert by_file.loc[name, "label"] == alone.loc[0, "label"], name
     assert predictions["file"].tolist() == sorted(good)
@@ -218,7 +222,7 @@ def test_threshold_auto_in_the_inference_pipeline_and_its_summary(bundle, tmp_pa
         (folder / f"cell_{i}.png").write_bytes(data)
     expected = reference_proba(bundle, torch.stack([png_pixels(f) for f in SPOTTED]))[:, 0].tolist()
     middle = sum(sorted(expected)[1:3]) / 2
-    predictions, summary = predict_images(ImageArchive.open(folder), _with_operating_point(bundle, middle),
+    predictions, summary, _ = predict_images(ImageArchive.open(folder), _with_operating_point(bundle, middle),
                                           {**inference_params(folder), "threshold": "auto"})
     assert predictions["label"].tolist() == ["Parasitized" if p >= middle else "Uninfected" for p in expected]
     assert summary["threshold"] == middle and summary["threshold_parameter"] == "auto"
@@ -250,6 +254,40 @@ def test_tta_in_the_served_model_and_the_inference_pipeline_is_the_written_out_m
     folder.mkdir()
     for i, data in enumerate(files):
         (folder / f"cell_{i}.png").write_bytes(data)
-    predictions, summary = predict_images(ImageArchive.open(folder), model,
+    predictions, summary, _ = predict_images(ImageArchive.open(folder), model,
                                           {**inference_params(folder), "tta": True, "batch_size": 8})
     assert predictions["p_parasitized"].tolist() == pytest.approx(expected, abs=1e-5) and summary["tta"] is True
+
+
+def test_explain_writes_the_most_confident_parasitized_cells_beside_their_grad_cam_and_lists_them(bundle, tmp_path):
+    folder = tmp_path / "new"
+    folder.mkdir()
+    names = [f"cell {i}#(ü).png" if i == 3 else f"cell_{i}.png" for i in range(len(SPOTTED))]
+    for name, data in zip(names, SPOTTED):
+        (folder / name).write_bytes(data)
+    (folder / "broken.png").write_bytes(b"not an image")
+    pixels = torch.stack([png_pixels(f) for f in SPOTTED])
+    expected = reference_proba(bundle, pixels)[:, 0]
+    threshold = float(sorted(expected)[4]) - 1e-7  # the 4 most likely parasitized are called Parasitized
+    params_ = {**inference_params(folder), "threshold": threshold, "explain": True, "explain_max": 3, "explain_scale": 2}
+    predictions, summary, overlays = predict_images(ImageArchive.open(folder), bundle, params_)
+    assert (predictions["label"] == "Parasitized").sum() == 4
+    most_confident = sorted(range(len(SPOTTED)), key=lambda i: -float(expected[i]))[:3]
+    listed = summary["explanations"]
+    assert [entry["file"] for entry in listed] == [names[i] for i in most_confident]
+    assert [entry["p_parasitized"] for entry in listed] == pytest.approx([float(expected[i]) for i in most_confident], abs=1e-5)
+    assert [entry["overlay"] for entry in listed] == list(overlays)
+    assert all(re.fullmatch(r"0000[123]_[A-Za-z0-9._-]+\.png", name) for name in overlays), list(overlays)
+
+    from malaria_pipeline.ml import load_model
+
+    classifier = load_model(bundle)
+    for i, pair in zip(most_confident, overlays.values()):
+        assert pair.shape == (32, 64, 3)  # 16-pixel cells, twice enlarged, side by side
+        cell, overlay = torch.from_numpy(pair[::2, ::2][:, :16].copy()), torch.from_numpy(pair[::2, ::2][:, 16:].copy())
+        assert torch.equal(cell, pixels[i].permute(1, 2, 0))
+        heatmap = reference_grad_cam(classifier, classifier.network.layer3, pixels[i : i + 1], 0)[0]
+        assert (overlay.int() - hand_overlay(pixels[i], heatmap).int()).abs().max() <= 1
+
+    _, summary, overlays = predict_images(ImageArchive.open(folder), bundle, {**params_, "explain": False})
+    assert overlays == {} and summary["explanations"] is None

@@ -19,10 +19,12 @@ from malaria_pipeline.metrics import (
     patient_bootstrap_intervals,
     per_patient,
 )
+from malaria_pipeline import tracking
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.explain import grad_cam
 from malaria_pipeline.ml.model_io import CellClassifier, load_model
 from malaria_pipeline.ml.models import probabilities as probabilities_of
+from malaria_pipeline.model_card import model_card
 from malaria_pipeline.plots import (
     plot_confusion_matrices,
     plot_explained_cells,
@@ -128,6 +130,30 @@ def _log_subset(subset: str, metrics: dict[str, Any]) -> None:
         f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a", metrics["ece"],
         metrics["ece_uncalibrated"], metrics["false_negatives_phrase"], metrics["false_positives_phrase"],
     )
+
+
+def write_model_card(model: dict[str, Any], evaluation_metrics: dict[str, Any], ingestion_report: dict[str, Any],
+                     image_index: pd.DataFrame, data_split: pd.DataFrame, image_tensors: torch.Tensor,
+                     parameters: dict[str, Any]) -> str:
+    """The model card (Markdown, :func:`malaria_pipeline.model_card.model_card`) from this run's records;
+    a model trained on every patient gets the metrics of the cross-validation run that claims its accuracy.
+    The training hook logs it with the registered model version."""
+    subsets = image_index.merge(data_split, on="path").groupby("subset", sort=False)
+    sample = image_tensors[:: max(1, len(image_tensors) // 512)]  # the same in every channel: grayscale
+    facts = {
+        "model": model, "ingestion": ingestion_report, "evaluation": evaluation_metrics, "parameters": parameters,
+        "subsets": {name: {"patients": int(cells["patient_id"].nunique()), "images": len(cells),
+                           "parasitized": int((cells["label"] == parameters["positive_class"]).sum())}
+                    for name, cells in sorted(subsets, key=lambda item: SUBSET_ORDER.get(item[0], 9))},
+        "grayscale": bool(len(sample)) and bool((sample == sample[:, :1]).all()),
+        "cross_validation": tracking.claimed_cross_validation(parameters.get("cross_validation_run_id")),
+        "run_id": tracking.active_run_id(),
+        "registered_model": parameters["registry"]["model_name"],
+    }
+    return model_card(facts)
+
+
+SUBSET_ORDER = {"train": 0, "validation": 1, "test": 2}
 
 
 def package_model(model: dict[str, Any]) -> CellClassifier:

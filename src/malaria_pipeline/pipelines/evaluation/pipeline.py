@@ -14,6 +14,7 @@ from .nodes import (
     roc_curve_figure,
     sample_images_figure,
     top_losses_figure,
+    write_model_card,
 )
 
 # The group that kedro-viz draws these nodes in (node names become f"{NAMESPACE}.{name}"); the
@@ -30,6 +31,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(compute_metrics, ["evaluation_predictions", "model", params], ["evaluation_metrics", "evaluation_scores"],
                  name="compute_metrics_node"),
             Node(package_model, "model", "mlflow_model", name="package_model_node"),
+            Node(write_model_card, ["model", "evaluation_metrics", "ingestion_report", "image_index", "data_split",
+                                    "image_tensors", "parameters"], "model_card", name="write_model_card_node"),
             Node(confusion_matrix_figure, ["evaluation_predictions", params], "confusion_matrix_plot",
                  name="plot_confusion_matrix_node"),
             Node(roc_curve_figure, ["evaluation_predictions", params], "roc_curve_plot", name="plot_roc_curve_node"),

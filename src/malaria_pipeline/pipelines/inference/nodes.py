@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 
 from malaria_pipeline.archive import ArchiveError, ImageArchive, check_source, image_members
 from malaria_pipeline.ml.device import pick_device
+from malaria_pipeline.ml.explain import grad_cam
 from malaria_pipeline.ml.images import ImageLimits, UnreadableImageError, decode_cell_image, one_line
 from malaria_pipeline.ml.model_io import CellClassifier, load_model
 from malaria_pipeline.ml.packing import pack_images
@@ -21,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 def predict_images(
     inference_images: ImageArchive, inference_model: dict[str, Any], params: dict[str, Any]
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, np.ndarray]]:
     """Classifies every image of a folder or zip with a trained model.
 
     The images go through exactly the training preprocessing: decoded once, 3 channels, fitted to the
@@ -31,14 +34,17 @@ def predict_images(
     Args:
         inference_images: the new images (PNG or JPEG, any size, grayscale or RGB, any folders).
         inference_model: the bundle of a training run: the latest ``model`` by default, else the
-            version or MLflow run that ``inference.model_version`` or ``inference.mlflow_run_id`` names.
+            version or MLflow model that ``inference.model_version`` or ``inference.model_uri`` names.
         params: ``source``, ``threshold`` (P(Parasitized) at or above it is Parasitized; ``auto``: the
             model's operating threshold, :func:`operating_threshold`), ``tta`` (test-time augmentation),
-            ``batch_size``, ``workers``, ``device`` and ``image_limits``.
+            ``batch_size``, ``workers``, ``device``, ``image_limits``, and ``explain``, ``explain_max``,
+            ``explain_scale`` (:func:`explain_positives`).
 
     Returns:
         ``predictions``: file, predicted label and probability of Parasitized per image;
-        ``inference_summary``: counts per class, fraction parasitized, skipped files with reasons.
+        ``inference_summary``: counts per class, fraction parasitized, skipped files with reasons, and
+        the overlay of each explained cell; ``explanation_overlays``: those overlays as PNG pixels
+        (none unless ``explain``).
     """
     check_source(params.get("source"), inference_images, "inference.source", "inference_source")
     classifier = _classifier(inference_model, params)
@@ -55,7 +61,7 @@ def predict_images(
     counts = predictions["label"].value_counts()
     summary = {
         "source": inference_images.source,
-        "model": {key: inference_model.get(key) for key in ("source", "architecture", "image_size")},
+        "model": {key: inference_model.get(key) for key in ("source", "registered_version", "architecture", "image_size")},
         "threshold": threshold,
         "threshold_parameter": params["threshold"],
         "tta": params["tta"],
@@ -64,11 +70,45 @@ def predict_images(
         "fraction_parasitized": float((labels == params["positive_class"]).mean()),
         "skipped": [{"path": member, "reason": reason} for member, reason in skipped],
     }
+    overlays, summary["explanations"] = explain_positives(classifier, packed.images, predictions, params)
     logger.info("Classified %d images of %s: %s; %.1f%% parasitized; skipped %d files", len(predictions),
                 inference_images.source, summary["per_class"], 100 * summary["fraction_parasitized"], len(skipped))
     for member, reason in skipped:
         logger.warning("Skipped %s: %s", member, reason)
-    return predictions, summary
+    return predictions, summary, overlays
+
+
+def explain_positives(classifier: CellClassifier, images: torch.Tensor, predictions: pd.DataFrame,
+                      params: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]] | None]:
+    """With ``params["explain"]``: the Grad-CAM heatmap of Parasitized over each cell predicted
+    Parasitized, the most confident first, at most ``explain_max`` (null: all), as a PNG of the cell and
+    its overlay side by side, ``explain_scale`` times enlarged (:func:`~malaria_pipeline.plots.cell_and_overlay`).
+
+    Returns:
+        ``{file name: uint8 H×W×3}`` and, for the summary, the list of ``{file, overlay, p_parasitized}``
+        (None without ``explain``).
+    """
+    if not params["explain"]:
+        return {}, None
+    from malaria_pipeline.plots import cell_and_overlay  # matplotlib: not among the served model's requirements
+
+    positive = params["positive_class"]
+    chosen = predictions[predictions["label"] == positive].sort_values("p_parasitized", ascending=False, kind="stable")
+    if params["explain_max"] is not None:
+        chosen = chosen.head(params["explain_max"])
+    rows = torch.as_tensor(chosen.index.to_numpy(copy=True))
+    heatmaps = grad_cam(classifier, images[rows], classifier.class_names.index(positive), params["batch_size"])
+    overlays, listing = {}, []
+    for rank, (row, heatmap) in enumerate(zip(chosen.itertuples(), heatmaps), start=1):
+        name = f"{rank:05d}_{_SAFE_NAME.sub('_', PurePosixPath(row.file).stem)[:100]}.png"
+        overlays[name] = cell_and_overlay(images[row.Index], heatmap, params["explain_scale"])
+        listing.append({"file": row.file, "overlay": name, "p_parasitized": float(row.p_parasitized)})
+    logger.info("Explained %d of the %d cells predicted %s (Grad-CAM overlays, explanation_overlays)", len(listing),
+                int((predictions["label"] == positive).sum()), positive)
+    return overlays, listing
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def predict_encoded_images(served_images: pd.DataFrame, model: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:

@@ -19,7 +19,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=predict_images,
                 inputs=["inference_images", "inference_model", "params:inference"],
-                outputs=["predictions", "inference_summary"],
+                outputs=["predictions", "inference_summary", "explanation_overlays"],
                 name="predict_images_node",
             ),
         ],
