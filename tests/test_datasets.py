@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from kedro.io.core import DatasetError, Version
+from PIL import Image
 
 from malaria_pipeline.archive import ImageArchive
 from malaria_pipeline.datasets import (
     CellImageSourceDataset,
     CheckpointStoreDataset,
+    ImageFolderDataset,
     OptionalCSVDataset,
     TorchDataset,
     TrainedModelDataset,
@@ -105,3 +108,20 @@ def test_an_optional_csv_is_an_empty_table_until_a_version_exists_then_the_lates
         import time; time.sleep(0.01)
     latest = OptionalCSVDataset(filepath=path, version=Version(None, None), columns=["path", "rank"]).load()
     assert latest["path"].tolist() == ["b.png", "c.png"]
+
+
+def test_an_image_folder_version_holds_its_pngs_and_refuses_a_name_that_leaves_it(tmp_path):
+    pixels = {"00001_cell.png": np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3),
+              "00002_cell.png": np.full((4, 4, 3), 200, dtype=np.uint8)}
+    ImageFolderDataset(filepath=str(tmp_path / "explanations"), version=Version(None, "2026-01-01T00.00.00.000Z")).save(pixels)
+    folder = tmp_path / "explanations" / "2026-01-01T00.00.00.000Z" / "explanations"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(pixels)
+    with Image.open(folder / "00001_cell.png") as png:
+        assert np.array_equal(np.asarray(png), pixels["00001_cell.png"])
+    loaded = ImageFolderDataset(filepath=str(tmp_path / "explanations"), version=Version(None, None)).load()
+    assert loaded.keys() == pixels.keys() and all(np.array_equal(loaded[k], pixels[k]) for k in pixels)
+    for name in ("../escape.png", "/tmp/escape.png", "sub/cell.png", "cell.jpg"):
+        dataset = ImageFolderDataset(filepath=str(tmp_path / "explanations"), version=Version(None, f"v-{len(name)}"))
+        with pytest.raises(DatasetError, match=r"is not a plain \.png file name"):
+            dataset.save({name: pixels["00002_cell.png"]})
+    assert not (tmp_path / "escape.png").exists()

@@ -17,16 +17,19 @@ DATASETS = {
     "lr_finder": {"data_split", "image_index", "image_tensors", "lr_finder_plot", "lr_finder_result",
                   "normalization_stats", "params:lr_finder", "params:training"},
     "evaluation": {"confusion_matrix_plot", "data_split", "evaluation_metrics", "evaluation_predictions",
-                   "evaluation_scores", "image_index", "image_tensors", "mlflow_model", "model", "params:evaluation",
+                   "evaluation_scores", "explanations_plot", "image_index", "image_tensors", "ingestion_report",
+                   "mlflow_model", "model", "model_card", "parameters", "params:evaluation",
                    "reliability_diagram_plot", "roc_curve_plot", "sample_images_plot", "top_losses_plot",
                    "training_curves_plot", "training_history"},
-    "inference": {"inference_images", "inference_model", "inference_summary", "params:inference", "predictions"},
+    "inference": {"explanation_overlays", "inference_images", "inference_model", "inference_summary",
+                  "params:inference", "predictions"},
+    "promote": {"params:promote", "promotion_report"},
     "training": {"cell_images", "confusion_matrix_plot", "data_split", "evaluation_metrics", "evaluation_predictions",
-                 "evaluation_scores", "image_index", "image_tensors", "ingestion_report", "label_issues_to_exclude",
-                 "mlflow_model", "model", "normalization_stats", "params:evaluation", "params:ingestion",
-                 "params:preprocessing.split", "params:training", "reliability_diagram_plot", "roc_curve_plot",
-                 "sample_images_plot", "top_losses_plot", "trained_model", "training_checkpoint",
-                 "training_curves_plot", "training_history"},
+                 "evaluation_scores", "explanations_plot", "image_index", "image_tensors", "ingestion_report",
+                 "label_issues_to_exclude", "mlflow_model", "model", "model_card", "normalization_stats", "parameters",
+                 "params:evaluation", "params:ingestion", "params:preprocessing.split", "params:training",
+                 "reliability_diagram_plot", "roc_curve_plot", "sample_images_plot", "top_losses_plot", "trained_model",
+                 "training_checkpoint", "training_curves_plot", "training_history"},
 }
 
 
@@ -41,7 +44,7 @@ def test_every_training_node_is_in_the_namespace_of_its_stage():
     assert all(node.name == f"{node.namespace}.{node._name}" for node in training.nodes)
 
 
-@pytest.mark.parametrize("name", ["lr_finder", "inference"])
+@pytest.mark.parametrize("name", ["lr_finder", "inference", "promote"])
 def test_the_other_pipelines_have_their_own_namespace(name):
     assert {node.namespace for node in register_pipelines()[name].nodes} == {name}
 

@@ -21,7 +21,7 @@ def test_every_dataset_the_pipelines_write_is_versioned():
     written = {name: entry for name, entry in catalog.items() if "filepath" in entry and (name in outputs or "{" in name)}
     assert {"image_index", "image_tensors", "ingestion_report", "data_split", "normalization_stats", "model",
             "training_history", "lr_finder_result", "evaluation_predictions", "evaluation_metrics",
-            "{name}_plot"} <= written.keys()
+            "{name}_plot", "model_card", "promotion_report", "explanation_overlays"} <= written.keys()
     assert [name for name, entry in written.items() if entry.get("versioned") is not True] == []
 
 
@@ -41,7 +41,8 @@ def test_two_runs_leave_two_versions_of_every_dataset(kedro_project, cell_folder
                  "05_model_input/normalization_stats.json", "06_models/model.pt", "08_reporting/training_history.csv",
                  "07_model_output/evaluation_predictions.parquet", "08_reporting/evaluation_metrics.json",
                  "08_reporting/confusion_matrix.png", "08_reporting/roc_curve.png", "08_reporting/training_curves.png",
-                 "08_reporting/top_losses.png", "08_reporting/sample_images.png"):
+                 "08_reporting/top_losses.png", "08_reporting/sample_images.png", "08_reporting/explanations.png",
+                 "08_reporting/model_card.md"):
         versions = sorted(p.name for p in (data / path).iterdir())
         assert len(versions) == 2, (path, versions)
     mlflow.set_tracking_uri(f"sqlite:///{kedro_project.root / 'mlflow.db'}")
@@ -116,7 +117,7 @@ def test_a_training_run_is_tracked_in_mlflow_with_history_metrics_figures_and_mo
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"evaluation_metrics.json", "training_history.csv", "figures"} <= artifacts  # the model is an MLflow 3 LoggedModel
     assert figures == {f"figures/{f}.png" for f in ("confusion_matrix", "roc_curve", "training_curves", "top_losses", "sample_images",
-                                                    "reliability_diagram")}
+                                                    "reliability_diagram", "explanations")}
     for subset in ("validation", "test"):
         assert 0 <= run.data.metrics[f"{subset}.ece"] <= 1 and 0 <= run.data.metrics[f"{subset}.ece_uncalibrated"] <= 1
     assert run.data.metrics["training.temperature"] == kedro_project.load("model")["temperature"]

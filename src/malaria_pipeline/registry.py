@@ -24,20 +24,40 @@ PROMOTED_TAG = "promotion"
 
 
 def register_run_model(run_id: str, model_name: str, alias: str, description: str | None = None):
-    """Registers ``runs:/<run_id>/model`` as a new version of ``model_name`` (created if new), gives it
-    ``alias`` (moved from the version that held it) and ``description`` (the model card).
+    """Registers the served model of run ``run_id`` as a new version of ``model_name`` (created if new),
+    gives it ``alias`` (moved from the version that held it) and ``description`` (the model card).
+
+    The client's calls, not ``mlflow.register_model``, which prints to the console past the log.
 
     Returns:
         The ``ModelVersion``.
     """
-    version = mlflow.register_model(f"runs:/{run_id}/{SERVED_MODEL}", model_name)
     client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    logged = _logged_model(run_id)
+    version = client.create_model_version(
+        model_name, source=logged.model_uri if logged else f"runs:/{run_id}/{SERVED_MODEL}", run_id=run_id,
+        model_id=logged.model_id if logged else None, description=description or None,
+    )
     client.set_registered_model_alias(model_name, alias, version.version)
-    if description:
-        client.update_model_version(model_name, version.version, description=description)
-    logger.info("Registered runs:/%s/%s as version %s of %s, alias %s: serve it with mlflow models serve -m "
-                '"models:/%s@%s"', run_id, SERVED_MODEL, version.version, model_name, alias, model_name, alias)
+    logger.info("Registered the model of run %s as version %s of %s, alias %s: serve it with mlflow models serve -m "
+                '"models:/%s@%s"', run_id, version.version, model_name, alias, model_name, alias)
     return version
+
+
+def _logged_model(run_id: str):
+    """The served model that run ``run_id`` logged (in MLflow 3 a LoggedModel, outside the run's
+    artifacts), or None."""
+    run = mlflow.MlflowClient().get_run(run_id)
+    logged = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list",
+        filter_string=f"source_run_id = '{run_id}' AND name = '{SERVED_MODEL}'",
+    )
+    return logged[0] if logged else None
 
 
 def version_scores(version, metrics: tuple[str, ...]) -> dict[str, Any]:
@@ -78,7 +98,7 @@ def promote(model_name: str, challenger_alias: str, champion_alias: str, margins
         challenger = (client.get_model_version(model_name, str(version)) if version is not None
                       else client.get_model_version_by_alias(model_name, challenger_alias))
     except MlflowException as error:
-        which = f"version {version}" if version is not None else f"a version with the alias {challenger_alias}"
+        which = f"version {version}" if version is not None else f"version with the alias {challenger_alias}"
         raise ValueError(f"The registry of {mlflow.get_registry_uri()} has no {which} of {model_name} ({error.message}): "
                          "run `kedro run --pipelines training` first (each run registers a version), or give "
                          "promote.version an existing version") from error

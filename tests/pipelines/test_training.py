@@ -59,6 +59,6 @@ def test_training_pipeline_runs_on_real_pngs_some_broken(kedro_project, cell_fol
     assert point["threshold"] == bundle["operating_point"]["threshold"] and point["target_sensitivity"] == 0.96  # conf/base
     assert point["validation"]["sensitivity"] >= 0.96 and set(point["test"]) == {"sensitivity", "specificity"}
     for figure in ("confusion_matrix", "roc_curve", "training_curves", "top_losses", "sample_images",
-                   "reliability_diagram"):
+                   "reliability_diagram", "explanations"):
         png = next((kedro_project.root / "data" / "08_reporting" / f"{figure}.png").iterdir()) / f"{figure}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure

@@ -27,10 +27,15 @@ def trained(module_kedro_project, tmp_path_factory):
     cells = tmp_path_factory.mktemp("cells") / "cells"
     write_cells(cells, SMALL_PATIENTS)
     module_kedro_project.run("training", ingestion={"source": str(cells), "image_size": 16}, **TINY)
+    module_kedro_project.run("promote")  # the first challenger becomes champion
     mlflow.set_tracking_uri(f"sqlite:///{module_kedro_project.root / 'mlflow.db'}")
-    (run,) = mlflow.search_runs(experiment_names=["malaria-pipeline"], output_format="list")
+    mlflow.set_registry_uri(f"sqlite:///{module_kedro_project.root / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["malaria-pipeline"], filter_string="run_name = 'training'",
+                                output_format="list")
     module_kedro_project.run_id = run.info.run_id
-    return module_kedro_project
+    module_kedro_project.cells = cells
+    yield module_kedro_project
+    mlflow.set_registry_uri("")
 
 
 def new_cells(folder: Path, count: int) -> list[Path]:
@@ -71,21 +76,28 @@ print(json.dumps({"module": malaria_pipeline.__file__, "answer": answer.to_dict(
 """
 
 
-def test_the_pyfunc_model_in_a_fresh_process_matches_the_inference_pipeline(trained, tmp_path):
+@pytest.mark.parametrize("where", ["a downloaded copy", "the registry's champion"])
+def test_the_pyfunc_model_in_a_fresh_process_matches_the_inference_pipeline(trained, tmp_path, where):
     paths = new_cells(tmp_path / "new", 24)
     trained.run("inference", inference={"source": str(tmp_path / "new")})
     pipeline = trained.load("predictions").set_index("file").loc[[p.name for p in paths]]
 
-    # a copy of the MLflow model outside the project, loaded from another working directory
-    model_dir = mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/model", dst_path=str(tmp_path / "download"))
+    # a copy of the MLflow model outside the project, or models:/…@champion read from the project's
+    # store, loaded from another working directory
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
+    if where == "a downloaded copy":
+        model = mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/model", dst_path=str(tmp_path / "download"))
+    else:
+        model, env["MLFLOW_TRACKING_URI"] = "models:/malaria-cell-classifier@champion", f"sqlite:///{trained.root / 'mlflow.db'}"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
-    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, model_dir], input=json.dumps(encoded(paths)),
+    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, model], input=json.dumps(encoded(paths)),
                           capture_output=True, text=True, cwd=elsewhere, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["module"].startswith(str(tmp_path / "download"))  # the model's own copy of the code
+    assert not result["module"].startswith(str(Path(__file__).parents[3] / "src"))  # the model's own copy of the code
+    if where == "a downloaded copy":
+        assert result["module"].startswith(str(tmp_path / "download"))
     answer = pd.DataFrame(result["answer"])
     assert answer["error"].isna().all()
     assert np.allclose(answer["p_parasitized"], pipeline["p_parasitized"], atol=1e-5, rtol=0)
@@ -104,12 +116,39 @@ def test_the_pyfunc_model_answers_the_good_row_beside_a_bomb(trained):
     assert 0 <= answer.loc[1, "p_parasitized"] <= 1
 
 
-def test_inference_reads_the_model_of_an_mlflow_run_or_a_given_version(trained, tmp_path):
+def test_each_training_run_registers_its_model_as_challenger_with_its_card_and_promote_says_why(trained):
+    client = trained.mlflow_client()
+    (found,) = client.search_model_versions("name = 'malaria-cell-classifier'")
+    version = client.get_model_version("malaria-cell-classifier", found.version)  # search leaves aliases out
+    assert version.run_id == trained.run_id and set(version.aliases) == {"challenger", "champion"}
+    card = trained.load("model_card")
+    assert version.description == card and card.startswith("# Model card: malaria-cell-classifier")
+    assert "model_card.md" in {a.path for a in client.list_artifacts(trained.run_id)}
+    report = trained.load("promotion_report")
+    assert report["promoted"] and report["champion"] == 1 and report["reason"] == "no version held the champion alias"
+    assert report["challenger"]["source"] == f"the test subset of run {trained.run_id}"
+    assert report["challenger"]["scores"]["roc_auc"] == client.get_run(trained.run_id).data.metrics["test.roc_auc"]
+
+
+def test_inference_reads_the_model_of_an_mlflow_run_a_registered_version_or_a_given_version(trained, tmp_path):
     new_cells(tmp_path / "new", 5)
     trained.run("inference", inference={"source": str(tmp_path / "new"), "mlflow_run_id": trained.run_id})
     summary = trained.load("inference_summary")
     assert summary["model"]["source"].startswith(f"runs:/{trained.run_id}/model/")
     assert summary["images"] == 5
+    by_run = trained.load("predictions")
+
+    trained.run("inference", inference={"source": str(tmp_path / "new"),
+                                        "model_uri": "models:/malaria-cell-classifier@champion"})
+    summary = trained.load("inference_summary")
+    assert summary["model"]["source"].startswith("models:/malaria-cell-classifier@champion/")
+    assert summary["model"]["registered_version"] == {"name": "malaria-cell-classifier", "version": 1,
+                                                      "run_id": trained.run_id}
+    pd.testing.assert_frame_equal(trained.load("predictions"), by_run)
+    with pytest.raises(Exception, match=r"inference.model_uri: cannot read the model bundle of "
+                                        r"models:/malaria-cell-classifier@nobody"):
+        trained.run("inference", inference={"source": str(tmp_path / "new"),
+                                            "model_uri": "models:/malaria-cell-classifier@nobody"})
 
     (version,) = [p.name for p in (trained.root / "data/06_models/model.pt").iterdir()]
     trained.run("inference", inference={"source": str(tmp_path / "new"), "model_version": version})
@@ -142,7 +181,7 @@ def server(trained, tmp_path):
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"runs:/{trained.run_id}/model",
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/malaria-cell-classifier@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
@@ -213,3 +252,20 @@ def test_the_served_model_answers_a_bomb_row_and_refuses_too_many_rows_without_a
     assert status == 400
     assert "The request has 4097 rows, more than inference.max_rows (4096)" in body["message"]
     assert "stack_trace" not in body and "Traceback" not in json.dumps(body)
+
+
+def test_a_second_run_is_the_new_challenger_and_promote_refuses_it_when_worse(trained):
+    trained.run("training", ingestion={"source": str(trained.cells), "image_size": 16},
+                **{**TINY, "training": {**TINY["training"], "seed": 7}})
+    client = trained.mlflow_client()
+    assert int(client.get_model_version_by_alias("malaria-cell-classifier", "challenger").version) == 2
+    # a margin of -1 asks the challenger to beat the champion by 1 on each metric: it cannot
+    trained.run("promote", promote={"margins": {"sensitivity": -1.0, "roc_auc": -1.0}})
+    report = trained.load("promotion_report")
+    assert not report["promoted"] and report["champion"] == 1
+    assert report["reason"].startswith("the challenger is worse than the champion beyond the margin on sensitivity, roc_auc")
+    assert int(client.get_model_version_by_alias("malaria-cell-classifier", "champion").version) == 1
+    trained.run("promote")  # with the default margins: either way, the report says which and why
+    report = trained.load("promotion_report")
+    assert report["champion"] == (2 if report["promoted"] else 1)
+    assert int(client.get_model_version_by_alias("malaria-cell-classifier", "champion").version) == report["champion"]
