@@ -18,7 +18,7 @@ HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
 def model_card(facts: dict[str, Any]) -> str:
     """The card as Markdown. ``facts``: what :func:`malaria_pipeline.pipelines.evaluation.nodes.write_model_card`
-    gathers (``model``, ``ingestion``, ``subsets``, ``grayscale``, ``evaluation``, ``parameters``,
+    gathers (``model``, ``ingestion``, ``subsets``, ``grayscale``, ``evaluation``, ``parameters``, ``profile``,
     ``cross_validation``, ``run_id``, ``registered_model``)."""
     sections = [_title(facts), _model(facts), _data(facts), _training(facts), _metrics(facts),
                 _operating_point(facts), _calibration(facts), _use_and_limits(facts), _reproduce(facts)]
@@ -66,7 +66,7 @@ def _training(facts):
     t = facts["parameters"]["training"]
     jitter = {k: t[k] for k in ("brightness", "contrast", "gamma", "saturation", "hue") if t.get(k)}
     return ("## Training\n\n"
-            f"- Profile `{facts['parameters'].get('profile')}`; {t['epochs']} epochs, one-cycle schedule to max LR {t['max_lr']} "
+            f"- Profile `{facts['profile']}`; {t['epochs']} epochs, one-cycle schedule to max LR {t['max_lr']} "
             f"(pct_start {t['pct_start']}), {t['optimizer']}, weight decay {t['weight_decay']}, batch {t['batch_size']}, "
             f"label smoothing {t['label_smoothing']}, gradient clip {t['grad_clip']}, seed {t['seed']}.\n"
             f"- Augmentation: pad-and-crop {t['pad']} px, flips {t['flips']}, rotations {t['rotations']}"
@@ -155,7 +155,7 @@ def _reproduce(facts):
     claim = parameters.get("cross_validation_run_id")
     env = " --env all_patients" if claim else ""
     return ("## Reproduce\n\n"
-            f"```\nkedro run --pipelines training{env} --params \"ingestion.source={source},profile={parameters.get('profile')}\"\n```\n\n"
+            f"```\nkedro run --pipelines training{env} --params \"ingestion.source={source},profile={facts['profile']}\"\n```\n\n"
             "with this project at the version above; every parameter of the run is in the MLflow run's parameters"
             + (f" (run `{facts['run_id']}`)" if facts.get("run_id") else "") + ". On a CPU, the same seeds give the same model.")
 

@@ -25,6 +25,7 @@ from malaria_pipeline.ml.explain import grad_cam
 from malaria_pipeline.ml.model_io import CellClassifier, load_model
 from malaria_pipeline.ml.models import probabilities as probabilities_of
 from malaria_pipeline.model_card import model_card
+from malaria_pipeline.profiles import choose_profile
 from malaria_pipeline.plots import (
     plot_confusion_matrices,
     plot_explained_cells,
@@ -142,6 +143,7 @@ def write_model_card(model: dict[str, Any], evaluation_metrics: dict[str, Any], 
     sample = image_tensors[:: max(1, len(image_tensors) // 512)]  # the same in every channel: grayscale
     facts = {
         "model": model, "ingestion": ingestion_report, "evaluation": evaluation_metrics, "parameters": parameters,
+        "profile": choose_profile(parameters.get("profile", "auto"))[0],  # what `auto` chose here
         "subsets": {name: {"patients": int(cells["patient_id"].nunique()), "images": len(cells),
                            "parasitized": int((cells["label"] == parameters["positive_class"]).sum())}
                     for name, cells in sorted(subsets, key=lambda item: SUBSET_ORDER.get(item[0], 9))},
