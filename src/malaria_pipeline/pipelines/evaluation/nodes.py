@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from malaria_pipeline import tracking
 from malaria_pipeline.metrics import (
     binary_confidence,
     calibration_bins,
@@ -19,13 +20,11 @@ from malaria_pipeline.metrics import (
     patient_bootstrap_intervals,
     per_patient,
 )
-from malaria_pipeline import tracking
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.explain import grad_cam
 from malaria_pipeline.ml.model_io import CellClassifier, load_model
 from malaria_pipeline.ml.models import probabilities as probabilities_of
 from malaria_pipeline.model_card import model_card
-from malaria_pipeline.profiles import choose_profile
 from malaria_pipeline.plots import (
     plot_confusion_matrices,
     plot_explained_cells,
@@ -35,12 +34,14 @@ from malaria_pipeline.plots import (
     plot_roc_curves,
     plot_training_curves,
 )
+from malaria_pipeline.profiles import choose_profile
 from malaria_pipeline.splitting import subset_rows
 from malaria_pipeline.tensors import class_codes
 
 logger = logging.getLogger(__name__)
 
 EVALUATED_SUBSETS = ("validation", "test")
+SUBSET_ORDER = {"train": 0, "validation": 1, "test": 2}
 # Metrics of each subset that go to MLflow as final metrics.
 SCORES = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "average_precision",
           "false_negatives", "false_positives", "ece", "ece_uncalibrated")
@@ -153,9 +154,6 @@ def write_model_card(model: dict[str, Any], evaluation_metrics: dict[str, Any], 
         "registered_model": parameters["registry"]["model_name"],
     }
     return model_card(facts)
-
-
-SUBSET_ORDER = {"train": 0, "validation": 1, "test": 2}
 
 
 def package_model(model: dict[str, Any]) -> CellClassifier:
