@@ -163,6 +163,8 @@ TRAIN_PARAMS = {
     "hue": 0.0, "ema_decay": None, "bf16": False, "channels_last": True, "compile": False,
     "deterministic": False, "keep": "best", "resume": False, "exclude_label_issues": False,
     "calibrate": True,
+    "distributed": {"nproc_per_node": 1, "nnodes": 1, "rdzv_endpoint": "127.0.0.1:29400", "backend": "auto",
+                    "sync_batchnorm": False},
 }
 
 
@@ -350,3 +352,56 @@ class KedroProject:
 
         mlflow.set_tracking_uri(f"sqlite:///{self.root / 'mlflow.db'}")
         return mlflow.MlflowClient()
+
+
+def stop_after_epoch(epoch: int, row: dict) -> None:
+    """An ``on_epoch_end`` that fails after ``epoch``, as a crash or Ctrl-C would (picklable with
+    ``functools.partial``, for a training process of its own)."""
+    if row["epoch"] == epoch:
+        raise RuntimeError(f"stopped after epoch {epoch}")
+
+
+def batch_norm_free_classifier(width: int = 4, image_size: int = 16):
+    """A ResNet-9 without batch norm and dropout, seeded: with it, one process on the global batch and
+    data-parallel processes on its slices compute the same gradient."""
+    import torch
+    from torch import nn
+
+    from malaria_pipeline.ml.models import CellClassifier
+    from malaria_pipeline.ml.resnet9 import ResNet9
+
+    torch.manual_seed(0)
+    network = ResNet9(width=width, dropout=0.0)
+    for module in list(network.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(module, name, nn.Identity())
+    return CellClassifier(network, [0.6] * 3, [0.2] * 3, ["Parasitized", "Uninfected"], image_size)
+
+
+def batch_norm_free_worker(data, config) -> dict:
+    """A data-parallel training process (for ``elastic_launch``) that trains
+    :func:`batch_norm_free_classifier` and returns its weights."""
+    import os
+
+    import torch.distributed as dist
+
+    from malaria_pipeline.ml.parallel import DataParallel
+    from malaria_pipeline.ml.train import fit
+
+    dist.init_process_group("gloo")
+    try:
+        parallel = DataParallel(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+        result = fit(batch_norm_free_classifier(), data, config, parallel=parallel)
+        return {k: v.detach().clone() for k, v in result.classifier.state_dict().items()}
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -10,6 +10,7 @@ from kedro.framework.hooks import hook_impl
 from kedro_mlflow.pipeline.pipeline_ml import PipelineML
 
 from malaria_pipeline import kedro_private, registry, tracking
+from malaria_pipeline.ml.distributed import DistributedConfig
 from malaria_pipeline.ml.train import TrainConfig
 from malaria_pipeline.profiles import choose_profile
 
@@ -41,7 +42,7 @@ class CheckTrainingParameters:
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        TrainConfig.from_params(context.params.get("training", {}))
+        DistributedConfig.from_params(TrainConfig.from_params(context.params.get("training", {})).distributed)
 
 
 class LogHardwareProfile:

@@ -7,9 +7,11 @@ does nothing when there is none, so the training node also runs outside a tracke
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +50,19 @@ def log_epoch(row: dict[str, Any]) -> None:
     if mlflow.active_run() is None:
         return
     mlflow.log_metrics({name: float(row[column]) for name, column in EPOCH_METRICS.items()}, step=int(row["epoch"]))
+
+
+def epoch_logger(run_id: str | None):
+    """A picklable :func:`log_epoch` for another process (a data-parallel training process, which has no
+    active run): logs each row to run ``run_id`` of this process's tracking store; None: logs nothing."""
+    return functools.partial(_log_epoch_to, run_id, mlflow.get_tracking_uri()) if run_id else None
+
+
+def _log_epoch_to(run_id: str, tracking_uri: str, row: dict[str, Any]) -> None:
+    client = mlflow.MlflowClient(tracking_uri)
+    step, timestamp = int(row["epoch"]), int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(name, float(row[column]), timestamp, step)
+                                      for name, column in EPOCH_METRICS.items()])
 
 
 def set_tags(tags: dict[str, Any]) -> None:

@@ -1,12 +1,16 @@
 """The composed `training` pipeline (ingestion, preprocessing, model_training, evaluation) run end to end
 over the project's own catalog.yml, in a KedroProject in tmp_path."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from malaria_pipeline.ml import load_model
-from tests.helpers import add_bad_files, zip_folder
+from tests.helpers import add_bad_files, free_port, zip_folder
 
 # 4 folds of the six patients, and a ResNet-9 of width 4 for 2 epochs: seconds on a CPU.
 TINY_SPLIT_AND_TRAINING = {
@@ -62,3 +66,37 @@ def test_training_pipeline_runs_on_real_pngs_some_broken(kedro_project, cell_fol
                    "reliability_diagram", "explanations"):
         png = next((kedro_project.root / "data" / "08_reporting" / f"{figure}.png").iterdir()) / f"{figure}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+
+
+def test_two_machines_on_loopback_train_one_model_logged_and_saved_once(kedro_project, cell_folder, tmp_path):
+    # Node 0 is this `training` run; node 1, a second launch on the same machine, joins with the README's
+    # command. Rank 0 sends node 1 the configuration and the images: node 1 runs in an empty folder.
+    endpoint = f"127.0.0.1:{free_port()}"
+    elsewhere = tmp_path / "node1"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("KEDRO_LOGGING_CONFIG",)}
+    with (tmp_path / "node1.log").open("w") as log:
+        joiner = subprocess.Popen([sys.executable, "-m", "malaria_pipeline.ml.distributed", "--nnodes", "2",
+                                   "--node-rank", "1", "--rdzv-endpoint", endpoint],
+                                  cwd=elsewhere, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            training = {**TINY_SPLIT_AND_TRAINING["training"],
+                        "distributed": {"nnodes": 2, "nproc_per_node": 1, "rdzv_endpoint": endpoint}}
+            kedro_project.run("training", ingestion={"source": str(cell_folder), "image_size": 16},
+                              **{**TINY_SPLIT_AND_TRAINING, "training": training})
+            assert joiner.wait(timeout=120) == 0, (tmp_path / "node1.log").read_text()[-3000:]
+        finally:
+            joiner.kill()
+    node1 = (tmp_path / "node1.log").read_text()
+    assert f"Joining the training run at {endpoint} as machine 1 of 2" in node1
+    assert " malaria_pipeline.ml.train: " not in node1  # rank 1 reports nothing: rank 0 prints the table
+    assert list(elsewhere.iterdir()) == []  # no data, no checkpoint, no model on node 1
+
+    client = kedro_project.mlflow_client()
+    (run,) = client.search_runs([client.get_experiment_by_name("malaria-pipeline").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_loss")] == [1, 2]  # once per epoch
+    assert len(list((kedro_project.root / "data" / "06_models" / "model.pt").iterdir())) == 1
+    history = kedro_project.load("training_history")
+    assert history["epoch"].tolist() == [1, 2]
+    assert client.get_model_version_by_alias("malaria-cell-classifier", "challenger").run_id == run.info.run_id

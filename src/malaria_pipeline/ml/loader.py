@@ -22,6 +22,8 @@ class BatchLoader:
     rows; the last partial batch is dropped (a batch of one breaks batch norm), and a set smaller than
     one batch makes one batch of all of it. ``augment`` (e.g. an
     :class:`~malaria_pipeline.ml.augment.Augmentation`) transforms each batch with the same generator.
+    ``shard`` (data-parallel training) then keeps this process's slice of the augmented batch and of
+    its labels: every process draws the same permutation and augmentation.
     """
 
     def __init__(
@@ -31,10 +33,12 @@ class BatchLoader:
         batch_size: int,
         generator: torch.Generator,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        shard: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         if len(images) != len(labels) or len(images) == 0:
             raise ValueError(f"BatchLoader needs as many labels as images, and some: got {len(images)} and {len(labels)}")
         self.images, self.labels, self.generator, self.augment = images, labels, generator, augment
+        self.shard = shard
         self.batch_size = min(batch_size, len(images))
 
     def __len__(self) -> int:
@@ -45,7 +49,8 @@ class BatchLoader:
         for step in range(len(self)):
             rows = order[step * self.batch_size : (step + 1) * self.batch_size]
             images = self.images[rows]
-            yield (self.augment(images, self.generator) if self.augment else images), self.labels[rows]
+            images, labels = (self.augment(images, self.generator) if self.augment else images), self.labels[rows]
+            yield (self.shard(images), self.shard(labels)) if self.shard else (images, labels)
 
     def forever(self) -> Iterator[Batch]:
         """Pass after pass, each in a new order."""

@@ -29,6 +29,7 @@ from malaria_pipeline.ml.checkpoint import CheckpointStore
 from malaria_pipeline.ml.device import pick_device, set_determinism, use_bf16
 from malaria_pipeline.ml.loader import BatchLoader
 from malaria_pipeline.ml.models import CellClassifier, apply_frozen_mode, build_network, layer_groups, set_frozen
+from malaria_pipeline.ml.parallel import DataParallel
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class TrainConfig:
     exclude_label_issues: bool
     # Read by the pipeline, which fits temperature scaling on the validation subset after training.
     calibrate: bool
+    # Read by the pipeline: more than one process starts malaria_pipeline.ml.distributed (DistributedConfig).
+    distributed: dict[str, Any]
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> TrainConfig:
@@ -249,6 +252,12 @@ class _Run:
     on_epoch_end: Callable[[dict[str, Any]], None]
     progress: Progress
     average: AveragedModel | None  # the EMA of the classifier's weights (ema_decay), or None
+    parallel: DataParallel | None = None  # this process's place in a data-parallel group, or None
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process validates, checkpoints and reports (the only one, or rank 0)."""
+        return self.parallel is None or self.parallel.is_main
 
     @property
     def kept(self) -> nn.Module:
@@ -263,6 +272,7 @@ def fit(
     *,
     checkpoint: CheckpointStore | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    parallel: DataParallel | None = None,
 ) -> TrainResult:
     """Trains ``classifier`` and returns it with the best (or last) epoch's weights and the history.
 
@@ -274,6 +284,9 @@ def fit(
         checkpoint: where to keep the state after each epoch; None keeps none.
         on_epoch_end: called with each history row as it becomes known: on resume first with each
             row restored from the checkpoint, then after each epoch (once its checkpoint is saved).
+        parallel: this process's place in a data-parallel group (:mod:`malaria_pipeline.ml.parallel`,
+            started by :mod:`malaria_pipeline.ml.distributed`); rank 0 alone checkpoints and calls
+            ``on_epoch_end``.
     """
     device = pick_device(config.device)
     set_determinism(config.deterministic)
@@ -282,13 +295,16 @@ def fit(
     classifier = classifier.to(device).set_speed(config.channels_last, use_bf16(config.bf16, device))
     groups = layer_groups(classifier.network, config.architecture)
     stages = plan_stages(config, len(groups))
+    if parallel is not None:
+        parallel.local_batch_size(config.batch_size)  # checks that the batch divides evenly
     loader = BatchLoader(data.train_images.to(device), data.train_labels.to(device), config.batch_size, generator,
-                         config.augmentation)
+                         config.augmentation, parallel.shard if parallel else None)
+    network = torch.compile(classifier) if config.compile else classifier
     run = _Run(
-        classifier, torch.compile(classifier) if config.compile else classifier, groups, loader,
+        classifier, parallel.wrap(network, device) if parallel else network, groups, loader,
         (data.valid_images.to(device), data.valid_labels.to(device)), config, checkpoint,
         _fingerprint(config, data, stages), on_epoch_end or (lambda row: None), Progress(),
-        None if config.ema_decay is None else make_average(classifier, config.ema_decay),
+        None if config.ema_decay is None else make_average(classifier, config.ema_decay), parallel,
     )
     saved = _restore(run, generator)
     _log_start(run, device, stages)
@@ -312,16 +328,31 @@ def _train_stage(run: _Run, stage: Stage, first_epoch: int, saved: dict[str, Any
     for epoch in range(max(run.progress.epoch, first_epoch), first_epoch + stage.epochs):
         started = time.perf_counter()
         train_loss, last_lr = run_epoch(run, optimizer, scheduler, f"epoch {epoch + 1}")
-        validated = run.network if run.average is None else run.average.module
-        valid_loss, accuracy = evaluate(validated, *run.valid, run.config.eval_batch_size)
+        valid_loss, accuracy = _validate(run)
+        if run.parallel is not None:
+            train_loss = run.parallel.mean(train_loss, run.loader.images.device)
         row = {"epoch": epoch + 1, "stage": stage.name, "train_loss": train_loss, "valid_loss": valid_loss,
                "accuracy": accuracy, "lr": last_lr, "seconds": time.perf_counter() - started}
         run.progress.epoch = epoch + 1
         run.progress.history.append(row)
         logger.info("%s", _table_row(row))
         _keep_best(run, row)
-        _snapshot(run, optimizer, scheduler, generator)
-        run.on_epoch_end(row)
+        if run.is_main:
+            _snapshot(run, optimizer, scheduler, generator)
+            run.on_epoch_end(row)
+
+
+def _validate(run: _Run) -> tuple[float, float]:
+    """Validation loss and accuracy of the module that is kept; in a data-parallel group, rank 0's
+    (after its batch-norm statistics are given to every process), shared with the others."""
+    validated = run.classifier if run.parallel is not None else run.network
+    validated = validated if run.average is None else run.average.module
+    if run.parallel is None:
+        return evaluate(validated, *run.valid, run.config.eval_batch_size)
+    run.parallel.sync_buffers(run.classifier)
+    if run.average is not None:
+        run.parallel.sync_buffers(run.average)
+    return run.parallel.share(evaluate(validated, *run.valid, run.config.eval_batch_size) if run.is_main else None)
 
 
 def run_epoch(run: _Run, optimizer: torch.optim.Optimizer, scheduler, description: str) -> tuple[float, float]:
@@ -442,7 +473,9 @@ def _restore(run: _Run, generator: torch.Generator) -> dict[str, Any] | None:
         return None
     if run.checkpoint is None:
         raise ValueError("training.resume is true but no checkpoint store was given")
-    saved = run.checkpoint.load()
+    saved = run.checkpoint.load() if run.is_main else None
+    if run.parallel is not None:
+        saved = run.parallel.share(saved)  # the other processes (other machines too) need no copy of the file
     if saved is None:
         logger.warning("training.resume is true but %s holds no checkpoint: starting afresh", run.checkpoint.path)
         return None
@@ -470,19 +503,25 @@ def _log_start(run: _Run, device: torch.device, stages: list[Stage]) -> None:
         tuple(images.shape[1:]), len(run.loader), run.loader.batch_size,
         ", ".join(f"{s.name} ({s.epochs} epochs, max LR {_lrs(s.max_lrs)})" for s in stages),
     )
+    if run.parallel is not None:
+        logger.info("Data-parallel in %d processes: each trains on %d of the %d images of every step; rank 0 "
+                    "validates, checkpoints and reports", run.parallel.world_size,
+                    run.parallel.local_batch_size(run.loader.batch_size), run.loader.batch_size)
     if run.average is not None:
         logger.info("Validating and keeping the moving average of the weights (decay %g), updated every step",
                     run.config.ema_decay)
     logger.info("%s", _table_row(HISTORY_COLUMNS))
     for row in run.progress.history:
         logger.info("%s", _table_row(row))
-        run.on_epoch_end(row)
+        if run.is_main:
+            run.on_epoch_end(row)
 
 
 def _fingerprint(config: TrainConfig, data: TrainData, stages: list[Stage]) -> dict[str, Any]:
     # What must match for a checkpoint to belong to this run (the device and speed switches need not).
     ignored = ("device", "bf16", "channels_last", "compile", "deterministic", "eval_batch_size", "keep", "resume",
-               "calibrate")  # calibrate: after training, which it leaves as it is
+               "calibrate",  # after training, which it leaves as it is
+               "distributed")  # every process draws the global batches of one process: the same run
     return {
         **{k: v for k, v in asdict(config).items() if k not in ignored},
         "stages": [asdict(s) for s in stages],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pandas as pd
 import pytest
 
 from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images
-from tests.helpers import SMALL_PATIENTS, TINY, bomb_png, image_bytes, write_cells
+from tests.helpers import SMALL_PATIENTS, TINY, bomb_png, free_port, image_bytes, write_cells
 
 
 @pytest.fixture(scope="module")
@@ -155,12 +154,6 @@ def test_inference_reads_the_model_of_an_mlflow_run_a_registered_version_or_a_gi
     assert f"/{version}/" in trained.load("inference_summary")["model"]["source"]
     with pytest.raises(Exception, match=rf"Found no version '2000-01-01T00.00.00.000Z' of the model.*{version}"):
         trained.run("inference", inference={"source": str(tmp_path / "new"), "model_version": "2000-01-01T00.00.00.000Z"})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(port: int, payload: dict) -> tuple[int, dict]:

@@ -13,6 +13,7 @@ from malaria_pipeline import tracking
 from malaria_pipeline.label_audit import excluded_paths
 from malaria_pipeline.ml.checkpoint import CheckpointStore
 from malaria_pipeline.ml.device import pick_device
+from malaria_pipeline.ml.distributed import DistributedConfig, launch_training
 from malaria_pipeline.ml.model_io import load_model, model_bundle
 from malaria_pipeline.ml.train import HISTORY_COLUMNS, TrainConfig, train_classifier
 from malaria_pipeline.operating_point import calibrate
@@ -54,12 +55,14 @@ def train_model(
     if config.resume:
         _tag_the_run_it_continues(training_checkpoint)
     data_split = without_label_issues(data_split, excluded_paths(label_issues_to_exclude, image_index["path"], config.exclude_label_issues))
-    result = train_classifier(
-        train_data(image_tensors, image_index, data_split, normalization_stats, need_validation=config.keep == "best"),
-        config,
-        checkpoint=dataclasses.replace(training_checkpoint, metadata={"mlflow_run_id": tracking.active_run_id() or ""}),
-        on_epoch_end=tracking.log_epoch,
-    )
+    data = train_data(image_tensors, image_index, data_split, normalization_stats, need_validation=config.keep == "best")
+    checkpoint = dataclasses.replace(training_checkpoint, metadata={"mlflow_run_id": tracking.active_run_id() or ""})
+    distributed = DistributedConfig.from_params(config.distributed)
+    if distributed.enabled:  # in processes of their own, rank 0 logging each epoch to this run
+        result = launch_training(data, config, distributed, checkpoint=checkpoint,
+                                 on_epoch_end=tracking.epoch_logger(tracking.active_run_id()))
+    else:
+        result = train_classifier(data, config, checkpoint=checkpoint, on_epoch_end=tracking.log_epoch)
     bundle = model_bundle(
         result.classifier, architecture=config.architecture, network_args=config.network_args,
         extra={"best_epoch": result.best_epoch, "pretrained": config.pretrained},
