@@ -4,6 +4,7 @@ over the project's own catalog.yml, in a KedroProject in tmp_path."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,23 @@ def test_two_machines_on_loopback_train_one_model_logged_and_saved_once(kedro_pr
     history = kedro_project.load("training_history")
     assert history["epoch"].tolist() == [1, 2]
     assert client.get_model_version_by_alias("malaria-cell-classifier", "challenger").run_id == run.info.run_id
+
+
+def test_two_processes_under_the_kedro_command_print_each_epoch_once(kedro_project, cell_folder):
+    # The `kedro` command itself (the script, not `python -m kedro`): each spawned process re-imports the
+    # script, and with it the project's logging.
+    params = (f"ingestion.source={cell_folder},ingestion.image_size=16,training.width=4,training.epochs=2,"
+              "training.batch_size=8,preprocessing.split.strategy=stratified,preprocessing.split.fractions.train=0.5,"
+              "preprocessing.split.fractions.validation=0.25,preprocessing.split.fractions.test=0.25,"
+              f"training.distributed.nproc_per_node=2,training.distributed.rdzv_endpoint=127.0.0.1:{free_port()}")
+    env = {**os.environ, "KEDRO_LOGGING_CONFIG": str(kedro_project.root / "conf" / "logging.yml")}  # as make does
+    done = subprocess.run([str(Path(sys.executable).parent / "kedro"), "run", "--pipelines", "training", "--params", params],
+                          cwd=kedro_project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "Starting 2 training processes on this machine (1 machines, gloo" in done.stdout
+    rows = [line.split("malaria_pipeline.ml.train:")[1] for line in done.stdout.splitlines()
+            if "malaria_pipeline.ml.train:" in line]
+    assert sum(row.split()[:2] == ["1", "full"] for row in rows) == 1, rows
+    assert sum(row.split()[:2] == ["2", "full"] for row in rows) == 1, rows
+    assert sum("Data-parallel in 2 processes" in row for row in rows) == 1, rows

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -213,9 +214,15 @@ def _receive(payload: dict[str, Any] | None, parallel: DataParallel, device: tor
 
 
 def _configure_logging(rank: int) -> None:
-    """Rank 0 logs as the calling process does (one plain line per record); the others warnings only."""
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    """Rank 0 logs as the calling process does (one plain line per record); the others warnings only.
+
+    Under the ``kedro`` command a spawned process re-imports it, which applies the project's logging
+    configuration (``malaria_pipeline`` at INFO) again: the levels are set here after it.
+    """
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout,
+                        force=True)
+    logging.getLogger("malaria_pipeline").setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> None:
