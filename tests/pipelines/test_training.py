@@ -121,3 +121,18 @@ def test_two_processes_under_the_kedro_command_print_each_epoch_once(kedro_proje
     assert sum(row.split()[:2] == ["1", "full"] for row in rows) == 1, rows
     assert sum(row.split()[:2] == ["2", "full"] for row in rows) == 1, rows
     assert sum("Data-parallel in 2 processes" in row for row in rows) == 1, rows
+
+
+def test_a_failing_training_process_fails_the_run_with_its_error_and_leaves_no_mlflow_run_open(kedro_project, cell_folder):
+    two = {"nproc_per_node": 2, "rdzv_endpoint": f"127.0.0.1:{free_port()}"}
+    params = {"ingestion": {"source": str(cell_folder), "image_size": 16}, **TINY_SPLIT_AND_TRAINING}
+    kedro_project.run("training", **{**params, "training": {**params["training"], "distributed": two}})
+    # resuming with other epochs: every process refuses the checkpoint, which rank 0 sent them
+    resumed = {**params["training"], "epochs": 3, "resume": True,
+               "distributed": {**two, "rdzv_endpoint": f"127.0.0.1:{free_port()}"}}
+    with pytest.raises(Exception, match=r"Training process of rank \d failed \(exit code 1\): ValueError: The "
+                                        r"checkpoint .* belongs to another run \(it differs in \['epochs', 'stages'\]\)"):
+        kedro_project.run("training", **{**params, "training": resumed})
+    client = kedro_project.mlflow_client()
+    runs = client.search_runs([client.get_experiment_by_name("malaria-pipeline").experiment_id])
+    assert sorted(run.info.status for run in runs) == ["FAILED", "FINISHED"]
