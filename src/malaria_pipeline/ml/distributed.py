@@ -24,7 +24,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from malaria_pipeline.ml.checkpoint import CheckpointStore
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.parallel import DataParallel
-from malaria_pipeline.ml.train import TrainConfig, TrainData, TrainResult, build_classifier, check_known_keys, fit
+from malaria_pipeline.ml.train import TrainConfig, TrainData, TrainResult, build_classifier, config_from_params, fit
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +57,7 @@ class DistributedConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> DistributedConfig:
-        known = [f.name for f in fields(cls)]
-        check_known_keys(params, known, "training.distributed")
-        missing = [name for name in known if name not in params]
-        if missing:
-            raise ValueError(f"training.distributed is missing {', '.join(missing)}: see conf/base/parameters_training.yml")
-        return cls(**{name: params[name] for name in known})
+        return config_from_params(cls, params, "training.distributed")
 
     def __post_init__(self) -> None:
         if self.nproc_per_node < 1 or self.nnodes < 1:

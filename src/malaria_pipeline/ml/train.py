@@ -91,12 +91,7 @@ class TrainConfig:
             ValueError: a key is unknown (a typo such as ``max_Lr`` must never train with the default:
                 the message names the nearest known key) or missing, or a value is out of range.
         """
-        known = [f.name for f in fields(cls)]
-        check_known_keys(params, known, "training")
-        missing = [name for name in known if name not in params]
-        if missing:
-            raise ValueError(f"training is missing {', '.join(missing)}: see conf/base/parameters_training.yml")
-        return cls(**{name: params[name] for name in known})
+        return config_from_params(cls, params, "training")
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -120,6 +115,16 @@ class TrainConfig:
     def augmentation(self) -> Augmentation:
         jitter = ColorJitter(self.brightness, self.contrast, self.gamma, self.saturation, self.hue)
         return Augmentation(self.pad, self.flips, self.rotations, jitter)
+
+
+def config_from_params(cls, params: dict[str, Any], group: str):
+    """The dataclass ``cls`` from the parameters of ``group``, which must hold every field and no other key."""
+    known = [f.name for f in fields(cls)]
+    check_known_keys(params, known, group)
+    missing = [name for name in known if name not in params]
+    if missing:
+        raise ValueError(f"{group} is missing {', '.join(missing)}: see conf/base/parameters_training.yml")
+    return cls(**{name: params[name] for name in known})
 
 
 def check_known_keys(params: dict[str, Any], known: list[str], group: str) -> None:
