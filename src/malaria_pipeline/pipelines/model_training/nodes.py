@@ -45,7 +45,9 @@ def train_model(
         params: ``parameters_training.yml``: architecture, network, optimization and speed switches.
 
     Each epoch's row goes to the active MLflow run as soon as the epoch ends; a resumed run is tagged
-    with the id of the MLflow run that wrote the checkpoint it continues.
+    with the id of the MLflow run that wrote the checkpoint it continues. With more than one process
+    (``distributed``), training runs in processes of its own (:mod:`malaria_pipeline.ml.distributed`),
+    whose rank 0 logs each epoch to this run and returns the weights.
 
     Returns:
         ``model``: the bundle that :func:`~malaria_pipeline.ml.model_io.load_model` rebuilds;
