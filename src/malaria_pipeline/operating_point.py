@@ -34,15 +34,14 @@ def calibrate(classifier: CellClassifier, view_logits: torch.Tensor, labels: tor
         ``threshold``, the ``sensitivity`` and ``specificity`` it gives on ``images``, ``positive_class``,
         ``tta`` and ``target_sensitivity``; None when the images are all of one class (nothing to choose on).
     """
-    views = view_logits  # views[0]: the images as they are
-    classifier.temperature = fit_temperature(views[0], labels) if fit else 1.0
+    classifier.temperature = fit_temperature(view_logits[0], labels) if fit else 1.0  # [0]: the images as they are
     is_positive = labels.numpy() == classifier.class_names.index(positive_class)
     if is_positive.all() or not is_positive.any():
         logger.warning("The %d held-out images are all of one class: no operating threshold", len(labels))
         return None
-    p_positive = probabilities(views, classifier.temperature)[:, classifier.class_names.index(positive_class)]
+    p_positive = probabilities(view_logits, classifier.temperature)[:, classifier.class_names.index(positive_class)]
     point = threshold_for_sensitivity(is_positive, p_positive.numpy().astype(np.float64), target_sensitivity)
     logger.info("Operating threshold %.4f on P(%s): sensitivity %.4f, specificity %.4f on the %d held-out images "
                 "(target sensitivity %s)", point["threshold"], positive_class, point["sensitivity"],
                 point["specificity"], len(labels), target_sensitivity)
-    return {**point, "positive_class": positive_class, "tta": len(views) > 1, "target_sensitivity": float(target_sensitivity)}
+    return {**point, "positive_class": positive_class, "tta": len(view_logits) > 1, "target_sensitivity": float(target_sensitivity)}

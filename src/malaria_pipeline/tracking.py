@@ -47,9 +47,8 @@ def log_epoch(row: dict[str, Any]) -> None:
 
     Called as each epoch ends, so the MLflow UI's charts grow while the model trains.
     """
-    if mlflow.active_run() is None:
-        return
-    mlflow.log_metrics({name: float(row[column]) for name, column in EPOCH_METRICS.items()}, step=int(row["epoch"]))
+    if mlflow.active_run() is not None:
+        _log_epoch_to(active_run_id(), mlflow.get_tracking_uri(), row)
 
 
 def epoch_logger(run_id: str | None):
@@ -59,6 +58,7 @@ def epoch_logger(run_id: str | None):
 
 
 def _log_epoch_to(run_id: str, tracking_uri: str, row: dict[str, Any]) -> None:
+    """Logs one row of the training history to run ``run_id`` of the store at ``tracking_uri``."""
     client = mlflow.MlflowClient(tracking_uri)
     step, timestamp = int(row["epoch"]), int(time.time() * 1000)
     client.log_batch(run_id, metrics=[mlflow.entities.Metric(name, float(row[column]), timestamp, step)

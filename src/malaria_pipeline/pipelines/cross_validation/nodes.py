@@ -163,8 +163,8 @@ def _operating_points(classifier: CellClassifier, validation, held_out, params) 
     it gives on the held-out ones; with ``tta`` also without it (the first view). None of each where the
     validation images are of one class."""
     positive, rows = classifier.class_names.index(params["positive_class"]), []
+    (valid_views, valid_truth), (test_views, test_truth) = validation, held_out
     for tta in (True, False) if params["tta"] else (False,):
-        (valid_views, valid_truth), (test_views, test_truth) = validation, held_out
         keep = slice(None) if tta else slice(0, 1)
         p_valid = probabilities(valid_views[keep], classifier.temperature)[:, positive].numpy().astype(np.float64)
         p_test = probabilities(test_views[keep], classifier.temperature)[:, positive].numpy()
