@@ -1,7 +1,7 @@
 # Set-up and the two everyday commands. Each target creates .venv on first use and reuses it after:
 # the install runs again only when pyproject.toml or requirements.lock changes.
 #   make train   runs the main job:  kedro run --pipelines training
-#   make test    runs the test suite
+#   make test    checks the format and lint (ruff), then runs the test suite in a random order
 # Extra arguments go through ARGS, e.g.  make train ARGS='--params "ingestion.source=/data/cell_images.zip"'
 
 PYTHON ?= python3
@@ -29,7 +29,12 @@ $(STAMP): pyproject.toml requirements.lock
 train: $(STAMP)
 	$(BIN)/kedro run --pipelines training $(ARGS)
 
+# The formatter and the linter first (ruff, configured in pyproject.toml), then the tests, in a random
+# order that pytest-randomly prints at the top ("Using --randomly-seed=N"; ARGS='--randomly-seed=N'
+# repeats it, ARGS='-p no:randomly' keeps the file order).
 test: $(STAMP)
+	$(BIN)/ruff format --check
+	$(BIN)/ruff check
 	$(BIN)/python -m pytest $(ARGS)
 
 clean-venv:

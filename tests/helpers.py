@@ -13,12 +13,16 @@ import os
 import shutil
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from malaria_pipeline.ml.images import ImageLimits
+
+if TYPE_CHECKING:  # torch is imported where it is used: most tests need none of it
+    import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Limits that let the tests' tiny images through (conf/base has the real ones).
@@ -27,14 +31,19 @@ ANY_IMAGE = ImageLimits(max_file_bytes=2**24, max_pixels=2**24, min_side=1, max_
 SHARED_DIR = Path(os.environ.get("MALARIA_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
 SHARED_ZIP = SHARED_DIR / "data" / "malaria_cells_50px.zip"
 
+
 def base_image_limits() -> dict:
     """``ingestion.image_limits`` as conf/base sets it."""
     import yaml
 
-    return yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_ingestion.yml").read_text())["ingestion"]["image_limits"]
+    return yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_ingestion.yml").read_text())["ingestion"][
+        "image_limits"
+    ]
 
 
-def image_bytes(width: int = 20, height: int = 20, mode: str = "RGB", fmt: str = "PNG", seed: int = 0) -> bytes:
+def image_bytes(
+    width: int = 20, height: int = 20, mode: str = "RGB", fmt: str = "PNG", seed: int = 0
+) -> bytes:
     """A real PNG or JPEG file of random pixels."""
     rng = np.random.default_rng(seed)
     channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[mode]
@@ -65,9 +74,7 @@ def write_cells(
             folder.mkdir(parents=True, exist_ok=True)
             for _ in range(count):
                 number += 1
-                (folder / cell_name(patient, number)).write_bytes(
-                    image_bytes(size, size, "RGB", seed=number)
-                )
+                (folder / cell_name(patient, number)).write_bytes(image_bytes(size, size, "RGB", seed=number))
                 written.append((folder / cell_name(patient, number)).relative_to(root).as_posix())
     return sorted(written)
 
@@ -135,7 +142,12 @@ def raw_png(samples: np.ndarray) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(data)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(data))
+        + chunk(b"IEND", b"")
+    )
 
 
 def corrupt_idat_png() -> bytes:
@@ -148,31 +160,67 @@ def corrupt_idat_png() -> bytes:
     start = data.index(b"IDAT")
     length = struct.unpack(">I", data[start - 4 : start])[0]
     data[start + 4 + length // 2] ^= 0xFF
-    data[start + 4 + length : start + 8 + length] = struct.pack(">I", zlib.crc32(bytes(data[start : start + 4 + length])))
+    data[start + 4 + length : start + 8 + length] = struct.pack(
+        ">I", zlib.crc32(bytes(data[start : start + 4 + length]))
+    )
     return bytes(data)
 
 
 # Every training knob, written out: TrainConfig has no defaults (conf/base holds the project's). Small
 # and fast: a tiny ResNet-9 on the CPU in float32.
 TRAIN_PARAMS = {
-    "architecture": "resnet9", "width": 4, "small_input_stem": None, "pretrained": False, "device": "cpu",
-    "seed": 42, "epochs": 2, "max_lr": 0.01, "head_epochs": 0, "head_max_lr": 0.01, "lr_ratio": 100,
-    "pct_start": 0.25, "div_factor": 25, "final_div_factor": 10000, "optimizer": "adam", "weight_decay": 1e-4,
-    "grad_clip": 0.1, "label_smoothing": 0.0, "batch_size": 12, "eval_batch_size": 1024, "pad": 2,
-    "flips": True, "rotations": True, "brightness": 0.0, "contrast": 0.0, "gamma": 0.0, "saturation": 0.0,
-    "hue": 0.0, "ema_decay": None, "bf16": False, "channels_last": True, "compile": False,
-    "deterministic": False, "keep": "best", "resume": False, "exclude_label_issues": False,
+    "architecture": "resnet9",
+    "width": 4,
+    "small_input_stem": None,
+    "pretrained": False,
+    "device": "cpu",
+    "seed": 42,
+    "epochs": 2,
+    "max_lr": 0.01,
+    "head_epochs": 0,
+    "head_max_lr": 0.01,
+    "lr_ratio": 100,
+    "pct_start": 0.25,
+    "div_factor": 25,
+    "final_div_factor": 10000,
+    "optimizer": "adam",
+    "weight_decay": 1e-4,
+    "grad_clip": 0.1,
+    "label_smoothing": 0.0,
+    "batch_size": 12,
+    "eval_batch_size": 1024,
+    "pad": 2,
+    "flips": True,
+    "rotations": True,
+    "brightness": 0.0,
+    "contrast": 0.0,
+    "gamma": 0.0,
+    "saturation": 0.0,
+    "hue": 0.0,
+    "ema_decay": None,
+    "bf16": False,
+    "channels_last": True,
+    "compile": False,
+    "deterministic": False,
+    "keep": "best",
+    "resume": False,
+    "exclude_label_issues": False,
     "calibrate": True,
-    "distributed": {"nproc_per_node": 1, "nnodes": 1, "rdzv_endpoint": "127.0.0.1:29400", "backend": "auto",
-                    "sync_batchnorm": False},
+    "distributed": {
+        "nproc_per_node": 1,
+        "nnodes": 1,
+        "rdzv_endpoint": "127.0.0.1:29400",
+        "backend": "auto",
+        "sync_batchnorm": False,
+    },
 }
 
 
 def train_config(**overrides):
-    """A :class:`~malaria_pipeline.ml.train.TrainConfig` of :data:`TRAIN_PARAMS` with ``overrides``."""
-    from malaria_pipeline.ml.train import TrainConfig
+    """A :class:`~malaria_pipeline.ml.config.TrainConfig` of :data:`TRAIN_PARAMS` with ``overrides``."""
+    from malaria_pipeline.framework.parameters import training_config
 
-    return TrainConfig.from_params({**TRAIN_PARAMS, **overrides})
+    return training_config({**TRAIN_PARAMS, **overrides})
 
 
 def tiny_data(count=48, size=16, seed=0):
@@ -186,8 +234,15 @@ def tiny_data(count=48, size=16, seed=0):
     labels = torch.arange(count) % 2
     images[labels == 0, :, 5:9, 5:9] = 10
     split = count * 3 // 4
-    return TrainData(images[:split], labels[:split], images[split:], labels[split:], [0.6] * 3, [0.2] * 3,
-                     ["Parasitized", "Uninfected"])
+    return TrainData(
+        train_images=images[:split],
+        train_labels=labels[:split],
+        valid_images=images[split:],
+        valid_labels=labels[split:],
+        mean=[0.6] * 3,
+        std=[0.2] * 3,
+        class_names=["Parasitized", "Uninfected"],
+    )
 
 
 def tiny_tables(count=24, size=16, seed=0):
@@ -201,12 +256,23 @@ def tiny_tables(count=24, size=16, seed=0):
     images = torch.randint(120, 200, (count, 3, size, size), dtype=torch.uint8, generator=generator)
     images[0::2, :, 5:9, 5:9] = 10
     labels = ["Parasitized" if i % 2 == 0 else "Uninfected" for i in range(count)]
-    paths = [f"cell_images/{label}/C{i % 3}P{i % 3}ThinF_IMG_1_cell_{i}.png" for i, label in enumerate(labels)]
-    index = pd.DataFrame({"path": paths, "label": labels, "patient_id": [f"C{i % 3}P{i % 3}ThinF" for i in range(count)]})
-    subsets = ["train"] * (count // 2) + ["validation"] * (count // 4) + ["test"] * (count - count // 2 - count // 4)
+    paths = [
+        f"cell_images/{label}/C{i % 3}P{i % 3}ThinF_IMG_1_cell_{i}.png" for i, label in enumerate(labels)
+    ]
+    index = pd.DataFrame(
+        {"path": paths, "label": labels, "patient_id": [f"C{i % 3}P{i % 3}ThinF" for i in range(count)]}
+    )
+    subsets = (
+        ["train"] * (count // 2)
+        + ["validation"] * (count // 4)
+        + ["test"] * (count - count // 2 - count // 4)
+    )
     split = pd.DataFrame({"path": paths, "subset": subsets})
     train = images[: count // 2].double() / 255
-    stats = {"mean": train.mean(dim=(0, 2, 3)).tolist(), "std": train.std(dim=(0, 2, 3), correction=0).tolist()}
+    stats = {
+        "mean": train.mean(dim=(0, 2, 3)).tolist(),
+        "std": train.std(dim=(0, 2, 3), correction=0).tolist(),
+    }
     return images, index, split, stats
 
 
@@ -219,11 +285,17 @@ def tiny_bundle(image_size: int = 16) -> dict:
 
     torch.manual_seed(0)
     network = build_network("resnet9", image_size=image_size, width=4)
-    classifier = CellClassifier(network, [0.5] * 3, [0.25] * 3, ["Parasitized", "Uninfected"], image_size)
+    classifier = CellClassifier(
+        network=network,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        class_names=["Parasitized", "Uninfected"],
+        image_size=image_size,
+    )
     return model_bundle(classifier, architecture="resnet9", network_args={"width": 4})
 
 
-def reference_logits(bundle: dict, images) -> "torch.Tensor":
+def reference_logits(bundle: dict, images) -> torch.Tensor:
     """Logits of ``uint8`` images under the training preprocessing, written out here rather than taken
     from the package: the bundle's network rebuilt from its weights, in float64, on
     ``(pixels / 255 - mean) / std``."""
@@ -231,8 +303,12 @@ def reference_logits(bundle: dict, images) -> "torch.Tensor":
 
     from malaria_pipeline.ml.models import build_network
 
-    network = build_network(bundle["architecture"], num_classes=len(bundle["class_names"]),
-                            image_size=bundle["image_size"], **bundle["network_args"])
+    network = build_network(
+        bundle["architecture"],
+        num_classes=len(bundle["class_names"]),
+        image_size=bundle["image_size"],
+        **bundle["network_args"],
+    )
     network.load_state_dict(bundle["state_dict"])
     network = network.double().eval()
     mean = torch.tensor(bundle["mean"], dtype=torch.float64).view(1, -1, 1, 1)
@@ -241,18 +317,21 @@ def reference_logits(bundle: dict, images) -> "torch.Tensor":
         return network((images.double() / 255 - mean) / std)
 
 
-def reference_proba(bundle: dict, images, temperature: float = 1.0) -> "torch.Tensor":
+def reference_proba(bundle: dict, images, temperature: float = 1.0) -> torch.Tensor:
     """Class probabilities of :func:`reference_logits` divided by ``temperature``. What serving must agree with."""
     return (reference_logits(bundle, images) / temperature).softmax(dim=1)
 
 
-def reference_tta_proba(bundle: dict, images, temperature: float = 1.0) -> "torch.Tensor":
+def reference_tta_proba(bundle: dict, images, temperature: float = 1.0) -> torch.Tensor:
     """Test-time augmentation written out: :func:`reference_proba` of the 4 quarter turns (``torch.rot90``)
     of the images and of their mirror images (``torch.flip``), averaged by hand over the 8."""
     import torch
 
-    views = [torch.rot90(mirrored, turns, dims=[2, 3]) for mirrored in (images, torch.flip(images, dims=[3]))
-             for turns in range(4)]
+    views = [
+        torch.rot90(mirrored, turns, dims=[2, 3])
+        for mirrored in (images, torch.flip(images, dims=[3]))
+        for turns in range(4)
+    ]
     probabilities = reference_proba(bundle, torch.cat(views), temperature)  # one network, all 8 views
     total = torch.zeros((len(images), len(bundle["class_names"])), dtype=torch.float64)
     for k in range(8):
@@ -282,7 +361,7 @@ def reference_grad_cam(classifier, layer, images, target):
     return torch.where(peak > 0, cam / peak, torch.zeros_like(cam))
 
 
-def hand_overlay(image, heatmap) -> "torch.Tensor":
+def hand_overlay(image, heatmap) -> torch.Tensor:
     """0.55 of the cell and 0.45 of the heatmap in matplotlib's jet colours, ``uint8, S×S×3``."""
     import torch
     from matplotlib import colormaps
@@ -291,17 +370,22 @@ def hand_overlay(image, heatmap) -> "torch.Tensor":
     return (255 * (0.55 * image.permute(1, 2, 0).double() / 255 + 0.45 * colour)).round().to(torch.uint8)
 
 
-def png_pixels(data: bytes) -> "torch.Tensor":
+def png_pixels(data: bytes) -> torch.Tensor:
     """``uint8, 3×H×W`` of an RGB PNG or JPEG file, decoded by Pillow here (not by the package)."""
     import torch
 
     with Image.open(io.BytesIO(data)) as image:
         return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
 
+
 # Runtime parameters of a tiny `training` run on :data:`SMALL_PATIENTS` (with ingestion.image_size=16): a
 # stratified split, so that every subset has both classes, and one epoch of a ResNet-9 of width 4.
-TINY = {"preprocessing": {"split": {"strategy": "stratified", "fractions": {"train": 0.5, "validation": 0.25, "test": 0.25}}},
-        "training": {"width": 4, "epochs": 1, "batch_size": 8}}
+TINY = {
+    "preprocessing": {
+        "split": {"strategy": "stratified", "fractions": {"train": 0.5, "validation": 0.25, "test": 0.25}}
+    },
+    "training": {"width": 4, "epochs": 1, "batch_size": 8},
+}
 
 
 class KedroProject:
@@ -376,12 +460,18 @@ def batch_norm_free_classifier(width: int = 4, image_size: int = 16):
         for name, child in module.named_children():
             if isinstance(child, nn.BatchNorm2d):
                 setattr(module, name, nn.Identity())
-    return CellClassifier(network, [0.6] * 3, [0.2] * 3, ["Parasitized", "Uninfected"], image_size)
+    return CellClassifier(
+        network=network,
+        mean=[0.6] * 3,
+        std=[0.2] * 3,
+        class_names=["Parasitized", "Uninfected"],
+        image_size=image_size,
+    )
 
 
 def batch_norm_free_worker(data, config) -> dict:
     """A data-parallel training process (for ``elastic_launch``) that trains
-    :func:`batch_norm_free_classifier` and returns its weights."""
+    :func:`batch_norm_free_classifier` and returns its weights and history."""
     import os
 
     import torch.distributed as dist
@@ -393,7 +483,10 @@ def batch_norm_free_worker(data, config) -> dict:
     try:
         parallel = DataParallel(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
         result = fit(batch_norm_free_classifier(), data, config, parallel=parallel)
-        return {k: v.detach().clone() for k, v in result.classifier.state_dict().items()}
+        return {
+            "state_dict": {k: v.detach().clone() for k, v in result.classifier.state_dict().items()},
+            "history": result.history,
+        }
     finally:
         dist.destroy_process_group()
 

@@ -9,14 +9,21 @@ from tests.helpers import PROJECT_ROOT
 
 
 def test_exploration_notebook_runs_on_the_catalog_of_a_small_run(kedro_project, cell_folder):
-    kedro_project.run("training", ingestion={"source": str(cell_folder), "image_size": 16},
-                      preprocessing={"split": {"strategy": "stratified", "fractions": {"train": 0.5, "validation": 0.25, "test": 0.25}}},
-                      training={"width": 4, "epochs": 2, "batch_size": 8})
+    kedro_project.run(
+        "training",
+        ingestion={"source": str(cell_folder), "image_size": 16},
+        preprocessing={
+            "split": {"strategy": "stratified", "fractions": {"train": 0.5, "validation": 0.25, "test": 0.25}}
+        },
+        training={"width": 4, "epochs": 2, "batch_size": 8},
+    )
     notebooks = kedro_project.root / "notebooks"
     notebooks.mkdir()
     shutil.copy(PROJECT_ROOT / "notebooks" / "exploration.ipynb", notebooks)
     notebook = nbformat.read(notebooks / "exploration.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebooks)}}).execute()
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebooks)}}
+    ).execute()
 
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]

@@ -10,26 +10,97 @@ STAGES = ("ingestion", "preprocessing", "model_training", "evaluation")
 # catalog.load("image_index") or --params "training.epochs=1" must keep working.
 DATASETS = {
     "ingestion": {"cell_images", "image_index", "image_tensors", "ingestion_report", "params:ingestion"},
-    "preprocessing": {"data_split", "image_index", "image_tensors", "normalization_stats", "params:preprocessing.split"},
-    "model_training": {"data_split", "image_index", "image_tensors", "label_issues_to_exclude", "model",
-                       "normalization_stats", "params:evaluation", "params:training", "trained_model",
-                       "training_checkpoint", "training_history"},
-    "lr_finder": {"data_split", "image_index", "image_tensors", "lr_finder_plot", "lr_finder_result",
-                  "normalization_stats", "params:lr_finder", "params:training"},
-    "evaluation": {"confusion_matrix_plot", "data_split", "evaluation_metrics", "evaluation_predictions",
-                   "evaluation_scores", "explanations_plot", "image_index", "image_tensors", "ingestion_report",
-                   "mlflow_model", "model", "model_card", "parameters", "params:evaluation",
-                   "reliability_diagram_plot", "roc_curve_plot", "sample_images_plot", "top_losses_plot",
-                   "training_curves_plot", "training_history"},
-    "inference": {"explanation_overlays", "inference_images", "inference_model", "inference_summary",
-                  "params:inference", "predictions"},
+    "preprocessing": {
+        "data_split",
+        "image_index",
+        "image_tensors",
+        "normalization_stats",
+        "params:preprocessing.split",
+    },
+    "model_training": {
+        "data_split",
+        "image_index",
+        "image_tensors",
+        "label_issues_to_exclude",
+        "model",
+        "normalization_stats",
+        "params:evaluation",
+        "params:training",
+        "trained_model",
+        "training_checkpoint",
+        "training_history",
+    },
+    "lr_finder": {
+        "data_split",
+        "image_index",
+        "image_tensors",
+        "lr_finder_plot",
+        "lr_finder_result",
+        "normalization_stats",
+        "params:lr_finder",
+        "params:training",
+    },
+    "evaluation": {
+        "confusion_matrix_plot",
+        "data_split",
+        "evaluation_metrics",
+        "evaluation_predictions",
+        "evaluation_scores",
+        "explanations_plot",
+        "image_index",
+        "image_tensors",
+        "ingestion_report",
+        "mlflow_model",
+        "model",
+        "model_card",
+        "parameters",
+        "params:evaluation",
+        "reliability_diagram_plot",
+        "roc_curve_plot",
+        "sample_images_plot",
+        "top_losses_plot",
+        "training_curves_plot",
+        "training_history",
+    },
+    "inference": {
+        "explanation_overlays",
+        "inference_images",
+        "inference_model",
+        "inference_summary",
+        "params:inference",
+        "predictions",
+    },
     "promote": {"params:promote", "promotion_report"},
-    "training": {"cell_images", "confusion_matrix_plot", "data_split", "evaluation_metrics", "evaluation_predictions",
-                 "evaluation_scores", "explanations_plot", "image_index", "image_tensors", "ingestion_report",
-                 "label_issues_to_exclude", "mlflow_model", "model", "model_card", "normalization_stats", "parameters",
-                 "params:evaluation", "params:ingestion", "params:preprocessing.split", "params:training",
-                 "reliability_diagram_plot", "roc_curve_plot", "sample_images_plot", "top_losses_plot", "trained_model",
-                 "training_checkpoint", "training_curves_plot", "training_history"},
+    "training": {
+        "cell_images",
+        "confusion_matrix_plot",
+        "data_split",
+        "evaluation_metrics",
+        "evaluation_predictions",
+        "evaluation_scores",
+        "explanations_plot",
+        "image_index",
+        "image_tensors",
+        "ingestion_report",
+        "label_issues_to_exclude",
+        "mlflow_model",
+        "model",
+        "model_card",
+        "normalization_stats",
+        "parameters",
+        "params:evaluation",
+        "params:ingestion",
+        "params:preprocessing.split",
+        "params:training",
+        "reliability_diagram_plot",
+        "roc_curve_plot",
+        "sample_images_plot",
+        "top_losses_plot",
+        "trained_model",
+        "training_checkpoint",
+        "training_curves_plot",
+        "training_history",
+    },
 }
 
 
@@ -58,13 +129,26 @@ def test_the_namespaces_leave_every_dataset_and_parameter_name_as_it_was(name):
 def test_the_served_pipeline_keeps_its_input_name():
     training = register_pipelines()["training"]
     assert training.input_name == "served_images"
-    assert training.inference.datasets() == {"served_images", "model", "params:inference", "served_predictions"}
+    assert training.inference.datasets() == {
+        "served_images",
+        "model",
+        "params:inference",
+        "served_predictions",
+    }
     assert {node.namespace for node in training.inference.nodes} == {"inference"}
 
 
 def test_registry_names_the_pipelines_and_training_is_the_default():
     pipelines = register_pipelines()
-    assert {"ingestion", "preprocessing", "model_training", "evaluation", "lr_finder", "training", "__default__"} <= pipelines.keys()
+    assert {
+        "ingestion",
+        "preprocessing",
+        "model_training",
+        "evaluation",
+        "lr_finder",
+        "training",
+        "__default__",
+    } <= pipelines.keys()
     assert pipelines["__default__"] is pipelines["training"]
     parts = ("ingestion", "preprocessing", "model_training", "evaluation")
     assert set(pipelines["training"].nodes) == {n for part in parts for n in pipelines[part].nodes}

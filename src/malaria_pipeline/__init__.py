@@ -1,4 +1,3 @@
-"""malaria-pipeline
-"""
+"""malaria-pipeline"""
 
 __version__ = "0.1"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 from kedro_mlflow.pipeline import pipeline_ml_factory
 
-from malaria_pipeline.pipelines.inference import served_model
 from malaria_pipeline.pipelines import (
     cross_validation,
     evaluation,
@@ -16,6 +15,7 @@ from malaria_pipeline.pipelines import (
     preprocessing,
     promote,
 )
+from malaria_pipeline.pipelines.inference import served_model
 
 
 def register_pipelines() -> dict[str, Pipeline]:

@@ -2,13 +2,13 @@
 from the Kedro defaults. For further information, including these default values, see
 https://docs.kedro.org/en/stable/configure/configuration_basics/#configuration"""
 
-from malaria_pipeline.startup import filter_known_warnings
+from malaria_pipeline.framework.startup import filter_known_warnings
 
 # For sessions created from Python (notebooks, tests); `kedro` itself filters them earlier.
 filter_known_warnings()
 
 # Instantiated project hooks. Hooks are executed in a Last-In-First-Out (LIFO) order.
-from malaria_pipeline.hooks import (
+from malaria_pipeline.framework.hooks import (  # noqa: E402 - after the warning filter
     CheckTrainingParameters,
     EndInterruptedMlflowRun,
     LogArtifactsToMlflow,
@@ -18,7 +18,7 @@ from malaria_pipeline.hooks import (
     RegisterModelVersion,
     TagAccuracyClaim,
 )
-from malaria_pipeline.profiles import by_profile
+from malaria_pipeline.framework.profiles import by_profile  # noqa: E402
 
 HOOKS = (
     EndInterruptedMlflowRun(),
@@ -61,7 +61,7 @@ CONFIG_LOADER_ARGS = {
     # An environment (conf/local) overrides single keys of base, not whole top-level groups.
     "merge_strategy": {"parameters": "soft", "globals": "soft"},
     # ${by_profile:<gpu value>, <cpu value>} in the parameters: the value of the hardware profile
-    # (malaria_pipeline.profiles).
+    # (malaria_pipeline.framework.profiles).
     "custom_resolvers": {"by_profile": by_profile},
     # "config_patterns": {
     #     "spark" : ["spark*/"],

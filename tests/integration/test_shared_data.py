@@ -28,8 +28,11 @@ def shared_zip():
 def trained_on_shared(module_kedro_project, shared_zip):
     """One `training` run on the shared zip: ingestion, patient split, statistics, and one epoch of a
     narrow ResNet-9 (width 8) to keep CI short."""
-    module_kedro_project.run("training", ingestion={"source": str(shared_zip), "image_size": 64},
-                             training={"width": 8, "epochs": 1})
+    module_kedro_project.run(
+        "training",
+        ingestion={"source": str(shared_zip), "image_size": 64},
+        training={"width": 8, "epochs": 1},
+    )
     return module_kedro_project
 
 
@@ -50,7 +53,9 @@ def test_patient_split_puts_no_patient_in_two_subsets(trained_on_shared):
     assert subsets.max() == 1
     shares = split["subset"].value_counts(normalize=True)
     assert shares["train"] == pytest.approx(0.70, abs=0.03)
-    assert shares["validation"] == pytest.approx(0.15, abs=0.03) and shares["test"] == pytest.approx(0.15, abs=0.03)
+    assert shares["validation"] == pytest.approx(0.15, abs=0.03) and shares["test"] == pytest.approx(
+        0.15, abs=0.03
+    )
 
 
 def test_normalization_stats_equal_those_of_the_training_images(trained_on_shared):
@@ -98,6 +103,10 @@ def test_broken_files_added_to_the_zip_are_skipped_and_named(module_kedro_projec
     assert reasons.keys() == added.keys()
     assert reasons["cell_images/Parasitized/Thumbs.db"].startswith("not an image file")
     assert reasons["cell_images/Uninfected/C999P1ThinF_IMG_0_cell_0.png"] == "empty file (0 bytes)"
-    assert reasons["cell_images/Parasitized/C999P1ThinF_IMG_0_cell_1.png"].startswith("truncated or corrupt image")
-    assert reasons["cell_images/Uninfected/C999P1ThinF_IMG_0_cell_2.png"].startswith("not a PNG or JPEG image")
+    assert reasons["cell_images/Parasitized/C999P1ThinF_IMG_0_cell_1.png"].startswith(
+        "truncated or corrupt image"
+    )
+    assert reasons["cell_images/Uninfected/C999P1ThinF_IMG_0_cell_2.png"].startswith(
+        "not a PNG or JPEG image"
+    )
     assert report["images"] == 20_571 and report["files"] == 20_575

@@ -29,9 +29,16 @@ def test_the_average_copies_the_first_step_then_keeps_decay_of_itself_at_each_st
     for _ in _train_a_little(network, 4):
         update_average(average, network)
         now = {name: t.detach().clone() for name, t in network.state_dict().items()}
-        expected = now if expected is None else {
-            name: now[name] if name.endswith("num_batches_tracked") else 0.9 * expected[name] + 0.1 * now[name]
-            for name in now}
+        expected = (
+            now
+            if expected is None
+            else {
+                name: now[name]
+                if name.endswith("num_batches_tracked")
+                else 0.9 * expected[name] + 0.1 * now[name]
+                for name in now
+            }
+        )
     got = average.module.state_dict()
     for name, tensor in expected.items():
         if name.endswith("num_batches_tracked"):
@@ -65,5 +72,8 @@ def test_make_average_passes_its_decay_on(decay):
     next(steps)
     update_average(average, network)
     kept = first if decay == 1.0 else network.state_dict()  # 1 keeps the first copy, 0 follows the network
-    assert all(torch.equal(t, kept[name]) for name, t in average.module.state_dict().items()
-               if not name.endswith("num_batches_tracked"))
+    assert all(
+        torch.equal(t, kept[name])
+        for name, t in average.module.state_dict().items()
+        if not name.endswith("num_batches_tracked")
+    )

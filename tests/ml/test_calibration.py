@@ -26,8 +26,9 @@ def _overconfident(n=400, true_temperature=2.5, seed=0):
 
 def test_the_fitted_temperature_minimises_the_nll_as_scipy_finds_it():
     logits, labels = _overconfident()
-    expected = minimize_scalar(_nll, bounds=(0.05, 20), args=(logits, labels), method="bounded",
-                               options={"xatol": 1e-7}).x
+    expected = minimize_scalar(
+        _nll, bounds=(0.05, 20), args=(logits, labels), method="bounded", options={"xatol": 1e-7}
+    ).x
     fitted = fit_temperature(torch.from_numpy(logits).float(), torch.from_numpy(labels))
     assert fitted == pytest.approx(expected, rel=1e-3)
     assert 1.8 < fitted < 3.5  # near the temperature the labels were drawn with
@@ -36,9 +37,12 @@ def test_the_fitted_temperature_minimises_the_nll_as_scipy_finds_it():
 
 def test_underconfident_logits_get_a_temperature_below_one():
     logits, labels = _overconfident(true_temperature=0.5, seed=1)
-    expected = minimize_scalar(_nll, bounds=(0.05, 20), args=(logits, labels), method="bounded",
-                               options={"xatol": 1e-7}).x
-    assert fit_temperature(torch.from_numpy(logits), torch.from_numpy(labels)) == pytest.approx(expected, rel=1e-3)
+    expected = minimize_scalar(
+        _nll, bounds=(0.05, 20), args=(logits, labels), method="bounded", options={"xatol": 1e-7}
+    ).x
+    assert fit_temperature(torch.from_numpy(logits), torch.from_numpy(labels)) == pytest.approx(
+        expected, rel=1e-3
+    )
     assert expected < 1
 
 
@@ -46,6 +50,9 @@ def test_separable_logits_get_a_sharper_temperature_within_bounds_and_no_images_
     # every image right: the NLL falls as T falls, towards 0; the fit sharpens, and stays positive
     logits = np.array([[3.0, -3.0], [-2.0, 2.0]])
     fitted = fit_temperature(torch.from_numpy(logits), torch.tensor([0, 1]))
-    assert 0.01 <= fitted < 1 and _nll(fitted, logits, np.array([0, 1])) < _nll(1.0, logits, np.array([0, 1])) / 100
+    assert (
+        0.01 <= fitted < 1
+        and _nll(fitted, logits, np.array([0, 1])) < _nll(1.0, logits, np.array([0, 1])) / 100
+    )
     with pytest.raises(ValueError, match="validation subset is empty"):
         fit_temperature(torch.empty((0, 2)), torch.empty(0, dtype=torch.int64))

@@ -81,7 +81,9 @@ def _fake_accelerators(monkeypatch, cuda_count, mps):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
 
 
-@pytest.mark.parametrize(("cuda_count", "mps", "expected"), [(2, True, "cuda"), (0, True, "mps"), (0, False, "cpu")])
+@pytest.mark.parametrize(
+    ("cuda_count", "mps", "expected"), [(2, True, "cuda"), (0, True, "mps"), (0, False, "cpu")]
+)
 def test_auto_prefers_cuda_then_mps_then_the_cpu(monkeypatch, cuda_count, mps, expected):
     _fake_accelerators(monkeypatch, cuda_count, mps)
     assert pick_device() == pick_device("auto") == pick_device(None) == torch.device(expected)
@@ -96,7 +98,8 @@ def test_a_cuda_device_is_accepted_only_if_its_index_exists(monkeypatch):
             pick_device(missing)
         assert str(error.value) == (
             f"training.device is {missing!r}, but this machine has no such device. Use training.device=auto "
-            "(CUDA, else MPS, else CPU) or cpu.")
+            "(CUDA, else MPS, else CPU) or cpu."
+        )
     _fake_accelerators(monkeypatch, 1, False)
     assert pick_device("cuda") == torch.device("cuda")
 

@@ -33,8 +33,22 @@ def dot_finder():
     images, labels, _ = dotted_cells(384, seed=0)
     valid, valid_labels, _ = dotted_cells(64, seed=1)
     torch.manual_seed(0)
-    classifier = CellClassifier(build_network("resnet9", width=8), [0.6] * 3, [0.2] * 3, CLASSES, SIZE)
-    data = TrainData(images, labels, valid, valid_labels, [0.6] * 3, [0.2] * 3, CLASSES)
+    classifier = CellClassifier(
+        network=build_network("resnet9", width=8),
+        mean=[0.6] * 3,
+        std=[0.2] * 3,
+        class_names=CLASSES,
+        image_size=SIZE,
+    )
+    data = TrainData(
+        train_images=images,
+        train_labels=labels,
+        valid_images=valid,
+        valid_labels=valid_labels,
+        mean=[0.6] * 3,
+        std=[0.2] * 3,
+        class_names=CLASSES,
+    )
     result = fit(classifier, data, train_config(width=8, epochs=6, batch_size=32, pad=0, max_lr=0.02))
     assert result.history[-1]["accuracy"] == 1.0
     return result.classifier.eval()
@@ -56,7 +70,9 @@ def test_the_heatmap_of_parasitized_lies_on_the_dot_in_most_cells(dot_finder):
 def test_the_targets_may_differ_per_cell(dot_finder):
     images, _, _ = dotted_cells(6, seed=3)
     targets = torch.tensor([0, 1, 1, 0, 1, 0])
-    each = torch.stack([grad_cam(dot_finder, images[i : i + 1], target=int(t))[0] for i, t in enumerate(targets)])
+    each = torch.stack(
+        [grad_cam(dot_finder, images[i : i + 1], target=int(t))[0] for i, t in enumerate(targets)]
+    )
     assert torch.allclose(grad_cam(dot_finder, images, targets, batch_size=4), each, atol=1e-5)
 
 
@@ -64,7 +80,11 @@ def test_the_targets_may_differ_per_cell(dot_finder):
 def test_the_heatmap_is_grad_cam_of_the_last_convolutional_block(architecture):
     torch.manual_seed(0)
     network = build_network(architecture, image_size=SIZE, width=8)
-    classifier = CellClassifier(network, [0.6] * 3, [0.2] * 3, CLASSES, SIZE).set_speed(channels_last=True, bf16=True).eval()
+    classifier = (
+        CellClassifier(network=network, mean=[0.6] * 3, std=[0.2] * 3, class_names=CLASSES, image_size=SIZE)
+        .set_speed(channels_last=True, bf16=True)
+        .eval()
+    )
     images, _, _ = dotted_cells(5, seed=4)
     layer = network.layer3 if architecture == "resnet9" else network.layer4
     assert last_block(network) is layer
@@ -76,7 +96,13 @@ def test_the_heatmap_is_grad_cam_of_the_last_convolutional_block(architecture):
 
 
 def test_no_images_and_an_unknown_network():
-    classifier = CellClassifier(build_network("resnet9", width=4), [0.5] * 3, [0.2] * 3, CLASSES, 16).eval()
+    classifier = CellClassifier(
+        network=build_network("resnet9", width=4),
+        mean=[0.5] * 3,
+        std=[0.2] * 3,
+        class_names=CLASSES,
+        image_size=16,
+    ).eval()
     assert grad_cam(classifier, torch.zeros((0, 3, 16, 16), dtype=torch.uint8), target=0).shape == (0, 16, 16)
     with pytest.raises(ValueError, match="No Grad-CAM layer is known for Linear"):
         last_block(torch.nn.Linear(2, 2))

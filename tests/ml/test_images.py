@@ -119,9 +119,17 @@ def test_a_jpeg_whose_header_claims_a_huge_size_is_refused_before_decoding():
 @pytest.mark.parametrize(
     ("width", "height", "reason"),
     [
-        (15, 40, r"image of 15 × 40 pixels is smaller than ingestion.image_limits.min_side \(16 pixels a side\)"),
+        (
+            15,
+            40,
+            r"image of 15 × 40 pixels is smaller than ingestion.image_limits.min_side \(16 pixels a side\)",
+        ),
         (1, 1, r"image of 1 × 1 pixels is smaller than"),
-        (200, 49, r"image of 200 × 49 pixels is more elongated \(4.1:1\) than ingestion.image_limits.max_aspect_ratio \(4:1\)"),
+        (
+            200,
+            49,
+            r"image of 200 × 49 pixels is more elongated \(4.1:1\) than ingestion.image_limits.max_aspect_ratio \(4:1\)",
+        ),
         (17, 300, r"more elongated \(17.6:1\)"),
     ],
 )
@@ -137,9 +145,18 @@ def test_images_at_the_limits_are_decoded(width, height):
 
 
 def test_a_file_larger_than_max_file_bytes_is_refused_before_its_header_is_read():
-    limits = ImageLimits(max_file_bytes=1000, max_pixels=10**6, min_side=1, max_aspect_ratio=10, parameter="inference.image_limits")
+    limits = ImageLimits(
+        max_file_bytes=1000,
+        max_pixels=10**6,
+        min_side=1,
+        max_aspect_ratio=10,
+        parameter="inference.image_limits",
+    )
     data = image_bytes(40, 40)
-    with pytest.raises(UnreadableImageError, match=rf"file of {len(data):,} bytes is larger than inference.image_limits.max_file_bytes \(1,000\)"):
+    with pytest.raises(
+        UnreadableImageError,
+        match=rf"file of {len(data):,} bytes is larger than inference.image_limits.max_file_bytes \(1,000\)",
+    ):
         decode_cell_image(data, 16, limits)
 
 
@@ -185,12 +202,20 @@ def test_a_png_with_corrupt_compressed_data_is_refused_and_the_process_lives(tmp
     # torchvision 0.29's PNG decoder crashes the process (SIGSEGV) on this file: run it apart.
     path = tmp_path / "corrupt.png"
     path.write_bytes(corrupt_idat_png())
-    script = ("import sys; from pathlib import Path; from tests.helpers import ANY_IMAGE; "
-              "from malaria_pipeline.ml.images import UnreadableImageError, decode_cell_image\n"
-              "try:\n    decode_cell_image(Path(sys.argv[1]).read_bytes(), 16, ANY_IMAGE)\n"
-              "except UnreadableImageError as error:\n    print(error)\n")
-    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[2])
+    script = (
+        "import sys; from pathlib import Path; from tests.helpers import ANY_IMAGE; "
+        "from malaria_pipeline.ml.images import UnreadableImageError, decode_cell_image\n"
+        "try:\n    decode_cell_image(Path(sys.argv[1]).read_bytes(), 16, ANY_IMAGE)\n"
+        "except UnreadableImageError as error:\n    print(error)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.startswith("truncated or corrupt image")
 
@@ -207,16 +232,21 @@ def _pillow_reason(data: bytes) -> str:
     raise AssertionError("Pillow decoded it")
 
 
-@pytest.mark.parametrize("data", [image_bytes(40, 40)[:200], image_bytes(64, 64, fmt="JPEG")[:300]],
-                         ids=["truncated-png", "truncated-jpeg"])
+@pytest.mark.parametrize(
+    "data",
+    [image_bytes(40, 40)[:200], image_bytes(64, 64, fmt="JPEG")[:300]],
+    ids=["truncated-png", "truncated-jpeg"],
+)
 def test_unreadable_files_are_named_in_full(data):
     with pytest.raises(UnreadableImageError) as raised:
         decode_cell_image(data, 16, ANY_IMAGE)
     assert str(raised.value) == f"truncated or corrupt image ({_pillow_reason(data)})"
-    for data, message in ((b"", "empty file (0 bytes)"),
-                          (b"this is a text file", "not a PNG or JPEG image (the file starts with b'this is ')")):
+    for other, message in (
+        (b"", "empty file (0 bytes)"),
+        (b"this is a text file", "not a PNG or JPEG image (the file starts with b'this is ')"),
+    ):
         with pytest.raises(UnreadableImageError) as raised:
-            decode_cell_image(data, 16, ANY_IMAGE)
+            decode_cell_image(other, 16, ANY_IMAGE)
         assert str(raised.value) == message
 
 
@@ -238,9 +268,13 @@ def test_sizes_at_each_limit_are_accepted():
 
 def test_limits_from_parameters_take_exactly_the_known_keys():
     params = base_image_limits()
-    assert ImageLimits.from_params(params, "inference.image_limits") == ImageLimits(**params, parameter="inference.image_limits")
+    assert ImageLimits.from_params(params, "inference.image_limits") == ImageLimits(
+        **params, parameter="inference.image_limits"
+    )
     missing = {k: v for k, v in params.items() if k != "min_side"}
-    with pytest.raises(ValueError, match=r"inference.image_limits has unknown keys \[\] or lacks \['min_side'\]"):
+    with pytest.raises(
+        ValueError, match=r"inference.image_limits has unknown keys \[\] or lacks \['min_side'\]"
+    ):
         ImageLimits.from_params(missing, "inference.image_limits")
 
 
@@ -259,12 +293,18 @@ def test_downscaling_averages_fine_detail_instead_of_skipping_it():
 
 
 def test_size_refusals_are_named_in_full():
-    limits = ImageLimits(max_file_bytes=2**20, max_pixels=100, min_side=8, max_aspect_ratio=2.0, parameter="p")
+    limits = ImageLimits(
+        max_file_bytes=2**20, max_pixels=100, min_side=8, max_aspect_ratio=2.0, parameter="p"
+    )
     with pytest.raises(UnreadableImageError) as raised:
         decode_cell_image(image_bytes(11, 10), 4, limits)
     assert str(raised.value) == (
         "image of 11 × 10 pixels (110 pixels) is larger than p.max_pixels (100): not decoded (a decompression bomb or "
-        "not a cell crop); raise that limit if such images are real cell crops")
+        "not a cell crop); raise that limit if such images are real cell crops"
+    )
     with pytest.raises(UnreadableImageError) as raised:
         decode_cell_image(image_bytes(7, 9), 4, limits)
-    assert str(raised.value) == "image of 7 × 9 pixels is smaller than p.min_side (8 pixels a side): too small to be a cell crop"
+    assert (
+        str(raised.value)
+        == "image of 7 × 9 pixels is smaller than p.min_side (8 pixels a side): too small to be a cell crop"
+    )

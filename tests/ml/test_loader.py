@@ -6,7 +6,13 @@ from malaria_pipeline.ml.loader import BatchLoader
 
 def _loader(count=10, batch_size=4, seed=0, augment=None):
     images = torch.arange(count, dtype=torch.uint8).view(count, 1, 1, 1).expand(count, 3, 2, 2).contiguous()
-    return BatchLoader(images, torch.arange(count), batch_size, torch.Generator().manual_seed(seed), augment)
+    return BatchLoader(
+        images=images,
+        labels=torch.arange(count),
+        batch_size=batch_size,
+        generator=torch.Generator().manual_seed(seed),
+        augment=augment,
+    )
 
 
 def test_each_pass_is_a_seeded_permutation_sliced_into_full_batches():
@@ -43,14 +49,20 @@ def test_the_augmentation_gets_each_batch_and_the_loaders_generator():
 
 def test_mismatched_or_empty_sets_are_refused():
     with pytest.raises(ValueError, match="as many labels as images"):
-        BatchLoader(torch.zeros(3, 3, 2, 2), torch.zeros(2), 2, torch.Generator())
+        BatchLoader(
+            images=torch.zeros(3, 3, 2, 2), labels=torch.zeros(2), batch_size=2, generator=torch.Generator()
+        )
 
 
 # Mutants found by mutmut (docs/mutation-testing.md)
 
 
 def test_an_empty_set_is_refused_and_a_single_image_is_one_batch():
-    with pytest.raises(ValueError, match=r"^BatchLoader needs as many labels as images, and some: got 0 and 0$"):
-        BatchLoader(torch.zeros(0, 3, 2, 2), torch.zeros(0), 4, torch.Generator())
+    with pytest.raises(
+        ValueError, match=r"^BatchLoader needs as many labels as images, and some: got 0 and 0$"
+    ):
+        BatchLoader(
+            images=torch.zeros(0, 3, 2, 2), labels=torch.zeros(0), batch_size=4, generator=torch.Generator()
+        )
     loader = _loader(count=1, batch_size=4)
     assert len(loader) == 1 and [labels.tolist() for _, labels in loader] == [[0]]

@@ -10,7 +10,9 @@ from tests.helpers import tiny_data, train_config
 def test_suggestion_is_the_steepest_fall_before_the_lowest_loss():
     lrs = list(np.logspace(-6, 0, 61))
     # flat, then falling fastest around 1e-3, lowest at 1e-2, then exploding
-    losses = [1.0 - 0.8 / (1 + np.exp(-3 * (np.log10(lr) + 3))) + max(0.0, np.log10(lr) + 2) ** 2 for lr in lrs]
+    losses = [
+        1.0 - 0.8 / (1 + np.exp(-3 * (np.log10(lr) + 3))) + max(0.0, np.log10(lr) + 2) ** 2 for lr in lrs
+    ]
     suggested, lowest = suggest_lr(lrs, losses)
     assert suggested == pytest.approx(1e-3, rel=0.3)
     assert lowest == pytest.approx(lrs[int(np.argmin(losses))])
@@ -29,7 +31,9 @@ def test_noise_at_the_start_of_the_sweep_is_not_taken_for_the_steepest_fall():
 
 def test_sweep_raises_the_lr_every_batch_and_stops_when_the_loss_explodes():
     config, data = train_config(batch_size=12), tiny_data()
-    sweep = lr_range_test(build_classifier(config, data), data, config, start_lr=1e-5, end_lr=10.0, num_batches=40)
+    sweep = lr_range_test(
+        build_classifier(config, data), data, config, start_lr=1e-5, end_lr=10.0, num_batches=40
+    )
     assert sweep.lrs[0] == pytest.approx(1e-5)
     assert all(b > a for a, b in zip(sweep.lrs, sweep.lrs[1:]))
     assert len(sweep.lrs) == len(sweep.losses) <= 40
@@ -43,12 +47,16 @@ def test_too_short_a_sweep_is_an_error():
 
 def test_the_sweep_stops_before_num_batches_at_the_first_smoothed_loss_above_four_times_the_lowest():
     config, data = train_config(batch_size=12), tiny_data()
-    sweep = lr_range_test(build_classifier(config, data), data, config, start_lr=1e-4, end_lr=1e6, num_batches=60)
+    sweep = lr_range_test(
+        build_classifier(config, data), data, config, start_lr=1e-4, end_lr=1e6, num_batches=60
+    )
     assert len(sweep.lrs) < 60  # the learning rate reaches 1e6: the loss explodes long before
     lowest_so_far = np.minimum.accumulate(sweep.losses)
     last = sweep.losses[-1]
     assert not np.isfinite(last) or last > 4 * lowest_so_far[-1]
-    assert all(loss <= 4 * lowest for loss, lowest in zip(sweep.losses[:-1], lowest_so_far[:-1]))  # not earlier
+    assert all(
+        loss <= 4 * lowest for loss, lowest in zip(sweep.losses[:-1], lowest_so_far[:-1])
+    )  # not earlier
     assert sweep.lrs == pytest.approx([1e-4 * (1e10 ** (1 / 59)) ** step for step in range(len(sweep.lrs))])
 
 
@@ -58,8 +66,10 @@ def test_the_sweep_runs_in_the_numeric_mode_of_the_training_it_serves(bf16, chan
     config, data = train_config(bf16=bf16, channels_last=channels_last), tiny_data()
     classifier = build_classifier(config, data)
     classifier.network.register_forward_pre_hook(
-        lambda module, inputs: seen.append((torch.is_autocast_enabled("cpu"),
-                                            inputs[0].is_contiguous(memory_format=torch.channels_last))))
+        lambda module, inputs: seen.append(
+            (torch.is_autocast_enabled("cpu"), inputs[0].is_contiguous(memory_format=torch.channels_last))
+        )
+    )
     lr_range_test(classifier, data, config, num_batches=3)
     assert seen and set(seen) == {(bf16, channels_last)}
 
@@ -75,8 +85,14 @@ def _spy_sweep_steps(monkeypatch):
 
     def spying(classifier, optimizer, images, labels, config):
         loss = original(classifier, optimizer, images, labels, config)
-        steps.append({"images": images.clone(), "lr": optimizer.param_groups[0]["lr"], "loss": float(loss),
-                      "speed": (classifier.channels_last, classifier.bf16)})
+        steps.append(
+            {
+                "images": images.clone(),
+                "lr": optimizer.param_groups[0]["lr"],
+                "loss": float(loss),
+                "speed": (classifier.channels_last, classifier.bf16),
+            }
+        )
         return loss
 
     monkeypatch.setattr(lr_finder, "train_step", spying)
@@ -86,7 +102,9 @@ def _spy_sweep_steps(monkeypatch):
 def test_the_sweep_is_geometric_from_start_to_end_and_smooths_the_loss_with_bias_correction(monkeypatch):
     steps = _spy_sweep_steps(monkeypatch)
     config, data = train_config(), tiny_data()
-    sweep = lr_range_test(build_classifier(config, data), data, config, start_lr=1e-5, end_lr=1e-3, num_batches=5)
+    sweep = lr_range_test(
+        build_classifier(config, data), data, config, start_lr=1e-5, end_lr=1e-3, num_batches=5
+    )
     assert sweep.lrs == pytest.approx([1e-5, 10**-4.5, 1e-4, 10**-3.5, 1e-3], rel=1e-9)
     assert [s["lr"] for s in steps] == sweep.lrs
     average, expected = 0.0, []
@@ -100,14 +118,18 @@ def test_the_sweep_defaults_to_a_million_fold_range_over_200_batches():
     config, data = train_config(), tiny_data()
     sweep = lr_range_test(build_classifier(config, data), data, config, num_batches=3)
     assert sweep.lrs == pytest.approx([1e-6, 1e-3, 1.0], rel=1e-9)
-    sweep = lr_range_test(build_classifier(config, data), data, config, start_lr=1e-7, end_lr=1e-6)  # never diverges
+    sweep = lr_range_test(
+        build_classifier(config, data), data, config, start_lr=1e-7, end_lr=1e-6
+    )  # never diverges
     assert len(sweep.lrs) == 200 and sweep.lrs[-1] == pytest.approx(1e-6, rel=1e-9)
 
 
 def test_the_sweep_stops_at_the_first_loss_above_four_times_the_lowest_and_says_so(caplog):
     config, data = train_config(batch_size=12), tiny_data()
     with caplog.at_level("INFO", logger="malaria_pipeline.ml.lr_finder"):
-        sweep = lr_range_test(build_classifier(config, data), data, config, start_lr=1e-5, end_lr=10.0, num_batches=60)
+        sweep = lr_range_test(
+            build_classifier(config, data), data, config, start_lr=1e-5, end_lr=10.0, num_batches=60
+        )
     lowest = [min(sweep.losses[: k + 1]) for k in range(len(sweep.losses))]
     assert len(sweep.lrs) < 60 and sweep.losses[-1] > 4 * lowest[-1]
     assert all(loss <= 4 * low for loss, low in zip(sweep.losses[:-1], lowest[:-1]))
@@ -120,7 +142,10 @@ def test_the_sweep_stops_at_the_first_loss_above_four_times_the_lowest_and_says_
 
 def test_the_sweep_draws_seeded_augmented_batches_in_the_numeric_mode_of_its_config(monkeypatch):
     steps = _spy_sweep_steps(monkeypatch)
-    config, data = train_config(pad=0, flips=False, rotations=False, channels_last=True, bf16=True), tiny_data()
+    config, data = (
+        train_config(pad=0, flips=False, rotations=False, channels_last=True, bf16=True),
+        tiny_data(),
+    )
     lr_range_test(build_classifier(config, data), data, config, start_lr=1e-5, end_lr=1e-4, num_batches=4)
     generator = torch.Generator().manual_seed(42)
     first, second = torch.randperm(36, generator=generator), torch.randperm(36, generator=generator)
@@ -130,7 +155,9 @@ def test_the_sweep_draws_seeded_augmented_batches_in_the_numeric_mode_of_its_con
     steps.clear()
     config = train_config(pad=0, flips=True, rotations=True)
     lr_range_test(build_classifier(config, data), data, config, start_lr=1e-5, end_lr=1e-4, num_batches=3)
-    assert not torch.equal(steps[0]["images"], data.train_images[first[:12]])  # the same rows, turned and flipped
+    assert not torch.equal(
+        steps[0]["images"], data.train_images[first[:12]]
+    )  # the same rows, turned and flipped
 
 
 def test_a_sweep_on_a_device_this_machine_lacks_is_refused():
@@ -152,8 +179,10 @@ def _suggestion_by_hand(lrs, losses, skip_start=0.1, window=5):
     centres = list(range(first + half, lowest - half + 1)) or list(range(1, max(2, lowest)))
     if not range(first + half, lowest - half + 1):
         half = 1
-    slope = {c: (losses[c + half] - losses[c - half]) / (math.log(lrs[c + half]) - math.log(lrs[c - half]))
-             for c in centres}
+    slope = {
+        c: (losses[c + half] - losses[c - half]) / (math.log(lrs[c + half]) - math.log(lrs[c - half]))
+        for c in centres
+    }
     return lrs[min(centres, key=lambda c: (slope[c], c))], lrs[lowest]
 
 

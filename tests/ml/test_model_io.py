@@ -19,7 +19,9 @@ def test_load_model_in_a_fresh_process_predicts_as_the_trained_module(tmp_path, 
     images = data.valid_images
     torch.save(images, tmp_path / "images.pt")
     # The reference: the trained network on images normalized by hand, outside the classifier.
-    pixels = (images.float() / 255 - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(data.std).view(1, 3, 1, 1)
+    pixels = (images.float() / 255 - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(data.std).view(
+        1, 3, 1, 1
+    )
     with torch.no_grad():
         expected = trained.network.eval()(pixels).softmax(dim=1)
 
@@ -29,8 +31,19 @@ def test_load_model_in_a_fresh_process_predicts_as_the_trained_module(tmp_path, 
         "torch.save(model.predict_proba(torch.load(sys.argv[2], weights_only=True)), sys.argv[3]); "
         "print(model.class_names, model.image_size)"
     )
-    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.pt"), str(tmp_path / "images.pt"),
-                          str(tmp_path / "probs.pt")], capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(tmp_path / "model.pt"),
+            str(tmp_path / "images.pt"),
+            str(tmp_path / "probs.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert run.stdout.split("\n")[0] == "['Parasitized', 'Uninfected'] 16"
     assert torch.allclose(torch.load(tmp_path / "probs.pt", weights_only=True), expected, atol=1e-5)
 
@@ -39,7 +52,9 @@ def test_the_bundle_loads_safely_with_weights_only(tmp_path):
     data = tiny_data()
     config = train_config(epochs=1)
     classifier = train_classifier(data, config).classifier
-    bundle = model_bundle(classifier, architecture="resnet9", network_args=config.network_args, extra={"best_epoch": 1})
+    bundle = model_bundle(
+        classifier, architecture="resnet9", network_args=config.network_args, extra={"best_epoch": 1}
+    )
     torch.save(bundle, tmp_path / "model.pt")
     loaded = torch.load(tmp_path / "model.pt", weights_only=True)
     assert loaded["architecture"] == "resnet9" and loaded["best_epoch"] == 1
@@ -75,7 +90,9 @@ def test_a_saved_bundle_loads_in_this_process_as_the_classifier_it_was(tmp_path,
     torch.manual_seed(0)
     network = build_network(architecture, num_classes=3, image_size=image_size, width=4).eval()
     names = ["Parasitized", "Uninfected", "Other"]
-    classifier = CellClassifier(network, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3], names, image_size)
+    classifier = CellClassifier(
+        network=network, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3], class_names=names, image_size=image_size
+    )
     bundle = model_bundle(classifier, architecture=architecture, network_args={"width": 4})
     assert bundle["torch_version"] == torch.__version__
     torch.save(bundle, tmp_path / "model.pt")
@@ -85,7 +102,10 @@ def test_a_saved_bundle_loads_in_this_process_as_the_classifier_it_was(tmp_path,
     if architecture == "resnet18":
         assert loaded.network.conv1.stride == (2, 2)  # 128 pixels: torchvision's own stem
     images = torch.randint(0, 256, (2, 3, image_size, image_size), dtype=torch.uint8)
-    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    mean, std = (
+        torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1),
+        torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1),
+    )
     with torch.no_grad():
         expected = network((images.float() / 255 - mean) / std).softmax(dim=1)
     assert torch.allclose(loaded.predict_proba(images), expected, atol=1e-5)
@@ -121,13 +141,23 @@ def test_a_bundle_without_temperature_loads_with_t_1_and_one_with_it_applies_it(
     old = {k: v for k, v in tiny_bundle().items() if k != "temperature"}
     images = tiny_data().valid_images
     assert load_model(old).temperature == 1.0
-    assert torch.allclose(load_model(old).predict_proba(images).double(), reference_proba(old, images), atol=1e-5)
-    point = {"threshold": 0.3, "positive_class": "Parasitized", "tta": False, "target_sensitivity": 0.97,
-             "sensitivity": 0.98, "specificity": 0.9}
+    assert torch.allclose(
+        load_model(old).predict_proba(images).double(), reference_proba(old, images), atol=1e-5
+    )
+    point = {
+        "threshold": 0.3,
+        "positive_class": "Parasitized",
+        "tta": False,
+        "target_sensitivity": 0.97,
+        "sensitivity": 0.98,
+        "specificity": 0.9,
+    }
     torch.save({**old, "temperature": 2.0, "operating_point": point}, tmp_path / "model.pt")
     loaded = torch.load(tmp_path / "model.pt", weights_only=True)
     assert loaded["operating_point"] == point
-    assert torch.allclose(load_model(loaded).predict_proba(images).double(), reference_proba(old, images, 2.0), atol=1e-5)
+    assert torch.allclose(
+        load_model(loaded).predict_proba(images).double(), reference_proba(old, images, 2.0), atol=1e-5
+    )
     # and the classifier's temperature is what the next bundle keeps
     classifier = load_model(loaded)
     assert model_bundle(classifier, architecture="resnet9", network_args={"width": 4})["temperature"] == 2.0

@@ -14,7 +14,9 @@ def test_every_architecture_gives_two_logits_per_image(architecture):
     with torch.no_grad():
         assert network(torch.randn(3, 3, 32, 32)).shape == (3, 2)
     groups = layer_groups(network, architecture)
-    assert sum(p.numel() for g in groups for p in g.parameters()) == sum(p.numel() for p in network.parameters())
+    assert sum(p.numel() for g in groups for p in g.parameters()) == sum(
+        p.numel() for p in network.parameters()
+    )
 
 
 def test_resnet9_width_sets_the_channels():
@@ -26,7 +28,9 @@ def test_small_images_get_a_stem_without_downsampling():
     small, large = build_network("resnet18", image_size=64), build_network("resnet18", image_size=224)
     assert small.conv1.stride == (1, 1) and isinstance(small.maxpool, torch.nn.Identity)
     assert large.conv1.stride == (2, 2) and isinstance(large.maxpool, torch.nn.MaxPool2d)
-    assert small.conv1.weight.shape == large.conv1.weight.shape == (64, 3, 7, 7)  # pretrained weights still fit
+    assert (
+        small.conv1.weight.shape == large.conv1.weight.shape == (64, 3, 7, 7)
+    )  # pretrained weights still fit
 
 
 def test_unknown_architecture_and_pretrained_resnet9_are_refused():
@@ -91,7 +95,13 @@ def test_a_new_classifier_computes_in_float32_and_set_speed_switches_the_memory_
 
     torch.manual_seed(0)
     network = build_network("resnet9", width=4).eval()
-    classifier = CellClassifier(network, [0.5] * 3, [0.25] * 3, ["Parasitized", "Uninfected"], 16).eval()
+    classifier = CellClassifier(
+        network=network,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        class_names=["Parasitized", "Uninfected"],
+        image_size=16,
+    ).eval()
     assert classifier.channels_last is False and classifier.bf16 is False
     images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     with torch.no_grad():
@@ -110,15 +120,29 @@ def test_resnet9_has_the_reference_layers_and_parameter_count():
     def conv_bn(cin, cout):  # 3x3 convolution without bias, batch norm's weight and bias
         return 9 * cin * cout + 2 * cout
 
-    for network, width, classes in ((ResNet9(), 64, 2), (build_network("resnet9", num_classes=3, width=8), 8, 3)):
+    for network, width, classes in (
+        (ResNet9(), 64, 2),
+        (build_network("resnet9", num_classes=3, width=8), 8, 3),
+    ):
         w = width
-        expected = (conv_bn(3, w) + conv_bn(w, 2 * w) + 2 * conv_bn(2 * w, 2 * w) + conv_bn(2 * w, 4 * w)
-                    + conv_bn(4 * w, 8 * w) + 2 * conv_bn(8 * w, 8 * w) + 8 * w * classes + classes)
+        expected = (
+            conv_bn(3, w)
+            + conv_bn(w, 2 * w)
+            + 2 * conv_bn(2 * w, 2 * w)
+            + conv_bn(2 * w, 4 * w)
+            + conv_bn(4 * w, 8 * w)
+            + 2 * conv_bn(8 * w, 8 * w)
+            + 8 * w * classes
+            + classes
+        )
         assert sum(p.numel() for p in network.parameters()) == expected
     assert build_network("resnet9").prep[0].out_channels == 64  # the reference's width by default
     with pytest.raises(ValueError) as error:
         build_network("resnet9", pretrained=True)
-    assert str(error.value) == "There are no pretrained ResNet-9 weights: set training.pretrained=false for resnet9"
+    assert (
+        str(error.value)
+        == "There are no pretrained ResNet-9 weights: set training.pretrained=false for resnet9"
+    )
     network = build_network("resnet9", width=4)
     x = torch.randn(2, 3, 32, 32)
     # a 2x2 max-pool after each of layer1..layer3: 32 -> 4 pixels a side
@@ -139,11 +163,15 @@ def test_a_residual_block_adds_its_input():
     assert torch.equal(block(x), 2 * x)
 
 
-@pytest.mark.parametrize(("image_size", "small_input_stem", "stride"), [
-    (128, None, (2, 2)), (127, None, (1, 1)), (224, True, (1, 1)), (64, False, (2, 2))])
+@pytest.mark.parametrize(
+    ("image_size", "small_input_stem", "stride"),
+    [(128, None, (2, 2)), (127, None, (1, 1)), (224, True, (1, 1)), (64, False, (2, 2))],
+)
 def test_the_stem_is_small_below_128_pixels_unless_told(image_size, small_input_stem, stride):
     network = build_network("resnet18", image_size=image_size, small_input_stem=small_input_stem)
-    assert network.conv1.stride == stride and isinstance(network.maxpool, torch.nn.Identity) == (stride == (1, 1))
+    assert network.conv1.stride == stride and isinstance(network.maxpool, torch.nn.Identity) == (
+        stride == (1, 1)
+    )
 
 
 def test_the_offline_message_names_the_architecture_and_the_error(tmp_path, monkeypatch):
@@ -154,8 +182,11 @@ def test_the_offline_message_names_the_architecture_and_the_error(tmp_path, monk
 
     # where torchvision's weights look it up (not torch.hub's name)
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    with pytest.raises(PretrainedWeightsError, match=r"^Could not download the ImageNet weights of resnet34 "
-                       r"\(<urlopen error no route to host>\); this machine may be offline\."):
+    with pytest.raises(
+        PretrainedWeightsError,
+        match=r"^Could not download the ImageNet weights of resnet34 "
+        r"\(<urlopen error no route to host>\); this machine may be offline\.",
+    ):
         build_network("resnet34", pretrained=True)
 
 
@@ -176,7 +207,9 @@ def _tiny_untrained_classifier(temperature: float = 1.0):
     from tests.helpers import tiny_bundle
 
     bundle = {**tiny_bundle(), "temperature": temperature}
-    images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    images = torch.randint(
+        0, 256, (5, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)
+    )
     images[:, :, 2:6, 9:12] = 10  # an off-centre spot, so that the symmetries see different cells
     return bundle, load_model(bundle), images
 
@@ -186,22 +219,38 @@ def test_tta_is_the_mean_over_the_quarter_turns_and_mirror_images_written_out():
 
     bundle, classifier, images = _tiny_untrained_classifier()
     expected = reference_tta_proba(bundle, images)
-    assert not torch.allclose(expected, reference_proba(bundle, images), atol=1e-4)  # TTA changes something here
+    assert not torch.allclose(
+        expected, reference_proba(bundle, images), atol=1e-4
+    )  # TTA changes something here
     # batches of 2 over 5 images: the averaging is per image, whatever the batch
-    assert torch.allclose(classifier.predict_proba(images, batch_size=2, tta=True).double(), expected, atol=1e-5)
-    assert torch.allclose(classifier.predict_proba(images, batch_size=2).double(), reference_proba(bundle, images), atol=1e-5)
+    assert torch.allclose(
+        classifier.predict_proba(images, batch_size=2, tta=True).double(), expected, atol=1e-5
+    )
+    assert torch.allclose(
+        classifier.predict_proba(images, batch_size=2).double(), reference_proba(bundle, images), atol=1e-5
+    )
 
 
 def test_the_temperature_divides_the_logits_with_and_without_tta_and_calibrated_false_ignores_it():
     from tests.helpers import reference_proba, reference_tta_proba
 
     bundle, classifier, images = _tiny_untrained_classifier(temperature=0.3)
-    assert torch.allclose(classifier.predict_proba(images).double(), reference_proba(bundle, images, 0.3), atol=1e-5)
-    assert torch.allclose(classifier.predict_proba(images, tta=True).double(), reference_tta_proba(bundle, images, 0.3),
-                          atol=1e-5)
-    assert torch.allclose(classifier.predict_proba(images, calibrated=False).double(), reference_proba(bundle, images),
-                          atol=1e-5)
-    assert torch.allclose(classifier(images).double().softmax(dim=1), reference_proba(bundle, images), atol=1e-5)
+    assert torch.allclose(
+        classifier.predict_proba(images).double(), reference_proba(bundle, images, 0.3), atol=1e-5
+    )
+    assert torch.allclose(
+        classifier.predict_proba(images, tta=True).double(),
+        reference_tta_proba(bundle, images, 0.3),
+        atol=1e-5,
+    )
+    assert torch.allclose(
+        classifier.predict_proba(images, calibrated=False).double(),
+        reference_proba(bundle, images),
+        atol=1e-5,
+    )
+    assert torch.allclose(
+        classifier(images).double().softmax(dim=1), reference_proba(bundle, images), atol=1e-5
+    )
 
 
 def test_the_eight_symmetries_are_distinct_and_closed_under_a_quarter_turn():
@@ -209,6 +258,34 @@ def test_the_eight_symmetries_are_distinct_and_closed_under_a_quarter_turn():
 
     image = torch.arange(9).view(1, 1, 3, 3)  # no symmetry of its own: its 8 images are all different
     views = {tuple(v.flatten().tolist()) for v in square_symmetries(image)}
-    by_hand = {tuple(torch.rot90(m, k, dims=[2, 3]).flatten().tolist())
-               for m in (image, torch.flip(image, dims=[3])) for k in range(4)}
+    by_hand = {
+        tuple(torch.rot90(m, k, dims=[2, 3]).flatten().tolist())
+        for m in (image, torch.flip(image, dims=[3]))
+        for k in range(4)
+    }
     assert len(views) == 8 and views == by_hand
+
+
+def test_tta_averages_the_views_probabilities_not_their_logits():
+    # An untrained network's views agree, so averaging their logits or their probabilities gives nearly
+    # the same answer. A head scaled 300-fold, its bias set so that neither class wins on average, makes
+    # each view confident in its own way: the two averages then differ far beyond the tolerance.
+    from malaria_pipeline.ml import load_model
+    from tests.helpers import reference_logits, reference_tta_proba
+
+    bundle, _, images = _tiny_untrained_classifier()
+    state = {
+        **bundle["state_dict"],
+        "head.3.weight": bundle["state_dict"]["head.3.weight"] * 300,
+        "head.3.bias": torch.zeros(2),
+    }
+    bundle = {**bundle, "state_dict": state}
+    views = [torch.rot90(m, k, dims=[2, 3]) for m in (images, torch.flip(images, dims=[3])) for k in range(4)]
+    margin = torch.stack([reference_logits(bundle, v) for v in views]).diff(dim=-1).mean().item()
+    state["head.3.bias"] = torch.tensor([margin / 2, -margin / 2])
+    view_logits = torch.stack([reference_logits(bundle, v) for v in views])
+    p_views = view_logits.softmax(dim=-1)[:, :, 0]
+    assert (p_views.amax(dim=0) - p_views.amin(dim=0)).max() > 0.9  # the views disagree
+    expected = reference_tta_proba(bundle, images)
+    assert (expected - view_logits.mean(dim=0).softmax(dim=-1)).abs().max() > 0.1  # logits averaged: far off
+    assert torch.allclose(load_model(bundle).predict_proba(images, tta=True).double(), expected, atol=1e-5)

@@ -35,7 +35,13 @@ def test_both_pipelines_train_the_network_and_report_images_per_second(tmp_path)
     labels = torch.tensor([0, 1] * 4)
     for measure in ("ours", "baseline"):
         network = build_network("resnet9", image_size=20, width=4)
-        classifier = CellClassifier(network, [0.5] * 3, [0.25] * 3, ["Parasitized", "Uninfected"], 20)
+        classifier = CellClassifier(
+            network=network,
+            mean=[0.5] * 3,
+            std=[0.25] * 3,
+            class_names=["Parasitized", "Uninfected"],
+            image_size=20,
+        )
         before = [p.detach().clone() for p in network.parameters()]
         if measure == "ours":
             result = measure_ours(classifier, images, labels, config, torch.device("cpu"), 3, 1)
@@ -46,17 +52,29 @@ def test_both_pipelines_train_the_network_and_report_images_per_second(tmp_path)
         assert any(not torch.equal(a, b) for a, b in zip(before, network.parameters())), measure
 
 
-def test_the_baseline_normalizes_per_image_as_the_notebooks_do_and_skips_the_classifiers_normalization(tmp_path):
+def test_the_baseline_normalizes_per_image_as_the_notebooks_do_and_skips_the_classifiers_normalization(
+    tmp_path,
+):
     from malaria_pipeline.ml import throughput
 
     write_folder(tmp_path)
     config = train_config(batch_size=8, pad=0, flips=False, rotations=False)
-    images, _ = next(iter(baseline_loader(tmp_path, 20, [0.5, 0.4, 0.3], [0.25, 0.2, 0.1], config, workers=0)))
+    images, _ = next(
+        iter(baseline_loader(tmp_path, 20, [0.5, 0.4, 0.3], [0.25, 0.2, 0.1], config, workers=0))
+    )
     pixels = torch.zeros(3, 20, 20)
     pixels[:, 2:5, 12:18] = 1
-    expected = (pixels - torch.tensor([0.5, 0.4, 0.3]).view(3, 1, 1)) / torch.tensor([0.25, 0.2, 0.1]).view(3, 1, 1)
+    expected = (pixels - torch.tensor([0.5, 0.4, 0.3]).view(3, 1, 1)) / torch.tensor([0.25, 0.2, 0.1]).view(
+        3, 1, 1
+    )
     assert all(torch.allclose(image, expected) for image in images)
     network = build_network("resnet9", image_size=20, width=4).eval()
-    classifier = CellClassifier(network, [0.5, 0.4, 0.3], [0.25, 0.2, 0.1], ["Parasitized", "Uninfected"], 20)
+    classifier = CellClassifier(
+        network=network,
+        mean=[0.5, 0.4, 0.3],
+        std=[0.25, 0.2, 0.1],
+        class_names=["Parasitized", "Uninfected"],
+        image_size=20,
+    )
     with torch.no_grad():
         assert torch.equal(throughput._NormalizedInputs(classifier)(images), network(images))

@@ -3,10 +3,12 @@ import math
 import pytest
 import torch
 
+from malaria_pipeline.framework.parameters import PIPELINE_SWITCHES, training_config
 from malaria_pipeline.ml import train
 from malaria_pipeline.ml.checkpoint import CheckpointStore
+from malaria_pipeline.ml.config import TrainConfig
 from malaria_pipeline.ml.models import build_network, layer_groups
-from malaria_pipeline.ml.train import HISTORY_COLUMNS, TrainConfig, build_classifier, fit, plan_stages, train_classifier
+from malaria_pipeline.ml.train import HISTORY_COLUMNS, build_classifier, fit, plan_stages, train_classifier
 from tests.helpers import TRAIN_PARAMS, tiny_data
 from tests.helpers import train_config as quick
 
@@ -64,10 +66,7 @@ def test_training_learns_and_reports_one_row_per_epoch():
 
 
 def test_same_seed_same_metrics_on_the_cpu():
-    runs = [
-        train_classifier(tiny_data(), quick(seed=5)).history
-        for _ in range(2)
-    ]
+    runs = [train_classifier(tiny_data(), quick(seed=5)).history for _ in range(2)]
     strip = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]  # noqa: E731
     assert strip(runs[0]) == strip(runs[1])
 
@@ -80,11 +79,23 @@ def test_torchvision_resnets_train_one_epoch_on_the_cpu(architecture):
 
 
 def test_stage_one_trains_only_the_head_and_stage_two_everything_with_discriminative_lrs(monkeypatch):
-    config = quick(architecture="resnet18", pretrained=True, head_epochs=1, head_max_lr=0.01, epochs=1,
-                   max_lr=0.001, lr_ratio=100, batch_size=8)
+    config = quick(
+        architecture="resnet18",
+        pretrained=True,
+        head_epochs=1,
+        head_max_lr=0.01,
+        epochs=1,
+        max_lr=0.001,
+        lr_ratio=100,
+        batch_size=8,
+    )
     data = tiny_data(count=16)
     # Not downloaded in the tests: the two stages are the same with random weights.
-    monkeypatch.setattr(train, "build_network", lambda *args, **kwargs: build_network(*args, **{**kwargs, "pretrained": False}))
+    monkeypatch.setattr(
+        train,
+        "build_network",
+        lambda *args, **kwargs: build_network(*args, **{**kwargs, "pretrained": False}),
+    )
     classifier = build_classifier(config, data)
     network = classifier.network
     groups = layer_groups(network, "resnet18")
@@ -99,8 +110,12 @@ def test_stage_one_trains_only_the_head_and_stage_two_everything_with_discrimina
 
     snapshots = []
     monkeypatch.setattr(train, "make_scheduler", spying)
-    fit(classifier, data, config,
-        on_epoch_end=lambda row: snapshots.append({n: t.clone() for n, t in network.state_dict().items()}))
+    fit(
+        classifier,
+        data,
+        config,
+        on_epoch_end=lambda row: snapshots.append({n: t.clone() for n, t in network.state_dict().items()}),
+    )
 
     after_head, after_full = snapshots
     backbone = [n for n in initial if not n.startswith("fc.")]
@@ -132,35 +147,51 @@ def test_keep_last_keeps_the_last_epoch():
     assert result.best_epoch == 2
 
 
-@pytest.mark.parametrize(("knob", "value", "message"), [
-    ("optimizer", "sgd", "training.optimizer is 'sgd'"),
-    ("keep", "first", "training.keep is 'first'"),
-    ("epochs", 0, "training.epochs must be >= 1"),
-    ("brightness", -0.1, r"training.brightness is -0.1: use a number from 0 \(off\) to 1$"),
-    ("contrast", 1.5, r"training.contrast is 1.5: use a number from 0 \(off\) to 1$"),
-    ("gamma", 1.0, r"training.gamma is 1.0: use a number from 0 \(off\) to 0.99$"),
-    ("saturation", 2, r"training.saturation is 2: use a number from 0 \(off\) to 1$"),
-    ("hue", 0.6, r"training.hue is 0.6: use a number from 0 \(off\) to 0.5$"),
-    ("ema_decay", 1.0, r"training.ema_decay is 1.0: use a number between 0 and 1, or null \(off\)$"),
-    ("ema_decay", 0, r"training.ema_decay is 0: use a number between 0 and 1, or null \(off\)$"),
-])
+@pytest.mark.parametrize(
+    ("knob", "value", "message"),
+    [
+        ("optimizer", "sgd", "training.optimizer is 'sgd'"),
+        ("keep", "first", "training.keep is 'first'"),
+        ("epochs", 0, "training.epochs must be >= 1"),
+        ("brightness", -0.1, r"training.brightness is -0.1: use a number from 0 \(off\) to 1$"),
+        ("contrast", 1.5, r"training.contrast is 1.5: use a number from 0 \(off\) to 1$"),
+        ("gamma", 1.0, r"training.gamma is 1.0: use a number from 0 \(off\) to 0.99$"),
+        ("saturation", 2, r"training.saturation is 2: use a number from 0 \(off\) to 1$"),
+        ("hue", 0.6, r"training.hue is 0.6: use a number from 0 \(off\) to 0.5$"),
+        ("ema_decay", 1.0, r"training.ema_decay is 1.0: use a number between 0 and 1, or null \(off\)$"),
+        ("ema_decay", 0, r"training.ema_decay is 0: use a number between 0 and 1, or null \(off\)$"),
+    ],
+)
 def test_bad_parameters_are_named(knob, value, message):
     with pytest.raises(ValueError, match=message):
         quick(**{knob: value})
 
 
 def test_an_unknown_training_key_is_refused_naming_the_nearest_known_one():
-    with pytest.raises(ValueError, match=r"training\.max_Lr is not a parameter of training: did you mean training\.max_lr\?"):
-        TrainConfig.from_params({**TRAIN_PARAMS, "max_Lr": 0.1})
-    with pytest.raises(ValueError, match=r"training\.colour is not a parameter of training: The known ones are architecture, "):
-        TrainConfig.from_params({**TRAIN_PARAMS, "colour": "red"})
-    assert TrainConfig.from_params({**TRAIN_PARAMS, "max_lr": 0.1}).max_lr == 0.1
+    with pytest.raises(
+        ValueError, match=r"training\.max_Lr is not a parameter of training: did you mean training\.max_lr\?"
+    ):
+        training_config({**TRAIN_PARAMS, "max_Lr": 0.1})
+    with pytest.raises(
+        ValueError,
+        match=r"training\.colour is not a parameter of training: The known ones are architecture, ",
+    ):
+        training_config({**TRAIN_PARAMS, "colour": "red"})
+    with pytest.raises(
+        ValueError,
+        match=r"training\.calibrated is not a parameter of training: did you mean training\.calibrate\?",
+    ):
+        training_config({**TRAIN_PARAMS, "calibrated": True})
+    assert training_config({**TRAIN_PARAMS, "max_lr": 0.1}).max_lr == 0.1
 
 
 def test_a_missing_training_key_is_named_not_defaulted():
-    params = {k: v for k, v in TRAIN_PARAMS.items() if k not in ("max_lr", "seed")}
-    with pytest.raises(ValueError, match=r"^training is missing seed, max_lr: see conf/base/parameters_training.yml$"):
-        TrainConfig.from_params(params)
+    params = {k: v for k, v in TRAIN_PARAMS.items() if k not in ("max_lr", "seed", "calibrate")}
+    with pytest.raises(
+        ValueError,
+        match=r"^training is missing seed, max_lr, calibrate: see conf/base/parameters_training.yml$",
+    ):
+        training_config(params)
 
 
 def test_the_config_holds_every_key_of_conf_base_and_no_default():
@@ -172,7 +203,9 @@ def test_the_config_holds_every_key_of_conf_base_and_no_default():
 
     base = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_training.yml").read_text())["training"]
     fields = dataclasses.fields(TrainConfig)
-    assert sorted(f.name for f in fields) == sorted(base) == sorted(TRAIN_PARAMS)
+    # The loop's knobs, and the switches that the pipelines read around it: nothing the loop never reads.
+    assert not {f.name for f in fields} & set(PIPELINE_SWITCHES)
+    assert sorted([f.name for f in fields] + list(PIPELINE_SWITCHES)) == sorted(base) == sorted(TRAIN_PARAMS)
     assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
 
 
@@ -186,10 +219,19 @@ def test_a_checkpoint_written_on_another_device_type_resumes_with_a_warning(tmp_
     with pytest.raises(KeyboardInterrupt):
         train_classifier(tiny_data(), config, checkpoint=store, on_epoch_end=interrupt)
     saved = store.load()
-    assert saved["generator_device"] == "cpu" and saved["generator"].numel() == torch.Generator().get_state().numel()
+    assert (
+        saved["generator_device"] == "cpu"
+        and saved["generator"].numel() == torch.Generator().get_state().numel()
+    )
     # What a CUDA run writes: a 16-byte Philox state for the batch generator, and the CUDA global state.
-    store.save({**saved, "generator": torch.zeros(16, dtype=torch.uint8), "generator_device": "cuda",
-                "cuda_rng": torch.zeros(16, dtype=torch.uint8)})
+    store.save(
+        {
+            **saved,
+            "generator": torch.zeros(16, dtype=torch.uint8),
+            "generator_device": "cuda",
+            "cuda_rng": torch.zeros(16, dtype=torch.uint8),
+        }
+    )
     with caplog.at_level("WARNING", logger="malaria_pipeline.ml.train"):
         resumed = train_classifier(tiny_data(), config, checkpoint=store)
     assert [row["epoch"] for row in resumed.history] == [1, 2]
@@ -197,9 +239,16 @@ def test_a_checkpoint_written_on_another_device_type_resumes_with_a_warning(tmp_
 
 
 # The ops after which a CUDA host waits for the device: a data-dependent shape or a value read back.
-BLOCKING_OPS = {"aten.nonzero.default", "aten._local_scalar_dense.default", "aten.masked_select.default",
-                "aten.is_nonzero.default", "aten.equal.default", "aten._unique2.default", "aten.unique_dim.default",
-                "aten.repeat_interleave.Tensor"}
+BLOCKING_OPS = {
+    "aten.nonzero.default",
+    "aten._local_scalar_dense.default",
+    "aten.masked_select.default",
+    "aten.is_nonzero.default",
+    "aten.equal.default",
+    "aten._unique2.default",
+    "aten.unique_dim.default",
+    "aten.repeat_interleave.Tensor",
+}
 
 
 def _blocking_ops(step, ignore: set[int]) -> list[str]:
@@ -210,10 +259,14 @@ def _blocking_ops(step, ignore: set[int]) -> list[str]:
 
     class Spy(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            tensors = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+            tensors = [
+                a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)
+            ]
             reads_back = str(func) in BLOCKING_OPS and not all(t.data_ptr() in ignore for t in tensors)
             masked = str(func).startswith(("aten.index.", "aten.index_put")) and any(
-                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in torch.utils._pytree.tree_leaves(args[1:]))
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                for i in torch.utils._pytree.tree_leaves(args[1:])
+            )
             if reads_back or masked:
                 found.append(str(func))
             return func(*args, **(kwargs or {}))
@@ -223,8 +276,10 @@ def _blocking_ops(step, ignore: set[int]) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("knobs", [
-    {}, {"brightness": 0.2, "contrast": 0.2, "gamma": 0.2, "saturation": 0.2, "hue": 0.1, "ema_decay": 0.9}])
+@pytest.mark.parametrize(
+    "knobs",
+    [{}, {"brightness": 0.2, "contrast": 0.2, "gamma": 0.2, "saturation": 0.2, "hue": 0.1, "ema_decay": 0.9}],
+)
 def test_a_training_step_never_waits_for_the_device(knobs):
     from malaria_pipeline.ml.averaging import make_average, update_average
     from malaria_pipeline.ml.loader import BatchLoader
@@ -233,8 +288,13 @@ def test_a_training_step_never_waits_for_the_device(knobs):
     config, data = quick(**knobs), tiny_data()
     classifier = build_classifier(config, data).set_speed(channels_last=True, bf16=False).train()
     optimizer = make_optimizer(config, plan_stages(config, 5)[0], layer_groups(classifier.network, "resnet9"))
-    batches = BatchLoader(data.train_images, data.train_labels, 12, torch.Generator().manual_seed(0),
-                          config.augmentation).forever()
+    batches = BatchLoader(
+        images=data.train_images,
+        labels=data.train_labels,
+        batch_size=12,
+        generator=torch.Generator().manual_seed(0),
+        augment=config.augmentation,
+    ).forever()
 
     average = make_average(classifier, config.ema_decay) if config.ema_decay else None
 
@@ -252,21 +312,23 @@ def test_a_training_step_never_waits_for_the_device(knobs):
     assert _blocking_ops(step, ignore=counters) == []
     # The check sees what it must: a boolean mask (the quarter turns as they were once written) and a read-back.
     assert _blocking_ops(lambda: data.train_images[data.train_labels == 0], set()) == ["aten.index.Tensor"]
-    assert _blocking_ops(lambda: data.train_labels.sum().item(), set()) == ["aten._local_scalar_dense.default"]
+    assert _blocking_ops(lambda: data.train_labels.sum().item(), set()) == [
+        "aten._local_scalar_dense.default"
+    ]
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_training_runs_under_the_determinism_it_is_given(deterministic):
     seen = []
     try:
-        train_classifier(tiny_data(), quick(epochs=1, deterministic=deterministic),
-                         on_epoch_end=lambda row: seen.append(torch.are_deterministic_algorithms_enabled()))
+        train_classifier(
+            tiny_data(),
+            quick(epochs=1, deterministic=deterministic),
+            on_epoch_end=lambda row: seen.append(torch.are_deterministic_algorithms_enabled()),
+        )
     finally:
         torch.use_deterministic_algorithms(False)
     assert seen == [deterministic]
-
-
-
 
 
 # Mutants found by mutmut (docs/mutation-testing.md)
@@ -292,10 +354,14 @@ def test_a_resumed_run_has_the_whole_history_and_the_weights_of_an_uninterrupted
     resumed = train_classifier(tiny_data(), config, checkpoint=store)
     uninterrupted = train_classifier(tiny_data(), quick(epochs=3, keep="last"))
 
-    assert _without_seconds(resumed.history) == _without_seconds(uninterrupted.history)  # every epoch, every column
+    assert _without_seconds(resumed.history) == _without_seconds(
+        uninterrupted.history
+    )  # every epoch, every column
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
     expected = uninterrupted.classifier.state_dict()
-    assert all(torch.equal(tensor, expected[name]) for name, tensor in resumed.classifier.state_dict().items())
+    assert all(
+        torch.equal(tensor, expected[name]) for name, tensor in resumed.classifier.state_dict().items()
+    )
 
 
 def _snapshotting_fit(config, data):
@@ -320,7 +386,9 @@ def test_keep_best_returns_the_weights_of_the_epoch_of_lowest_validation_loss():
     assert best not in (1, 4) and worst != best  # this seed makes a case where best is neither first nor last
     assert result.best_epoch == best
     assert _same_weights(result.classifier.state_dict(), snapshots[best])
-    assert not _same_weights(snapshots[best], snapshots[4]) and not _same_weights(snapshots[best], snapshots[worst])
+    assert not _same_weights(snapshots[best], snapshots[4]) and not _same_weights(
+        snapshots[best], snapshots[worst]
+    )
 
 
 def test_keep_last_returns_the_weights_of_the_last_epoch():
@@ -340,10 +408,22 @@ def test_evaluating_in_batches_gives_what_one_batch_gives():
     labels[[1, 4, 9]] = 1 - labels[[1, 4, 9]]  # three wrong answers, one in the last batch of 3
     with torch.no_grad():
         logits = classifier.eval()(images)
-    loss, accuracy = F.cross_entropy(logits, labels).item(), (logits.argmax(dim=1) == labels).float().mean().item()
-    assert train.evaluate(classifier, images, labels, 1024) == (pytest.approx(loss, rel=1e-6), pytest.approx(accuracy))
-    assert train.evaluate(classifier, images, labels, 3) == (pytest.approx(loss, rel=1e-6), pytest.approx(accuracy))
-    assert train.evaluate(classifier, images, labels, 1) == (pytest.approx(loss, rel=1e-6), pytest.approx(accuracy))
+    loss, accuracy = (
+        F.cross_entropy(logits, labels).item(),
+        (logits.argmax(dim=1) == labels).float().mean().item(),
+    )
+    assert train.evaluate(classifier, images, labels, 1024) == (
+        pytest.approx(loss, rel=1e-6),
+        pytest.approx(accuracy),
+    )
+    assert train.evaluate(classifier, images, labels, 3) == (
+        pytest.approx(loss, rel=1e-6),
+        pytest.approx(accuracy),
+    )
+    assert train.evaluate(classifier, images, labels, 1) == (
+        pytest.approx(loss, rel=1e-6),
+        pytest.approx(accuracy),
+    )
     assert 0 < accuracy < 1
 
 
@@ -380,8 +460,13 @@ def test_a_resumed_run_ends_exactly_as_the_uninterrupted_run(tmp_path, caplog):
     # holds the lines of the interrupted and the uninterrupted runs, whose epochs are the same text.
     caplog.clear()
     with caplog.at_level("INFO", logger="malaria_pipeline.ml.train"):
-        resumed = fit(build_classifier(config, tiny_data()), tiny_data(), config, checkpoint=store,
-                      on_epoch_end=rows.append)
+        resumed = fit(
+            build_classifier(config, tiny_data()),
+            tiny_data(),
+            config,
+            checkpoint=store,
+            on_epoch_end=rows.append,
+        )
     messages = list(caplog.messages)
     uninterrupted = train_classifier(tiny_data(), quick(epochs=3))
     assert uninterrupted.best_epoch == 2  # the kept epoch is one the checkpoint brings back
@@ -390,8 +475,11 @@ def test_a_resumed_run_ends_exactly_as_the_uninterrupted_run(tmp_path, caplog):
     expected, got = uninterrupted.classifier.state_dict(), resumed.classifier.state_dict()
     assert all(torch.equal(got[name], expected[name]) for name in expected)
     assert f"Resuming from epoch 2 of 3 ({store.path})" in messages
-    table = [f"{r['epoch']:>5} {r['stage']:>5} {r['train_loss']:>10.4f} {r['valid_loss']:>10.4f} {r['accuracy']:>8.4f} "
-             f"{r['lr']:>9.2e} {r['seconds']:>7.1f}" for r in resumed.history]
+    table = [
+        f"{r['epoch']:>5} {r['stage']:>5} {r['train_loss']:>10.4f} {r['valid_loss']:>10.4f} {r['accuracy']:>8.4f} "
+        f"{r['lr']:>9.2e} {r['seconds']:>7.1f}"
+        for r in resumed.history
+    ]
     assert [m for m in messages if m in table] == table  # the restored epochs are in the log's table too
 
 
@@ -403,10 +491,14 @@ def test_resume_without_a_store_or_a_checkpoint(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="malaria_pipeline.ml.train"):
         result = train_classifier(tiny_data(), quick(epochs=1, resume=True), checkpoint=store)
     assert [row["epoch"] for row in result.history] == [1]
-    assert caplog.messages == [f"training.resume is true but {store.path} holds no checkpoint: starting afresh"]
+    assert caplog.messages == [
+        f"training.resume is true but {store.path} holds no checkpoint: starting afresh"
+    ]
 
 
-def test_a_checkpoint_of_another_device_type_redraws_the_batches_from_seed_plus_epoch(tmp_path, monkeypatch, caplog):
+def test_a_checkpoint_of_another_device_type_redraws_the_batches_from_seed_plus_epoch(
+    tmp_path, monkeypatch, caplog
+):
     store = CheckpointStore(tmp_path / "checkpoint")
     config = quick(epochs=2, resume=True, pad=0, flips=False, rotations=False)
     _interrupted_at(1, store, config)
@@ -418,7 +510,8 @@ def test_a_checkpoint_of_another_device_type_redraws_the_batches_from_seed_plus_
         train_classifier(tiny_data(), config, checkpoint=store)
     assert caplog.messages == [
         "The checkpoint's random states belong to a mps device and this run is on cpu: the batches and augmentations "
-        "of the remaining epochs are drawn afresh (seed 43), so they differ from an uninterrupted run's"]
+        "of the remaining epochs are drawn afresh (seed 43), so they differ from an uninterrupted run's"
+    ]
     order = torch.randperm(36, generator=torch.Generator().manual_seed(42 + 1))
     assert torch.equal(steps[0]["images"], tiny_data().train_images[order[:12]])
 
@@ -434,7 +527,9 @@ def test_a_checkpoint_without_a_device_type_is_a_cpu_one(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="malaria_pipeline.ml.train"):
         resumed = train_classifier(tiny_data(), config, checkpoint=store)
     assert caplog.messages == []
-    assert _without_seconds(resumed.history) == _without_seconds(train_classifier(tiny_data(), quick(epochs=2)).history)
+    assert _without_seconds(resumed.history) == _without_seconds(
+        train_classifier(tiny_data(), quick(epochs=2)).history
+    )
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])
@@ -442,8 +537,12 @@ def test_the_kept_weights_are_those_of_the_best_or_last_epoch_in_plain_float32(k
     config, data = quick(epochs=3, keep=keep), tiny_data()
     classifier = build_classifier(config, data)
     snapshots = []
-    result = fit(classifier, data, config,
-                 on_epoch_end=lambda row: snapshots.append({n: t.clone() for n, t in classifier.state_dict().items()}))
+    result = fit(
+        classifier,
+        data,
+        config,
+        on_epoch_end=lambda row: snapshots.append({n: t.clone() for n, t in classifier.state_dict().items()}),
+    )
     losses = [row["valid_loss"] for row in result.history]
     best = losses.index(min(losses)) + 1
     assert best == 2  # not the last epoch, so that best and last differ
@@ -458,8 +557,11 @@ def test_the_kept_weights_are_those_of_the_best_or_last_epoch_in_plain_float32(k
 def test_the_training_log_is_a_table_of_the_epochs(caplog):
     with caplog.at_level("INFO", logger="malaria_pipeline.ml.train"):
         result = train_classifier(tiny_data(), quick(epochs=2))
-    rows = [f"{r['epoch']:>5} {r['stage']:>5} {r['train_loss']:>10.4f} {r['valid_loss']:>10.4f} {r['accuracy']:>8.4f} "
-            f"{r['lr']:>9.2e} {r['seconds']:>7.1f}" for r in result.history]
+    rows = [
+        f"{r['epoch']:>5} {r['stage']:>5} {r['train_loss']:>10.4f} {r['valid_loss']:>10.4f} {r['accuracy']:>8.4f} "
+        f"{r['lr']:>9.2e} {r['seconds']:>7.1f}"
+        for r in result.history
+    ]
     assert caplog.messages == [
         "Training resnet9 on cpu: 36 training and 12 validation images of (3, 16, 16), 3 steps of 12 per epoch, "
         "stages full (2 epochs, max LR 0.01)",
@@ -470,15 +572,29 @@ def test_the_training_log_is_a_table_of_the_epochs(caplog):
 
 
 def test_a_two_stage_run_logs_both_stages_and_says_bf16(monkeypatch, caplog):
-    monkeypatch.setattr(train, "build_network", lambda *args, **kwargs: build_network(*args, **{**kwargs, "pretrained": False}))
-    config = quick(architecture="resnet18", pretrained=True, head_epochs=1, head_max_lr=0.01, epochs=1, max_lr=0.001,
-                   lr_ratio=100, batch_size=8, bf16=True)
+    monkeypatch.setattr(
+        train,
+        "build_network",
+        lambda *args, **kwargs: build_network(*args, **{**kwargs, "pretrained": False}),
+    )
+    config = quick(
+        architecture="resnet18",
+        pretrained=True,
+        head_epochs=1,
+        head_max_lr=0.01,
+        epochs=1,
+        max_lr=0.001,
+        lr_ratio=100,
+        batch_size=8,
+        bf16=True,
+    )
     with caplog.at_level("INFO", logger="malaria_pipeline.ml.train"):
         result = train_classifier(tiny_data(count=16), config)
     # the full stage: 0.001 / 100 ** (1 - i / 5) for the 6 groups
     assert caplog.messages[0] == (
         "Training resnet18 on cpu in bf16: 12 training and 4 validation images of (3, 16, 16), 1 steps of 8 per epoch, "
-        "stages head (1 epochs, max LR 0.01), full (1 epochs, max LR 1e-05/2.5e-05/6.3e-05/0.00016/0.0004/0.001)")
+        "stages head (1 epochs, max LR 0.01), full (1 epochs, max LR 1e-05/2.5e-05/6.3e-05/0.00016/0.0004/0.001)"
+    )
     assert [row["stage"] for row in result.history] == ["head", "full"]
 
 
@@ -494,7 +610,9 @@ def test_each_epoch_trains_on_a_seeded_permutation_and_reports_its_mean_loss_and
     for epoch in range(2):
         order = torch.randperm(36, generator=generator)
         for batch in range(3):
-            assert torch.equal(steps[3 * epoch + batch]["images"], images[order[12 * batch : 12 * batch + 12]])
+            assert torch.equal(
+                steps[3 * epoch + batch]["images"], images[order[12 * batch : 12 * batch + 12]]
+            )
         row, epoch_steps = result.history[epoch], steps[3 * epoch : 3 * epoch + 3]
         assert row["train_loss"] == pytest.approx(sum(s["loss"] for s in epoch_steps) / 3, rel=1e-6)
         assert row["lr"] == epoch_steps[-1]["lr"]
@@ -506,8 +624,13 @@ def test_training_batches_are_augmented(monkeypatch):
     train_classifier(tiny_data(), quick(epochs=1, pad=0, flips=True, rotations=True))
     order = torch.randperm(36, generator=torch.Generator().manual_seed(42))
     originals = tiny_data().train_images[order[:12]]
-    symmetries = [[t for k in range(4) for t in (x.rot90(k, (1, 2)), x.flip(2).rot90(k, (1, 2)))] for x in originals]
-    kinds = [next(i for i, s in enumerate(options) if torch.equal(s, y)) for options, y in zip(symmetries, steps[0]["images"])]
+    symmetries = [
+        [t for k in range(4) for t in (x.rot90(k, (1, 2)), x.flip(2).rot90(k, (1, 2)))] for x in originals
+    ]
+    kinds = [
+        next(i for i, s in enumerate(options) if torch.equal(s, y))
+        for options, y in zip(symmetries, steps[0]["images"])
+    ]
     assert len(set(kinds)) > 1  # each image gets one of the 8 symmetries, not all the identity
 
 
@@ -515,13 +638,20 @@ def test_training_runs_in_the_numeric_mode_of_its_config():
     config, data = quick(epochs=1, channels_last=True, bf16=True), tiny_data()
     classifier = build_classifier(config, data)
     seen = []
-    fit(classifier, data, config, on_epoch_end=lambda row: seen.append((classifier.channels_last, classifier.bf16)))
+    fit(
+        classifier,
+        data,
+        config,
+        on_epoch_end=lambda row: seen.append((classifier.channels_last, classifier.bf16)),
+    )
     assert seen == [(True, True)]
 
 
 @pytest.mark.skipif(torch.cuda.device_count() > 3, reason="this machine has a fourth CUDA device")
 def test_training_on_a_device_this_machine_lacks_is_refused():
-    with pytest.raises(ValueError, match=r"^training.device is 'cuda:3', but this machine has no such device"):
+    with pytest.raises(
+        ValueError, match=r"^training.device is 'cuda:3', but this machine has no such device"
+    ):
         train_classifier(tiny_data(), quick(epochs=1, device="cuda:3"))
 
 
@@ -543,8 +673,17 @@ def test_resuming_with_other_speed_and_device_switches_is_allowed(tmp_path, monk
     monkeypatch.setattr(torch, "compile", lambda module: module)
     store = CheckpointStore(tmp_path / "checkpoint")
     _interrupted_at(1, store, quick(epochs=2, resume=True))
-    switched = quick(epochs=2, resume=True, device="auto", bf16=True, channels_last=False, compile=True,
-                     deterministic=True, eval_batch_size=5, keep="last")
+    switched = quick(
+        epochs=2,
+        resume=True,
+        device="auto",
+        bf16=True,
+        channels_last=False,
+        compile=True,
+        deterministic=True,
+        eval_batch_size=5,
+        keep="last",
+    )
     try:
         resumed = train_classifier(tiny_data(), switched, checkpoint=store)
     finally:
@@ -559,14 +698,28 @@ def test_resuming_on_other_data_names_the_shapes_that_differ(tmp_path):
         train_classifier(tiny_data(count=40), quick(epochs=1, resume=True), checkpoint=store)
     assert str(error.value) == (
         f"The checkpoint {store.path} belongs to another run (it differs in ['train_images', 'valid_images']). Resume "
-        "with the parameters and data of the interrupted run, or set training.resume=false to start afresh.")
+        "with the parameters and data of the interrupted run, or set training.resume=false to start afresh."
+    )
 
 
 def test_a_two_stage_run_resumes_after_its_head_stage(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "build_network", lambda *args, **kwargs: build_network(*args, **{**kwargs, "pretrained": False}))
+    monkeypatch.setattr(
+        train,
+        "build_network",
+        lambda *args, **kwargs: build_network(*args, **{**kwargs, "pretrained": False}),
+    )
     store = CheckpointStore(tmp_path / "checkpoint")
-    config = quick(architecture="resnet18", pretrained=True, head_epochs=1, head_max_lr=0.01, epochs=2, max_lr=0.001,
-                   lr_ratio=100, batch_size=8, resume=True)
+    config = quick(
+        architecture="resnet18",
+        pretrained=True,
+        head_epochs=1,
+        head_max_lr=0.01,
+        epochs=2,
+        max_lr=0.001,
+        lr_ratio=100,
+        batch_size=8,
+        resume=True,
+    )
     data = tiny_data(count=16)
     _interrupted_at(1, store, config, data)
     resumed = train_classifier(data, config, checkpoint=store)
@@ -580,7 +733,9 @@ def test_a_pretrained_network_without_head_epochs_trains_in_one_stage():
     assert [(s.name, s.epochs, s.frozen) for s in stages] == [("full", 2, False)]
 
 
-@pytest.mark.parametrize(("name", "optimizer_class"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    ("name", "optimizer_class"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+)
 def test_the_optimizer_is_the_one_named_with_its_weight_decay(name, optimizer_class):
     config = quick(optimizer=name, weight_decay=0.03)
     network = build_network("resnet9", width=4)
@@ -589,13 +744,18 @@ def test_the_optimizer_is_the_one_named_with_its_weight_decay(name, optimizer_cl
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0.03]
 
 
-@pytest.mark.parametrize(("pct_start", "total", "expected"), [
-    (0.25, 4, 0.375),  # at least 1.5 steps of warm-up
-    (0.9, 4, 0.875),  # at most all but half a step
-    (0.25, 2, 0.75),
-    (0.3, 20, 0.3),
-])
-def test_the_warm_up_share_is_kept_between_one_and_a_half_steps_and_all_but_half_a_step(pct_start, total, expected):
+@pytest.mark.parametrize(
+    ("pct_start", "total", "expected"),
+    [
+        (0.25, 4, 0.375),  # at least 1.5 steps of warm-up
+        (0.9, 4, 0.875),  # at most all but half a step
+        (0.25, 2, 0.75),
+        (0.3, 20, 0.3),
+    ],
+)
+def test_the_warm_up_share_is_kept_between_one_and_a_half_steps_and_all_but_half_a_step(
+    pct_start, total, expected
+):
     def lrs(make):
         optimizer = torch.optim.Adam(build_network("resnet9", width=4).parameters())
         scheduler = make(optimizer)
@@ -608,9 +768,19 @@ def test_the_warm_up_share_is_kept_between_one_and_a_half_steps_and_all_but_half
 
     config = quick(pct_start=pct_start, max_lr=0.01, div_factor=25, final_div_factor=10000)
     stage = train.Stage("full", 1, [0.01], frozen=False)
-    reference = lrs(lambda optimizer: torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=0.01, total_steps=total, pct_start=expected, div_factor=25, final_div_factor=10000))
-    assert lrs(lambda optimizer: train.make_scheduler(config, stage, optimizer, steps_per_epoch=total)) == pytest.approx(reference)
+    reference = lrs(
+        lambda optimizer: torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=0.01,
+            total_steps=total,
+            pct_start=expected,
+            div_factor=25,
+            final_div_factor=10000,
+        )
+    )
+    assert lrs(
+        lambda optimizer: train.make_scheduler(config, stage, optimizer, steps_per_epoch=total)
+    ) == pytest.approx(reference)
 
 
 def test_the_classifier_is_built_for_the_data_and_asks_for_pretrained_weights(monkeypatch):
@@ -619,11 +789,22 @@ def test_the_classifier_is_built_for_the_data_and_asks_for_pretrained_weights(mo
     classifier = build_classifier(quick(), data)
     assert classifier.image_size == 16 and classifier.network.head[-1].out_features == 3
     asked = []
-    monkeypatch.setattr(train, "build_network", lambda *args, **kwargs: asked.append(kwargs) or build_network(
-        *args, **{**kwargs, "pretrained": False}))
-    large = train.TrainData(torch.zeros(2, 3, 128, 128, dtype=torch.uint8), torch.tensor([0, 1]),
-                            torch.zeros(2, 3, 128, 128, dtype=torch.uint8), torch.tensor([0, 1]), [0.5] * 3, [0.2] * 3,
-                            ["Parasitized", "Uninfected"])
+    monkeypatch.setattr(
+        train,
+        "build_network",
+        lambda *args, **kwargs: (
+            asked.append(kwargs) or build_network(*args, **{**kwargs, "pretrained": False})
+        ),
+    )
+    large = train.TrainData(
+        train_images=torch.zeros(2, 3, 128, 128, dtype=torch.uint8),
+        train_labels=torch.tensor([0, 1]),
+        valid_images=torch.zeros(2, 3, 128, 128, dtype=torch.uint8),
+        valid_labels=torch.tensor([0, 1]),
+        mean=[0.5] * 3,
+        std=[0.2] * 3,
+        class_names=["Parasitized", "Uninfected"],
+    )
     build_classifier(quick(architecture="resnet18", pretrained=True), large)
     assert asked[0]["pretrained"] is True and asked[0]["image_size"] == 128
 
@@ -685,8 +866,12 @@ def _ema_by_hand(monkeypatch, decay):
         loss = original(classifier, optimizer, images, labels, config)
         now = {name: t.detach().clone() for name, t in classifier.state_dict().items()}
         last = averages[-1] if averages else now
-        averages.append({name: now[name] if t.dtype == torch.long else decay * last[name] + (1 - decay) * t
-                         for name, t in now.items()})
+        averages.append(
+            {
+                name: t if t.dtype == torch.long else decay * last[name] + (1 - decay) * t
+                for name, t in now.items()
+            }
+        )
         return loss
 
     def epoch_end(row):
@@ -697,8 +882,11 @@ def _ema_by_hand(monkeypatch, decay):
 
 
 def _close(state, expected):
-    return all(torch.allclose(tensor.float(), expected[name].float(), rtol=1e-5, atol=1e-6)
-               for name, tensor in state.items() if not name.endswith("num_batches_tracked"))
+    return all(
+        torch.allclose(tensor.float(), expected[name].float(), rtol=1e-5, atol=1e-6)
+        for name, tensor in state.items()
+        if not name.endswith("num_batches_tracked")
+    )
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])
@@ -712,9 +900,13 @@ def test_with_ema_each_epoch_validates_and_keeps_the_moving_average_which_the_bu
         reference = build_classifier(config, data)
         reference.load_state_dict(at_epoch_end[row["epoch"]])
         loss, accuracy = train.evaluate(reference, data.valid_images, data.valid_labels, 1024)
-        assert row["valid_loss"] == pytest.approx(loss, rel=1e-5) and row["accuracy"] == pytest.approx(accuracy)
+        assert row["valid_loss"] == pytest.approx(loss, rel=1e-5) and row["accuracy"] == pytest.approx(
+            accuracy
+        )
     kept = min(result.history, key=lambda row: row["valid_loss"])["epoch"] if keep == "best" else 4
-    assert result.best_epoch == kept and (keep == "last" or kept != 4)  # this seed's best epoch is not the last
+    assert result.best_epoch == kept and (
+        keep == "last" or kept != 4
+    )  # this seed's best epoch is not the last
     assert _close(result.classifier.state_dict(), at_epoch_end[kept])
     assert not _close(result.classifier.state_dict(), at_epoch_end[1 if kept != 1 else 2])
     bundle = model_bundle(result.classifier, architecture="resnet9", network_args=config.network_args)
@@ -731,7 +923,9 @@ def test_a_resumed_run_with_ema_ends_as_the_uninterrupted_one(tmp_path):
     uninterrupted = train_classifier(tiny_data(count=32), quick(epochs=2, keep="last", ema_decay=0.7))
     assert _without_seconds(resumed.history) == _without_seconds(uninterrupted.history)
     expected = uninterrupted.classifier.state_dict()
-    assert all(torch.equal(tensor, expected[name]) for name, tensor in resumed.classifier.state_dict().items())
+    assert all(
+        torch.equal(tensor, expected[name]) for name, tensor in resumed.classifier.state_dict().items()
+    )
 
 
 def test_calibrate_is_no_part_of_a_checkpoints_fingerprint():

@@ -19,8 +19,8 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from malaria_pipeline import kedro_private
 from malaria_pipeline.benchmark.params import merge
+from malaria_pipeline.framework import kedro_private
 
 logger = logging.getLogger("malaria_pipeline.benchmark")
 
@@ -57,11 +57,23 @@ def machine(device) -> dict[str, Any]:
     import torch
 
     cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
+    names = (
+        [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        if cpuinfo.exists()
+        else []
+    )
     cpu = names[0] if names else platform.processor() or platform.machine()
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu, "cpu": cpu,
-            "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def ingestion(archive, ingestion_params: dict[str, Any]):
@@ -71,8 +83,13 @@ def ingestion(archive, ingestion_params: dict[str, Any]):
     started = time.perf_counter()
     index, images, report = index_images(archive, ingestion_params)
     seconds = time.perf_counter() - started
-    entry = {"images": len(index), "files": report["files"], "skipped": len(report["skipped"]),
-             "seconds": seconds, "images_per_second": len(index) / seconds}
+    entry = {
+        "images": len(index),
+        "files": report["files"],
+        "skipped": len(report["skipped"]),
+        "seconds": seconds,
+        "images_per_second": len(index) / seconds,
+    }
     logger.info("Ingestion: %d images in %.1f s, %.0f images/s", len(index), seconds, len(index) / seconds)
     return index, images, entry
 
@@ -82,43 +99,66 @@ def training_throughput(archive, index, images, params, device, args) -> dict[st
     reference's. Reads ``args.steps``, ``resnet18_steps``, ``warmup``, ``rounds`` and ``baseline_workers``."""
     import torch
 
+    from malaria_pipeline.cells.tensors import class_codes, class_names_of
+    from malaria_pipeline.framework.parameters import training_config
     from malaria_pipeline.ml.models import CellClassifier, build_network
     from malaria_pipeline.ml.normalization import channel_mean_std
     from malaria_pipeline.ml.throughput import baseline_loader, measure_baseline, measure_ours
-    from malaria_pipeline.ml.train import TrainConfig
-    from malaria_pipeline.tensors import class_codes, class_names_of
 
-    config = TrainConfig.from_params(params["training"])
+    config = training_config(params["training"])
     size = params["ingestion"]["image_size"]
     class_names = class_names_of(index)
     labels = class_codes(index["label"], class_names)
     mean, std = channel_mean_std(images)
     workers = args.baseline_workers if args.baseline_workers is not None else os.cpu_count()
 
+    baseline = {}  # its DataLoader, over the images extracted to a temporary folder below
+
     def images_per_second(pipeline: str, architecture: str, steps: int) -> float:
         """One timed run of a fresh ``architecture`` network through the ``pipeline`` input pipeline."""
         torch.manual_seed(config.seed)
-        network = build_network(architecture, num_classes=len(class_names), image_size=size, **config.network_args)
-        classifier = CellClassifier(network, mean, std, class_names, size)
+        network = build_network(
+            architecture, num_classes=len(class_names), image_size=size, **config.network_args
+        )
+        classifier = CellClassifier(
+            network=network, mean=mean, std=std, class_names=class_names, image_size=size
+        )
         if pipeline == "ours":
-            return measure_ours(classifier, images, labels, config, device, steps, args.warmup).images_per_second
-        return measure_baseline(classifier, loader, config, device, steps, args.warmup).images_per_second
+            return measure_ours(
+                classifier, images, labels, config, device, steps, args.warmup
+            ).images_per_second
+        return measure_baseline(
+            classifier, baseline["loader"], config, device, steps, args.warmup
+        ).images_per_second
 
     with tempfile.TemporaryDirectory(prefix="malaria-benchmark-") as folder:
-        loader = baseline_loader(_extract(archive, index, Path(folder)), size, mean, std, config, workers,
-                                 pin_memory=device.type == "cuda")
-        training: dict[str, Any] = {"baseline": {"input_pipeline": "ImageFolder + PIL transforms + DataLoader",
-                                                 "workers": workers, "augmentation": _augmentation(config)}}
+        baseline["loader"] = baseline_loader(
+            _extract(archive, index, Path(folder)),
+            size,
+            mean,
+            std,
+            config,
+            workers,
+            pin_memory=device.type == "cuda",
+        )
+        training: dict[str, Any] = {
+            "baseline": {
+                "input_pipeline": "ImageFolder + PIL transforms + DataLoader",
+                "workers": workers,
+                "augmentation": _augmentation(config),
+            }
+        }
         for architecture in ARCHITECTURES:
             if architecture not in args.skip:
                 steps = args.steps if architecture == "resnet9" else args.resnet18_steps
                 training[architecture] = _compare(images_per_second, architecture, steps, args.rounds)
-        del loader  # images_per_second reads it from here: nothing keeps it past its folder
+        del baseline["loader"]  # nothing keeps the DataLoader past its folder
     return training
 
 
-def _compare(images_per_second: Callable[[str, str, int], float], architecture: str, steps: int,
-             rounds: int) -> dict[str, Any]:
+def _compare(
+    images_per_second: Callable[[str, str, int], float], architecture: str, steps: int, rounds: int
+) -> dict[str, Any]:
     """``rounds`` measurements of each input pipeline, taken in turns, and the ratio of their medians."""
     measured: dict[str, list[float]] = {"ours": [], "baseline": []}
     for _ in range(rounds):  # in turns, so that a slower or faster spell of the machine hits both
@@ -188,13 +228,18 @@ def time_to_accuracy(project: KedroProject, target: float) -> dict[str, Any]:
         "run_seconds": wall,
         "mlflow_run_id": run.info.run_id if run else None,
     }
-    logger.info("Time to %.0f%% validation accuracy: %s (full run %.1f s)", 100 * target,
-                f"{entry['seconds']:.1f} s, epoch {entry['epoch']}" if entry["reached"] else "not reached", wall)
+    logger.info(
+        "Time to %.0f%% validation accuracy: %s (full run %.1f s)",
+        100 * target,
+        f"{entry['seconds']:.1f} s, epoch {entry['epoch']}" if entry["reached"] else "not reached",
+        wall,
+    )
     return entry
 
 
-def inference(project: KedroProject, source: str, archive, index, run_id: str | None, images: int,
-              request_size: int) -> dict[str, Any]:
+def inference(
+    project: KedroProject, source: str, archive, index, run_id: str | None, images: int, request_size: int
+) -> dict[str, Any]:
     """Images/s of the ``inference`` pipeline on ``source``, with the model of the MLflow run ``run_id``
     (the latest in the catalog if ``None``), and of that run's pyfunc model on ``images`` images."""
     extra = {"inference": {"source": source}}
@@ -224,8 +269,11 @@ def _pyfunc(run_id: str, archive, paths: list[str], request_size: int) -> dict[s
         model.predict(pd.DataFrame({"image": encoded[start : start + request_size]}))
     seconds = time.perf_counter() - started
     logger.info("pyfunc model: %d images in %.2f s", len(encoded), seconds)
-    return {"pyfunc_images_per_second": len(encoded) / seconds, "pyfunc_images": len(encoded),
-            "pyfunc_request_size": request_size}
+    return {
+        "pyfunc_images_per_second": len(encoded) / seconds,
+        "pyfunc_images": len(encoded),
+        "pyfunc_request_size": request_size,
+    }
 
 
 def peak_memory_gb() -> dict[str, float]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from malaria_pipeline import kedro_private
 from malaria_pipeline.benchmark.measure import ARCHITECTURES
+from malaria_pipeline.framework import kedro_private
 
 EXPERIMENT = "malaria-pipeline-benchmark"
 
@@ -17,20 +17,36 @@ Rows = list[tuple[str, str]]
 def markdown(results: dict[str, Any]) -> str:
     """The results as a Markdown table."""
     rows = [*_setting_rows(results), *_training_rows(results.get("training", {})), *_run_rows(results)]
-    return "\n".join(["| measurement | result |", "| --- | --- |", *(f"| {a} | {b} |" for a, b in rows)]) + "\n"
+    return (
+        "\n".join(["| measurement | result |", "| --- | --- |", *(f"| {a} | {b} |" for a, b in rows)]) + "\n"
+    )
 
 
 def _setting_rows(results: dict[str, Any]) -> Rows:
     s, t = results["settings"], results.get("training", {})
-    rows = [("device", results["machine"]["device"]),
-            ("configuration", f"profile {s['profile']} (env {s['env']}), {s['image_size']} px, batch {s['batch_size']}, ResNet-9 width "
-                              f"{s['resnet9_width']}, bf16 {s['bf16']}, channels_last {s['channels_last']}")]
+    rows = [
+        ("device", results["machine"]["device"]),
+        (
+            "configuration",
+            f"profile {s['profile']} (env {s['env']}), {s['image_size']} px, batch {s['batch_size']}, ResNet-9 width "
+            f"{s['resnet9_width']}, bf16 {s['bf16']}, channels_last {s['channels_last']}",
+        ),
+    ]
     if "baseline" in t:
-        rows.append(("baseline input pipeline", f"{t['baseline']['input_pipeline']}, {t['baseline']['workers']} "
-                                                f"workers; both augment: {t['baseline']['augmentation']}"))
+        rows.append(
+            (
+                "baseline input pipeline",
+                f"{t['baseline']['input_pipeline']}, {t['baseline']['workers']} "
+                f"workers; both augment: {t['baseline']['augmentation']}",
+            )
+        )
     ingestion = results["ingestion"]
-    rows.append(("ingestion (index + decode + pack)",
-                 f"{ingestion['images']:,} images in {ingestion['seconds']:.1f} s: {ingestion['images_per_second']:,.0f} images/s"))
+    rows.append(
+        (
+            "ingestion (index + decode + pack)",
+            f"{ingestion['images']:,} images in {ingestion['seconds']:.1f} s: {ingestion['images_per_second']:,.0f} images/s",
+        )
+    )
     return rows
 
 
@@ -39,11 +55,17 @@ def _training_rows(training: dict[str, Any]) -> Rows:
     for architecture in ARCHITECTURES:
         if architecture in training:
             a = training[architecture]
-            each = ", ".join(f"{o:,.0f} / {b:,.0f}" for o, b in zip(a["rounds"]["ours"], a["rounds"]["baseline"]))
-            rows.append((f"{architecture} training, ours / baseline (medians of {len(a['rounds']['ours'])} rounds "
-                         f"of {a['steps']} steps)",
-                         f"{a['ours_images_per_second']:,.0f} / {a['baseline_images_per_second']:,.0f} images/s: "
-                         f"**{a['ours_to_baseline_ratio']:.2f}×** (rounds: {each})"))
+            each = ", ".join(
+                f"{o:,.0f} / {b:,.0f}" for o, b in zip(a["rounds"]["ours"], a["rounds"]["baseline"])
+            )
+            rows.append(
+                (
+                    f"{architecture} training, ours / baseline (medians of {len(a['rounds']['ours'])} rounds "
+                    f"of {a['steps']} steps)",
+                    f"{a['ours_images_per_second']:,.0f} / {a['baseline_images_per_second']:,.0f} images/s: "
+                    f"**{a['ours_to_baseline_ratio']:.2f}×** (rounds: {each})",
+                )
+            )
     return rows
 
 
@@ -51,18 +73,34 @@ def _run_rows(results: dict[str, Any]) -> Rows:
     rows = []
     if "time_to_accuracy" in results:
         tta = results["time_to_accuracy"]
-        reached = (f"{tta['seconds']:.1f} s (epoch {tta['epoch']})" if tta["reached"]
-                   else f"not reached (best {tta['best_accuracy']:.4f})")
-        rows.append((f"time to {tta['target_accuracy']:.0%} validation accuracy, full training run",
-                     f"{reached}; the whole run {tta['run_seconds']:.1f} s"))
+        reached = (
+            f"{tta['seconds']:.1f} s (epoch {tta['epoch']})"
+            if tta["reached"]
+            else f"not reached (best {tta['best_accuracy']:.4f})"
+        )
+        rows.append(
+            (
+                f"time to {tta['target_accuracy']:.0%} validation accuracy, full training run",
+                f"{reached}; the whole run {tta['run_seconds']:.1f} s",
+            )
+        )
     inference = results.get("inference", {})
     if "pipeline_images_per_second" in inference:
         rows.append(("inference pipeline", f"{inference['pipeline_images_per_second']:,.0f} images/s"))
     if "pyfunc_images_per_second" in inference:
-        rows.append((f"pyfunc model, requests of {inference['pyfunc_request_size']}",
-                     f"{inference['pyfunc_images_per_second']:,.0f} images/s"))
+        rows.append(
+            (
+                f"pyfunc model, requests of {inference['pyfunc_request_size']}",
+                f"{inference['pyfunc_images_per_second']:,.0f} images/s",
+            )
+        )
     memory = results["peak_memory_gb"]
-    rows.append(("peak resident memory", f"{memory['this_process']:.2f} GB (child processes: {memory['child_processes']:.2f} GB)"))
+    rows.append(
+        (
+            "peak resident memory",
+            f"{memory['this_process']:.2f} GB (child processes: {memory['child_processes']:.2f} GB)",
+        )
+    )
     return rows
 
 
@@ -85,8 +123,9 @@ def write(project: Path, results: dict[str, Any], table: str) -> tuple[Path, Pat
     from kedro_datasets.text import TextDataset
 
     version = Version(None, None)
-    json_dataset = JSONDataset(filepath=str(project / "data/08_reporting/benchmark.json"), version=version,
-                               save_args={"indent": 2})
+    json_dataset = JSONDataset(
+        filepath=str(project / "data/08_reporting/benchmark.json"), version=version, save_args={"indent": 2}
+    )
     text_dataset = TextDataset(filepath=str(project / "data/08_reporting/benchmark.md"), version=version)
     json_dataset.save(results)
     text_dataset.save(table)
@@ -116,5 +155,7 @@ def report(project: Path, results: dict[str, Any]) -> None:
     json_path, md_path = write(project, results, table)
     log_to_mlflow(results, [json_path, md_path])
     print(table)
-    print(f"Written {json_path} and {md_path}; logged to MLflow ({mlflow.get_tracking_uri()}, experiment "
-          f"{EXPERIMENT})")
+    print(
+        f"Written {json_path} and {md_path}; logged to MLflow ({mlflow.get_tracking_uri()}, experiment "
+        f"{EXPERIMENT})"
+    )

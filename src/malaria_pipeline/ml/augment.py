@@ -28,7 +28,9 @@ class Augmentation:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The augmented copy of a batch ``N×C×S×S`` (any dtype without jitter, ``uint8`` with), drawn from ``generator``."""
-        moved = random_symmetries(random_crop(images, self.pad, generator), generator, self.flips, self.rotations)
+        moved = random_symmetries(
+            random_crop(images, self.pad, generator), generator, self.flips, self.rotations
+        )
         return moved if self.jitter is None else self.jitter(moved, generator)
 
 
@@ -76,7 +78,7 @@ def random_symmetries(
     return images
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ColorJitter:
     """torchvision's ``ColorJitter``, with one factor per image, for whole ``uint8, N×3×S×S`` batches.
 
@@ -99,8 +101,13 @@ class ColorJitter:
         if not any(astuple(self)):
             return images
         jittered = TF.to_dtype(images, torch.float32, scale=True)  # in [0, 1]
-        steps = ((self.brightness, 1, adjust_brightness), (self.contrast, 1, adjust_contrast),
-                 (self.gamma, 1, adjust_gamma), (self.saturation, 1, adjust_saturation), (self.hue, 0, adjust_hue))
+        steps = (
+            (self.brightness, 1, adjust_brightness),
+            (self.contrast, 1, adjust_contrast),
+            (self.gamma, 1, adjust_gamma),
+            (self.saturation, 1, adjust_saturation),
+            (self.hue, 0, adjust_hue),
+        )
         for amount, centre, adjust in steps:
             if amount:
                 draws = torch.rand(len(images), device=images.device, generator=generator)

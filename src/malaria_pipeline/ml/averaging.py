@@ -30,8 +30,11 @@ def update_average(average: AveragedModel, model: nn.Module) -> None:
     """One update of ``average`` towards ``model`` (the network it was made from), as
     ``average.update_parameters(model)`` does: a copy the first time, then ``average.multi_avg_fn`` on
     the parameters and buffers, one call per dtype."""
-    pairs = zip([*average.module.parameters(), *average.module.buffers()], [*model.parameters(), *model.buffers()],
-                strict=True)
+    pairs = zip(
+        [*average.module.parameters(), *average.module.buffers()],
+        [*model.parameters(), *model.buffers()],
+        strict=True,
+    )
     if int(average.n_averaged) == 0:  # on the CPU: no wait for the device
         for mine, theirs in pairs:
             mine.copy_(theirs)

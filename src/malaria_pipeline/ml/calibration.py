@@ -48,6 +48,11 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     temperature = float(log_t.detach().clamp(-LOG_T_BOUND, LOG_T_BOUND).exp())
     with torch.no_grad():
         before, after = F.cross_entropy(logits, labels), F.cross_entropy(logits / temperature, labels)
-    logger.info("Temperature scaling: T = %.4f; NLL of the %d held-out images %.4f → %.4f", temperature, len(labels),
-                float(before), float(after))
+    logger.info(
+        "Temperature scaling: T = %.4f; NLL of the %d held-out images %.4f → %.4f",
+        temperature,
+        len(labels),
+        float(before),
+        float(after),
+    )
     return temperature

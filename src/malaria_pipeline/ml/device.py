@@ -51,7 +51,10 @@ def use_bf16(setting: bool | str, device: torch.device) -> bool:
         # device rather than the chosen one.
         return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
-        return any(getattr(torch.cpu, check, lambda: False)() for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+        return any(
+            getattr(torch.cpu, check, lambda: False)()
+            for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        )
     return False
 
 

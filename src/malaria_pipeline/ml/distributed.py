@@ -34,9 +34,10 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, r
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from malaria_pipeline.ml.checkpoint import CheckpointStore
+from malaria_pipeline.ml.config import TrainConfig, config_from_params
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.parallel import DataParallel
-from malaria_pipeline.ml.train import TrainConfig, TrainData, TrainResult, build_classifier, config_from_params, fit
+from malaria_pipeline.ml.train import TrainData, TrainResult, build_classifier, fit
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ RUN_ID = "malaria-pipeline"
 TENSORS = ("train_images", "train_labels", "valid_images", "valid_labels")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DistributedConfig:
     """``training.distributed`` (``conf/base/parameters_training.yml`` says what each knob does)."""
 
@@ -61,11 +62,15 @@ class DistributedConfig:
 
     def __post_init__(self) -> None:
         if self.nproc_per_node < 1 or self.nnodes < 1:
-            raise ValueError(f"training.distributed.nproc_per_node and nnodes must be >= 1, got {self.nproc_per_node} "
-                             f"and {self.nnodes}")
+            raise ValueError(
+                f"training.distributed.nproc_per_node and nnodes must be >= 1, got {self.nproc_per_node} "
+                f"and {self.nnodes}"
+            )
         if self.backend not in ("auto", "gloo", "nccl"):
-            raise ValueError(f"training.distributed.backend is {self.backend!r}: use auto (NCCL on CUDA, Gloo on "
-                             "the CPU), gloo or nccl")
+            raise ValueError(
+                f"training.distributed.backend is {self.backend!r}: use auto (NCCL on CUDA, Gloo on "
+                "the CPU), gloo or nccl"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -77,15 +82,27 @@ class DistributedConfig:
 
     def launch_config(self, node_rank: int) -> LaunchConfig:
         return LaunchConfig(
-            min_nodes=self.nnodes, max_nodes=self.nnodes, nproc_per_node=self.nproc_per_node, run_id=RUN_ID,
-            rdzv_backend="static", rdzv_endpoint=self.rdzv_endpoint, rdzv_configs={"rank": node_rank},
-            max_restarts=0, monitor_interval=0.5, start_method="spawn",
+            min_nodes=self.nnodes,
+            max_nodes=self.nnodes,
+            nproc_per_node=self.nproc_per_node,
+            run_id=RUN_ID,
+            rdzv_backend="static",
+            rdzv_endpoint=self.rdzv_endpoint,
+            rdzv_configs={"rank": node_rank},
+            max_restarts=0,
+            monitor_interval=0.5,
+            start_method="spawn",
         )
 
 
-def launch_training(data: TrainData, config: TrainConfig, distributed: DistributedConfig, *,
-                    checkpoint: CheckpointStore | None = None,
-                    on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+def launch_training(
+    data: TrainData,
+    config: TrainConfig,
+    distributed: DistributedConfig,
+    *,
+    checkpoint: CheckpointStore | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
     """Trains as :func:`~malaria_pipeline.ml.train.train_classifier` does, in ``distributed``'s processes.
 
     ``on_epoch_end`` runs in rank 0's process: it must be picklable (a module-level function or a
@@ -100,21 +117,30 @@ def launch_training(data: TrainData, config: TrainConfig, distributed: Distribut
     device = pick_device(config.device)
     DataParallel(0, distributed.nproc_per_node * distributed.nnodes).local_batch_size(config.batch_size)
     if distributed.sync_batchnorm and device.type != "cuda":
-        raise ValueError("training.distributed.sync_batchnorm needs CUDA GPUs (PyTorch's SyncBatchNorm runs on GPUs "
-                         f"only) and this run trains on {device}: set it to false")
+        raise ValueError(
+            "training.distributed.sync_batchnorm needs CUDA GPUs (PyTorch's SyncBatchNorm runs on GPUs "
+            f"only) and this run trains on {device}: set it to false"
+        )
     results = run_workers(data, config, distributed, checkpoint=checkpoint, on_epoch_end=on_epoch_end)
     state = results[0]
     if len({result["sha256"] for result in results.values()}) != 1:  # DDP keeps them equal: a bug if not
         digests = {rank: result["sha256"][:12] for rank, result in results.items()}
-        raise DistributedTrainingError(f"The training processes ended with different weights (SHA-256 by rank: {digests})")
+        raise DistributedTrainingError(
+            f"The training processes ended with different weights (SHA-256 by rank: {digests})"
+        )
     classifier = build_classifier(config, data)
     classifier.load_state_dict(state["state_dict"])
     return TrainResult(classifier=classifier, history=state["history"], best_epoch=state["best_epoch"])
 
 
-def run_workers(data: TrainData, config: TrainConfig, distributed: DistributedConfig, *,
-                checkpoint: CheckpointStore | None = None,
-                on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> dict[int, dict[str, Any]]:
+def run_workers(
+    data: TrainData,
+    config: TrainConfig,
+    distributed: DistributedConfig,
+    *,
+    checkpoint: CheckpointStore | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[int, dict[str, Any]]:
     """Starts this machine's training processes and waits for the group to finish.
 
     Returns:
@@ -126,11 +152,21 @@ def run_workers(data: TrainData, config: TrainConfig, distributed: DistributedCo
         # rank 0 reads the images from this file (memory-mapped) and broadcasts them to the others
         images = Path(folder) / "train_data.pt"
         torch.save({name: getattr(data, name) for name in TENSORS}, images)
-        payload = {"images": str(images), "data": replace(data, **dict.fromkeys(TENSORS, None)), "config": config,
-                   "checkpoint": checkpoint, "on_epoch_end": on_epoch_end, "sync_batchnorm": distributed.sync_batchnorm}
-        logger.info("Starting %d training processes on this machine (%d machines, %s, rendezvous %s)",
-                    distributed.nproc_per_node, distributed.nnodes, distributed.backend_for(device),
-                    distributed.rdzv_endpoint)
+        payload = {
+            "images": str(images),
+            "data": replace(data, **dict.fromkeys(TENSORS, None)),
+            "config": config,
+            "checkpoint": checkpoint,
+            "on_epoch_end": on_epoch_end,
+            "sync_batchnorm": distributed.sync_batchnorm,
+        }
+        logger.info(
+            "Starting %d training processes on this machine (%d machines, %s, rendezvous %s)",
+            distributed.nproc_per_node,
+            distributed.nnodes,
+            distributed.backend_for(device),
+            distributed.rdzv_endpoint,
+        )
         try:
             return elastic_launch(distributed.launch_config(node_rank=0), _worker)(payload, distributed)
         except ChildFailedError as error:
@@ -143,7 +179,9 @@ class DistributedTrainingError(RuntimeError):
 
 def _failure_message(error: ChildFailedError) -> str:
     rank, failure = error.get_first_failure()
-    message = failure.message if isinstance(failure.message, str) else failure.message.get("message", str(failure))
+    message = (
+        failure.message if isinstance(failure.message, str) else failure.message.get("message", str(failure))
+    )
     return f"Training process of rank {rank} failed (exit code {failure.exitcode}): {message}"
 
 
@@ -157,19 +195,33 @@ def _worker(payload: dict[str, Any] | None, distributed: DistributedConfig) -> d
     local = _local_device(payload["config"] if payload else None)
     if local.type == "cuda":
         torch.cuda.set_device(local)  # NCCL's collectives (broadcast_object_list too) use the current device
-    dist.init_process_group(distributed.backend_for(local), **({"device_id": local} if local.type == "cuda" else {}))
+    dist.init_process_group(
+        distributed.backend_for(local), **({"device_id": local} if local.type == "cuda" else {})
+    )
     try:
         parallel = DataParallel(rank, world_size)
-        data, config, checkpoint, sync_batchnorm = _receive(payload if parallel.is_main else None, parallel, local)
+        data, config, checkpoint, sync_batchnorm = _receive(
+            payload if parallel.is_main else None, parallel, local
+        )
         parallel = replace(parallel, sync_batchnorm=sync_batchnorm)
         config = replace(config, device=str(local))
-        result = fit(build_classifier(config, data), data, config, checkpoint=checkpoint,
-                     on_epoch_end=payload["on_epoch_end"] if parallel.is_main else None, parallel=parallel)
+        result = fit(
+            build_classifier(config, data),
+            data,
+            config,
+            checkpoint=checkpoint,
+            on_epoch_end=payload["on_epoch_end"] if parallel.is_main else None,
+            parallel=parallel,
+        )
         state = {k: v.detach().cpu() for k, v in result.classifier.state_dict().items()}
         if not parallel.is_main:
             return {"sha256": weights_digest(state)}
-        return {"sha256": weights_digest(state), "state_dict": state, "history": result.history,
-                "best_epoch": result.best_epoch}
+        return {
+            "sha256": weights_digest(state),
+            "state_dict": state,
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+        }
     finally:
         dist.destroy_process_group()
 
@@ -195,17 +247,28 @@ def _receive(payload: dict[str, Any] | None, parallel: DataParallel, device: tor
     small things as one pickled object, the images as tensors broadcast on ``device``."""
     if parallel.is_main:
         tensors = torch.load(payload["images"], weights_only=True, mmap=True)
-        header = {"data": payload["data"], "config": payload["config"], "checkpoint": payload["checkpoint"],
-                  "sync_batchnorm": payload["sync_batchnorm"],
-                  "shapes": {name: (tuple(t.shape), t.dtype) for name, t in tensors.items()}}
+        header = {
+            "data": payload["data"],
+            "config": payload["config"],
+            "checkpoint": payload["checkpoint"],
+            "sync_batchnorm": payload["sync_batchnorm"],
+            "shapes": {name: (tuple(t.shape), t.dtype) for name, t in tensors.items()},
+        }
     header = parallel.share(header if parallel.is_main else None)
     received = {}
     for name in TENSORS:
         shape, dtype = header["shapes"][name]
-        tensor = tensors[name].to(device) if parallel.is_main else torch.empty(shape, dtype=dtype, device=device)
+        tensor = (
+            tensors[name].to(device) if parallel.is_main else torch.empty(shape, dtype=dtype, device=device)
+        )
         dist.broadcast(tensor, src=0)
         received[name] = tensor
-    return replace(header["data"], **received), header["config"], header["checkpoint"], header["sync_batchnorm"]
+    return (
+        replace(header["data"], **received),
+        header["config"],
+        header["checkpoint"],
+        header["sync_batchnorm"],
+    )
 
 
 def _configure_logging(rank: int) -> None:
@@ -215,27 +278,43 @@ def _configure_logging(rank: int) -> None:
     configuration (``malaria_pipeline`` at INFO) again: the levels are set here after it.
     """
     level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout,
-                        force=True)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True
+    )
     logging.getLogger("malaria_pipeline").setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Joins another machine's training run: ``python -m malaria_pipeline.ml.distributed --help``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nnodes", type=int, required=True, help="training.distributed.nnodes of the run")
     parser.add_argument("--node-rank", type=int, required=True, help="this machine's rank, 1 to nnodes - 1")
-    parser.add_argument("--nproc-per-node", type=int, default=1, help="processes on this machine (one per GPU)")
-    parser.add_argument("--rdzv-endpoint", required=True, help="training.distributed.rdzv_endpoint: node 0's host:port")
+    parser.add_argument(
+        "--nproc-per-node", type=int, default=1, help="processes on this machine (one per GPU)"
+    )
+    parser.add_argument(
+        "--rdzv-endpoint", required=True, help="training.distributed.rdzv_endpoint: node 0's host:port"
+    )
     parser.add_argument("--backend", default="auto", choices=("auto", "gloo", "nccl"))
     args = parser.parse_args(argv)
     if not 1 <= args.node_rank < args.nnodes:
-        parser.error(f"--node-rank must be from 1 to {args.nnodes - 1}: node 0 is the machine that runs kedro run")
+        parser.error(
+            f"--node-rank must be from 1 to {args.nnodes - 1}: node 0 is the machine that runs kedro run"
+        )
     # sync_batchnorm is node 0's (training.distributed.sync_batchnorm), received with the configuration
-    distributed = DistributedConfig(args.nproc_per_node, args.nnodes, args.rdzv_endpoint, args.backend, False)
+    distributed = DistributedConfig(
+        nproc_per_node=args.nproc_per_node,
+        nnodes=args.nnodes,
+        rdzv_endpoint=args.rdzv_endpoint,
+        backend=args.backend,
+        sync_batchnorm=False,
+    )
     _configure_logging(0)
-    logger.info("Joining the training run at %s as machine %d of %d", args.rdzv_endpoint, args.node_rank, args.nnodes)
+    logger.info(
+        "Joining the training run at %s as machine %d of %d", args.rdzv_endpoint, args.node_rank, args.nnodes
+    )
     try:
         elastic_launch(distributed.launch_config(node_rank=args.node_rank), _worker)(None, distributed)
     except ChildFailedError as error:

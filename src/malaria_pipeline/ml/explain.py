@@ -26,11 +26,14 @@ def last_block(network: nn.Module) -> nn.Module:
         return network.layer3
     if isinstance(network, torchvision.models.ResNet):
         return network.layer4
-    raise ValueError(f"No Grad-CAM layer is known for {type(network).__name__}: expected ResNet-9 or a torchvision ResNet")
+    raise ValueError(
+        f"No Grad-CAM layer is known for {type(network).__name__}: expected ResNet-9 or a torchvision ResNet"
+    )
 
 
-def grad_cam(classifier: CellClassifier, images: torch.Tensor, target: int | torch.Tensor,
-             batch_size: int = 256) -> torch.Tensor:
+def grad_cam(
+    classifier: CellClassifier, images: torch.Tensor, target: int | torch.Tensor, batch_size: int = 256
+) -> torch.Tensor:
     """Grad-CAM heatmaps ``float32, N×S×S`` on the CPU, each scaled to [0, 1] by its own maximum.
 
     A map that is zero everywhere means that no region raised the target class's logit.
@@ -56,13 +59,18 @@ def grad_cam(classifier: CellClassifier, images: torch.Tensor, target: int | tor
         with torch.enable_grad():
             for start in range(0, len(images), batch_size):
                 batch = images[start : start + batch_size].to(device)
-                coarse = explainer.attribute(batch, target=targets[start : start + batch_size].to(device),
-                                             relu_attributions=True)
-                maps.append(LayerAttribution.interpolate(coarse.detach().float(), tuple(size), "bilinear")[:, 0].cpu())
+                coarse = explainer.attribute(
+                    batch, target=targets[start : start + batch_size].to(device), relu_attributions=True
+                )
+                maps.append(
+                    LayerAttribution.interpolate(coarse.detach().float(), tuple(size), "bilinear")[:, 0].cpu()
+                )
     finally:
         classifier.bf16 = bf16
     if not maps:
         return torch.zeros((0, *size))
     heatmaps = torch.cat(maps)  # bilinear weights are convex: the positive part stays positive
     peak = heatmaps.amax(dim=(1, 2), keepdim=True)
-    return torch.where(peak > 0, heatmaps / peak.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(heatmaps))
+    return torch.where(
+        peak > 0, heatmaps / peak.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(heatmaps)
+    )

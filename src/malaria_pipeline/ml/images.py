@@ -46,7 +46,7 @@ class ImageInfo:
     mode: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ImageLimits:
     """What a file must be to be decoded as a cell crop, checked before decoding.
 

@@ -28,6 +28,7 @@ class BatchLoader:
 
     def __init__(
         self,
+        *,
         images: torch.Tensor,
         labels: torch.Tensor,
         batch_size: int,
@@ -36,7 +37,9 @@ class BatchLoader:
         shard: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         if len(images) != len(labels) or len(images) == 0:
-            raise ValueError(f"BatchLoader needs as many labels as images, and some: got {len(images)} and {len(labels)}")
+            raise ValueError(
+                f"BatchLoader needs as many labels as images, and some: got {len(images)} and {len(labels)}"
+            )
         self.images, self.labels, self.generator, self.augment = images, labels, generator, augment
         self.shard = shard
         self.batch_size = min(batch_size, len(images))
@@ -49,7 +52,10 @@ class BatchLoader:
         for step in range(len(self)):
             rows = order[step * self.batch_size : (step + 1) * self.batch_size]
             images = self.images[rows]
-            images, labels = (self.augment(images, self.generator) if self.augment else images), self.labels[rows]
+            images, labels = (
+                (self.augment(images, self.generator) if self.augment else images),
+                self.labels[rows],
+            )
             yield (self.shard(images), self.shard(labels)) if self.shard else (images, labels)
 
     def forever(self) -> Iterator[Batch]:

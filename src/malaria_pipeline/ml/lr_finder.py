@@ -15,9 +15,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from malaria_pipeline.ml.config import TrainConfig
 from malaria_pipeline.ml.device import pick_device, use_bf16
 from malaria_pipeline.ml.loader import BatchLoader
-from malaria_pipeline.ml.train import Stage, TrainConfig, TrainData, make_optimizer, train_step
+from malaria_pipeline.ml.train import Stage, TrainData, make_optimizer, train_step
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,13 @@ def lr_range_test(
     generator = torch.Generator(device=device).manual_seed(config.seed)
     classifier = classifier.to(device).set_speed(config.channels_last, use_bf16(config.bf16, device)).train()
     optimizer = make_optimizer(config, Stage("sweep", 1, [start_lr], frozen=False), [classifier])
-    loader = BatchLoader(data.train_images.to(device), data.train_labels.to(device), config.batch_size, generator,
-                         config.augmentation)
+    loader = BatchLoader(
+        images=data.train_images.to(device),
+        labels=data.train_labels.to(device),
+        batch_size=config.batch_size,
+        generator=generator,
+        augment=config.augmentation,
+    )
     factor = (end_lr / start_lr) ** (1 / max(1, num_batches - 1))
 
     lrs, losses, average, best = [], [], 0.0, math.inf
@@ -76,12 +82,18 @@ def lr_range_test(
             break
     batches.close()
     suggested, min_loss = suggest_lr(lrs, losses)
-    logger.info("LR range test: steepest descent at %.2e, lowest loss at %.2e; suggested max LR %.2e",
-                suggested, min_loss, suggested)
+    logger.info(
+        "LR range test: steepest descent at %.2e, lowest loss at %.2e; suggested max LR %.2e",
+        suggested,
+        min_loss,
+        suggested,
+    )
     return LRSweep(lrs=lrs, losses=losses, suggested_lr=suggested, min_loss_lr=min_loss)
 
 
-def suggest_lr(lrs: list[float], losses: list[float], skip_start: float = 0.1, window: int = 5) -> tuple[float, float]:
+def suggest_lr(
+    lrs: list[float], losses: list[float], skip_start: float = 0.1, window: int = 5
+) -> tuple[float, float]:
     """The LR where the smoothed loss falls fastest (per log-LR), and the LR of the lowest loss.
 
     The slope at each point is measured between the points ``window`` before and after it, and only
@@ -97,5 +109,7 @@ def suggest_lr(lrs: list[float], losses: list[float], skip_start: float = 0.1, w
     centres = np.arange(first + half, lowest - half + 1)
     if len(centres) == 0:  # the loss bottoms out at once: fall back to neighbouring points
         centres, half = np.arange(1, max(2, lowest)), 1
-    slopes = (values[centres + half] - values[centres - half]) / (log_lrs[centres + half] - log_lrs[centres - half])
+    slopes = (values[centres + half] - values[centres - half]) / (
+        log_lrs[centres + half] - log_lrs[centres - half]
+    )
     return float(lrs[int(centres[np.argmin(slopes)])]), float(lrs[lowest])

@@ -47,7 +47,9 @@ def model_bundle(
         "mean": classifier.normalize.mean.flatten().tolist(),
         "std": classifier.normalize.std.flatten().tolist(),
         "image_size": int(classifier.image_size),
-        "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in classifier.network.state_dict().items()},
+        "state_dict": {
+            name: tensor.detach().cpu().clone() for name, tensor in classifier.network.state_dict().items()
+        },
         "temperature": float(classifier.temperature),
         "torch_version": str(torch.__version__),  # a plain str: TorchVersion is not weights_only-safe
         **(extra or {}),
@@ -56,9 +58,15 @@ def model_bundle(
 
 def load_model(source: str | Path | dict[str, Any], device: str | torch.device = "cpu") -> CellClassifier:
     """Rebuilds the classifier of a saved bundle (a path to the ``.pt`` file, or the loaded dict), in eval mode."""
-    bundle = torch.load(source, weights_only=True, map_location="cpu") if isinstance(source, (str, Path)) else source
+    bundle = (
+        torch.load(source, weights_only=True, map_location="cpu")
+        if isinstance(source, (str, Path))
+        else source
+    )
     if bundle.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"Not a malaria-pipeline model bundle (format {bundle.get('format')!r}): {source!s:.200}")
+        raise ValueError(
+            f"Not a malaria-pipeline model bundle (format {bundle.get('format')!r}): {source!s:.200}"
+        )
     network = build_network(
         bundle["architecture"],
         num_classes=len(bundle["class_names"]),
@@ -67,7 +75,13 @@ def load_model(source: str | Path | dict[str, Any], device: str | torch.device =
         **bundle["network_args"],
     )
     network.load_state_dict(bundle["state_dict"])
-    classifier = CellClassifier(network, bundle["mean"], bundle["std"], bundle["class_names"], bundle["image_size"])
+    classifier = CellClassifier(
+        network=network,
+        mean=bundle["mean"],
+        std=bundle["std"],
+        class_names=bundle["class_names"],
+        image_size=bundle["image_size"],
+    )
     classifier.temperature = float(bundle.get("temperature", 1.0))
     # Channels-last batches of 256 measured fastest for inference on the CPU: docs/benchmarks.md.
     return classifier.to(device).set_speed(channels_last=True, bf16=False).eval()

@@ -54,7 +54,15 @@ class CellClassifier(nn.Module):
             unscaled, so that training and fitting T see the network's own.
     """
 
-    def __init__(self, network: nn.Module, mean: list[float], std: list[float], class_names: list[str], image_size: int):
+    def __init__(
+        self,
+        *,
+        network: nn.Module,
+        mean: list[float],
+        std: list[float],
+        class_names: list[str],
+        image_size: int,
+    ):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.network = network
@@ -83,8 +91,9 @@ class CellClassifier(nn.Module):
             return self.network(inputs).float()
 
     @torch.inference_mode()
-    def predict_proba(self, images: torch.Tensor, batch_size: int = 256, tta: bool = False,
-                      calibrated: bool = True) -> torch.Tensor:
+    def predict_proba(
+        self, images: torch.Tensor, batch_size: int = 256, tta: bool = False, calibrated: bool = True
+    ) -> torch.Tensor:
         """Class probabilities ``N×classes`` on the CPU, in eval mode, in batches (see :meth:`set_speed`).
 
         The one prediction path of evaluation, inference and the served model:
@@ -97,7 +106,9 @@ class CellClassifier(nn.Module):
                 (:func:`square_symmetries`), 8 forward passes per batch.
             calibrated: softmax of logits / :attr:`temperature`; False: of the logits as trained.
         """
-        return probabilities(self.view_logits(images, batch_size, tta), self.temperature if calibrated else 1.0)
+        return probabilities(
+            self.view_logits(images, batch_size, tta), self.temperature if calibrated else 1.0
+        )
 
     @torch.inference_mode()
     def view_logits(self, images: torch.Tensor, batch_size: int = 256, tta: bool = False) -> torch.Tensor:
@@ -131,7 +142,11 @@ def square_symmetries(images: torch.Tensor) -> list[torch.Tensor]:
     Every element is an optional transpose followed by optional flips of rows and of columns.
     """
     transposed = images.transpose(-1, -2)
-    return [view.flip(dims) if dims else view for view in (images, transposed) for dims in ((), (-1,), (-2,), (-2, -1))]
+    return [
+        view.flip(dims) if dims else view
+        for view in (images, transposed)
+        for dims in ((), (-1,), (-2,), (-2, -1))
+    ]
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -164,7 +179,9 @@ def build_network(
         raise ValueError(f"Unknown training.architecture {architecture!r}: use one of {list(ARCHITECTURES)}")
     if architecture == "resnet9":
         if pretrained:
-            raise ValueError("There are no pretrained ResNet-9 weights: set training.pretrained=false for resnet9")
+            raise ValueError(
+                "There are no pretrained ResNet-9 weights: set training.pretrained=false for resnet9"
+            )
         return ResNet9(num_classes=num_classes, width=width)
 
     weights = torchvision.models.get_model_weights(architecture).DEFAULT if pretrained else None

@@ -7,7 +7,9 @@ import torch
 BATCH_IMAGES = 2048
 
 
-def channel_mean_std(images: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[list[float], list[float]]:
+def channel_mean_std(
+    images: torch.Tensor, rows: torch.Tensor | None = None
+) -> tuple[list[float], list[float]]:
     """Mean and (population) standard deviation of each channel, with pixels scaled to [0, 1].
 
     Args:

@@ -21,25 +21,32 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from malaria_pipeline.ml.images import ImageInfo, ImageLimits, UnreadableImageError, decode_cell_image, one_line
+from malaria_pipeline.ml.images import (
+    ImageInfo,
+    ImageLimits,
+    UnreadableImageError,
+    decode_cell_image,
+    one_line,
+)
 
 logger = logging.getLogger(__name__)
 
 
 class ImageArchive(Protocol):
-    """Where the files come from (:class:`malaria_pipeline.archive.ImageArchive`: a zip or a folder);
+    """Where the files come from (:class:`malaria_pipeline.cells.archive.ImageArchive`: a zip or a folder);
     picklable, so that worker processes can open it again."""
 
     def size(self, member: str) -> int: ...
 
     def read(self, member: str) -> bytes: ...
 
+
 # Below this many files a process pool costs more (starting workers that import torch) than it saves.
 MIN_FILES_PER_WORKER = 1000
 CHUNK_FILES = 500
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PackedImages:
     """The decoded files, in the order they were given, and the ones that could not be decoded.
 
@@ -90,7 +97,11 @@ def pack_images(
     packed.images = images[: len(packed.members)].clone() if packed.skipped else images
     logger.info(
         "Decoded %d of %d files into %s tensors on %d process(es); %d could not be decoded",
-        len(packed.members), len(members), tuple(packed.images.shape), workers, len(packed.skipped),
+        len(packed.members),
+        len(members),
+        tuple(packed.images.shape),
+        workers,
+        len(packed.skipped),
     )
     return packed
 

@@ -32,8 +32,10 @@ class DataParallel:
 
     def local_batch_size(self, batch_size: int) -> int:
         if batch_size % self.world_size:
-            raise ValueError(f"training.batch_size ({batch_size}) must be a multiple of the number of processes "
-                             f"({self.world_size}): each trains on an equal slice of every batch")
+            raise ValueError(
+                f"training.batch_size ({batch_size}) must be a multiple of the number of processes "
+                f"({self.world_size}): each trains on an equal slice of every batch"
+            )
         return batch_size // self.world_size
 
     def shard(self, batch: torch.Tensor) -> torch.Tensor:
@@ -45,7 +47,9 @@ class DataParallel:
         """``module`` in ``DistributedDataParallel`` (after converting batch norm to ``SyncBatchNorm``)."""
         if self.sync_batchnorm:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        return nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+        return nn.parallel.DistributedDataParallel(
+            module, device_ids=[device] if device.type == "cuda" else None
+        )
 
     def share(self, value: Any) -> Any:
         """Rank 0's ``value`` on every process (any picklable object)."""

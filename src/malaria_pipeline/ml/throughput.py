@@ -25,13 +25,14 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from malaria_pipeline.ml.config import TrainConfig
 from malaria_pipeline.ml.device import synchronize, use_bf16
 from malaria_pipeline.ml.loader import BatchLoader
 from malaria_pipeline.ml.models import CellClassifier
-from malaria_pipeline.ml.train import TrainConfig, train_step
+from malaria_pipeline.ml.train import train_step
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Throughput:
     """Images per second over ``steps`` timed steps of ``batch_size`` images, after ``warmup`` steps."""
 
@@ -42,30 +43,67 @@ class Throughput:
     batch_size: int
 
 
-def baseline_loader(folder: Path, image_size: int, mean: list[float], std: list[float], config: TrainConfig,
-                    workers: int, pin_memory: bool = False) -> DataLoader:
+def baseline_loader(
+    folder: Path,
+    image_size: int,
+    mean: list[float],
+    std: list[float],
+    config: TrainConfig,
+    workers: int,
+    pin_memory: bool = False,
+) -> DataLoader:
     """The reference notebooks' input pipeline over ``folder/<class>/*.png``, with our augmentations."""
-    augment = [transforms.Resize((image_size, image_size)), transforms.RandomCrop(image_size, padding=config.pad)]
+    augment = [
+        transforms.Resize((image_size, image_size)),
+        transforms.RandomCrop(image_size, padding=config.pad),
+    ]
     if config.flips:
         augment += [transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip()]
     if config.rotations:  # exact quarter turns: PIL transposes for multiples of 90°
-        augment.append(transforms.RandomChoice([transforms.RandomRotation((a, a)) for a in (0, 90, 180, 270)]))
+        augment.append(
+            transforms.RandomChoice([transforms.RandomRotation((a, a)) for a in (0, 90, 180, 270)])
+        )
     # The reference's normalization, per image: what the benchmark compares against.
     transform = transforms.Compose([*augment, transforms.ToTensor(), transforms.Normalize(mean, std)])
-    return DataLoader(datasets.ImageFolder(str(folder), transform=transform), batch_size=config.batch_size,
-                      shuffle=True, num_workers=workers, pin_memory=pin_memory, drop_last=True)
+    return DataLoader(
+        datasets.ImageFolder(str(folder), transform=transform),
+        batch_size=config.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=True,
+    )
 
 
-def measure_ours(classifier: CellClassifier, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
-                 device: torch.device, steps: int, warmup: int) -> Throughput:
+def measure_ours(
+    classifier: CellClassifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+) -> Throughput:
     """Our input pipeline: ``images`` (``uint8, N×3×S×S``) moved to ``device`` once, batches indexed."""
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    loader = BatchLoader(images.to(device), labels.to(device), config.batch_size, generator, config.augmentation)
+    loader = BatchLoader(
+        images=images.to(device),
+        labels=labels.to(device),
+        batch_size=config.batch_size,
+        generator=generator,
+        augment=config.augmentation,
+    )
     return _measure(classifier, loader.forever(), config, device, steps, warmup)
 
 
-def measure_baseline(classifier: CellClassifier, loader: DataLoader, config: TrainConfig, device: torch.device,
-                     steps: int, warmup: int) -> Throughput:
+def measure_baseline(
+    classifier: CellClassifier,
+    loader: DataLoader,
+    config: TrainConfig,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+) -> Throughput:
     """The baseline: batches decoded, augmented and normalized by the loader's workers, then moved to ``device``.
 
     The loader's workers start during the warm-up steps and stop when the measurement ends, so that
@@ -95,11 +133,18 @@ class _NormalizedInputs(torch.nn.Module):
         return self.classifier.classify_normalized(inputs)
 
 
-def _measure(classifier: CellClassifier, batches: Iterator, config: TrainConfig, device: torch.device,
-             steps: int, warmup: int) -> Throughput:
+def _measure(
+    classifier: CellClassifier,
+    batches: Iterator,
+    config: TrainConfig,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+) -> Throughput:
     classifier = classifier.to(device).set_speed(config.channels_last, use_bf16(config.bf16, device)).train()
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=config.max_lr / config.div_factor,
-                                 weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(
+        classifier.parameters(), lr=config.max_lr / config.div_factor, weight_decay=config.weight_decay
+    )
     for images, labels in itertools.islice(batches, warmup):
         train_step(classifier, optimizer, images, labels, config)
     synchronize(device)
@@ -110,5 +155,10 @@ def _measure(classifier: CellClassifier, batches: Iterator, config: TrainConfig,
     seconds = time.perf_counter() - started
     if hasattr(batches, "close"):
         batches.close()
-    return Throughput(steps * config.batch_size / seconds, seconds, steps, warmup, config.batch_size)
-
+    return Throughput(
+        images_per_second=steps * config.batch_size / seconds,
+        seconds=seconds,
+        steps=steps,
+        warmup=warmup,
+        batch_size=config.batch_size,
+    )

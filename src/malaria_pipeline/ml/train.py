@@ -9,12 +9,11 @@ one stage trains every layer; with them, stage ``head`` trains the head of a fro
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -23,120 +22,23 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from malaria_pipeline.ml.augment import Augmentation, ColorJitter
 from malaria_pipeline.ml.averaging import make_average, update_average
 from malaria_pipeline.ml.checkpoint import CheckpointStore
+from malaria_pipeline.ml.config import TrainConfig
 from malaria_pipeline.ml.device import pick_device, set_determinism, use_bf16
 from malaria_pipeline.ml.loader import BatchLoader
-from malaria_pipeline.ml.models import CellClassifier, apply_frozen_mode, build_network, layer_groups, set_frozen
+from malaria_pipeline.ml.models import (
+    CellClassifier,
+    apply_frozen_mode,
+    build_network,
+    layer_groups,
+    set_frozen,
+)
 from malaria_pipeline.ml.parallel import DataParallel
 
 logger = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = ("epoch", "stage", "train_loss", "valid_loss", "accuracy", "lr", "seconds")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every knob of a training run: the ``training`` parameters (``conf/base/parameters_training.yml``
-    says what each does and holds the defaults; this class has none)."""
-
-    architecture: str
-    width: int
-    small_input_stem: bool | None
-    pretrained: bool
-    device: str
-    seed: int
-    epochs: int
-    max_lr: float
-    head_epochs: int
-    head_max_lr: float
-    lr_ratio: float
-    pct_start: float
-    div_factor: float
-    final_div_factor: float
-    optimizer: str
-    weight_decay: float
-    grad_clip: float | None
-    label_smoothing: float
-    batch_size: int
-    eval_batch_size: int
-    pad: int
-    flips: bool
-    rotations: bool
-    brightness: float
-    contrast: float
-    gamma: float
-    saturation: float
-    hue: float
-    ema_decay: float | None
-    bf16: bool | str
-    channels_last: bool
-    compile: bool
-    deterministic: bool
-    keep: str
-    resume: bool
-    # Read by the pipeline, which leaves the suspected label errors out of the training images it passes.
-    exclude_label_issues: bool
-    # Read by the pipeline, which fits temperature scaling on the validation subset after training.
-    calibrate: bool
-    # Read by the pipeline: more than one process starts malaria_pipeline.ml.distributed (DistributedConfig).
-    distributed: dict[str, Any]
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> TrainConfig:
-        """The ``training`` parameters as a config.
-
-        Raises:
-            ValueError: a key is unknown (a typo such as ``max_Lr`` must never train with the default:
-                the message names the nearest known key) or missing, or a value is out of range.
-        """
-        return config_from_params(cls, params, "training")
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"training.optimizer is {self.optimizer!r}: use adam or adamw")
-        if self.keep not in ("best", "last"):
-            raise ValueError(f"training.keep is {self.keep!r}: use best (lowest validation loss) or last")
-        if self.epochs < 1 or self.head_epochs < 0:
-            raise ValueError(f"training.epochs must be >= 1 and head_epochs >= 0, got {self.epochs}, {self.head_epochs}")
-        for name, top in (("brightness", 1), ("contrast", 1), ("saturation", 1), ("gamma", 0.99), ("hue", 0.5)):
-            if not 0 <= getattr(self, name) <= top:
-                raise ValueError(f"training.{name} is {getattr(self, name)!r}: use a number from 0 (off) to {top}")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"training.ema_decay is {self.ema_decay!r}: use a number between 0 and 1, or null (off)")
-
-    @property
-    def network_args(self) -> dict[str, Any]:
-        """The arguments of :func:`~malaria_pipeline.ml.models.build_network` besides the architecture."""
-        return {"width": self.width, "small_input_stem": self.small_input_stem}
-
-    @property
-    def augmentation(self) -> Augmentation:
-        jitter = ColorJitter(self.brightness, self.contrast, self.gamma, self.saturation, self.hue)
-        return Augmentation(self.pad, self.flips, self.rotations, jitter)
-
-
-def config_from_params(cls, params: dict[str, Any], group: str):
-    """The dataclass ``cls`` from the parameters of ``group``, which must hold every field and no other key."""
-    known = [f.name for f in fields(cls)]
-    check_known_keys(params, known, group)
-    missing = [name for name in known if name not in params]
-    if missing:
-        raise ValueError(f"{group} is missing {', '.join(missing)}: see conf/base/parameters_training.yml")
-    return cls(**{name: params[name] for name in known})
-
-
-def check_known_keys(params: dict[str, Any], known: list[str], group: str) -> None:
-    """Raises ValueError naming the first unknown key of ``params`` and the nearest known one."""
-    for key in params:
-        if key not in known:
-            by_lower = {name.lower(): name for name in known}
-            nearest = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.6)
-            hint = f"did you mean {group}.{by_lower[nearest[0]]}? " if nearest else ""
-            raise ValueError(
-                f"{group}.{key} is not a parameter of {group}: {hint}The known ones are {', '.join(sorted(known))}."
-            )
 
 
 @dataclass
@@ -149,7 +51,7 @@ class Stage:
     frozen: bool
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainData:
     """The training and validation subsets: images ``uint8, N×3×S×S``, class indices ``int64, N``.
 
@@ -220,9 +122,16 @@ def build_classifier(config: TrainConfig, data: TrainData) -> CellClassifier:
     normalization layer with the training images' statistics."""
     torch.manual_seed(config.seed)
     image_size = data.train_images.shape[-1]
-    network = build_network(config.architecture, num_classes=len(data.class_names), image_size=image_size,
-                            pretrained=config.pretrained, **config.network_args)
-    return CellClassifier(network, data.mean, data.std, data.class_names, image_size)
+    network = build_network(
+        config.architecture,
+        num_classes=len(data.class_names),
+        image_size=image_size,
+        pretrained=config.pretrained,
+        **config.network_args,
+    )
+    return CellClassifier(
+        network=network, mean=data.mean, std=data.std, class_names=data.class_names, image_size=image_size
+    )
 
 
 def train_classifier(data: TrainData, config: TrainConfig, **fit_args: Any) -> TrainResult:
@@ -239,10 +148,12 @@ class Progress:
 
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=lambda: {"valid_loss": math.inf, "epoch": 0, "state_dict": None})
+    best: dict[str, Any] = field(
+        default_factory=lambda: {"valid_loss": math.inf, "epoch": 0, "state_dict": None}
+    )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Run:
     """One call of :func:`fit`: the classifier, its data on the device and where the state is kept."""
 
@@ -302,27 +213,44 @@ def fit(
     stages = plan_stages(config, len(groups))
     if parallel is not None:
         parallel.local_batch_size(config.batch_size)  # checks that the batch divides evenly
-    loader = BatchLoader(data.train_images.to(device), data.train_labels.to(device), config.batch_size, generator,
-                         config.augmentation, parallel.shard if parallel else None)
+    loader = BatchLoader(
+        images=data.train_images.to(device),
+        labels=data.train_labels.to(device),
+        batch_size=config.batch_size,
+        generator=generator,
+        augment=config.augmentation,
+        shard=parallel.shard if parallel else None,
+    )
     network = torch.compile(classifier) if config.compile else classifier
     run = _Run(
-        classifier, parallel.wrap(network, device) if parallel else network, groups, loader,
-        (data.valid_images.to(device), data.valid_labels.to(device)), config, checkpoint,
-        _fingerprint(config, data, stages), on_epoch_end or (lambda row: None), Progress(),
-        None if config.ema_decay is None else make_average(classifier, config.ema_decay), parallel,
+        classifier=classifier,
+        network=parallel.wrap(network, device) if parallel else network,
+        groups=groups,
+        loader=loader,
+        valid=(data.valid_images.to(device), data.valid_labels.to(device)),
+        config=config,
+        checkpoint=checkpoint,
+        fingerprint=_fingerprint(config, data, stages),
+        on_epoch_end=on_epoch_end or (lambda row: None),
+        progress=Progress(),
+        average=None if config.ema_decay is None else make_average(classifier, config.ema_decay),
+        parallel=parallel,
     )
     saved = _restore(run, generator)
     _log_start(run, device, stages)
     first_epoch = 0
     for stage in stages:
         if run.progress.epoch < first_epoch + stage.epochs:
-            _train_stage(run, stage, first_epoch, saved if run.progress.epoch > first_epoch else None, generator)
+            _train_stage(
+                run, stage, first_epoch, saved if run.progress.epoch > first_epoch else None, generator
+            )
         first_epoch += stage.epochs
     return _finish(run)
 
 
-def _train_stage(run: _Run, stage: Stage, first_epoch: int, saved: dict[str, Any] | None,
-                 generator: torch.Generator) -> None:
+def _train_stage(
+    run: _Run, stage: Stage, first_epoch: int, saved: dict[str, Any] | None, generator: torch.Generator
+) -> None:
     """The epochs of ``stage`` not done yet; ``saved``: the checkpoint of an epoch inside this stage."""
     set_frozen(run.groups, stage.frozen)
     optimizer = make_optimizer(run.config, stage, run.groups)
@@ -336,8 +264,15 @@ def _train_stage(run: _Run, stage: Stage, first_epoch: int, saved: dict[str, Any
         valid_loss, accuracy = _validate(run)
         if run.parallel is not None:
             train_loss = run.parallel.mean(train_loss, run.loader.images.device)
-        row = {"epoch": epoch + 1, "stage": stage.name, "train_loss": train_loss, "valid_loss": valid_loss,
-               "accuracy": accuracy, "lr": last_lr, "seconds": time.perf_counter() - started}
+        row = {
+            "epoch": epoch + 1,
+            "stage": stage.name,
+            "train_loss": train_loss,
+            "valid_loss": valid_loss,
+            "accuracy": accuracy,
+            "lr": last_lr,
+            "seconds": time.perf_counter() - started,
+        }
         run.progress.epoch = epoch + 1
         run.progress.history.append(row)
         logger.info("%s", _table_row(row))
@@ -357,10 +292,14 @@ def _validate(run: _Run) -> tuple[float, float]:
     run.parallel.sync_buffers(run.classifier)
     if run.average is not None:
         run.parallel.sync_buffers(run.average)
-    return run.parallel.share(evaluate(validated, *run.valid, run.config.eval_batch_size) if run.is_main else None)
+    return run.parallel.share(
+        evaluate(validated, *run.valid, run.config.eval_batch_size) if run.is_main else None
+    )
 
 
-def run_epoch(run: _Run, optimizer: torch.optim.Optimizer, scheduler, description: str) -> tuple[float, float]:
+def run_epoch(
+    run: _Run, optimizer: torch.optim.Optimizer, scheduler, description: str
+) -> tuple[float, float]:
     """One pass over the training batches; returns the mean training loss and the last batch's LR."""
     run.network.train()
     apply_frozen_mode(run.groups)
@@ -375,7 +314,10 @@ def run_epoch(run: _Run, optimizer: torch.optim.Optimizer, scheduler, descriptio
 
 
 def train_step(
-    classifier: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+    classifier: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
     config: TrainConfig,
 ) -> torch.Tensor:
     """One optimizer step on a batch of ``uint8`` images: forward, backward, clip, step.
@@ -393,7 +335,9 @@ def train_step(
 
 
 @torch.no_grad()
-def evaluate(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> tuple[float, float]:
+def evaluate(
+    classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``classifier`` (eval mode) on ``uint8`` images, in batches."""
     if len(images) == 0:
         return math.nan, math.nan
@@ -409,7 +353,11 @@ def evaluate(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 
 def _keep_best(run: _Run, row: dict[str, Any]) -> None:
     if row["valid_loss"] < run.progress.best["valid_loss"]:
-        run.progress.best = {"valid_loss": row["valid_loss"], "epoch": row["epoch"], "state_dict": _cpu_state(run.kept)}
+        run.progress.best = {
+            "valid_loss": row["valid_loss"],
+            "epoch": row["epoch"],
+            "state_dict": _cpu_state(run.kept),
+        }
 
 
 def _finish(run: _Run) -> TrainResult:
@@ -417,7 +365,11 @@ def _finish(run: _Run) -> TrainResult:
     classifier back to plain float32 NCHW."""
     set_frozen(run.groups, False)
     best = run.progress.best
-    kept = best["epoch"] if run.config.keep == "best" and best["state_dict"] is not None else len(run.progress.history)
+    kept = (
+        best["epoch"]
+        if run.config.keep == "best" and best["state_dict"] is not None
+        else len(run.progress.history)
+    )
     if kept != len(run.progress.history):
         run.classifier.load_state_dict(best["state_dict"])
     elif run.average is not None:
@@ -432,12 +384,19 @@ def _snapshot(run: _Run, optimizer, scheduler, generator: torch.Generator) -> No
     if run.checkpoint is None:
         return
     progress = run.progress
-    run.checkpoint.save({
-        "epoch": progress.epoch, "fingerprint": run.fingerprint, "history": progress.history, "best": progress.best,
-        "model": _cpu_state(run.classifier), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), **_random_states(generator),
-        "average": None if run.average is None else _cpu_state(run.average),
-    })
+    run.checkpoint.save(
+        {
+            "epoch": progress.epoch,
+            "fingerprint": run.fingerprint,
+            "history": progress.history,
+            "best": progress.best,
+            "model": _cpu_state(run.classifier),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            **_random_states(generator),
+            "average": None if run.average is None else _cpu_state(run.average),
+        }
+    )
 
 
 def _random_states(generator: torch.Generator) -> dict[str, Any]:
@@ -446,8 +405,11 @@ def _random_states(generator: torch.Generator) -> dict[str, Any]:
     The batch generator lives on the training device; dropout draws from the CPU's or the CUDA
     device's global generator.
     """
-    states = {"generator": generator.get_state(), "generator_device": generator.device.type,
-              "torch_rng": torch.get_rng_state()}
+    states = {
+        "generator": generator.get_state(),
+        "generator_device": generator.device.type,
+        "torch_rng": torch.get_rng_state(),
+    }
     if generator.device.type == "cuda":
         states["cuda_rng"] = torch.cuda.get_rng_state(generator.device)
     return states
@@ -468,7 +430,9 @@ def _restore_random_states(saved: dict[str, Any], generator: torch.Generator, se
     logger.warning(
         "The checkpoint's random states belong to a %s device and this run is on %s: the batches and augmentations "
         "of the remaining epochs are drawn afresh (seed %d), so they differ from an uninterrupted run's",
-        saved.get("generator_device", "cpu"), generator.device.type, seed + saved["epoch"],
+        saved.get("generator_device", "cpu"),
+        generator.device.type,
+        seed + saved["epoch"],
     )
 
 
@@ -482,7 +446,9 @@ def _restore(run: _Run, generator: torch.Generator) -> dict[str, Any] | None:
     if run.parallel is not None:
         saved = run.parallel.share(saved)  # the other processes (other machines too) need no copy of the file
     if saved is None:
-        logger.warning("training.resume is true but %s holds no checkpoint: starting afresh", run.checkpoint.path)
+        logger.warning(
+            "training.resume is true but %s holds no checkpoint: starting afresh", run.checkpoint.path
+        )
         return None
     if saved["fingerprint"] != run.fingerprint:
         changed = sorted(k for k in run.fingerprint if saved["fingerprint"].get(k) != run.fingerprint[k])
@@ -504,17 +470,29 @@ def _log_start(run: _Run, device: torch.device, stages: list[Stage]) -> None:
     images = run.loader.images
     logger.info(
         "Training %s on %s%s: %d training and %d validation images of %s, %d steps of %d per epoch, stages %s",
-        run.config.architecture, device, " in bf16" if run.classifier.bf16 else "", len(images), len(run.valid[0]),
-        tuple(images.shape[1:]), len(run.loader), run.loader.batch_size,
+        run.config.architecture,
+        device,
+        " in bf16" if run.classifier.bf16 else "",
+        len(images),
+        len(run.valid[0]),
+        tuple(images.shape[1:]),
+        len(run.loader),
+        run.loader.batch_size,
         ", ".join(f"{s.name} ({s.epochs} epochs, max LR {_lrs(s.max_lrs)})" for s in stages),
     )
     if run.parallel is not None:
-        logger.info("Data-parallel in %d processes: each trains on %d of the %d images of every step; rank 0 "
-                    "validates, checkpoints and reports", run.parallel.world_size,
-                    run.parallel.local_batch_size(run.loader.batch_size), run.loader.batch_size)
+        logger.info(
+            "Data-parallel in %d processes: each trains on %d of the %d images of every step; rank 0 "
+            "validates, checkpoints and reports",
+            run.parallel.world_size,
+            run.parallel.local_batch_size(run.loader.batch_size),
+            run.loader.batch_size,
+        )
     if run.average is not None:
-        logger.info("Validating and keeping the moving average of the weights (decay %g), updated every step",
-                    run.config.ema_decay)
+        logger.info(
+            "Validating and keeping the moving average of the weights (decay %g), updated every step",
+            run.config.ema_decay,
+        )
     logger.info("%s", _table_row(HISTORY_COLUMNS))
     for row in run.progress.history:
         logger.info("%s", _table_row(row))
@@ -524,9 +502,16 @@ def _log_start(run: _Run, device: torch.device, stages: list[Stage]) -> None:
 
 def _fingerprint(config: TrainConfig, data: TrainData, stages: list[Stage]) -> dict[str, Any]:
     # What must match for a checkpoint to belong to this run (the device and speed switches need not).
-    ignored = ("device", "bf16", "channels_last", "compile", "deterministic", "eval_batch_size", "keep", "resume",
-               "calibrate",  # after training, which it leaves as it is
-               "distributed")  # every process draws the global batches of one process: the same run
+    ignored = (
+        "device",
+        "bf16",
+        "channels_last",
+        "compile",
+        "deterministic",
+        "eval_batch_size",
+        "keep",
+        "resume",
+    )
     return {
         **{k: v for k, v in asdict(config).items() if k not in ignored},
         "stages": [asdict(s) for s in stages],
@@ -546,4 +531,6 @@ def _lrs(values: list[float]) -> str:
 def _table_row(row) -> str:
     if not isinstance(row, dict):
         return "{:>5} {:>5} {:>10} {:>10} {:>8} {:>9} {:>7}".format(*row)
-    return "{epoch:>5} {stage:>5} {train_loss:>10.4f} {valid_loss:>10.4f} {accuracy:>8.4f} {lr:>9.2e} {seconds:>7.1f}".format(**row)
+    return "{epoch:>5} {stage:>5} {train_loss:>10.4f} {valid_loss:>10.4f} {accuracy:>8.4f} {lr:>9.2e} {seconds:>7.1f}".format(
+        **row
+    )

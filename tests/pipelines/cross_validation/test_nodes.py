@@ -11,8 +11,20 @@ import torch
 from malaria_pipeline.pipelines.cross_validation import nodes
 from tests.helpers import TRAIN_PARAMS
 
-CV_PARAMS = {"folds": 4, "seed": 0, "validation_folds": 3, "positive_class": "Parasitized", "threshold": 0.5,
-             "target_sensitivity": 0.9, "target_sensitivities": [0.9, 0.95], "tta": False, "calibration_bins": 10, "batch_size": 64, "worst_patients": 5, "label_audit": {"filter_by": "prune_by_noise_rate", "figure_cells": 8}}
+CV_PARAMS = {
+    "folds": 4,
+    "seed": 0,
+    "validation_folds": 3,
+    "positive_class": "Parasitized",
+    "threshold": 0.5,
+    "target_sensitivity": 0.9,
+    "target_sensitivities": [0.9, 0.95],
+    "tta": False,
+    "calibration_bins": 10,
+    "batch_size": 64,
+    "worst_patients": 5,
+    "label_audit": {"filter_by": "prune_by_noise_rate", "figure_cells": 8},
+}
 
 
 def easy_cells(patients=12, per_patient=20, size=16, seed=0, spot=10):
@@ -24,8 +36,16 @@ def easy_cells(patients=12, per_patient=20, size=16, seed=0, spot=10):
     labels = np.where(np.arange(count) % 2 == 0, "Parasitized", "Uninfected")
     images[torch.from_numpy(labels == "Parasitized"), :, 6:10, 6:10] = spot
     patient = [f"C{i // per_patient}P{i // per_patient}ThinF" for i in range(count)]
-    index = pd.DataFrame({"path": [f"cell_images/{label}/{p}_IMG_1_cell_{i}.png" for i, (label, p) in enumerate(zip(labels, patient))],
-                          "label": labels, "patient_id": patient})
+    index = pd.DataFrame(
+        {
+            "path": [
+                f"cell_images/{label}/{p}_IMG_1_cell_{i}.png"
+                for i, (label, p) in enumerate(zip(labels, patient))
+            ],
+            "label": labels,
+            "patient_id": patient,
+        }
+    )
     return images, index
 
 
@@ -47,31 +67,50 @@ def test_each_image_is_predicted_by_the_one_model_that_never_saw_it(monkeypatch)
         return real(data, config, **kwargs)
 
     monkeypatch.setattr(nodes, "train_classifier", spy)
-    predictions, history, _ = nodes.cross_validate(images, index, folds, NO_AUDIT, CV_PARAMS, {**TRAIN_PARAMS, "epochs": 1})
+    predictions, history, _ = nodes.cross_validate(
+        images, index, folds, NO_AUDIT, CV_PARAMS, {**TRAIN_PARAMS, "epochs": 1}
+    )
 
     assert len(seen) == 4 and sorted(predictions["path"]) == sorted(index["path"])
     by_path = dict(zip(index["path"], images))
     for row in predictions.itertuples():
         model_of_fold = seen[row.fold - 1]
         assert digest(by_path[row.path]) not in model_of_fold, row.path
-        assert sum(digest(by_path[row.path]) in other for other in seen) == 3  # the other folds' models trained on it
+        assert (
+            sum(digest(by_path[row.path]) in other for other in seen) == 3
+        )  # the other folds' models trained on it
     # Train and validation of a fold are whole patients of the other folds, never of the held-out one.
     for fold in range(1, 5):
         split = nodes.fold_split(index, folds, fold, CV_PARAMS, set())
         held_out = set(index["patient_id"][folds["fold"] == fold])
-        by_subset = {s: set(index["patient_id"][split["subset"] == s]) for s in ("train", "validation", "test")}
-        assert by_subset["test"] == held_out and not by_subset["train"] & held_out and not by_subset["validation"] & held_out
+        by_subset = {
+            s: set(index["patient_id"][split["subset"] == s]) for s in ("train", "validation", "test")
+        }
+        assert (
+            by_subset["test"] == held_out
+            and not by_subset["train"] & held_out
+            and not by_subset["validation"] & held_out
+        )
         assert by_subset["validation"] and not by_subset["validation"] & by_subset["train"]
-    assert set(history["fold"]) == {1, 2, 3, 4} and history.groupby("fold")["kept"].sum().tolist() == [1, 1, 1, 1]
+    assert set(history["fold"]) == {1, 2, 3, 4} and history.groupby("fold")["kept"].sum().tolist() == [
+        1,
+        1,
+        1,
+        1,
+    ]
 
 
 def test_planted_label_flips_in_an_easy_set_are_found():
     images, index = easy_cells(patients=12, per_patient=24)
     true_label = dict(zip(index["path"], index["label"]))
     flipped = np.random.default_rng(1).choice(len(index), size=10, replace=False)
-    index.loc[flipped, "label"] = np.where(index.loc[flipped, "label"] == "Parasitized", "Uninfected", "Parasitized")
+    index.loc[flipped, "label"] = np.where(
+        index.loc[flipped, "label"] == "Parasitized", "Uninfected", "Parasitized"
+    )
     folds = nodes.assign_folds(index, CV_PARAMS)
-    predictions, _, _ = nodes.cross_validate(images, index, folds, NO_AUDIT, CV_PARAMS, {**TRAIN_PARAMS, "epochs": 4})
+    predictions, _, _ = nodes.cross_validate(
+        images, index, folds, NO_AUDIT, CV_PARAMS, {**TRAIN_PARAMS, "epochs": 4}
+    )
     issues, summary = nodes.audit_labels(predictions, CV_PARAMS)
 
     found = set(issues["path"]) & set(index["path"][flipped])
@@ -96,16 +135,20 @@ def test_exclude_label_issues_leaves_suspects_out_of_the_training_images_only():
         excluded = nodes.fold_split(index, folds, fold, CV_PARAMS, suspects)
         moved = kept["subset"] != excluded["subset"]
         assert (excluded["subset"][moved] == "excluded").all()
-        assert set(kept["path"][moved]) == {p for p, s in zip(kept["path"], kept["subset"]) if s == "train" and p in suspects}
+        assert set(kept["path"][moved]) == {
+            p for p, s in zip(kept["path"], kept["subset"]) if s == "train" and p in suspects
+        }
         assert (kept["subset"][~moved] == excluded["subset"][~moved]).all()  # validation and test keep theirs
 
 
 def test_folds_of_other_images_are_refused_by_name():
-    from malaria_pipeline.splitting import SplitError
+    from malaria_pipeline.cells.splitting import SplitError
 
     images, index = easy_cells()
     folds = nodes.assign_folds(index, CV_PARAMS)
-    with pytest.raises(SplitError, match=r"cv_folds \(239 rows\), image_index \(240\) .* run the whole cross_validation"):
+    with pytest.raises(
+        SplitError, match=r"cv_folds \(239 rows\), image_index \(240\) .* run the whole cross_validation"
+    ):
         nodes.cross_validate(images, index, folds.iloc[1:], NO_AUDIT, CV_PARAMS, TRAIN_PARAMS)
 
 
@@ -119,25 +162,65 @@ def _threshold_by_brute_force(scores, truth, target):
     return best[0]
 
 
-def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_held_out_fold_as_evaluation_does(monkeypatch):
+def _check_targets(points, fold, call, images, index, valid_rows, cells):
+    """Each target's threshold, chosen on validation (with and without TTA), and what it gives held out."""
+    from tests.helpers import reference_proba, reference_tta_proba
+
+    valid_truth, held_truth = (
+        (index["label"].to_numpy()[valid_rows.numpy()] == "Parasitized"),
+        cells["label"] == "Parasitized",
+    )
+    for tta, reference, column in (
+        (True, reference_tta_proba, "p_parasitized"),
+        (False, reference_proba, "p_parasitized_without_tta"),
+    ):
+        p_valid = reference(call["bundle"], images[valid_rows], call["temperature"])[:, 0].numpy()
+        p_held = cells[
+            column
+        ].to_numpy()  # checked against the reference above; float32 as the thresholds see it
+        for target in (0.9, 0.95):
+            threshold = _threshold_by_brute_force(p_valid, valid_truth, target)
+            (row,) = points[
+                (points["fold"] == fold) & (points["tta"] == tta) & (points["target_sensitivity"] == target)
+            ].itertuples()
+            assert row.threshold == pytest.approx(threshold, abs=1e-5)
+            called = p_held >= row.threshold
+            assert (row.sensitivity, row.specificity) == pytest.approx(
+                (called[held_truth.to_numpy()].mean(), (~called[~held_truth.to_numpy()]).mean())
+            )
+
+
+def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_held_out_fold_as_evaluation_does(
+    monkeypatch,
+):
     from malaria_pipeline.ml.model_io import model_bundle
     from tests.helpers import reference_proba, reference_tta_proba
 
-    images, index = easy_cells(seed=3, spot=120)  # hard: the thresholds differ from fold to fold and target to target
+    images, index = easy_cells(
+        seed=3, spot=120
+    )  # hard: the thresholds differ from fold to fold and target to target
     folds = nodes.assign_folds(index, CV_PARAMS)
     calls = []
     real = nodes.calibrate
 
     def spy(classifier, views, labels, **kwargs):
         point = real(classifier, views, labels, **kwargs)
-        calls.append({"views": views, "point": point, "kwargs": kwargs,
-                      "bundle": model_bundle(classifier, architecture="resnet9", network_args={"width": 4}),
-                      "temperature": classifier.temperature})
+        calls.append(
+            {
+                "views": views,
+                "point": point,
+                "kwargs": kwargs,
+                "bundle": model_bundle(classifier, architecture="resnet9", network_args={"width": 4}),
+                "temperature": classifier.temperature,
+            }
+        )
         return point
 
     monkeypatch.setattr(nodes, "calibrate", spy)
     params = {**CV_PARAMS, "tta": True, "target_sensitivity": 0.95}
-    predictions, _, points = nodes.cross_validate(images, index, folds, NO_AUDIT, params, {**TRAIN_PARAMS, "epochs": 1})
+    predictions, _, points = nodes.cross_validate(
+        images, index, folds, NO_AUDIT, params, {**TRAIN_PARAMS, "epochs": 1}
+    )
 
     assert len(calls) == 4
     for fold, call in enumerate(calls, start=1):
@@ -147,7 +230,8 @@ def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_he
         # patients): their TTA probabilities at T = 1, written out, are the softmax of the mean of the views'.
         assert call["views"].shape[:2] == (8, len(valid_rows))
         assert call["views"].softmax(-1).mean(0)[:, 0].numpy() == pytest.approx(
-            reference_tta_proba(call["bundle"], images[valid_rows])[:, 0].numpy(), abs=1e-5)
+            reference_tta_proba(call["bundle"], images[valid_rows])[:, 0].numpy(), abs=1e-5
+        )
         assert call["kwargs"] == {"fit": True, "positive_class": "Parasitized", "target_sensitivity": 0.95}
         cells = predictions[predictions["fold"] == fold]
         rows = torch.from_numpy(index.reset_index().set_index("path").loc[cells["path"], "index"].to_numpy())
@@ -159,63 +243,87 @@ def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_he
         assert cells["p_parasitized_without_tta"].to_numpy() == pytest.approx(plain, abs=1e-5)
         assert (cells["operating_threshold"] == call["point"]["threshold"]).all()
         assert (cells["temperature"] == call["temperature"]).all() and call["temperature"] != 1.0
-        # Each target's threshold, chosen on validation (with and without TTA), and what it gives held out.
-        valid_truth, held_truth = (index["label"].to_numpy()[valid_rows.numpy()] == "Parasitized"), cells["label"] == "Parasitized"
-        for tta, reference, column in ((True, reference_tta_proba, "p_parasitized"),
-                                       (False, reference_proba, "p_parasitized_without_tta")):
-            p_valid = reference(call["bundle"], images[valid_rows], call["temperature"])[:, 0].numpy()
-            p_held = cells[column].to_numpy()  # checked against the reference above; float32 as the thresholds see it
-            for target in (0.9, 0.95):
-                threshold = _threshold_by_brute_force(p_valid, valid_truth, target)
-                (row,) = points[(points["fold"] == fold) & (points["tta"] == tta) & (points["target_sensitivity"] == target)].itertuples()
-                assert row.threshold == pytest.approx(threshold, abs=1e-5)
-                called = p_held >= row.threshold
-                assert (row.sensitivity, row.specificity) == pytest.approx(
-                    (called[held_truth.to_numpy()].mean(), (~called[~held_truth.to_numpy()]).mean()))
+        _check_targets(points, fold, call, images, index, valid_rows, cells)
 
-    report, scores = nodes.summarize(predictions, pd.DataFrame({"epoch": [1] * 4, "kept": [True] * 4}), points, params)
+    report, scores = nodes.summarize(
+        predictions, pd.DataFrame({"epoch": [1] * 4, "kept": [True] * 4}), points, params
+    )
     for row in report["per_fold"]:
         cells = predictions[predictions["fold"] == row["fold"]]
-        truth, called = cells["label"] == "Parasitized", cells["p_parasitized"] >= cells["operating_threshold"]
+        truth, called = (
+            cells["label"] == "Parasitized",
+            cells["p_parasitized"] >= cells["operating_threshold"],
+        )
         assert row["sensitivity_at_operating_point"] == pytest.approx((called & truth).sum() / truth.sum())
-        assert row["specificity_at_operating_point"] == pytest.approx((~called & ~truth).sum() / (~truth).sum())
-        assert row["sensitivity"] == pytest.approx(((cells["p_parasitized"] >= 0.5) & truth).sum() / truth.sum())
-    without = [np.mean((cells["p_parasitized_without_tta"] >= 0.5) == (cells["label"] == "Parasitized"))
-               for _, cells in predictions.groupby("fold")]
+        assert row["specificity_at_operating_point"] == pytest.approx(
+            (~called & ~truth).sum() / (~truth).sum()
+        )
+        assert row["sensitivity"] == pytest.approx(
+            ((cells["p_parasitized"] >= 0.5) & truth).sum() / truth.sum()
+        )
+    without = [
+        np.mean((cells["p_parasitized_without_tta"] >= 0.5) == (cells["label"] == "Parasitized"))
+        for _, cells in predictions.groupby("fold")
+    ]
     assert report["without_tta"]["accuracy"]["mean"] == pytest.approx(np.mean(without))
-    (at_95_plain,) = [r for r in report["target_sensitivities"] if r["target_sensitivity"] == 0.95 and not r["tta"]]
+    (at_95_plain,) = [
+        r for r in report["target_sensitivities"] if r["target_sensitivity"] == 0.95 and not r["tta"]
+    ]
     plain = points[(points["target_sensitivity"] == 0.95) & ~points["tta"]]
     assert at_95_plain["specificity"]["mean"] == pytest.approx(plain["specificity"].mean())
     assert at_95_plain["median_threshold"] == pytest.approx(plain["threshold"].median())
     thresholds = [call["point"]["threshold"] for call in calls]
     assert report["recommended_operating_threshold"] == pytest.approx(np.median(thresholds))
-    assert scores["cv.recommended_temperature"]["value"] == pytest.approx(np.median([c["temperature"] for c in calls]))
+    assert scores["cv.recommended_temperature"]["value"] == pytest.approx(
+        np.median([c["temperature"] for c in calls])
+    )
 
 
 def test_the_calibration_error_of_each_fold_is_the_binned_gap_worked_out_by_hand():
     # One fold of 4 cells in the bins of 10: confidences 0.95, 0.95 (bin 10), 0.65 (bin 7), 0.55 (bin 6).
-    cells = pd.DataFrame({
-        "label": ["Parasitized", "Uninfected", "Parasitized", "Uninfected"],
-        "p_parasitized": [0.95, 0.95, 0.65, 0.45], "p_parasitized_uncalibrated": [0.99, 0.99, 0.99, 0.01],
-        "operating_threshold": 0.6, "temperature": 2.0, "fold": 1, "path": list("abcd"), "patient_id": "P",
-    })
+    cells = pd.DataFrame(
+        {
+            "label": ["Parasitized", "Uninfected", "Parasitized", "Uninfected"],
+            "p_parasitized": [0.95, 0.95, 0.65, 0.45],
+            "p_parasitized_uncalibrated": [0.99, 0.99, 0.99, 0.01],
+            "operating_threshold": 0.6,
+            "temperature": 2.0,
+            "fold": 1,
+            "path": list("abcd"),
+            "patient_id": "P",
+        }
+    )
     metrics = nodes._fold_metrics(cells, CV_PARAMS)
     # bin 10: 2 cells, accuracy 1/2, confidence 0.95; bin 7: accuracy 1, 0.65; bin 6: accuracy 1, 0.55.
     assert metrics["ece"] == pytest.approx(2 / 4 * 0.45 + 1 / 4 * 0.35 + 1 / 4 * 0.45)
     # uncalibrated: bin 10 holds all four, accuracy 3/4, confidence 0.99.
     assert metrics["ece_uncalibrated"] == pytest.approx(0.24)
     # at 0.6: called a, b, c: sensitivity 2/2, specificity 1/2 (d passed), accuracy 3/4.
-    assert (metrics["sensitivity_at_operating_point"], metrics["specificity_at_operating_point"],
-            metrics["accuracy_at_operating_point"]) == pytest.approx((1.0, 0.5, 0.75))
+    assert (
+        metrics["sensitivity_at_operating_point"],
+        metrics["specificity_at_operating_point"],
+        metrics["accuracy_at_operating_point"],
+    ) == pytest.approx((1.0, 0.5, 0.75))
     no_point = nodes._fold_metrics(cells.assign(operating_threshold=np.nan), CV_PARAMS)
     assert no_point["sensitivity_at_operating_point"] is None and no_point["ece"] == metrics["ece"]
 
 
 def test_a_fold_without_an_operating_threshold_is_left_out_of_the_targets_means():
     # As cv_operating_points reads back from its CSV: fold 3's validation patients were of one class (NaN).
-    points = pd.DataFrame({"fold": [1, 2, 3], "tta": [False] * 3, "target_sensitivity": [0.96] * 3,
-                           "threshold": [0.3, 0.5, np.nan], "sensitivity": [0.95, 0.97, np.nan],
-                           "specificity": [0.94, 0.90, np.nan]})
+    points = pd.DataFrame(
+        {
+            "fold": [1, 2, 3],
+            "tta": [False] * 3,
+            "target_sensitivity": [0.96] * 3,
+            "threshold": [0.3, 0.5, np.nan],
+            "sensitivity": [0.95, 0.97, np.nan],
+            "specificity": [0.94, 0.90, np.nan],
+        }
+    )
     (row,) = nodes._by_target(points)
-    assert row["sensitivity"] == {"mean": pytest.approx(0.96), "std": pytest.approx(np.std([0.95, 0.97], ddof=1)), "folds": 2}
+    assert row["sensitivity"] == {
+        "mean": pytest.approx(0.96),
+        "std": pytest.approx(np.std([0.95, 0.97], ddof=1)),
+        "folds": 2,
+    }
     assert row["specificity"]["mean"] == pytest.approx(0.92) and row["median_threshold"] == pytest.approx(0.4)

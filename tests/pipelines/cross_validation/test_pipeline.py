@@ -1,7 +1,6 @@
 """The `cross_validation` pipeline run end to end over the project's catalog, in a KedroProject in tmp_path:
 six patients of real PNG files, 3 folds, a ResNet-9 of width 4 for one epoch."""
 
-import mlflow
 import numpy as np
 import pytest
 
@@ -18,13 +17,19 @@ def cv_run(module_kedro_project, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("cells")
     write_cells(folder, SMALL_PATIENTS)
-    module_kedro_project.run("cross_validation", **{**TINY_CV, "ingestion": {**TINY_CV["ingestion"], "source": str(folder)}})
+    module_kedro_project.run(
+        "cross_validation", **{**TINY_CV, "ingestion": {**TINY_CV["ingestion"], "source": str(folder)}}
+    )
     return module_kedro_project
 
 
 def test_every_image_gets_one_out_of_fold_prediction_and_no_patient_is_in_two_folds(cv_run):
     catalog = cv_run.context().catalog
-    index, folds, predictions = catalog.load("image_index"), catalog.load("cv_folds"), catalog.load("cv_predictions")
+    index, folds, predictions = (
+        catalog.load("image_index"),
+        catalog.load("cv_folds"),
+        catalog.load("cv_predictions"),
+    )
     assert sorted(predictions["path"]) == sorted(index["path"]) and predictions["path"].is_unique
     assert folds.groupby("patient_id")["fold"].nunique().max() == 1
     assert sorted(folds["fold"].unique()) == [1, 2, 3]
@@ -66,22 +71,36 @@ def test_the_mlflow_run_has_one_finished_child_run_per_fold(cv_run):
         assert "test.accuracy" in child.data.metrics and child.data.params["training.epochs"] == "2"
     assert {"cv.accuracy.mean", "cv.accuracy.std", "cv.pooled.roc_auc"} <= parent.data.metrics.keys()
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
-    assert {"figures/cv_roc_curves.png", "figures/cv_per_patient.png", "figures/label_issues.png"} <= artifacts
-    assert {"label_issues.csv", "cv_metrics.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {
+        "figures/cv_roc_curves.png",
+        "figures/cv_per_patient.png",
+        "figures/label_issues.png",
+    } <= artifacts
+    assert {"label_issues.csv", "cv_metrics.json"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
 
 
-
-def test_the_model_on_every_patient_trains_its_epochs_on_all_images_and_claims_the_cross_validation(cv_run, tmp_path_factory):
+def test_the_model_on_every_patient_trains_its_epochs_on_all_images_and_claims_the_cross_validation(
+    cv_run, tmp_path_factory
+):
     from tests.helpers import SMALL_PATIENTS, write_cells
 
     client = cv_run.mlflow_client()
     experiment = client.get_experiment_by_name("malaria-pipeline").experiment_id
-    (cv_parent,) = client.search_runs([experiment], filter_string="tags.`mlflow.runName` = 'cross_validation'")
+    (cv_parent,) = client.search_runs(
+        [experiment], filter_string="tags.`mlflow.runName` = 'cross_validation'"
+    )
     folder = tmp_path_factory.mktemp("cells_all")
     write_cells(folder, SMALL_PATIENTS)
-    cv_run.run("training", env="all_patients", ingestion={"source": str(folder), "image_size": 16},
-               preprocessing={"split": {"folds": 2}}, training={"width": 4, "epochs": 2, "batch_size": 8, "pad": 2},
-               evaluation={"without_validation": {"temperature": 1.5, "operating_threshold": 0.25}})
+    cv_run.run(
+        "training",
+        env="all_patients",
+        ingestion={"source": str(folder), "image_size": 16},
+        preprocessing={"split": {"folds": 2}},
+        training={"width": 4, "epochs": 2, "batch_size": 8, "pad": 2},
+        evaluation={"without_validation": {"temperature": 1.5, "operating_threshold": 0.25}},
+    )
 
     catalog = cv_run.context().catalog
     assert set(catalog.load("data_split")["subset"]) == {"train"}
@@ -101,7 +120,9 @@ def test_a_claimed_run_that_is_not_a_cross_validation_fails_the_training_run_at_
     client = cv_run.mlflow_client()
     experiment = client.get_experiment_by_name("malaria-pipeline").experiment_id
     fold = client.search_runs([experiment], filter_string="tags.fold = '1'")[0]
-    with pytest.raises(ValueError, match=f"MLflow run {fold.info.run_id} .* is not a finished cross-validation run"):
+    with pytest.raises(
+        ValueError, match=f"MLflow run {fold.info.run_id} .* is not a finished cross-validation run"
+    ):
         cv_run.run("training", env="all_patients", cross_validation_run_id=fold.info.run_id)
     (failed,) = client.search_runs([experiment], filter_string="attributes.status = 'FAILED'")
     assert failed.data.tags["mlflow.runName"] == "training"

@@ -5,43 +5,88 @@ from __future__ import annotations
 
 import mlflow
 import pytest
-import torch
 
 from malaria_pipeline.pipelines.evaluation.nodes import write_model_card
 from tests.helpers import TRAIN_PARAMS, tiny_bundle, tiny_tables
 
-INGESTION = {"source": "/data/cell_images.zip", "image_size": 16, "files": 25, "images": 24,
-             "images_per_class": {"Parasitized": 12, "Uninfected": 12}, "patients": 3,
-             "skipped": [{"path": "broken.png", "reason": "truncated"}], "duplicates": []}
+INGESTION = {
+    "source": "/data/cell_images.zip",
+    "image_size": 16,
+    "files": 25,
+    "images": 24,
+    "images_per_class": {"Parasitized": 12, "Uninfected": 12},
+    "patients": 3,
+    "skipped": [{"path": "broken.png", "reason": "truncated"}],
+    "duplicates": [],
+}
 EVALUATION = {
     "threshold": 0.5,
-    "validation": {"images": 6, "accuracy": 0.8333, "sensitivity": 0.6667, "specificity": 1.0, "roc_auc": 0.9444,
-                   "ece": 0.05, "ece_uncalibrated": 0.07, "intervals": {"accuracy": [0.5, 1.0]}},
-    "test": {"images": 6, "accuracy": 0.9123, "sensitivity": 0.8765, "specificity": 0.9512, "roc_auc": 0.9876,
-             "ece": 0.0126, "ece_uncalibrated": 0.0123,
-             "intervals": {"accuracy": [0.8001, 0.9902], "sensitivity": [0.7, 1.0], "specificity": [0.9, 1.0],
-                           "roc_auc": [0.95, 1.0]}},
+    "validation": {
+        "images": 6,
+        "accuracy": 0.8333,
+        "sensitivity": 0.6667,
+        "specificity": 1.0,
+        "roc_auc": 0.9444,
+        "ece": 0.05,
+        "ece_uncalibrated": 0.07,
+        "intervals": {"accuracy": [0.5, 1.0]},
+    },
+    "test": {
+        "images": 6,
+        "accuracy": 0.9123,
+        "sensitivity": 0.8765,
+        "specificity": 0.9512,
+        "roc_auc": 0.9876,
+        "ece": 0.0126,
+        "ece_uncalibrated": 0.0123,
+        "intervals": {
+            "accuracy": [0.8001, 0.9902],
+            "sensitivity": [0.7, 1.0],
+            "specificity": [0.9, 1.0],
+            "roc_auc": [0.95, 1.0],
+        },
+    },
     "operating_point": {"threshold": 0.31, "test": {"sensitivity": 0.9611, "specificity": 0.9301}},
 }
 
 
 def parameters(**overrides):
-    return {"profile": "cpu", "positive_class": "Parasitized", "cross_validation_run_id": None,
-            "training": TRAIN_PARAMS, "preprocessing": {"split": {"strategy": "patient", "seed": 42}},
-            "evaluation": {"intervals": {"resamples": 1000, "level": 0.95}}, "inference": {"threshold": 0.5},
-            "registry": {"model_name": "malaria-cell-classifier"}, **overrides}
+    return {
+        "profile": "cpu",
+        "positive_class": "Parasitized",
+        "cross_validation_run_id": None,
+        "training": TRAIN_PARAMS,
+        "preprocessing": {"split": {"strategy": "patient", "seed": 42}},
+        "evaluation": {"intervals": {"resamples": 1000, "level": 0.95}},
+        "inference": {"threshold": 0.5},
+        "registry": {"model_name": "malaria-cell-classifier"},
+        **overrides,
+    }
 
 
 def bundle():
-    point = {"threshold": 0.3069, "positive_class": "Parasitized", "target_sensitivity": 0.96, "tta": False,
-             "sensitivity": 0.9655, "specificity": 0.9412}
+    point = {
+        "threshold": 0.3069,
+        "positive_class": "Parasitized",
+        "target_sensitivity": 0.96,
+        "tta": False,
+        "sensitivity": 0.9655,
+        "specificity": 0.9412,
+    }
     return {**tiny_bundle(), "temperature": 1.1046, "operating_point": point, "best_epoch": 11}
 
 
 def card(images=None, **overrides) -> str:
     tensors, index, split, _ = tiny_tables(count=24)
-    return write_model_card(bundle(), EVALUATION, INGESTION, index, split, tensors if images is None else images,
-                            parameters(**overrides))
+    return write_model_card(
+        bundle(),
+        EVALUATION,
+        INGESTION,
+        index,
+        split,
+        tensors if images is None else images,
+        parameters(**overrides),
+    )
 
 
 def test_the_card_holds_the_runs_data_split_metrics_operating_point_and_calibration():
@@ -53,17 +98,29 @@ def test_the_card_holds_the_runs_data_split_metrics_operating_point_and_calibrat
         row = f"| {subset} | {cells['patient_id'].nunique()} | {len(cells)} | {(cells['label'] == 'Parasitized').sum()} |"
         assert row in text, row
     assert text.startswith("# Model card: malaria-cell-classifier\n")
-    assert "`/data/cell_images.zip`: 24 images (Parasitized 12, Uninfected 12) of 3 patients; 1 files skipped" in text
+    assert (
+        "`/data/cell_images.zip`: 24 images (Parasitized 12, Uninfected 12) of 3 patients; 1 files skipped"
+        in text
+    )
     assert "resnet9, width 4, trained from scratch; input 16×16 pixels" in text
-    assert "| test | 6 | 0.9123 [0.8001, 0.9902] | 0.8765 [0.7000, 1.0000] | 0.9512 [0.9000, 1.0000] | 0.9876 [0.9500, 1.0000] |" in text
+    assert (
+        "| test | 6 | 0.9123 [0.8001, 0.9902] | 0.8765 [0.7000, 1.0000] | 0.9512 [0.9000, 1.0000] | 0.9876 [0.9500, 1.0000] |"
+        in text
+    )
     assert "| validation | 6 | 0.8333 [0.5000, 1.0000] | 0.6667 | 1.0000 | 0.9444 |" in text
     assert "95% interval from 1000 bootstrap resamples of whole patients" in text
-    assert ("Stored operating threshold 0.3069 on P(Parasitized), chosen for a sensitivity of 0.96; on validation: "
-            "sensitivity 0.9655, specificity 0.9412; on test: sensitivity 0.9611, specificity 0.9301.") in text
-    assert "T = 1.1046; expected calibration error on test 0.0126 (0.0123 before temperature scaling)." in text
+    assert (
+        "Stored operating threshold 0.3069 on P(Parasitized), chosen for a sensitivity of 0.96; on validation: "
+        "sensitivity 0.9655, specificity 0.9412; on test: sensitivity 0.9611, specificity 0.9301."
+    ) in text
+    assert (
+        "T = 1.1046; expected calibration error on test 0.0126 (0.0123 before temperature scaling)." in text
+    )
     assert "Weights of epoch 11" in text
     assert "Decision support for trained microscopists" in text and "It is not a diagnosis" in text
-    assert 'kedro run --pipelines training --params "ingestion.source=/data/cell_images.zip,profile=cpu"' in text
+    assert (
+        'kedro run --pipelines training --params "ingestion.source=/data/cell_images.zip,profile=cpu"' in text
+    )
     assert "colour" in text.split("## Data")[1].split("## Training")[0]  # tiny_tables' cells are random RGB
 
 
@@ -91,8 +148,16 @@ def store(tmp_path, monkeypatch):
 def test_a_model_trained_on_every_patient_quotes_its_cross_validation_run(store):
     with mlflow.start_run() as cv:
         mlflow.log_params({"cross_validation.folds": 5})
-        mlflow.log_metrics({"cv.accuracy.mean": 0.9611, "cv.accuracy.std": 0.0082, "cv.roc_auc.mean": 0.9914,
-                            "cv.roc_auc.std": 0.0027, "cv.sensitivity.mean": 0.948, "cv.sensitivity.std": 0.0125})
+        mlflow.log_metrics(
+            {
+                "cv.accuracy.mean": 0.9611,
+                "cv.accuracy.std": 0.0082,
+                "cv.roc_auc.mean": 0.9914,
+                "cv.roc_auc.std": 0.0027,
+                "cv.sensitivity.mean": 0.948,
+                "cv.sensitivity.std": 0.0125,
+            }
+        )
     with mlflow.start_run() as training:
         text = card(cross_validation_run_id=cv.info.run_id)
     assert f"patient-grouped cross-validation**, run `{cv.info.run_id}` (5 folds" in text

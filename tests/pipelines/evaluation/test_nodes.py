@@ -22,39 +22,70 @@ from malaria_pipeline.pipelines.evaluation.nodes import (
 )
 from tests.helpers import hand_overlay, reference_grad_cam, reference_tta_proba, tiny_bundle, tiny_tables
 
-PARAMS = {"positive_class": "Parasitized", "threshold": 0.5, "operating_thresholds": [0.25, 0.5], "device": "cpu",
-          "batch_size": 3, "top_losses": 3, "explanations_per_class": 2, "samples_per_class": 2, "seed": 0, "tta": False, "calibration_bins": 15,
-          "target_sensitivity": 0.97, "intervals": {"resamples": 200, "level": 0.95}}
+PARAMS = {
+    "positive_class": "Parasitized",
+    "threshold": 0.5,
+    "operating_thresholds": [0.25, 0.5],
+    "device": "cpu",
+    "batch_size": 3,
+    "top_losses": 3,
+    "explanations_per_class": 2,
+    "samples_per_class": 2,
+    "seed": 0,
+    "tta": False,
+    "calibration_bins": 15,
+    "target_sensitivity": 0.97,
+    "intervals": {"resamples": 200, "level": 0.95},
+}
 
 # At threshold 0.5, validation: 2 parasitized found, 1 missed (0.3), 1 uninfected right, 1 false alarm (0.7);
 # test: all three right. The train row (a miss) must count nowhere.
-PREDICTIONS = pd.DataFrame({
-    "subset": ["validation"] * 5 + ["test"] * 3 + ["train"],
-    "label": ["Parasitized", "Parasitized", "Parasitized", "Uninfected", "Uninfected",
-              "Parasitized", "Uninfected", "Uninfected", "Parasitized"],
-    "patient_id": ["A", "A", "B", "B", "B", "C", "C", "C", "A"],
-    "p_positive": [0.9, 0.6, 0.3, 0.2, 0.7, 0.8, 0.1, 0.4, 0.1],
-})
-PREDICTIONS["predicted"] = ["Parasitized" if p >= 0.5 else "Uninfected" for p in PREDICTIONS["p_positive"]]
+PREDICTIONS = pd.DataFrame(
+    {
+        "subset": ["validation"] * 5 + ["test"] * 3 + ["train"],
+        "label": [
+            "Parasitized",
+            "Parasitized",
+            "Parasitized",
+            "Uninfected",
+            "Uninfected",
+            "Parasitized",
+            "Uninfected",
+            "Uninfected",
+            "Parasitized",
+        ],
+        "patient_id": ["A", "A", "B", "B", "B", "C", "C", "C", "A"],
+        "p_parasitized": [0.9, 0.6, 0.3, 0.2, 0.7, 0.8, 0.1, 0.4, 0.1],
+    }
+)
+PREDICTIONS["predicted"] = ["Parasitized" if p >= 0.5 else "Uninfected" for p in PREDICTIONS["p_parasitized"]]
 PREDICTIONS["loss"] = [0.1, 0.5, 1.2, 0.2, 1.1, 0.2, 0.1, 0.4, 2.3]
 PREDICTIONS["row"] = range(len(PREDICTIONS))
 # Before temperature scaling: more confident, and as often wrong.
-PREDICTIONS["p_positive_uncalibrated"] = [0.99, 0.8, 0.1, 0.05, 0.95, 0.9, 0.05, 0.3, 0.5]
+PREDICTIONS["p_parasitized_uncalibrated"] = [0.99, 0.8, 0.1, 0.05, 0.95, 0.9, 0.05, 0.3, 0.5]
 
 
 def test_metrics_of_each_subset_match_the_counts_worked_out_by_hand():
     report, scores = compute_metrics(PREDICTIONS, {}, PARAMS)
     assert report["positive_class"] == "Parasitized" and report["threshold"] == 0.5
     validation, test = report["validation"], report["test"]
-    assert (validation["true_positives"], validation["false_negatives"], validation["false_positives"],
-            validation["true_negatives"]) == (2, 1, 1, 1)
-    assert validation["sensitivity"] == pytest.approx(2 / 3) and validation["specificity"] == pytest.approx(1 / 2)
+    assert (
+        validation["true_positives"],
+        validation["false_negatives"],
+        validation["false_positives"],
+        validation["true_negatives"],
+    ) == (2, 1, 1, 1)
+    assert validation["sensitivity"] == pytest.approx(2 / 3) and validation["specificity"] == pytest.approx(
+        1 / 2
+    )
     assert validation["accuracy"] == pytest.approx(3 / 5) and validation["precision"] == pytest.approx(2 / 3)
     assert validation["images"] == 5 and test["images"] == 3
     assert test["sensitivity"] == 1.0 and test["specificity"] == 1.0 and test["accuracy"] == 1.0
     # at 0.25 the missed cell (0.3) is found; the false alarm stays
     assert [(p["threshold"], p["sensitivity"], p["specificity"]) for p in validation["operating_points"]] == [
-        (0.25, pytest.approx(1.0), pytest.approx(0.5)), (0.5, pytest.approx(2 / 3), pytest.approx(0.5))]
+        (0.25, pytest.approx(1.0), pytest.approx(0.5)),
+        (0.5, pytest.approx(2 / 3), pytest.approx(0.5)),
+    ]
     assert [(p["patient_id"], p["errors"]) for p in validation["per_patient"]] == [("B", 2), ("A", 0)]
     assert scores.keys() == {f"{subset}.{name}" for subset in ("validation", "test") for name in SCORES}
     assert scores["validation.sensitivity"] == {"value": pytest.approx(2 / 3), "step": 0}
@@ -77,8 +108,10 @@ def test_predictions_are_the_models_for_the_validation_and_test_rows_only():
     assert predictions["label"].tolist() == index["label"][4:].tolist()
     assert predictions["patient_id"].tolist() == index["patient_id"][4:].tolist()
     expected = load_model(bundle).predict_proba(images[4:])
-    assert predictions["p_positive"].tolist() == pytest.approx(expected[:, 0].tolist(), abs=1e-6)
-    assert predictions["predicted"].tolist() == [["Parasitized", "Uninfected"][i] for i in expected.argmax(dim=1)]
+    assert predictions["p_parasitized"].tolist() == pytest.approx(expected[:, 0].tolist(), abs=1e-6)
+    assert predictions["predicted"].tolist() == [
+        ["Parasitized", "Uninfected"][i] for i in expected.argmax(dim=1)
+    ]
     p_true = expected[torch.arange(4), torch.tensor([0, 1, 0, 1])]  # rows 4 and 6 are parasitized
     assert predictions["loss"].tolist() == pytest.approx((-p_true.log()).tolist(), abs=1e-5)
 
@@ -94,7 +127,10 @@ def test_the_packaged_model_is_the_classifier_of_the_bundle():
 def test_each_figure_shows_the_evaluated_subsets_or_cells():
     images, index, _, _ = tiny_tables(count=9)
     confusion = confusion_matrix_figure(PREDICTIONS, PARAMS)
-    assert [ax.get_title() for ax in confusion.axes if ax.get_title()] == ["validation (5 cells)", "test (3 cells)"]
+    assert [ax.get_title() for ax in confusion.axes if ax.get_title()] == [
+        "validation (5 cells)",
+        "test (3 cells)",
+    ]
     roc = roc_curve_figure(PREDICTIONS, PARAMS)
     assert isinstance(roc, Figure) and roc.axes[0].get_title() == "ROC, positive class Parasitized"
     evaluated = PREDICTIONS[PREDICTIONS["subset"] != "train"]  # as predict_subsets gives them
@@ -102,7 +138,10 @@ def test_each_figure_shows_the_evaluated_subsets_or_cells():
     assert worst.get_suptitle().startswith("Top 3 losses")
     # the three largest losses, largest first: the missed cell (1.2), the false alarm (1.1), then 0.5
     assert [ax.get_title().split("\n")[0] for ax in worst.axes if ax.get_title()] == [
-        "Paras→Uninf", "Uninf→Paras", "Paras→Paras"]
+        "Paras→Uninf",
+        "Uninf→Paras",
+        "Paras→Paras",
+    ]
     samples = sample_images_figure(images, index, PARAMS)
     titles = [ax.get_title().split("\n")[0] for ax in samples.axes if ax.get_title()]
     assert titles == ["Parasitized"] * 2 + ["Uninfected"] * 2
@@ -111,8 +150,14 @@ def test_each_figure_shows_the_evaluated_subsets_or_cells():
 def shown_cells(figure: Figure) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """(title, bare cell, overlay) of each pair of axes of a figure of explained cells."""
     axes = [ax for ax in figure.axes if ax.images]
-    return [(overlay.get_title(), torch.from_numpy(bare.images[0].get_array().data.copy()),
-             torch.from_numpy(overlay.images[0].get_array().data.copy())) for bare, overlay in zip(axes[::2], axes[1::2])]
+    return [
+        (
+            overlay.get_title(),
+            torch.from_numpy(bare.images[0].get_array().data.copy()),
+            torch.from_numpy(overlay.images[0].get_array().data.copy()),
+        )
+        for bare, overlay in zip(axes[::2], axes[1::2])
+    ]
 
 
 @pytest.mark.parametrize("figure", ["top_losses", "explanations"])
@@ -121,19 +166,24 @@ def test_each_cell_is_drawn_beside_the_grad_cam_of_its_predicted_class(figure):
     bundle = tiny_bundle()
     evaluated = PREDICTIONS[PREDICTIONS["subset"] != "train"]
     params = {**PARAMS, "explanations_per_class": 1}
-    drawn = (top_losses_figure if figure == "top_losses" else explanations_figure)(evaluated, images, bundle, params)
+    drawn = (top_losses_figure if figure == "top_losses" else explanations_figure)(
+        evaluated, images, bundle, params
+    )
     # top losses: rows 2, 4, 1 (losses 1.2, 1.1, 0.5); explanations: one right test cell of each class
     rows = [2, 4, 1] if figure == "top_losses" else [5, None]
     cells = shown_cells(drawn)
     assert len(cells) == len(rows)
     classifier = load_model(bundle)
-    for (title, bare, overlay), row in zip(cells, rows):
-        if row is None:  # either right Uninfected test cell (rows 6 and 7), drawn at random
+    for (title, bare, overlay), listed in zip(cells, rows):
+        row = listed
+        if listed is None:  # either right Uninfected test cell (rows 6 and 7), drawn at random
             assert title.startswith("Uninf→Uninf") and title.endswith("test")
             row = next(r for r in (6, 7) if torch.equal(bare, images[r].permute(1, 2, 0)))
         assert torch.equal(bare, images[row].permute(1, 2, 0))
         predicted = classifier.class_names.index(PREDICTIONS.loc[row, "predicted"])
-        heatmap = reference_grad_cam(classifier, classifier.network.layer3, images[row : row + 1], predicted)[0]
+        heatmap = reference_grad_cam(classifier, classifier.network.layer3, images[row : row + 1], predicted)[
+            0
+        ]
         assert (overlay.int() - hand_overlay(images[row], heatmap).int()).abs().max() <= 1
 
 
@@ -147,11 +197,15 @@ class HandMadeClassifier:
     def view_logits(self, images, batch_size=256, tta=False):
         p = images[:, 0, 0, 0].double() / 100
         columns = {"Parasitized": p, "Uninfected": 1 - p}
-        return torch.stack([columns[name] for name in self.class_names], dim=1).log()[None]  # softmax(log p) = p
+        return torch.stack([columns[name] for name in self.class_names], dim=1).log()[
+            None
+        ]  # softmax(log p) = p
 
 
 # Two train cells (never evaluated), six validation cells and two test cells; P(Parasitized) of each.
-HAND_LABELS = ["Parasitized", "Uninfected"] + ["Parasitized"] * 3 + ["Uninfected"] * 3 + ["Parasitized", "Uninfected"]
+HAND_LABELS = (
+    ["Parasitized", "Uninfected"] + ["Parasitized"] * 3 + ["Uninfected"] * 3 + ["Parasitized", "Uninfected"]
+)
 HAND_P_PARASITIZED = [10, 90] + [90, 50, 30, 60, 20, 10] + [80, 40]
 HAND_SUBSETS = ["train"] * 2 + ["validation"] * 6 + ["test"] * 2
 
@@ -172,12 +226,26 @@ def hand_made_tables():
 #   found 0.8 and 0.9, missed 0.4, false alarms 0.5 and 0.7. Ranked: U U P P U P, so the average precision
 #   is (1/1 + 2/2 + 3/5) / 3; ROC AUC: 0.4 beats 1, 0.8 and 0.9 beat 3 each: 7/9.
 BY_HAND = {
-    "Parasitized": {"counts": (2, 1, 1, 2), "accuracy": 4 / 6, "sensitivity": 2 / 3, "specificity": 2 / 3,
-                    "precision": 2 / 3, "roc_auc": 7 / 9, "average_precision": (1 + 2 / 3 + 3 / 4) / 3,
-                    "test": (1, 0, 0, 1)},
-    "Uninfected": {"counts": (2, 1, 2, 1), "accuracy": 3 / 6, "sensitivity": 2 / 3, "specificity": 1 / 3,
-                   "precision": 2 / 4, "roc_auc": 7 / 9, "average_precision": (1 + 1 + 3 / 5) / 3,
-                   "test": (1, 0, 0, 1)},
+    "Parasitized": {
+        "counts": (2, 1, 1, 2),
+        "accuracy": 4 / 6,
+        "sensitivity": 2 / 3,
+        "specificity": 2 / 3,
+        "precision": 2 / 3,
+        "roc_auc": 7 / 9,
+        "average_precision": (1 + 2 / 3 + 3 / 4) / 3,
+        "test": (1, 0, 0, 1),
+    },
+    "Uninfected": {
+        "counts": (2, 1, 2, 1),
+        "accuracy": 3 / 6,
+        "sensitivity": 2 / 3,
+        "specificity": 1 / 3,
+        "precision": 2 / 4,
+        "roc_auc": 7 / 9,
+        "average_precision": (1 + 1 + 3 / 5) / 3,
+        "test": (1, 0, 0, 1),
+    },
 }
 
 
@@ -193,18 +261,28 @@ def test_metrics_of_predictions_are_the_ones_worked_out_by_hand_with_either_clas
     predictions = predict_subsets({}, *hand_made_tables(), params)
     report, scores = compute_metrics(predictions, {}, params)
     validation, by_hand = report["validation"], BY_HAND[positive]
-    assert (validation["true_positives"], validation["false_negatives"], validation["false_positives"],
-            validation["true_negatives"]) == by_hand["counts"]
+    assert (
+        validation["true_positives"],
+        validation["false_negatives"],
+        validation["false_positives"],
+        validation["true_negatives"],
+    ) == by_hand["counts"]
     for name in ("accuracy", "sensitivity", "specificity", "precision", "roc_auc", "average_precision"):
         assert validation[name] == pytest.approx(by_hand[name]), name
         assert scores[f"validation.{name}"]["value"] == pytest.approx(by_hand[name]), name
     test = report["test"]
-    test_counts = (test["true_positives"], test["false_negatives"], test["false_positives"], test["true_negatives"])
+    test_counts = (
+        test["true_positives"],
+        test["false_negatives"],
+        test["false_positives"],
+        test["true_negatives"],
+    )
     assert test_counts == by_hand["test"]
     assert report["positive_class"] == positive
     p_parasitized = [p / 100 for p in HAND_P_PARASITIZED[2:]]
     expected = p_parasitized if positive == "Parasitized" else [1 - p for p in p_parasitized]
-    assert predictions["p_positive"].tolist() == pytest.approx(expected)
+    # the column of the positive class's probability is named after it, in every table
+    assert predictions[f"p_{positive.lower()}"].tolist() == pytest.approx(expected)
 
 
 def test_expected_calibration_error_before_and_after_is_the_one_worked_out_by_hand():
@@ -215,24 +293,39 @@ def test_expected_calibration_error_before_and_after_is_the_one_worked_out_by_ha
     # test: after 0.8, 0.9, 0.6 right, each alone: (0.2 + 0.1 + 0.4) / 3; before 0.9, 0.95, 0.7: (0.1 + 0.05 + 0.3) / 3.
     report, scores = compute_metrics(PREDICTIONS, {"temperature": 1.7}, PARAMS)
     assert report["validation"]["ece"] == pytest.approx(0.42)
-    assert report["validation"]["ece_uncalibrated"] == pytest.approx((3 * abs(2 / 3 - 2.89 / 3) + 0.2 + 0.9) / 5)
+    assert report["validation"]["ece_uncalibrated"] == pytest.approx(
+        (3 * abs(2 / 3 - 2.89 / 3) + 0.2 + 0.9) / 5
+    )
     assert (report["test"]["ece"], report["test"]["ece_uncalibrated"]) == pytest.approx((0.7 / 3, 0.45 / 3))
     assert scores["test.ece"]["value"] == pytest.approx(0.7 / 3)
     assert scores["validation.ece_uncalibrated"]["value"] == report["validation"]["ece_uncalibrated"]
     assert report["temperature"] == 1.7 and report["calibration_bins"] == 15
-    assert compute_metrics(PREDICTIONS, {}, PARAMS)[0]["temperature"] == 1.0  # a bundle saved before calibration
+    assert (
+        compute_metrics(PREDICTIONS, {}, PARAMS)[0]["temperature"] == 1.0
+    )  # a bundle saved before calibration
 
 
 def test_the_models_operating_point_is_reported_with_its_sensitivity_and_specificity_on_each_subset():
-    point = {"threshold": 0.25, "positive_class": "Parasitized", "target_sensitivity": 0.97, "tta": False,
-             "sensitivity": 1.0, "specificity": 0.5}
+    point = {
+        "threshold": 0.25,
+        "positive_class": "Parasitized",
+        "target_sensitivity": 0.97,
+        "tta": False,
+        "sensitivity": 1.0,
+        "specificity": 0.5,
+    }
     report, scores = compute_metrics(PREDICTIONS, {"operating_point": point}, PARAMS)
     # at 0.25: validation finds 0.9, 0.6, 0.3 and passes 0.2 but not 0.7; test finds 0.8, passes 0.1 but not 0.4
-    assert report["operating_point"]["threshold"] == 0.25 and report["operating_point"]["target_sensitivity"] == 0.97
+    assert (
+        report["operating_point"]["threshold"] == 0.25
+        and report["operating_point"]["target_sensitivity"] == 0.97
+    )
     assert report["operating_point"]["validation"] == {"sensitivity": 1.0, "specificity": 0.5}
     assert report["operating_point"]["test"] == {"sensitivity": 1.0, "specificity": 0.5}
     assert scores["test.sensitivity_at_operating_point"] == {"value": 1.0, "step": 0}
-    assert report["threshold"] == 0.5 and report["validation"]["sensitivity"] == pytest.approx(2 / 3)  # unchanged
+    assert report["threshold"] == 0.5 and report["validation"]["sensitivity"] == pytest.approx(
+        2 / 3
+    )  # unchanged
     report, scores = compute_metrics(PREDICTIONS, {}, PARAMS)
     assert report["operating_point"] is None and not [name for name in scores if "operating_point" in name]
 
@@ -242,10 +335,12 @@ def test_predictions_with_tta_and_temperature_are_the_written_out_ones_and_befor
     images[:, :, 1:5, 10:14] = 0  # an off-centre spot: the symmetries differ
     bundle = {**tiny_bundle(), "temperature": 0.5}
     predictions = predict_subsets(bundle, images, index, split, {**PARAMS, "tta": True})
-    assert predictions["p_positive"].tolist() == pytest.approx(
-        reference_tta_proba(bundle, images[4:], 0.5)[:, 0].tolist(), abs=1e-5)
-    assert predictions["p_positive_uncalibrated"].tolist() == pytest.approx(
-        reference_tta_proba(bundle, images[4:])[:, 0].tolist(), abs=1e-5)
+    assert predictions["p_parasitized"].tolist() == pytest.approx(
+        reference_tta_proba(bundle, images[4:], 0.5)[:, 0].tolist(), abs=1e-5
+    )
+    assert predictions["p_parasitized_uncalibrated"].tolist() == pytest.approx(
+        reference_tta_proba(bundle, images[4:])[:, 0].tolist(), abs=1e-5
+    )
 
 
 def test_the_reliability_diagram_has_one_panel_per_subset_with_the_accuracy_of_each_bin():

@@ -8,24 +8,33 @@ import pandas as pd
 import pytest
 import torch
 
-from malaria_pipeline.archive import ImageArchive
+from malaria_pipeline.cells.archive import ImageArchive
 from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images, predict_images
 from tests.helpers import (
     base_image_limits,
-    hand_overlay,
-    reference_grad_cam,
     bomb_png,
+    hand_overlay,
     image_bytes,
     png_pixels,
+    reference_grad_cam,
     reference_proba,
     reference_tta_proba,
     tiny_bundle,
 )
 
 
-def params(threshold: float | str = 0.5, batch_size: int = 4, max_rows: int = 4096, tta: bool = False) -> dict:
-    return {"threshold": threshold, "batch_size": batch_size, "device": "cpu", "positive_class": "Parasitized",
-            "image_limits": base_image_limits(), "max_rows": max_rows, "tta": tta}
+def params(
+    threshold: float | str = 0.5, batch_size: int = 4, max_rows: int = 4096, tta: bool = False
+) -> dict:
+    return {
+        "threshold": threshold,
+        "batch_size": batch_size,
+        "device": "cpu",
+        "positive_class": "Parasitized",
+        "image_limits": base_image_limits(),
+        "max_rows": max_rows,
+        "tta": tta,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +47,10 @@ def b64(data: bytes) -> str:
 
 
 def test_each_row_gets_an_answer_and_a_broken_row_keeps_its_place(bundle):
-    rows = pd.DataFrame({"image": [b64(image_bytes(30, 20, "L")), b64(b"GIF89a..."), None, b64(image_bytes(50, 50))]},
-                        index=[10, 11, 12, 13])
+    rows = pd.DataFrame(
+        {"image": [b64(image_bytes(30, 20, "L")), b64(b"GIF89a..."), None, b64(image_bytes(50, 50))]},
+        index=[10, 11, 12, 13],
+    )
     answers = predict_encoded_images(rows, bundle, params(batch_size=2))
     assert answers.index.tolist() == [10, 11, 12, 13]
     assert answers.loc[11, "error"] == "row 11: not a PNG or JPEG image (the file starts with b'GIF89a..')"
@@ -64,14 +75,29 @@ def test_an_input_without_the_image_column_is_refused_with_the_columns_it_has(bu
 
 def test_a_bomb_row_gets_its_size_as_error_and_the_other_rows_their_answer(bundle):
     good = [b64(image_bytes(50, 50, "L", seed=i)) for i in range(3)]
-    rows = pd.DataFrame({"image": [b64(bomb_png()), good[0], b64(image_bytes(400, 20)), good[1], b64(image_bytes(4, 4)), good[2]]})
+    rows = pd.DataFrame(
+        {
+            "image": [
+                b64(bomb_png()),
+                good[0],
+                b64(image_bytes(400, 20)),
+                good[1],
+                b64(image_bytes(4, 4)),
+                good[2],
+            ]
+        }
+    )
     answers = predict_encoded_images(rows, bundle, params())
     assert answers.loc[0, "error"].startswith(
-        "row 0: image of 20000 × 20000 pixels (400,000,000 pixels) is larger than inference.image_limits.max_pixels")
+        "row 0: image of 20000 × 20000 pixels (400,000,000 pixels) is larger than inference.image_limits.max_pixels"
+    )
     assert "more elongated (20.0:1) than inference.image_limits.max_aspect_ratio" in answers.loc[2, "error"]
     assert "smaller than inference.image_limits.min_side" in answers.loc[4, "error"]
     # each good row keeps the probability it has when sent alone
-    alone = [predict_encoded_images(pd.DataFrame({"image": [g]}), bundle, params()).loc[0, "p_parasitized"] for g in good]
+    alone = [
+        predict_encoded_images(pd.DataFrame({"image": [g]}), bundle, params()).loc[0, "p_parasitized"]
+        for g in good
+    ]
     assert answers.loc[[1, 3, 5], "error"].isna().all()
     assert answers.loc[[1, 3, 5], "p_parasitized"].astype(float).tolist() == pytest.approx(alone, abs=1e-6)
 
@@ -97,7 +123,9 @@ def test_a_request_of_more_rows_than_max_rows_is_refused_with_the_parameter(bund
     from mlflow.exceptions import MlflowException
 
     rows = pd.DataFrame({"image": [b64(image_bytes(20, 20))] * 5})
-    with pytest.raises(MlflowException, match=r"The request has 5 rows, more than inference.max_rows \(4\)") as refused:
+    with pytest.raises(
+        MlflowException, match=r"The request has 5 rows, more than inference.max_rows \(4\)"
+    ) as refused:
         predict_encoded_images(rows, bundle, params(max_rows=4))
     assert refused.value.get_http_status_code() == 400
     assert len(predict_encoded_images(rows, bundle, params(max_rows=5))) == 5
@@ -108,7 +136,8 @@ def test_a_row_larger_than_max_file_bytes_is_refused_before_it_is_decoded(bundle
     rows = pd.DataFrame({"image": ["#" * 8000, b64(image_bytes(20, 20))]})  # the first is not even base64
     answers = predict_encoded_images(rows, bundle, {**params(), "image_limits": limits})
     assert answers.loc[0, "error"].startswith(
-        "row 0: file of 6,000 bytes is larger than inference.image_limits.max_file_bytes (2,000): not read")
+        "row 0: file of 6,000 bytes is larger than inference.image_limits.max_file_bytes (2,000): not read"
+    )
     assert answers.loc[1, "error"] is None
 
 
@@ -117,11 +146,22 @@ def test_base64_as_tools_write_it_is_read_wrapped_unpadded_or_as_a_data_url(bund
 
     data = image_bytes(50, 50, "L")
     plain = b64(data)
-    rows = pd.DataFrame({"image": [plain, "\n".join(textwrap.wrap(plain, 76)) + "\n", plain.rstrip("="),
-                                   f"data:image/png;base64,{plain}", plain.encode()]})
+    rows = pd.DataFrame(
+        {
+            "image": [
+                plain,
+                "\n".join(textwrap.wrap(plain, 76)) + "\n",
+                plain.rstrip("="),
+                f"data:image/png;base64,{plain}",
+                plain.encode(),
+            ]
+        }
+    )
     answers = predict_encoded_images(rows, bundle, params())
     assert answers["error"].isna().all(), answers["error"].tolist()
-    assert answers["p_parasitized"].astype(float).tolist() == pytest.approx([answers.loc[0, "p_parasitized"]] * 5)
+    assert answers["p_parasitized"].astype(float).tolist() == pytest.approx(
+        [answers.loc[0, "p_parasitized"]] * 5
+    )
 
 
 def test_the_served_node_rebuilds_the_classifier_once_per_bundle_and_device(bundle, monkeypatch):
@@ -129,7 +169,9 @@ def test_the_served_node_rebuilds_the_classifier_once_per_bundle_and_device(bund
 
     built = []
     real_load_model = nodes.load_model
-    monkeypatch.setattr(nodes, "load_model", lambda *args, **kwargs: built.append(1) or real_load_model(*args, **kwargs))
+    monkeypatch.setattr(
+        nodes, "load_model", lambda *args, **kwargs: built.append(1) or real_load_model(*args, **kwargs)
+    )
     monkeypatch.setattr(nodes, "_CLASSIFIERS", {})
     rows = pd.DataFrame({"image": [b64(image_bytes(20, 20))]})
     first = predict_encoded_images(rows, bundle, params())
@@ -143,17 +185,25 @@ def test_the_served_node_rebuilds_the_classifier_once_per_bundle_and_device(bund
 
 def test_the_served_probabilities_are_those_of_the_training_preprocessing_written_out(bundle):
     files = [image_bytes(16, 16, "RGB", seed=i) for i in range(6)]  # the model's size: decoding fits nothing
-    answers = predict_encoded_images(pd.DataFrame({"image": [b64(f) for f in files]}), bundle, params(batch_size=4))
+    answers = predict_encoded_images(
+        pd.DataFrame({"image": [b64(f) for f in files]}), bundle, params(batch_size=4)
+    )
     expected = reference_proba(bundle, torch.stack([png_pixels(f) for f in files]))[:, 0]  # P(Parasitized)
     assert answers["p_parasitized"].astype(float).tolist() == pytest.approx(expected.tolist(), abs=1e-5)
     assert answers["label"].tolist() == ["Parasitized" if p >= 0.5 else "Uninfected" for p in expected]
 
 
 def test_broken_rows_leave_every_other_row_the_answer_it_gets_alone(bundle):
-    good = {1: image_bytes(16, 16, seed=1), 2: image_bytes(40, 25, "L", seed=2), 4: image_bytes(16, 16, seed=4),
-            6: image_bytes(33, 33, fmt="JPEG", seed=6)}
+    good = {
+        1: image_bytes(16, 16, seed=1),
+        2: image_bytes(40, 25, "L", seed=2),
+        4: image_bytes(16, 16, seed=4),
+        6: image_bytes(33, 33, fmt="JPEG", seed=6),
+    }
     broken = {0: b"GIF89a...", 3: image_bytes(30, 30)[:90], 5: b""}  # the first row and two among the good
-    rows = pd.DataFrame({"image": [b64({**good, **broken}[i]) for i in range(7)]}, index=[f"r{i}" for i in range(7)])
+    rows = pd.DataFrame(
+        {"image": [b64({**good, **broken}[i]) for i in range(7)]}, index=[f"r{i}" for i in range(7)]
+    )
     answers = predict_encoded_images(rows, bundle, params(batch_size=2))
     for i, data in good.items():
         alone = predict_encoded_images(pd.DataFrame({"image": [b64(data)]}), bundle, params()).iloc[0]
@@ -165,14 +215,28 @@ def test_broken_rows_leave_every_other_row_the_answer_it_gets_alone(bundle):
 
 
 def inference_params(source) -> dict:
-    return {"source": str(source), "threshold": 0.5, "batch_size": 2, "workers": None, "device": "cpu",
-            "positive_class": "Parasitized", "image_limits": base_image_limits(), "tta": False,
-            "explain": False, "explain_max": None, "explain_scale": 4}
+    return {
+        "source": str(source),
+        "threshold": 0.5,
+        "batch_size": 2,
+        "workers": None,
+        "device": "cpu",
+        "positive_class": "Parasitized",
+        "image_limits": base_image_limits(),
+        "tta": False,
+        "explain": False,
+        "explain_max": None,
+        "explain_scale": 4,
+    }
 
 
 def test_broken_files_leave_every_other_image_of_a_folder_the_answer_it_gets_alone(bundle, tmp_path):
-    good = {"b_cell.png": image_bytes(16, 16, seed=1), "d_cell.png": image_bytes(16, 16, seed=2),
-            "e_cell.jpg": image_bytes(16, 16, fmt="JPEG", seed=3), "g_cell.png": image_bytes(16, 16, seed=4)}
+    good = {
+        "b_cell.png": image_bytes(16, 16, seed=1),
+        "d_cell.png": image_bytes(16, 16, seed=2),
+        "e_cell.jpg": image_bytes(16, 16, fmt="JPEG", seed=3),
+        "g_cell.png": image_bytes(16, 16, seed=4),
+    }
     broken = {"a_cell.png": image_bytes(30, 30)[:90], "c_cell.png": b"", "f_cell.png": b"I am a text file"}
     folder = tmp_path / "new"
     folder.mkdir()
@@ -185,7 +249,9 @@ def test_broken_files_leave_every_other_image_of_a_folder_the_answer_it_gets_alo
         alone_folder.mkdir()
         (alone_folder / name).write_bytes(data)
         alone, *_ = predict_images(ImageArchive.open(alone_folder), bundle, inference_params(alone_folder))
-        assert by_file.loc[name, "p_parasitized"] == pytest.approx(alone.loc[0, "p_parasitized"], abs=1e-6), name
+        assert by_file.loc[name, "p_parasitized"] == pytest.approx(alone.loc[0, "p_parasitized"], abs=1e-6), (
+            name
+        )
         assert by_file.loc[name, "label"] == alone.loc[0, "label"], name
     assert predictions["file"].tolist() == sorted(good)
     assert [entry["path"] for entry in summary["skipped"]] == sorted(broken)
@@ -194,9 +260,17 @@ def test_broken_files_leave_every_other_image_of_a_folder_the_answer_it_gets_alo
     assert predictions["p_parasitized"].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
 
 
-def _with_operating_point(bundle: dict, threshold: float, temperature: float = 1.0, positive: str = "Parasitized") -> dict:
-    point = {"threshold": threshold, "positive_class": positive, "target_sensitivity": 0.97, "tta": False,
-             "sensitivity": 0.97, "specificity": 0.9}
+def _with_operating_point(
+    bundle: dict, threshold: float, temperature: float = 1.0, positive: str = "Parasitized"
+) -> dict:
+    point = {
+        "threshold": threshold,
+        "positive_class": positive,
+        "target_sensitivity": 0.97,
+        "tta": False,
+        "sensitivity": 0.97,
+        "specificity": 0.9,
+    }
     return {**bundle, "temperature": temperature, "operating_point": point}
 
 
@@ -222,13 +296,18 @@ def test_threshold_auto_in_the_inference_pipeline_and_its_summary(bundle, tmp_pa
         (folder / f"cell_{i}.png").write_bytes(data)
     expected = reference_proba(bundle, torch.stack([png_pixels(f) for f in SPOTTED]))[:, 0].tolist()
     middle = sum(sorted(expected)[1:3]) / 2
-    predictions, summary, _ = predict_images(ImageArchive.open(folder), _with_operating_point(bundle, middle),
-                                          {**inference_params(folder), "threshold": "auto"})
+    predictions, summary, _ = predict_images(
+        ImageArchive.open(folder),
+        _with_operating_point(bundle, middle),
+        {**inference_params(folder), "threshold": "auto"},
+    )
     assert predictions["label"].tolist() == ["Parasitized" if p >= middle else "Uninfected" for p in expected]
     assert summary["threshold"] == middle and summary["threshold_parameter"] == "auto"
 
 
-def test_threshold_auto_with_a_model_without_a_stored_threshold_says_which_parameter_and_what_to_do(bundle, tmp_path):
+def test_threshold_auto_with_a_model_without_a_stored_threshold_says_which_parameter_and_what_to_do(
+    bundle, tmp_path
+):
     rows = pd.DataFrame({"image": [b64(SPOTTED[0])]})
     message = r"inference.threshold is auto, but this model has no stored operating threshold .* Give a number instead"
     with pytest.raises(ValueError, match=message):
@@ -239,27 +318,38 @@ def test_threshold_auto_with_a_model_without_a_stored_threshold_says_which_param
     with pytest.raises(ValueError, match=message):
         predict_images(ImageArchive.open(folder), bundle, {**inference_params(folder), "threshold": "auto"})
     with pytest.raises(ValueError, match=r"the model's threshold is on P\(Uninfected\)"):
-        predict_encoded_images(rows, _with_operating_point(bundle, 0.5, positive="Uninfected"), params(threshold="auto"))
+        predict_encoded_images(
+            rows, _with_operating_point(bundle, 0.5, positive="Uninfected"), params(threshold="auto")
+        )
     with pytest.raises(ValueError, match="inference.threshold is 'high': give a number"):
         predict_encoded_images(rows, bundle, params(threshold="high"))
 
 
-def test_tta_in_the_served_model_and_the_inference_pipeline_is_the_written_out_mean_over_8_symmetries(bundle, tmp_path):
+def test_tta_in_the_served_model_and_the_inference_pipeline_is_the_written_out_mean_over_8_symmetries(
+    bundle, tmp_path
+):
     files = [image_bytes(16, 16, "RGB", seed=i) for i in range(5)]
     model = {**bundle, "temperature": 1.5}
     expected = reference_tta_proba(model, torch.stack([png_pixels(f) for f in files]), 1.5)[:, 0].tolist()
-    served = predict_encoded_images(pd.DataFrame({"image": [b64(f) for f in files]}), model, params(batch_size=8, tta=True))
+    served = predict_encoded_images(
+        pd.DataFrame({"image": [b64(f) for f in files]}), model, params(batch_size=8, tta=True)
+    )
     assert served["p_parasitized"].astype(float).tolist() == pytest.approx(expected, abs=1e-5)
     folder = tmp_path / "new"
     folder.mkdir()
     for i, data in enumerate(files):
         (folder / f"cell_{i}.png").write_bytes(data)
-    predictions, summary, _ = predict_images(ImageArchive.open(folder), model,
-                                          {**inference_params(folder), "tta": True, "batch_size": 8})
-    assert predictions["p_parasitized"].tolist() == pytest.approx(expected, abs=1e-5) and summary["tta"] is True
+    predictions, summary, _ = predict_images(
+        ImageArchive.open(folder), model, {**inference_params(folder), "tta": True, "batch_size": 8}
+    )
+    assert (
+        predictions["p_parasitized"].tolist() == pytest.approx(expected, abs=1e-5) and summary["tta"] is True
+    )
 
 
-def test_explain_writes_the_most_confident_parasitized_cells_beside_their_grad_cam_and_lists_them(bundle, tmp_path):
+def test_explain_writes_the_most_confident_parasitized_cells_beside_their_grad_cam_and_lists_them(
+    bundle, tmp_path
+):
     folder = tmp_path / "new"
     folder.mkdir()
     names = [f"cell {i}#(ü).png" if i == 3 else f"cell_{i}.png" for i in range(len(SPOTTED))]
@@ -269,13 +359,21 @@ def test_explain_writes_the_most_confident_parasitized_cells_beside_their_grad_c
     pixels = torch.stack([png_pixels(f) for f in SPOTTED])
     expected = reference_proba(bundle, pixels)[:, 0]
     threshold = float(sorted(expected)[4]) - 1e-7  # the 4 most likely parasitized are called Parasitized
-    params_ = {**inference_params(folder), "threshold": threshold, "explain": True, "explain_max": 3, "explain_scale": 2}
+    params_ = {
+        **inference_params(folder),
+        "threshold": threshold,
+        "explain": True,
+        "explain_max": 3,
+        "explain_scale": 2,
+    }
     predictions, summary, overlays = predict_images(ImageArchive.open(folder), bundle, params_)
     assert (predictions["label"] == "Parasitized").sum() == 4
     most_confident = sorted(range(len(SPOTTED)), key=lambda i: -float(expected[i]))[:3]
     listed = summary["explanations"]
     assert [entry["file"] for entry in listed] == [names[i] for i in most_confident]
-    assert [entry["p_parasitized"] for entry in listed] == pytest.approx([float(expected[i]) for i in most_confident], abs=1e-5)
+    assert [entry["p_parasitized"] for entry in listed] == pytest.approx(
+        [float(expected[i]) for i in most_confident], abs=1e-5
+    )
     assert [entry["overlay"] for entry in listed] == list(overlays)
     assert all(re.fullmatch(r"0000[123]_[A-Za-z0-9._-]+\.png", name) for name in overlays), list(overlays)
 
@@ -284,7 +382,10 @@ def test_explain_writes_the_most_confident_parasitized_cells_beside_their_grad_c
     classifier = load_model(bundle)
     for i, pair in zip(most_confident, overlays.values()):
         assert pair.shape == (32, 64, 3)  # 16-pixel cells, twice enlarged, side by side
-        cell, overlay = torch.from_numpy(pair[::2, ::2][:, :16].copy()), torch.from_numpy(pair[::2, ::2][:, 16:].copy())
+        cell, overlay = (
+            torch.from_numpy(pair[::2, ::2][:, :16].copy()),
+            torch.from_numpy(pair[::2, ::2][:, 16:].copy()),
+        )
         assert torch.equal(cell, pixels[i].permute(1, 2, 0))
         heatmap = reference_grad_cam(classifier, classifier.network.layer3, pixels[i : i + 1], 0)[0]
         assert (overlay.int() - hand_overlay(pixels[i], heatmap).int()).abs().max() <= 1

@@ -22,7 +22,8 @@ def test_inference_classifies_every_image_and_lists_the_broken_one(trained, tmp_
         mode, fmt = ("L", "PNG") if i % 3 == 0 else ("RGB", "JPEG" if i % 3 == 1 else "PNG")
         folder = new / "slide_2" if i % 2 else new
         (folder / f"cell_{i}.{'jpg' if fmt == 'JPEG' else 'png'}").write_bytes(
-            image_bytes(30 + i % 40, 25 + i % 30, mode, fmt=fmt, seed=i))
+            image_bytes(30 + i % 40, 25 + i % 30, mode, fmt=fmt, seed=i)
+        )
     (new / "cell_broken.png").write_bytes(image_bytes(30, 30)[:90])
     (new / "slide_2" / "cell_bomb.png").write_bytes(bomb_png())
 
@@ -35,12 +36,15 @@ def test_inference_classifies_every_image_and_lists_the_broken_one(trained, tmp_
     assert [entry["path"] for entry in summary["skipped"]] == ["cell_broken.png", "slide_2/cell_bomb.png"]
     assert summary["skipped"][0]["reason"].startswith("truncated or corrupt image")
     assert summary["skipped"][1]["reason"].startswith(
-        "image of 20000 × 20000 pixels (400,000,000 pixels) is larger than inference.image_limits.max_pixels")
+        "image of 20000 × 20000 pixels (400,000,000 pixels) is larger than inference.image_limits.max_pixels"
+    )
 
     # exactly the training preprocessing: decode, fit to the model's size, normalize inside the model
     model = load_model(trained.load("model"))
     files = predictions["file"].tolist()[:10]
-    images = torch.stack([decode_cell_image((new / f).read_bytes(), model.image_size, ANY_IMAGE)[0] for f in files])
+    images = torch.stack(
+        [decode_cell_image((new / f).read_bytes(), model.image_size, ANY_IMAGE)[0] for f in files]
+    )
     expected = model.predict_proba(images)[:, model.class_names.index("Parasitized")].numpy()
     # The pipeline ran on `device: auto`: a GPU's TF32 convolutions differ from the CPU's in the 4th digit.
     from malaria_pipeline.ml.device import pick_device

@@ -29,8 +29,9 @@ def trained(module_kedro_project, tmp_path_factory):
     module_kedro_project.run("promote")  # the first challenger becomes champion
     mlflow.set_tracking_uri(f"sqlite:///{module_kedro_project.root / 'mlflow.db'}")
     mlflow.set_registry_uri(f"sqlite:///{module_kedro_project.root / 'mlflow.db'}")
-    (run,) = mlflow.search_runs(experiment_names=["malaria-pipeline"], filter_string="run_name = 'training'",
-                                output_format="list")
+    (run,) = mlflow.search_runs(
+        experiment_names=["malaria-pipeline"], filter_string="run_name = 'training'", output_format="list"
+    )
     module_kedro_project.run_id = run.info.run_id
     module_kedro_project.cells = cells
     yield module_kedro_project
@@ -44,7 +45,9 @@ def new_cells(folder: Path, count: int) -> list[Path]:
     for i in range(count):
         fmt = "JPEG" if i % 4 == 1 else "PNG"
         path = folder / f"new_{i:03d}.{'jpg' if fmt == 'JPEG' else 'png'}"
-        path.write_bytes(image_bytes(35 + i % 30, 28 + i % 25, "L" if i % 3 == 0 else "RGB", fmt=fmt, seed=100 + i))
+        path.write_bytes(
+            image_bytes(35 + i % 30, 28 + i % 25, "L" if i % 3 == 0 else "RGB", fmt=fmt, seed=100 + i)
+        )
         paths.append(path)
     return paths
 
@@ -85,16 +88,31 @@ def test_the_pyfunc_model_in_a_fresh_process_matches_the_inference_pipeline(trai
     # store, loaded from another working directory
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
     if where == "a downloaded copy":
-        model = mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/model", dst_path=str(tmp_path / "download"))
+        model = mlflow.artifacts.download_artifacts(
+            f"runs:/{trained.run_id}/model", dst_path=str(tmp_path / "download")
+        )
     else:
-        model, env["MLFLOW_TRACKING_URI"] = "models:/malaria-cell-classifier@champion", f"sqlite:///{trained.root / 'mlflow.db'}"
+        model, env["MLFLOW_TRACKING_URI"] = (
+            "models:/malaria-cell-classifier@champion",
+            f"sqlite:///{trained.root / 'mlflow.db'}",
+        )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, model], input=json.dumps(encoded(paths)),
-                          capture_output=True, text=True, cwd=elsewhere, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, model],
+        input=json.dumps(encoded(paths)),
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert not result["module"].startswith(str(Path(__file__).parents[3] / "src"))  # the model's own copy of the code
+    assert not result["module"].startswith(
+        str(Path(__file__).parents[3] / "src")
+    )  # the model's own copy of the code
     if where == "a downloaded copy":
         assert result["module"].startswith(str(tmp_path / "download"))
     answer = pd.DataFrame(result["answer"])
@@ -124,12 +142,21 @@ def test_each_training_run_registers_its_model_as_challenger_with_its_card_and_p
     assert version.description == card and card.startswith("# Model card: malaria-cell-classifier")
     assert "model_card.md" in {a.path for a in client.list_artifacts(trained.run_id)}
     report = trained.load("promotion_report")
-    assert report["promoted"] and report["champion"] == 1 and report["reason"] == "no version held the champion alias"
+    assert (
+        report["promoted"]
+        and report["champion"] == 1
+        and report["reason"] == "no version held the champion alias"
+    )
     assert report["challenger"]["source"] == f"the test subset of run {trained.run_id}"
-    assert report["challenger"]["scores"]["roc_auc"] == client.get_run(trained.run_id).data.metrics["test.roc_auc"]
+    assert (
+        report["challenger"]["scores"]["roc_auc"]
+        == client.get_run(trained.run_id).data.metrics["test.roc_auc"]
+    )
 
 
-def test_inference_reads_the_model_of_an_mlflow_run_a_registered_version_or_a_given_version(trained, tmp_path):
+def test_inference_reads_the_model_of_an_mlflow_run_a_registered_version_or_a_given_version(
+    trained, tmp_path
+):
     new_cells(tmp_path / "new", 5)
     trained.run("inference", inference={"source": str(tmp_path / "new"), "mlflow_run_id": trained.run_id})
     summary = trained.load("inference_summary")
@@ -137,28 +164,49 @@ def test_inference_reads_the_model_of_an_mlflow_run_a_registered_version_or_a_gi
     assert summary["images"] == 5
     by_run = trained.load("predictions")
 
-    trained.run("inference", inference={"source": str(tmp_path / "new"),
-                                        "model_uri": "models:/malaria-cell-classifier@champion"})
+    trained.run(
+        "inference",
+        inference={"source": str(tmp_path / "new"), "model_uri": "models:/malaria-cell-classifier@champion"},
+    )
     summary = trained.load("inference_summary")
     assert summary["model"]["source"].startswith("models:/malaria-cell-classifier@champion/")
-    assert summary["model"]["registered_version"] == {"name": "malaria-cell-classifier", "version": 1,
-                                                      "run_id": trained.run_id}
+    assert summary["model"]["registered_version"] == {
+        "name": "malaria-cell-classifier",
+        "version": 1,
+        "run_id": trained.run_id,
+    }
     pd.testing.assert_frame_equal(trained.load("predictions"), by_run)
-    with pytest.raises(Exception, match=r"inference.model_uri: cannot read the model bundle of "
-                                        r"models:/malaria-cell-classifier@nobody"):
-        trained.run("inference", inference={"source": str(tmp_path / "new"),
-                                            "model_uri": "models:/malaria-cell-classifier@nobody"})
+    with pytest.raises(
+        Exception,
+        match=r"inference.model_uri: cannot read the model bundle of "
+        r"models:/malaria-cell-classifier@nobody",
+    ):
+        trained.run(
+            "inference",
+            inference={
+                "source": str(tmp_path / "new"),
+                "model_uri": "models:/malaria-cell-classifier@nobody",
+            },
+        )
 
     (version,) = [p.name for p in (trained.root / "data/06_models/model.pt").iterdir()]
     trained.run("inference", inference={"source": str(tmp_path / "new"), "model_version": version})
     assert f"/{version}/" in trained.load("inference_summary")["model"]["source"]
-    with pytest.raises(Exception, match=rf"Found no version '2000-01-01T00.00.00.000Z' of the model.*{version}"):
-        trained.run("inference", inference={"source": str(tmp_path / "new"), "model_version": "2000-01-01T00.00.00.000Z"})
+    with pytest.raises(
+        Exception, match=rf"Found no version '2000-01-01T00.00.00.000Z' of the model.*{version}"
+    ):
+        trained.run(
+            "inference",
+            inference={"source": str(tmp_path / "new"), "model_version": "2000-01-01T00.00.00.000Z"},
+        )
 
 
 def post(port: int, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -170,13 +218,31 @@ def post(port: int, payload: dict) -> tuple[int, dict]:
 def server(trained, tmp_path):
     port = free_port()
     # mlflow starts `uvicorn` from PATH: the one of this environment, as in an activated virtualenv
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{trained.root / 'mlflow.db'}",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{trained.root / 'mlflow.db'}",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/malaria-cell-classifier@champion",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/malaria-cell-classifier@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -198,12 +264,16 @@ def server(trained, tmp_path):
 
 def test_the_served_model_answers_and_names_an_undecodable_row(server, trained, tmp_path):
     paths = new_cells(tmp_path / "new", 8)
-    status, body = post(server, {"dataframe_split": {"columns": ["image"], "data": [[b] for b in encoded(paths)]}})
+    status, body = post(
+        server, {"dataframe_split": {"columns": ["image"], "data": [[b] for b in encoded(paths)]}}
+    )
     assert status == 200, body
     answers = body["predictions"]
     assert len(answers) == 8
-    assert all(a["label"] in ("Parasitized", "Uninfected") and 0 <= a["p_parasitized"] <= 1 and a["error"] is None
-               for a in answers)
+    assert all(
+        a["label"] in ("Parasitized", "Uninfected") and 0 <= a["p_parasitized"] <= 1 and a["error"] is None
+        for a in answers
+    )
 
     # one request of 256 cells of 50×50, answered as the node answers them with the run's model (how
     # fast is the benchmark's business: python -m malaria_pipeline.benchmark)
@@ -211,8 +281,9 @@ def test_the_served_model_answers_and_names_an_undecodable_row(server, trained, 
     status, body = post(server, {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}})
     assert status == 200 and len(body["predictions"]) == 256
     served = pd.DataFrame(body["predictions"])
-    expected = predict_encoded_images(pd.DataFrame({"image": cells}), trained.load("model"),
-                                      trained.context().params["inference"])
+    expected = predict_encoded_images(
+        pd.DataFrame({"image": cells}), trained.load("model"), trained.context().params["inference"]
+    )
     assert served["error"].isna().all()
     assert np.allclose(served["p_parasitized"], expected["p_parasitized"].astype(float), atol=1e-5, rtol=0)
     assert served["label"].tolist() == expected["label"].tolist()
@@ -226,7 +297,9 @@ def test_the_served_model_answers_and_names_an_undecodable_row(server, trained, 
     assert broken["label"] is None and broken["p_parasitized"] is None
     assert broken["error"].startswith("row 1: truncated or corrupt image")
     assert garbage["error"].startswith("row 3: not base64-encoded")
-    assert first["error"] is None and third["error"] is None and third["label"] in ("Parasitized", "Uninfected")
+    assert (
+        first["error"] is None and third["error"] is None and third["label"] in ("Parasitized", "Uninfected")
+    )
 
     # and it keeps serving
     status, body = post(server, {"dataframe_split": {"columns": ["image"], "data": [[cells[2]]]}})
@@ -248,17 +321,25 @@ def test_the_served_model_answers_a_bomb_row_and_refuses_too_many_rows_without_a
 
 
 def test_a_second_run_is_the_new_challenger_and_promote_refuses_it_when_worse(trained):
-    trained.run("training", ingestion={"source": str(trained.cells), "image_size": 16},
-                **{**TINY, "training": {**TINY["training"], "seed": 7}})
+    trained.run(
+        "training",
+        ingestion={"source": str(trained.cells), "image_size": 16},
+        **{**TINY, "training": {**TINY["training"], "seed": 7}},
+    )
     client = trained.mlflow_client()
     assert int(client.get_model_version_by_alias("malaria-cell-classifier", "challenger").version) == 2
     # a margin of -1 asks the challenger to beat the champion by 1 on each metric: it cannot
     trained.run("promote", promote={"margins": {"sensitivity": -1.0, "roc_auc": -1.0}})
     report = trained.load("promotion_report")
     assert not report["promoted"] and report["champion"] == 1
-    assert report["reason"].startswith("the challenger is worse than the champion beyond the margin on sensitivity, roc_auc")
+    assert report["reason"].startswith(
+        "the challenger is worse than the champion beyond the margin on sensitivity, roc_auc"
+    )
     assert int(client.get_model_version_by_alias("malaria-cell-classifier", "champion").version) == 1
     trained.run("promote")  # with the default margins: either way, the report says which and why
     report = trained.load("promotion_report")
     assert report["champion"] == (2 if report["promoted"] else 1)
-    assert int(client.get_model_version_by_alias("malaria-cell-classifier", "champion").version) == report["champion"]
+    assert (
+        int(client.get_model_version_by_alias("malaria-cell-classifier", "champion").version)
+        == report["champion"]
+    )

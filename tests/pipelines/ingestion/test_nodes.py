@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from malaria_pipeline.cells.archive import ArchiveError, ImageArchive
 from malaria_pipeline.ml import packing
-from malaria_pipeline.archive import ArchiveError, ImageArchive
 from malaria_pipeline.ml.images import decode_cell_image
 from malaria_pipeline.pipelines.ingestion.nodes import index_images
 from tests.helpers import (
@@ -32,7 +32,9 @@ def test_indexes_every_valid_image_and_packs_it_in_index_order(cell_folder: Path
     assert list(index.columns) == ["path", "label", "patient_id", "width", "height", "mode", "sha1"]
     assert index["path"].is_monotonic_increasing
     assert index["label"].value_counts().to_dict() == {"Uninfected": 26, "Parasitized": 16}
-    assert index["patient_id"].nunique() == 6 and (index["width"] == 20).all() and (index["mode"] == "RGB").all()
+    assert (
+        index["patient_id"].nunique() == 6 and (index["width"] == 20).all() and (index["mode"] == "RGB").all()
+    )
     row = 17
     expected, _ = decode_cell_image((cell_folder / index["path"][row]).read_bytes(), 16, ANY_IMAGE)
     assert torch.equal(tensors[row], expected)
@@ -109,17 +111,16 @@ def add_hostile_files(root: Path) -> dict[str, str]:
     (parasitized / "C9P9ThinF_IMG_1_cell_corrupt.png").write_bytes(corrupt_idat_png())
     return {
         "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_corrupt.png": "truncated or corrupt image",
-        "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_bomb.png":
-            "image of 20000 × 20000 pixels (400,000,000 pixels) is larger than ingestion.image_limits.max_pixels",
-        "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_tiny.png":
-            "image of 4 × 4 pixels is smaller than ingestion.image_limits.min_side",
-        "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_strip.png":
-            "image of 400 × 20 pixels is more elongated (20.0:1) than ingestion.image_limits.max_aspect_ratio",
+        "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_bomb.png": "image of 20000 × 20000 pixels (400,000,000 pixels) is larger than ingestion.image_limits.max_pixels",
+        "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_tiny.png": "image of 4 × 4 pixels is smaller than ingestion.image_limits.min_side",
+        "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_strip.png": "image of 400 × 20 pixels is more elongated (20.0:1) than ingestion.image_limits.max_aspect_ratio",
     }
 
 
 @pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
-def test_a_bomb_and_implausible_images_are_skipped_with_their_size_and_lose_nothing_else(cell_folder, tmp_path, as_zip):
+def test_a_bomb_and_implausible_images_are_skipped_with_their_size_and_lose_nothing_else(
+    cell_folder, tmp_path, as_zip
+):
     expected = add_hostile_files(cell_folder)
     source = zip_folder(cell_folder, tmp_path / "cells.zip") if as_zip else cell_folder
     index, tensors, report = index_images(ImageArchive.open(source), PARAMS)
@@ -135,27 +136,38 @@ def test_zip_members_that_cannot_be_read_are_skipped_not_raised(cell_folder, tmp
     encrypted = "cell_images/Uninfected/C9P9ThinF_IMG_1_cell_encrypted.png"
     with zipfile.ZipFile(archive, "a") as zipped:
         zipped.writestr(encrypted, image_bytes(30, 30))
-        zipped.writestr("cell_images/Uninfected/C9P9ThinF_IMG_1_cell_large.png", image_bytes(30, 30) + bytes(5000))
+        zipped.writestr(
+            "cell_images/Uninfected/C9P9ThinF_IMG_1_cell_large.png", image_bytes(30, 30) + bytes(5000)
+        )
     # Mark the member encrypted (bit 0 of the flags, in its local and central headers): zipfile then
     # refuses to read it ("encrypted, password required for extraction").
     data = bytearray(archive.read_bytes())
     name = encrypted.encode()
     for signature, flags_at, name_at in ((b"PK\x03\x04", 6, 30), (b"PK\x01\x02", 8, 46)):
-        start = next(i for i in range(len(data)) if data.startswith(signature, i) and data[i + name_at : i + name_at + len(name)] == name)
+        start = next(
+            i
+            for i in range(len(data))
+            if data.startswith(signature, i) and data[i + name_at : i + name_at + len(name)] == name
+        )
         data[start + flags_at] |= 0x1
     archive.write_bytes(bytes(data))
     limits = {**base_image_limits(), "max_file_bytes": 4000}
     index, _, report = index_images(ImageArchive.open(archive), {**PARAMS, "image_limits": limits})
     assert len(index) == 42
     skipped = {entry["path"]: entry["reason"] for entry in report["skipped"]}
-    assert skipped[encrypted].startswith("unreadable file (RuntimeError: File ") and "encrypted" in skipped[encrypted]
-    assert re.fullmatch(r"file of [\d,]+ bytes is larger than ingestion.image_limits.max_file_bytes \(4,000\).*",
-                        skipped["cell_images/Uninfected/C9P9ThinF_IMG_1_cell_large.png"])
+    assert (
+        skipped[encrypted].startswith("unreadable file (RuntimeError: File ")
+        and "encrypted" in skipped[encrypted]
+    )
+    assert re.fullmatch(
+        r"file of [\d,]+ bytes is larger than ingestion.image_limits.max_file_bytes \(4,000\).*",
+        skipped["cell_images/Uninfected/C9P9ThinF_IMG_1_cell_large.png"],
+    )
 
 
 MEASURE_PEAK = """
 import json, resource, sys
-from malaria_pipeline.archive import ImageArchive
+from malaria_pipeline.cells.archive import ImageArchive
 from malaria_pipeline.pipelines.ingestion.nodes import index_images
 params = json.loads(sys.argv[2])
 index, _, report = index_images(ImageArchive.open(sys.argv[1]), params)
@@ -168,8 +180,13 @@ def test_the_bomb_costs_no_memory(cell_folder, tmp_path):
     """Peak memory of ingestion in a fresh process, with and without a 20,000 × 20,000 PNG among the images."""
 
     def peak(source: Path) -> dict:
-        done = subprocess.run([sys.executable, "-c", MEASURE_PEAK, str(source), json.dumps(PARAMS)],
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", MEASURE_PEAK, str(source), json.dumps(PARAMS)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -177,6 +194,8 @@ def test_the_bomb_costs_no_memory(cell_folder, tmp_path):
     (cell_folder / "cell_images" / "Parasitized" / "C9P9ThinF_IMG_1_cell_bomb.png").write_bytes(bomb_png())
     with_bomb = peak(zip_folder(cell_folder, tmp_path / "bomb.zip"))
     assert without["images"] == with_bomb["images"] == 42
-    assert [entry["path"] for entry in with_bomb["skipped"]] == ["cell_images/Parasitized/C9P9ThinF_IMG_1_cell_bomb.png"]
+    assert [entry["path"] for entry in with_bomb["skipped"]] == [
+        "cell_images/Parasitized/C9P9ThinF_IMG_1_cell_bomb.png"
+    ]
     # decoding it would take 400 MB as 1-bit gray and 1.2 GB as RGB
     assert with_bomb["peak_mb"] - without["peak_mb"] < 500, (without, with_bomb)

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from malaria_pipeline import tracking
+from malaria_pipeline.cells.splitting import SplitError
+from malaria_pipeline.framework import tracking
 from malaria_pipeline.ml import load_model
 from malaria_pipeline.ml.checkpoint import CheckpointStore
 from malaria_pipeline.ml.train import HISTORY_COLUMNS
 from malaria_pipeline.pipelines.model_training.nodes import train_model
-from malaria_pipeline.splitting import SplitError
 from tests.helpers import TRAIN_PARAMS, reference_logits, reference_proba, reference_tta_proba, tiny_tables
 
 # What the catalog's label_issues_to_exclude loads before any cross-validation has run.
@@ -55,8 +55,9 @@ def test_a_split_without_validation_images_is_refused_before_training(tmp_path):
     images, index, split, stats = tiny_tables()
     split["subset"] = split["subset"].replace("validation", "test")
     with pytest.raises(SplitError, match="no validation images"):
-        train_model(images, index, split, stats, CheckpointStore(tmp_path), NO_AUDIT, {**TRAIN_PARAMS, "epochs": 1})
-
+        train_model(
+            images, index, split, stats, CheckpointStore(tmp_path), NO_AUDIT, {**TRAIN_PARAMS, "epochs": 1}
+        )
 
 
 def test_exclude_label_issues_leaves_the_suspects_out_of_the_training_images_only(tmp_path, monkeypatch):
@@ -75,33 +76,63 @@ def test_exclude_label_issues_leaves_the_suspects_out_of_the_training_images_onl
     monkeypatch.setattr(nodes, "train_classifier", spy)
     before = split.copy()
     train_model(images, index, split, stats, CheckpointStore(tmp_path), audit, {**TRAIN_PARAMS, "epochs": 1})
-    train_model(images, index, split, stats, CheckpointStore(tmp_path), audit,
-                {**TRAIN_PARAMS, "epochs": 1, "exclude_label_issues": True})
+    train_model(
+        images,
+        index,
+        split,
+        stats,
+        CheckpointStore(tmp_path),
+        audit,
+        {**TRAIN_PARAMS, "epochs": 1, "exclude_label_issues": True},
+    )
     kept, excluded = given
     train_rows = [i for i in range(12) if i not in (0, 3)]
-    assert torch.equal(excluded.train_images, images[train_rows]) and torch.equal(kept.train_images, images[:12])
-    assert torch.equal(excluded.valid_images, images[12:18]) and torch.equal(excluded.valid_images, kept.valid_images)
+    assert torch.equal(excluded.train_images, images[train_rows]) and torch.equal(
+        kept.train_images, images[:12]
+    )
+    assert torch.equal(excluded.valid_images, images[12:18]) and torch.equal(
+        excluded.valid_images, kept.valid_images
+    )
     assert split.equals(before)  # the catalog's data_split, which evaluation reads, is left whole
 
 
 def test_exclude_label_issues_without_an_audit_says_to_run_cross_validation(tmp_path):
     images, index, split, stats = tiny_tables()
     with pytest.raises(ValueError, match="kedro run --pipelines cross_validation"):
-        train_model(images, index, split, stats, CheckpointStore(tmp_path), NO_AUDIT,
-                    {**TRAIN_PARAMS, "epochs": 1, "exclude_label_issues": True})
+        train_model(
+            images,
+            index,
+            split,
+            stats,
+            CheckpointStore(tmp_path),
+            NO_AUDIT,
+            {**TRAIN_PARAMS, "epochs": 1, "exclude_label_issues": True},
+        )
 
 
 # What calibrate_model reads of the evaluation parameters.
-EVALUATION = {"positive_class": "Parasitized", "target_sensitivity": 0.75, "tta": False, "batch_size": 5,
-              "device": "cpu"}
+EVALUATION = {
+    "positive_class": "Parasitized",
+    "target_sensitivity": 0.75,
+    "tta": False,
+    "batch_size": 5,
+    "device": "cpu",
+}
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A model trained 2 epochs on the first 24 of 48 hand-made cells; validation: rows 24-35, test: 36-47."""
     images, index, split, stats = tiny_tables(count=48)
-    bundle, _ = train_model(images, index, split, stats, CheckpointStore(tmp_path_factory.mktemp("checkpoint")), NO_AUDIT,
-                            {**TRAIN_PARAMS, "epochs": 2, "channels_last": False})
+    bundle, _ = train_model(
+        images,
+        index,
+        split,
+        stats,
+        CheckpointStore(tmp_path_factory.mktemp("checkpoint")),
+        NO_AUDIT,
+        {**TRAIN_PARAMS, "epochs": 2, "channels_last": False},
+    )
     return bundle, images, index, split
 
 
@@ -123,7 +154,10 @@ def test_calibration_fits_t_and_the_threshold_on_the_validation_cells_as_written
 
     bundle, images, index, split = trained
     model = calibrate_model(bundle, images, index, split, TRAIN_PARAMS, {**EVALUATION, "tta": tta})
-    logits, labels = reference_logits(bundle, images[24:36]).numpy(), np.arange(24, 36) % 2  # even rows parasitized
+    logits, labels = (
+        reference_logits(bundle, images[24:36]).numpy(),
+        np.arange(24, 36) % 2,
+    )  # even rows parasitized
     nll = lambda t: -log_softmax(logits / t, axis=1)[np.arange(12), labels].mean()  # noqa: E731
     expected_t = minimize_scalar(nll, bounds=(0.01, 100), method="bounded", options={"xatol": 1e-8}).x
     assert model["temperature"] == pytest.approx(expected_t, rel=2e-3)
@@ -133,7 +167,11 @@ def test_calibration_fits_t_and_the_threshold_on_the_validation_cells_as_written
     point = model["operating_point"]
     assert point["threshold"] == pytest.approx(threshold, abs=1e-5)
     assert (point["sensitivity"], point["specificity"]) == pytest.approx((sensitivity, specificity))
-    assert point["positive_class"] == "Parasitized" and point["tta"] is tta and point["target_sensitivity"] == 0.75
+    assert (
+        point["positive_class"] == "Parasitized"
+        and point["tta"] is tta
+        and point["target_sensitivity"] == 0.75
+    )
     assert load_model(model).temperature == model["temperature"]
 
 
@@ -149,7 +187,9 @@ def test_calibration_never_looks_at_the_test_cells_and_calibrate_false_keeps_t_1
     other_validation_cells[24:30] = 255 - other_validation_cells[24:30]
     changed = calibrate_model(bundle, other_validation_cells, index, split, TRAIN_PARAMS, EVALUATION)
     assert changed["temperature"] != model["temperature"]
-    uncalibrated = calibrate_model(bundle, images, index, split, {**TRAIN_PARAMS, "calibrate": False}, EVALUATION)
+    uncalibrated = calibrate_model(
+        bundle, images, index, split, {**TRAIN_PARAMS, "calibrate": False}, EVALUATION
+    )
     assert uncalibrated["temperature"] == 1.0 and "threshold" in uncalibrated["operating_point"]
 
 
@@ -165,7 +205,9 @@ def test_without_validation_cells_or_with_one_class_there_is_no_operating_point(
     assert "operating_point" not in model and model["temperature"] != 1.0
 
 
-def test_without_validation_cells_the_model_takes_the_temperature_and_threshold_its_cross_validation_chose(trained):
+def test_without_validation_cells_the_model_takes_the_temperature_and_threshold_its_cross_validation_chose(
+    trained,
+):
     from malaria_pipeline.pipelines.model_training.nodes import calibrate_model
 
     bundle, images, index, split = trained
@@ -173,12 +215,25 @@ def test_without_validation_cells_the_model_takes_the_temperature_and_threshold_
     given = {**EVALUATION, "without_validation": {"temperature": 1.25, "operating_threshold": 0.3}}
     model = calibrate_model(bundle, images, index, no_validation, TRAIN_PARAMS, given)
     assert model["temperature"] == 1.25 and load_model(model).temperature == 1.25
-    assert model["operating_point"]["threshold"] == 0.3 and model["operating_point"]["positive_class"] == "Parasitized"
+    assert (
+        model["operating_point"]["threshold"] == 0.3
+        and model["operating_point"]["positive_class"] == "Parasitized"
+    )
     assert model["operating_point"]["tta"] is False and model["operating_point"]["target_sensitivity"] == 0.75
-    for wrong, name in (({"temperature": 0, "operating_threshold": None}, "temperature"),
-                        ({"temperature": None, "operating_threshold": 1.5}, "operating_threshold")):
+    for wrong, name in (
+        ({"temperature": 0, "operating_threshold": None}, "temperature"),
+        ({"temperature": None, "operating_threshold": 1.5}, "operating_threshold"),
+    ):
         with pytest.raises(ValueError, match=f"evaluation.without_validation.{name} is"):
-            calibrate_model(bundle, images, index, no_validation, TRAIN_PARAMS, {**EVALUATION, "without_validation": wrong})
+            calibrate_model(
+                bundle,
+                images,
+                index,
+                no_validation,
+                TRAIN_PARAMS,
+                {**EVALUATION, "without_validation": wrong},
+            )
     # With validation cells, those are what T and the threshold are fitted on; the given values are ignored.
     assert calibrate_model(bundle, images, index, split, TRAIN_PARAMS, given) == calibrate_model(
-        bundle, images, index, split, TRAIN_PARAMS, EVALUATION)
+        bundle, images, index, split, TRAIN_PARAMS, EVALUATION
+    )

@@ -1,10 +1,9 @@
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from malaria_pipeline.cells.splitting import SplitError
 from malaria_pipeline.pipelines.preprocessing.nodes import compute_normalization_stats, split_images
-from malaria_pipeline.splitting import SplitError
 
 
 def _index(n_patients=12, per_patient=10):
@@ -16,7 +15,12 @@ def _index(n_patients=12, per_patient=10):
     return pd.DataFrame(rows, columns=["path", "label", "patient_id"]).astype("string")
 
 
-SPLIT = {"strategy": "patient", "fractions": {"train": 0.5, "validation": 0.25, "test": 0.25}, "folds": 4, "seed": 0}
+SPLIT = {
+    "strategy": "patient",
+    "fractions": {"train": 0.5, "validation": 0.25, "test": 0.25},
+    "folds": 4,
+    "seed": 0,
+}
 
 
 def test_patient_split_table_follows_the_index():
@@ -41,7 +45,9 @@ def test_normalization_stats_use_the_training_images_only():
     index = _index(4, 5)
     images = torch.zeros((20, 3, 4, 4), dtype=torch.uint8)
     split = pd.DataFrame({"path": index["path"], "subset": ["train"] * 10 + ["validation"] * 10})
-    images[:10] = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images[:10] = torch.randint(
+        0, 256, (10, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     images[10:] = 255  # validation images must not move the statistics
     stats = compute_normalization_stats(images, index, split)
     direct = images[:10].double() / 255

@@ -11,21 +11,19 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from malaria_pipeline import tracking
-from malaria_pipeline.label_audit import excluded_paths, find_issues, summarize_issues
-from malaria_pipeline.metrics import (
+from malaria_pipeline.assess.columns import probability_column
+from malaria_pipeline.assess.label_audit import excluded_paths, find_issues, summarize_issues
+from malaria_pipeline.assess.metrics import (
     calibration_errors,
     classification_metrics,
     mean_and_std,
     per_patient,
+    sensitivity_specificity,
     threshold_for_sensitivity,
 )
-from malaria_pipeline.ml.models import CellClassifier, probabilities
-from malaria_pipeline.ml.normalization import channel_mean_std
-from malaria_pipeline.ml.train import TrainConfig, TrainResult, train_classifier
-from malaria_pipeline.operating_point import calibrate
-from malaria_pipeline.plots import plot_fold_roc_curves, plot_image_grid, plot_per_patient_accuracy
-from malaria_pipeline.splitting import (
+from malaria_pipeline.assess.operating_point import calibrate
+from malaria_pipeline.assess.plots import plot_fold_roc_curves, plot_image_grid, plot_per_patient_accuracy
+from malaria_pipeline.cells.splitting import (
     SplitError,
     check_patient_count,
     check_patient_ids,
@@ -33,26 +31,43 @@ from malaria_pipeline.splitting import (
     patient_folds,
     subset_rows,
 )
-from malaria_pipeline.tensors import class_codes, train_data
+from malaria_pipeline.cells.tensors import class_codes, train_data
+from malaria_pipeline.framework import tracking
+from malaria_pipeline.framework.parameters import training_config
+from malaria_pipeline.ml.config import TrainConfig
+from malaria_pipeline.ml.models import CellClassifier, probabilities
+from malaria_pipeline.ml.normalization import channel_mean_std
+from malaria_pipeline.ml.train import TrainResult, train_classifier
 
 logger = logging.getLogger(__name__)
 
 # The metrics of each fold, and their mean ± std: Rajaraman et al. (2018) report the first eight; then
 # the calibration error after and before temperature scaling, the sensitivity and specificity at each
 # fold's operating threshold (chosen on its validation patients), and that threshold and temperature.
-AT_OPERATING_POINT = ("accuracy_at_operating_point", "sensitivity_at_operating_point", "specificity_at_operating_point")
+AT_OPERATING_POINT = (
+    "accuracy_at_operating_point",
+    "sensitivity_at_operating_point",
+    "specificity_at_operating_point",
+)
 FOLD_CHOICES = ("operating_threshold", "temperature")
 # With tta, the held-out predictions also without it (same models): what test-time augmentation changed.
 WITHOUT_TTA = "without_tta"
 TTA_COMPARED = ("accuracy", "sensitivity", "specificity", "roc_auc")
 OPERATING_POINT_COLUMNS = ("fold", "tta", "target_sensitivity", "threshold", "sensitivity", "specificity")
-FOLD_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "mcc", "roc_auc", "average_precision",
-                "ece", "ece_uncalibrated", *AT_OPERATING_POINT, *FOLD_CHOICES)
-
-
-def probability_column(positive_class: str) -> str:
-    """``p_parasitized`` for the positive class ``Parasitized``."""
-    return f"p_{positive_class.lower()}"
+FOLD_METRICS = (
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "f1",
+    "mcc",
+    "roc_auc",
+    "average_precision",
+    "ece",
+    "ece_uncalibrated",
+    *AT_OPERATING_POINT,
+    *FOLD_CHOICES,
+)
 
 
 def assign_folds(image_index: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
@@ -67,14 +82,25 @@ def assign_folds(image_index: pd.DataFrame, params: dict[str, Any]) -> pd.DataFr
     fold = patient_folds(image_index["label"].to_numpy(), patients, params["folds"], params["seed"]) + 1
     folds = image_index[["path", "patient_id", "label"]].assign(fold=fold)
     for number, rows in folds.groupby("fold"):
-        logger.info("Fold %d: %d images of %d patients (%s)", number, len(rows), rows["patient_id"].nunique(),
-                    ", ".join(f"{k} {v:.1%}" for k, v in rows["label"].value_counts(normalize=True).sort_index().items()))
+        logger.info(
+            "Fold %d: %d images of %d patients (%s)",
+            number,
+            len(rows),
+            rows["patient_id"].nunique(),
+            ", ".join(
+                f"{k} {v:.1%}" for k, v in rows["label"].value_counts(normalize=True).sort_index().items()
+            ),
+        )
     return folds
 
 
 def cross_validate(
-    image_tensors: torch.Tensor, image_index: pd.DataFrame, cv_folds: pd.DataFrame,
-    label_issues_to_exclude: pd.DataFrame, params: dict[str, Any], training: dict[str, Any],
+    image_tensors: torch.Tensor,
+    image_index: pd.DataFrame,
+    cv_folds: pd.DataFrame,
+    label_issues_to_exclude: pd.DataFrame,
+    params: dict[str, Any],
+    training: dict[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """For each fold: trains with the ``training`` parameters on the other folds and predicts this one.
 
@@ -93,34 +119,60 @@ def cross_validate(
         each of ``target_sensitivities`` (with and without TTA when ``tta`` is on), the threshold chosen on
         its validation patients and the sensitivity and specificity it gives on the held-out fold.
     """
-    config = TrainConfig.from_params(training)
+    config = training_config(training)
     _check_same_images(image_tensors, image_index, cv_folds)
-    excluded = excluded_paths(label_issues_to_exclude, image_index["path"], config.exclude_label_issues)
+    excluded = excluded_paths(label_issues_to_exclude, image_index["path"], training["exclude_label_issues"])
     folds = int(cv_folds["fold"].max())
     predictions, histories, points, started = [], [], [], time.perf_counter()
     for fold in range(1, folds + 1):
         split = fold_split(image_index, cv_folds, fold, params, excluded)
         _log_fold_start(fold, folds, started, image_index, split)
-        with tracking.child_run(f"fold {fold} of {folds}", {"training": training, "cross_validation": params},
-                                {tracking.FOLD_TAG: fold}):
+        with tracking.child_run(
+            f"fold {fold} of {folds}",
+            {"training": training, "cross_validation": params},
+            {tracking.FOLD_TAG: fold},
+        ):
             result = _train_fold(image_tensors, image_index, split, config)
-            point, validation = _calibrate_fold(result.classifier, image_tensors, image_index, split, params, config)
-            held_out, held_out_views = _predict_held_out(result.classifier, point, image_tensors, image_index, split, params)
+            point, validation = _calibrate_fold(
+                result.classifier, image_tensors, image_index, split, params, training["calibrate"]
+            )
+            held_out, held_out_views = _predict_held_out(
+                result.classifier, point, image_tensors, image_index, split, params
+            )
             held_out = held_out.assign(fold=fold)
             _log_fold_metrics(held_out, params)
-        points.extend(dict(fold=fold, **row) for row in _operating_points(
-            result.classifier, validation, (held_out_views, (held_out["label"] == params["positive_class"]).to_numpy()), params))
+        points.extend(
+            dict(fold=fold, **row)
+            for row in _operating_points(
+                result.classifier,
+                validation,
+                (held_out_views, (held_out["label"] == params["positive_class"]).to_numpy()),
+                params,
+            )
+        )
         predictions.append(held_out)
-        histories.append(pd.DataFrame(result.history).assign(fold=fold, kept=lambda h: h["epoch"] == result.best_epoch))
+        histories.append(
+            pd.DataFrame(result.history).assign(fold=fold, kept=lambda h: h["epoch"] == result.best_epoch)
+        )
     logger.info("Cross-validation: %d folds in %.1f min", folds, (time.perf_counter() - started) / 60)
     order = pd.Series(np.arange(len(image_index)), index=image_index["path"])
-    cv_predictions = pd.concat(predictions).sort_values("path", key=lambda p: p.map(order)).reset_index(drop=True)
-    return cv_predictions, pd.concat(histories, ignore_index=True), pd.DataFrame(points, columns=OPERATING_POINT_COLUMNS)
+    cv_predictions = (
+        pd.concat(predictions).sort_values("path", key=lambda p: p.map(order)).reset_index(drop=True)
+    )
+    return (
+        cv_predictions,
+        pd.concat(histories, ignore_index=True),
+        pd.DataFrame(points, columns=OPERATING_POINT_COLUMNS),
+    )
 
 
-def _check_same_images(image_tensors: torch.Tensor, image_index: pd.DataFrame, cv_folds: pd.DataFrame) -> None:
-    same = len(image_tensors) == len(image_index) == len(cv_folds) and (
-        cv_folds["path"].to_numpy() == image_index["path"].to_numpy()).all()
+def _check_same_images(
+    image_tensors: torch.Tensor, image_index: pd.DataFrame, cv_folds: pd.DataFrame
+) -> None:
+    same = (
+        len(image_tensors) == len(image_index) == len(cv_folds)
+        and (cv_folds["path"].to_numpy() == image_index["path"].to_numpy()).all()
+    )
     if not same:
         raise SplitError(
             f"cv_folds ({len(cv_folds)} rows), image_index ({len(image_index)}) and image_tensors ({len(image_tensors)}) "
@@ -128,12 +180,17 @@ def _check_same_images(image_tensors: torch.Tensor, image_index: pd.DataFrame, c
         )
 
 
-def fold_split(image_index: pd.DataFrame, cv_folds: pd.DataFrame, fold: int, params: dict[str, Any],
-               excluded: set[str]) -> pd.DataFrame:
+def fold_split(
+    image_index: pd.DataFrame, cv_folds: pd.DataFrame, fold: int, params: dict[str, Any], excluded: set[str]
+) -> pd.DataFrame:
     """``path`` and ``subset`` (train, validation, test: the held-out fold, or excluded) of one fold."""
     subset = cross_validation_subsets(
-        image_index["label"].to_numpy(), image_index["patient_id"].to_numpy(), cv_folds["fold"].to_numpy(), fold,
-        params["validation_folds"], params["seed"],
+        image_index["label"].to_numpy(),
+        image_index["patient_id"].to_numpy(),
+        cv_folds["fold"].to_numpy(),
+        fold,
+        params["validation_folds"],
+        params["seed"],
     )
     leave_out = (subset == "train") & image_index["path"].isin(excluded).to_numpy()
     subset[leave_out] = "excluded"
@@ -147,14 +204,20 @@ def _train_fold(image_tensors, image_index, split, config: TrainConfig) -> Train
     return train_classifier(data, config, on_epoch_end=tracking.log_epoch)
 
 
-def _calibrate_fold(classifier: CellClassifier, image_tensors, image_index, split, params, config: TrainConfig):
-    """The fold's operating point (:func:`calibrate`, which sets the temperature), and its validation
+def _calibrate_fold(classifier: CellClassifier, image_tensors, image_index, split, params, fit: bool):
+    """The fold's operating point (:func:`calibrate`, which sets the temperature when ``fit``), and its validation
     images' view logits and truth (is positive)."""
     rows = subset_rows(image_index, split, "validation")
     labels = class_codes(image_index["label"].to_numpy()[rows], classifier.class_names)
     views = classifier.view_logits(image_tensors[torch.from_numpy(rows)], params["batch_size"], params["tta"])
-    point = calibrate(classifier, views, labels, fit=config.calibrate, positive_class=params["positive_class"],
-                      target_sensitivity=params["target_sensitivity"])
+    point = calibrate(
+        classifier,
+        views,
+        labels,
+        fit=fit,
+        positive_class=params["positive_class"],
+        target_sensitivity=params["target_sensitivity"],
+    )
     return point, (views, labels.numpy() == classifier.class_names.index(params["positive_class"]))
 
 
@@ -166,31 +229,50 @@ def _operating_points(classifier: CellClassifier, validation, held_out, params) 
     (valid_views, valid_truth), (test_views, test_truth) = validation, held_out
     for tta in (True, False) if params["tta"] else (False,):
         keep = slice(None) if tta else slice(0, 1)
-        p_valid = probabilities(valid_views[keep], classifier.temperature)[:, positive].numpy().astype(np.float64)
+        p_valid = (
+            probabilities(valid_views[keep], classifier.temperature)[:, positive].numpy().astype(np.float64)
+        )
         p_test = probabilities(test_views[keep], classifier.temperature)[:, positive].numpy()
         for target in params["target_sensitivities"]:
-            row = {"tta": tta, "target_sensitivity": float(target), "threshold": None, "sensitivity": None, "specificity": None}
+            row = {
+                "tta": tta,
+                "target_sensitivity": float(target),
+                "threshold": None,
+                "sensitivity": None,
+                "specificity": None,
+            }
             if valid_truth.any() and not valid_truth.all():
                 row["threshold"] = threshold_for_sensitivity(valid_truth, p_valid, target)["threshold"]
-                called = p_test >= row["threshold"]
-                row["sensitivity"] = float(called[test_truth].mean()) if test_truth.any() else None
-                row["specificity"] = float((~called[~test_truth]).mean()) if (~test_truth).any() else None
+                row["sensitivity"], row["specificity"] = sensitivity_specificity(
+                    test_truth, p_test, row["threshold"]
+                )
             rows.append(row)
     return rows
 
 
-def _predict_held_out(classifier: CellClassifier, point: dict | None, image_tensors, image_index, split, params) -> pd.DataFrame:
+def _predict_held_out(
+    classifier: CellClassifier, point: dict | None, image_tensors, image_index, split, params
+) -> pd.DataFrame:
     rows = subset_rows(image_index, split, "test")
     views = classifier.view_logits(image_tensors[torch.from_numpy(rows)], params["batch_size"], params["tta"])
     positive = classifier.class_names.index(params["positive_class"])
     column = probability_column(params["positive_class"])
-    held_out = image_index.iloc[rows][["path", "patient_id", "label"]].reset_index(drop=True).assign(**{
-        column: probabilities(views, classifier.temperature)[:, positive].numpy(),
-        f"{column}_uncalibrated": probabilities(views)[:, positive].numpy(),
-        "operating_threshold": point["threshold"] if point else np.nan, "temperature": classifier.temperature,
-    })
+    held_out = (
+        image_index.iloc[rows][["path", "patient_id", "label"]]
+        .reset_index(drop=True)
+        .assign(
+            **{
+                column: probabilities(views, classifier.temperature)[:, positive].numpy(),
+                f"{column}_uncalibrated": probabilities(views)[:, positive].numpy(),
+                "operating_threshold": point["threshold"] if point else np.nan,
+                "temperature": classifier.temperature,
+            }
+        )
+    )
     if params["tta"]:  # the first view is the image as it is: what the same model gives without TTA, for free
-        held_out[f"{column}_{WITHOUT_TTA}"] = probabilities(views[:1], classifier.temperature)[:, positive].numpy()
+        held_out[f"{column}_{WITHOUT_TTA}"] = probabilities(views[:1], classifier.temperature)[
+            :, positive
+        ].numpy()
     return held_out, views
 
 
@@ -201,42 +283,69 @@ def _fold_metrics(cells: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]
     negative = next((c for c in sorted(cells["label"].unique()) if c != positive), "negative")
     column = probability_column(positive)
     truth, p_positive = (cells["label"] == positive).to_numpy(), cells[column].to_numpy()
-    metrics = {**classification_metrics(truth, p_positive, params["threshold"], positive, negative),
-               **calibration_errors(truth, p_positive, cells[f"{column}_uncalibrated"], params["calibration_bins"])}
+    metrics = {
+        **classification_metrics(truth, p_positive, params["threshold"], positive, negative),
+        **calibration_errors(truth, p_positive, cells[f"{column}_uncalibrated"], params["calibration_bins"]),
+    }
     thresholds = cells["operating_threshold"].to_numpy(dtype=float)
-    called = p_positive >= thresholds
-    at_point = (float((called == truth).mean()), float(called[truth].mean()) if truth.any() else None,
-                float((~called[~truth]).mean()) if (~truth).any() else None)
+    at_point = (
+        float(((p_positive >= thresholds) == truth).mean()),
+        *sensitivity_specificity(truth, p_positive, thresholds),
+    )
     metrics.update(dict(zip(AT_OPERATING_POINT, (None,) * 3 if np.isnan(thresholds).any() else at_point)))
     return metrics
 
 
 def _fold_choices(cells: pd.DataFrame) -> dict[str, float | None]:
     """The operating threshold and temperature that a fold chose (one value per fold)."""
-    return {name: None if np.isnan(cells[name].iloc[0]) else float(cells[name].iloc[0]) for name in FOLD_CHOICES}
+    return {
+        name: None if np.isnan(cells[name].iloc[0]) else float(cells[name].iloc[0]) for name in FOLD_CHOICES
+    }
 
 
 def _log_fold_metrics(held_out: pd.DataFrame, params: dict[str, Any]) -> None:
     metrics = _fold_metrics(held_out, params)
     metrics.update(_fold_choices(held_out))
     tracking.log_metrics({f"test.{name}": metrics[name] for name in FOLD_METRICS})
-    logger.info("Held-out fold: %s", ", ".join(f"{n} {metrics[n]:.4f}" for n in FOLD_METRICS if metrics[n] is not None))
-
-
-def _log_fold_start(fold: int, folds: int, started: float, image_index: pd.DataFrame, split: pd.DataFrame) -> None:
-    elapsed = time.perf_counter() - started
-    left = f", about {elapsed / (fold - 1) * (folds - fold + 1) / 60:.0f} min left" if fold > 1 else ""
-    counts = {name: (int((split["subset"] == name).sum()), image_index["patient_id"][split["subset"] == name].nunique())
-              for name in ("train", "validation", "test", "excluded")}
     logger.info(
-        "Cross-validation fold %d of %d%s: training on %d images of %d patients, choosing the epoch on %d of %d, "
-        "predicting the held-out %d of %d%s", fold, folds, left, *counts["train"], *counts["validation"], *counts["test"],
-        f"; {counts['excluded'][0]} suspected label errors left out of training" if counts["excluded"][0] else "",
+        "Held-out fold: %s",
+        ", ".join(f"{n} {metrics[n]:.4f}" for n in FOLD_METRICS if metrics[n] is not None),
     )
 
 
-def summarize(cv_predictions: pd.DataFrame, cv_history: pd.DataFrame, cv_operating_points: pd.DataFrame,
-              params: dict[str, Any]) -> tuple[dict, dict]:
+def _log_fold_start(
+    fold: int, folds: int, started: float, image_index: pd.DataFrame, split: pd.DataFrame
+) -> None:
+    elapsed = time.perf_counter() - started
+    left = f", about {elapsed / (fold - 1) * (folds - fold + 1) / 60:.0f} min left" if fold > 1 else ""
+    counts = {
+        name: (
+            int((split["subset"] == name).sum()),
+            image_index["patient_id"][split["subset"] == name].nunique(),
+        )
+        for name in ("train", "validation", "test", "excluded")
+    }
+    logger.info(
+        "Cross-validation fold %d of %d%s: training on %d images of %d patients, choosing the epoch on %d of %d, "
+        "predicting the held-out %d of %d%s",
+        fold,
+        folds,
+        left,
+        *counts["train"],
+        *counts["validation"],
+        *counts["test"],
+        f"; {counts['excluded'][0]} suspected label errors left out of training"
+        if counts["excluded"][0]
+        else "",
+    )
+
+
+def summarize(
+    cv_predictions: pd.DataFrame,
+    cv_history: pd.DataFrame,
+    cv_operating_points: pd.DataFrame,
+    params: dict[str, Any],
+) -> tuple[dict, dict]:
     """Metrics of each fold, their mean ± standard deviation, the pooled out-of-fold figures, per-patient
     accuracy, the epoch count, temperature and operating threshold that the folds chose (for a model
     trained on every patient), and what each target sensitivity gave on the held-out folds.
@@ -244,18 +353,27 @@ def summarize(cv_predictions: pd.DataFrame, cv_history: pd.DataFrame, cv_operati
     Returns:
         ``cv_metrics`` (the JSON report) and ``cv_scores`` (MLflow metrics of the pipeline's run).
     """
-    p_column = probability_column(params["positive_class"])
-    per_fold = [{"fold": int(fold), **_fold_metrics(cells, params), **_fold_choices(cells)}
-                for fold, cells in cv_predictions.groupby("fold")]
+    per_fold = [
+        {"fold": int(fold), **_fold_metrics(cells, params), **_fold_choices(cells)}
+        for fold, cells in cv_predictions.groupby("fold")
+    ]
     summary = mean_and_std(per_fold, FOLD_METRICS)
     pooled = _fold_metrics(cv_predictions, params)
-    patients = per_patient(cv_predictions.rename(columns={p_column: "p_positive"}), params["threshold"], params["positive_class"])
+    patients = per_patient(cv_predictions, params["threshold"], params["positive_class"])
     kept = cv_history.loc[cv_history["kept"], "epoch"]
     report = {
-        "folds": len(per_fold), "images": int(len(cv_predictions)), "patients": int(cv_predictions["patient_id"].nunique()),
-        "positive_class": params["positive_class"], "threshold": params["threshold"], "std": "sample (ddof=1) over folds",
-        "mean_std": summary, "per_fold": per_fold, "pooled": pooled, "per_patient": patients,
-        "kept_epochs": [int(e) for e in kept], "recommended_epochs": int(np.median(kept)) if len(kept) else None,
+        "folds": len(per_fold),
+        "images": int(len(cv_predictions)),
+        "patients": int(cv_predictions["patient_id"].nunique()),
+        "positive_class": params["positive_class"],
+        "threshold": params["threshold"],
+        "std": "sample (ddof=1) over folds",
+        "mean_std": summary,
+        "per_fold": per_fold,
+        "pooled": pooled,
+        "per_patient": patients,
+        "kept_epochs": [int(e) for e in kept],
+        "recommended_epochs": int(np.median(kept)) if len(kept) else None,
         **{f"recommended_{name}": _median(row[name] for row in per_fold) for name in FOLD_CHOICES},
         "mlflow_run_id": tracking.active_run_id(),
     }
@@ -264,11 +382,25 @@ def summarize(cv_predictions: pd.DataFrame, cv_history: pd.DataFrame, cv_operati
     report["target_sensitivities"] = _by_target(cv_operating_points)
     for line in format_table(report):  # one record per line, as in a log file or CI
         logger.info("%s", line)
-    scores = {f"cv.{name}.{stat}": {"value": values[stat], "step": 0}
-              for name, values in summary.items() for stat in ("mean", "std")}
-    scores.update({f"cv.pooled.{name}": {"value": pooled[name], "step": 0} for name in FOLD_METRICS if pooled.get(name) is not None})
-    scores.update({f"cv.recommended_{name}": {"value": report[f"recommended_{name}"], "step": 0}
-                   for name in ("epochs", *FOLD_CHOICES) if report[f"recommended_{name}"] is not None})
+    scores = {
+        f"cv.{name}.{stat}": {"value": values[stat], "step": 0}
+        for name, values in summary.items()
+        for stat in ("mean", "std")
+    }
+    scores.update(
+        {
+            f"cv.pooled.{name}": {"value": pooled[name], "step": 0}
+            for name in FOLD_METRICS
+            if pooled.get(name) is not None
+        }
+    )
+    scores.update(
+        {
+            f"cv.recommended_{name}": {"value": report[f"recommended_{name}"], "step": 0}
+            for name in ("epochs", *FOLD_CHOICES)
+            if report[f"recommended_{name}"] is not None
+        }
+    )
     return report, scores
 
 
@@ -276,8 +408,14 @@ def _without_tta(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> dict[s
     """Mean ± std over the folds of :data:`TTA_COMPARED` of the same models' predictions without TTA."""
     column = probability_column(params["positive_class"])
     plain = cv_predictions.assign(**{column: cv_predictions[f"{column}_{WITHOUT_TTA}"]})
-    per_fold = [classification_metrics((cells["label"] == params["positive_class"]).to_numpy(), cells[column].to_numpy(),
-                                       params["threshold"]) for _, cells in plain.groupby("fold")]
+    per_fold = [
+        classification_metrics(
+            (cells["label"] == params["positive_class"]).to_numpy(),
+            cells[column].to_numpy(),
+            params["threshold"],
+        )
+        for _, cells in plain.groupby("fold")
+    ]
     return mean_and_std(per_fold, TTA_COMPARED)
 
 
@@ -286,9 +424,17 @@ def _by_target(cv_operating_points: pd.DataFrame) -> list[dict[str, Any]]:
     specificity at the thresholds chosen on validation, and the median of those thresholds."""
     rows = []
     for (tta, target), folds in cv_operating_points.groupby(["tta", "target_sensitivity"], sort=True):
-        records = folds.astype(object).where(folds.notna(), None).to_dict("records")  # NaN (read from CSV): None
-        rows.append({"tta": bool(tta), "target_sensitivity": float(target), **mean_and_std(records, ("sensitivity", "specificity")),
-                     "median_threshold": _median(r["threshold"] for r in records)})
+        records = (
+            folds.astype(object).where(folds.notna(), None).to_dict("records")
+        )  # NaN (read from CSV): None
+        rows.append(
+            {
+                "tta": bool(tta),
+                "target_sensitivity": float(target),
+                **mean_and_std(records, ("sensitivity", "specificity")),
+                "median_threshold": _median(r["threshold"] for r in records),
+            }
+        )
     return rows
 
 
@@ -300,29 +446,44 @@ def _median(values) -> float | None:
 
 def format_table(report: dict[str, Any]) -> list[str]:
     """The lines of the table of mean ± std per metric, with the pooled out-of-fold figure beside it."""
-    lines = [f"Cross-validation over {report['folds']} patient-grouped folds ({report['images']:,} images of "
-             f"{report['patients']} patients, out of fold):",
-             f"{'metric':<30} {'mean ± std':>17} {'pooled':>8}"]
+    lines = [
+        f"Cross-validation over {report['folds']} patient-grouped folds ({report['images']:,} images of "
+        f"{report['patients']} patients, out of fold):",
+        f"{'metric':<30} {'mean ± std':>17} {'pooled':>8}",
+    ]
     for name, values in report["mean_std"].items():
         pooled = report["pooled"].get(name)
-        lines.append(f"{name:<30} {values['mean']:>8.4f} ± {values['std']:.4f} {'' if pooled is None else f'{pooled:.4f}':>8}")
+        lines.append(
+            f"{name:<30} {values['mean']:>8.4f} ± {values['std']:.4f} {'' if pooled is None else f'{pooled:.4f}':>8}"
+        )
     if WITHOUT_TTA in report:
-        lines.append("the same models without test-time augmentation: " + ", ".join(
-            f"{name} {v['mean']:.4f} ± {v['std']:.4f}" for name, v in report[WITHOUT_TTA].items()))
+        lines.append(
+            "the same models without test-time augmentation: "
+            + ", ".join(f"{name} {v['mean']:.4f} ± {v['std']:.4f}" for name, v in report[WITHOUT_TTA].items())
+        )
     for row in report.get("target_sensitivities", []):
         if "sensitivity" in row and "specificity" in row:
-            lines.append(f"target sensitivity {row['target_sensitivity']}{' with TTA' if row['tta'] else ''}: held-out "
-                         f"sensitivity {row['sensitivity']['mean']:.4f} ± {row['sensitivity']['std']:.4f}, specificity "
-                         f"{row['specificity']['mean']:.4f} ± {row['specificity']['std']:.4f} (median threshold "
-                         f"{row['median_threshold']:.4f})")
+            lines.append(
+                f"target sensitivity {row['target_sensitivity']}{' with TTA' if row['tta'] else ''}: held-out "
+                f"sensitivity {row['sensitivity']['mean']:.4f} ± {row['sensitivity']['std']:.4f}, specificity "
+                f"{row['specificity']['mean']:.4f} ± {row['specificity']['std']:.4f} (median threshold "
+                f"{row['median_threshold']:.4f})"
+            )
     worst = report["per_patient"][:3]
-    lines.append("worst patients: " + ", ".join(f"{p['patient_id']} {p['accuracy']:.3f} of {p['images']}" for p in worst))
+    lines.append(
+        "worst patients: "
+        + ", ".join(f"{p['patient_id']} {p['accuracy']:.3f} of {p['images']}" for p in worst)
+    )
     if report["recommended_epochs"] is not None:
-        lines.append(f"epochs kept per fold {report['kept_epochs']}: a model on every patient trains "
-                     f"{report['recommended_epochs']} (training.epochs; docs/cross-validation.md)")
+        lines.append(
+            f"epochs kept per fold {report['kept_epochs']}: a model on every patient trains "
+            f"{report['recommended_epochs']} (training.epochs; docs/cross-validation.md)"
+        )
     if report.get("recommended_operating_threshold") is not None:
-        lines.append(f"median of the folds' operating thresholds {report['recommended_operating_threshold']:.4f}, "
-                     f"temperatures {report['recommended_temperature']:.4f}")
+        lines.append(
+            f"median of the folds' operating thresholds {report['recommended_operating_threshold']:.4f}, "
+            f"temperatures {report['recommended_temperature']:.4f}"
+        )
     return lines
 
 
@@ -333,35 +494,48 @@ def audit_labels(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> tuple[
         ``label_issues`` (one row per suspect, most suspect first) and ``label_audit_summary``.
     """
     method = params["label_audit"]["filter_by"]
-    issues = find_issues(cv_predictions, probability_column(params["positive_class"]), params["positive_class"], method)
+    issues = find_issues(
+        cv_predictions, probability_column(params["positive_class"]), params["positive_class"], method
+    )
     summary = summarize_issues(cv_predictions, issues, method)
     logger.info(
         "Label audit: %d of %d images (%.2f%%) are suspected of a wrong label (%s); worst patients: %s",
-        summary["flagged"], summary["images"], 100 * summary["share"],
+        summary["flagged"],
+        summary["images"],
+        100 * summary["share"],
         ", ".join(f"{label} {c['flagged']}" for label, c in summary["by_given_label"].items()),
-        ", ".join(f"{p['patient_id']} {p['flagged']} of {p['images']}" for p in summary["by_patient"][:3]) or "none",
+        ", ".join(f"{p['patient_id']} {p['flagged']} of {p['images']}" for p in summary["by_patient"][:3])
+        or "none",
     )
     tracking.log_metrics({"label_audit.flagged": summary["flagged"], "label_audit.share": summary["share"]})
     return issues, summary
 
 
-def label_issues_figure(label_issues: pd.DataFrame, image_tensors: torch.Tensor, image_index: pd.DataFrame,
-                        params: dict[str, Any]) -> Figure:
+def label_issues_figure(
+    label_issues: pd.DataFrame, image_tensors: torch.Tensor, image_index: pd.DataFrame, params: dict[str, Any]
+) -> Figure:
     """The most suspect cells: given → suggested label, label quality, patient."""
     worst = label_issues.nsmallest(params["label_audit"]["figure_cells"], "rank")
     rows = pd.Series(np.arange(len(image_index)), index=image_index["path"])[worst["path"]].to_numpy()
-    titles = [f"{r.given_label[:5]}→{r.suggested_label[:5]} q={r.label_quality:.2f}\n{r.patient_id}"
-              for r in worst.itertuples()]
-    return plot_image_grid(image_tensors[torch.from_numpy(rows.copy())], titles,
-                           suptitle=f"The {len(worst)} most suspect labels of {len(label_issues)} flagged "
-                                    "(given→suggested, q = out-of-fold P(given label))")
+    titles = [
+        f"{r.given_label[:5]}→{r.suggested_label[:5]} q={r.label_quality:.2f}\n{r.patient_id}"
+        for r in worst.itertuples()
+    ]
+    return plot_image_grid(
+        image_tensors[torch.from_numpy(rows.copy())],
+        titles,
+        suptitle=f"The {len(worst)} most suspect labels of {len(label_issues)} flagged "
+        "(given→suggested, q = out-of-fold P(given label))",
+    )
 
 
 def roc_curves_figure(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> Figure:
     positive = params["positive_class"]
     p_column = probability_column(positive)
-    folds = {f"fold {fold}": ((cells["label"] == positive).to_numpy(), cells[p_column].to_numpy())
-             for fold, cells in cv_predictions.groupby("fold")}
+    folds = {
+        f"fold {fold}": ((cells["label"] == positive).to_numpy(), cells[p_column].to_numpy())
+        for fold, cells in cv_predictions.groupby("fold")
+    }
     return plot_fold_roc_curves(folds, positive)
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from malaria_pipeline import tracking
-from malaria_pipeline.metrics import (
+from malaria_pipeline.assess.columns import probability_column
+from malaria_pipeline.assess.metrics import (
     binary_confidence,
     calibration_bins,
     calibration_errors,
@@ -20,35 +20,49 @@ from malaria_pipeline.metrics import (
     patient_bootstrap_intervals,
     per_patient,
 )
-from malaria_pipeline.ml.device import pick_device
-from malaria_pipeline.ml.explain import grad_cam
-from malaria_pipeline.ml.model_io import CellClassifier, load_model
-from malaria_pipeline.ml.models import probabilities as probabilities_of
-from malaria_pipeline.model_card import model_card
-from malaria_pipeline.plots import (
+from malaria_pipeline.assess.model_card import model_card
+from malaria_pipeline.assess.plots import (
     plot_confusion_matrices,
     plot_explained_cells,
     plot_image_grid,
     plot_message,
     plot_reliability_diagrams,
     plot_roc_curves,
-    plot_training_curves,
 )
-from malaria_pipeline.profiles import choose_profile
-from malaria_pipeline.splitting import subset_rows
-from malaria_pipeline.tensors import class_codes
+from malaria_pipeline.cells.splitting import subset_rows
+from malaria_pipeline.cells.tensors import class_codes
+from malaria_pipeline.framework import tracking
+from malaria_pipeline.framework.profiles import choose_profile
+from malaria_pipeline.ml.device import pick_device
+from malaria_pipeline.ml.explain import grad_cam
+from malaria_pipeline.ml.model_io import CellClassifier, load_model
+from malaria_pipeline.ml.models import probabilities as probabilities_of
 
 logger = logging.getLogger(__name__)
 
 EVALUATED_SUBSETS = ("validation", "test")
 SUBSET_ORDER = {"train": 0, "validation": 1, "test": 2}
 # Metrics of each subset that go to MLflow as final metrics.
-SCORES = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "average_precision",
-          "false_negatives", "false_positives", "ece", "ece_uncalibrated")
+SCORES = (
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "f1",
+    "roc_auc",
+    "average_precision",
+    "false_negatives",
+    "false_positives",
+    "ece",
+    "ece_uncalibrated",
+)
 
 
 def predict_subsets(
-    model: dict[str, Any], image_tensors: torch.Tensor, image_index: pd.DataFrame, data_split: pd.DataFrame,
+    model: dict[str, Any],
+    image_tensors: torch.Tensor,
+    image_index: pd.DataFrame,
+    data_split: pd.DataFrame,
     params: dict[str, Any],
 ) -> pd.DataFrame:
     """The model's probability of the positive class for every validation and test image.
@@ -58,8 +72,9 @@ def predict_subsets(
     calibration error before temperature scaling.
 
     Returns:
-        One row per image: path, subset, label, patient_id, p_positive, predicted label, loss
-        (cross-entropy of the true class), row, and p_positive_uncalibrated (T = 1).
+        One row per image: path, subset, label, patient_id, the probability of the positive class
+        (:func:`~malaria_pipeline.assess.metrics.probability_column`: ``p_parasitized``), predicted label,
+        loss (cross-entropy of the true class), row, and ``p_parasitized_uncalibrated`` (T = 1).
     """
     classifier = load_model(model, device=pick_device(params["device"]))
     positive = classifier.class_names.index(params["positive_class"])
@@ -70,17 +85,20 @@ def predict_subsets(
     labels = image_index["label"].to_numpy()[rows]
     true_class = class_codes(labels, classifier.class_names)
     p_true = probabilities.gather(1, true_class[:, None]).squeeze(1) if len(rows) else torch.empty(0)
-    return pd.DataFrame({
-        "path": image_index["path"].to_numpy()[rows],
-        "subset": data_split["subset"].to_numpy()[rows],
-        "label": labels,
-        "patient_id": image_index["patient_id"].to_numpy()[rows],
-        "p_positive": probabilities[:, positive].numpy(),
-        "predicted": np.asarray(classifier.class_names)[probabilities.argmax(dim=1).numpy()],
-        "loss": (-torch.log(p_true.clamp_min(1e-12))).numpy(),
-        "row": rows,
-        "p_positive_uncalibrated": uncalibrated[:, positive].numpy(),
-    })
+    column = probability_column(params["positive_class"])
+    return pd.DataFrame(
+        {
+            "path": image_index["path"].to_numpy()[rows],
+            "subset": data_split["subset"].to_numpy()[rows],
+            "label": labels,
+            "patient_id": image_index["patient_id"].to_numpy()[rows],
+            column: probabilities[:, positive].numpy(),
+            "predicted": np.asarray(classifier.class_names)[probabilities.argmax(dim=1).numpy()],
+            "loss": (-torch.log(p_true.clamp_min(1e-12))).numpy(),
+            "row": rows,
+            f"{column}_uncalibrated": uncalibrated[:, positive].numpy(),
+        }
+    )
 
 
 def compute_metrics(
@@ -94,60 +112,112 @@ def compute_metrics(
         numbers as MLflow metrics, ``<subset>.<metric>``).
     """
     positive, threshold = params["positive_class"], params["threshold"]
-    negative = next((label for label in sorted(predictions["label"].unique()) if label != positive), "negative")
+    column = probability_column(positive)
+    negative = next(
+        (label for label in sorted(predictions["label"].unique()) if label != positive), "negative"
+    )
     point = model.get("operating_point")
-    report: dict[str, Any] = {"positive_class": positive, "threshold": threshold, "tta": params["tta"],
-                              "temperature": float(model.get("temperature", 1.0)),
-                              "calibration_bins": params["calibration_bins"],
-                              "operating_point": dict(point) if point else None}
+    report: dict[str, Any] = {
+        "positive_class": positive,
+        "threshold": threshold,
+        "tta": params["tta"],
+        "temperature": float(model.get("temperature", 1.0)),
+        "calibration_bins": params["calibration_bins"],
+        "operating_point": dict(point) if point else None,
+    }
     scores: dict[str, Any] = {}
     for subset, cells in _by_subset(predictions):
         is_positive = (cells["label"] == positive).to_numpy()
-        metrics = {**classification_metrics(is_positive, cells["p_positive"].to_numpy(), threshold, positive, negative),
-                   **calibration_errors(is_positive, cells["p_positive"], cells["p_positive_uncalibrated"],
-                                        params["calibration_bins"])}
+        metrics = {
+            **classification_metrics(is_positive, cells[column].to_numpy(), threshold, positive, negative),
+            **calibration_errors(
+                is_positive, cells[column], cells[f"{column}_uncalibrated"], params["calibration_bins"]
+            ),
+        }
         report[subset] = {
             **metrics,
-            "operating_points": operating_points(is_positive, cells["p_positive"].to_numpy(), params["operating_thresholds"]),
+            "operating_points": operating_points(
+                is_positive, cells[column].to_numpy(), params["operating_thresholds"]
+            ),
             "per_patient": per_patient(cells, threshold, positive),
             # 95% (intervals.level) intervals over resampled patients, at threshold
-            "intervals": patient_bootstrap_intervals(cells, threshold, positive, params["intervals"]["resamples"],
-                                                     params["intervals"]["level"], params["seed"]),
+            "intervals": patient_bootstrap_intervals(
+                cells,
+                threshold,
+                positive,
+                params["intervals"]["resamples"],
+                params["intervals"]["level"],
+                params["seed"],
+            ),
         }
-        scores.update({f"{subset}.{name}": {"value": metrics[name], "step": 0}
-                       for name in SCORES if metrics[name] is not None})
+        scores.update(
+            {
+                f"{subset}.{name}": {"value": metrics[name], "step": 0}
+                for name in SCORES
+                if metrics[name] is not None
+            }
+        )
         if point and point["positive_class"] == positive:
-            at_point = operating_points(is_positive, cells["p_positive"].to_numpy(), [point["threshold"]])[0]
+            at_point = operating_points(is_positive, cells[column].to_numpy(), [point["threshold"]])[0]
             report["operating_point"][subset] = {k: at_point[k] for k in ("sensitivity", "specificity")}
-            scores.update({f"{subset}.{k}_at_operating_point": {"value": at_point[k], "step": 0}
-                           for k in ("sensitivity", "specificity")})
+            scores.update(
+                {
+                    f"{subset}.{k}_at_operating_point": {"value": at_point[k], "step": 0}
+                    for k in ("sensitivity", "specificity")
+                }
+            )
         _log_subset(subset, metrics)
     return report, scores
 
 
 def _log_subset(subset: str, metrics: dict[str, Any]) -> None:
+    shown = {
+        name: "n/a" if metrics[name] is None else f"{metrics[name]:.4f}"
+        for name in ("sensitivity", "specificity", "roc_auc")
+    }
     logger.info(
-        "%s: accuracy %.4f, sensitivity %.4f, specificity %.4f, ROC AUC %s, ECE %.4f (%.4f before temperature "
-        "scaling); %s; %s", subset, metrics["accuracy"], metrics["sensitivity"], metrics["specificity"],
-        f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a", metrics["ece"],
-        metrics["ece_uncalibrated"], metrics["false_negatives_phrase"], metrics["false_positives_phrase"],
+        "%s: accuracy %.4f, sensitivity %s, specificity %s, ROC AUC %s, ECE %.4f (%.4f before temperature "
+        "scaling); %s; %s",
+        subset,
+        metrics["accuracy"],
+        shown["sensitivity"],
+        shown["specificity"],
+        shown["roc_auc"],
+        metrics["ece"],
+        metrics["ece_uncalibrated"],
+        metrics["false_negatives_phrase"],
+        metrics["false_positives_phrase"],
     )
 
 
-def write_model_card(model: dict[str, Any], evaluation_metrics: dict[str, Any], ingestion_report: dict[str, Any],
-                     image_index: pd.DataFrame, data_split: pd.DataFrame, image_tensors: torch.Tensor,
-                     parameters: dict[str, Any]) -> str:
-    """The model card (Markdown, :func:`malaria_pipeline.model_card.model_card`) from this run's records;
+def write_model_card(
+    model: dict[str, Any],
+    evaluation_metrics: dict[str, Any],
+    ingestion_report: dict[str, Any],
+    image_index: pd.DataFrame,
+    data_split: pd.DataFrame,
+    image_tensors: torch.Tensor,
+    parameters: dict[str, Any],
+) -> str:
+    """The model card (Markdown, :func:`malaria_pipeline.assess.model_card.model_card`) from this run's records;
     a model trained on every patient gets the metrics of the cross-validation run that claims its accuracy.
     The training hook logs it with the registered model version."""
     subsets = image_index.merge(data_split, on="path").groupby("subset", sort=False)
     sample = image_tensors[:: max(1, len(image_tensors) // 512)]  # the same in every channel: grayscale
     facts = {
-        "model": model, "ingestion": ingestion_report, "evaluation": evaluation_metrics, "parameters": parameters,
+        "model": model,
+        "ingestion": ingestion_report,
+        "evaluation": evaluation_metrics,
+        "parameters": parameters,
         "profile": choose_profile(parameters.get("profile", "auto"))[0],  # what `auto` chose here
-        "subsets": {name: {"patients": int(cells["patient_id"].nunique()), "images": len(cells),
-                           "parasitized": int((cells["label"] == parameters["positive_class"]).sum())}
-                    for name, cells in sorted(subsets, key=lambda item: SUBSET_ORDER.get(item[0], 9))},
+        "subsets": {
+            name: {
+                "patients": int(cells["patient_id"].nunique()),
+                "images": len(cells),
+                "parasitized": int((cells["label"] == parameters["positive_class"]).sum()),
+            }
+            for name, cells in sorted(subsets, key=lambda item: SUBSET_ORDER.get(item[0], 9))
+        },
         "grayscale": bool(len(sample)) and bool((sample == sample[:, :1]).all()),
         "cross_validation": tracking.claimed_cross_validation(parameters.get("cross_validation_run_id")),
         "run_id": tracking.active_run_id(),
@@ -162,8 +232,10 @@ def package_model(model: dict[str, Any]) -> CellClassifier:
 
 
 # The figures of a model trained on every image (conf/all_patients): no cell was held out from it.
-NOTHING_HELD_OUT = ("No validation or test images: this model trained on every image. Its accuracy is that of "
-                    "the cross-validation run named by the MLflow tag cross_validation_run_id.")
+NOTHING_HELD_OUT = (
+    "No validation or test images: this model trained on every image. Its accuracy is that of "
+    "the cross-validation run named by the MLflow tag cross_validation_run_id."
+)
 
 
 def confusion_matrix_figure(predictions: pd.DataFrame, params: dict[str, Any]) -> Figure:
@@ -178,7 +250,8 @@ def roc_curve_figure(predictions: pd.DataFrame, params: dict[str, Any]) -> Figur
     if predictions.empty:
         return plot_message(NOTHING_HELD_OUT)
     positive = params["positive_class"]
-    subsets = {s: (c["label"] == positive, c["p_positive"]) for s, c in _by_subset(predictions)}
+    column = probability_column(positive)
+    subsets = {s: (c["label"] == positive, c[column]) for s, c in _by_subset(predictions)}
     return plot_roc_curves(subsets, positive)
 
 
@@ -186,61 +259,108 @@ def reliability_diagram_figure(predictions: pd.DataFrame, params: dict[str, Any]
     """Accuracy against confidence per bin, before and after temperature scaling, one panel per subset."""
     if predictions.empty:
         return plot_message(NOTHING_HELD_OUT)
-    bins, diagrams = params["calibration_bins"], {}
+    bins, diagrams, column = params["calibration_bins"], {}, probability_column(params["positive_class"])
     for subset, cells in _by_subset(predictions):
         is_positive = (cells["label"] == params["positive_class"]).to_numpy()
         diagrams[subset] = {
-            name: calibration_bins(*binary_confidence(is_positive, cells[column]), bins)
-            for name, column in (("before", "p_positive_uncalibrated"), ("after", "p_positive"))
+            name: calibration_bins(*binary_confidence(is_positive, cells[name_column]), bins)
+            for name, name_column in (("before", f"{column}_uncalibrated"), ("after", column))
         }
     return plot_reliability_diagrams(diagrams)
 
 
 def _by_subset(predictions: pd.DataFrame):
     """``(subset, rows)`` in the order validation, test."""
-    return [(s, predictions[predictions["subset"] == s]) for s in EVALUATED_SUBSETS if (predictions["subset"] == s).any()]
+    return [
+        (s, predictions[predictions["subset"] == s])
+        for s in EVALUATED_SUBSETS
+        if (predictions["subset"] == s).any()
+    ]
 
 
-def top_losses_figure(predictions: pd.DataFrame, image_tensors: torch.Tensor, model: dict[str, Any],
-                      params: dict[str, Any]) -> Figure:
+def top_losses_figure(
+    predictions: pd.DataFrame, image_tensors: torch.Tensor, model: dict[str, Any], params: dict[str, Any]
+) -> Figure:
     """The most wrongly classified cells, each with the Grad-CAM heatmap of its predicted class: true
     label → prediction, probability of the positive class, subset."""
     if predictions.empty:
         return plot_message(NOTHING_HELD_OUT)
     worst = predictions.nlargest(params["top_losses"], "loss")
-    return _explained_figure(worst, image_tensors, model, params, f"Top {len(worst)} losses (true→predicted, "
-                             f"p = P({params['positive_class']})); heatmap: Grad-CAM of the predicted class")
+    return _explained_figure(
+        worst,
+        image_tensors,
+        model,
+        params,
+        f"Top {len(worst)} losses (true→predicted, "
+        f"p = P({params['positive_class']})); heatmap: Grad-CAM of the predicted class",
+    )
 
 
-def explanations_figure(predictions: pd.DataFrame, image_tensors: torch.Tensor, model: dict[str, Any],
-                        params: dict[str, Any]) -> Figure:
+def explanations_figure(
+    predictions: pd.DataFrame, image_tensors: torch.Tensor, model: dict[str, Any], params: dict[str, Any]
+) -> Figure:
     """Correctly classified cells of each class (the test subset's, else validation's; a seeded random
     ``explanations_per_class`` of each), with the Grad-CAM heatmap of their class: what the network
     looks at when it is right."""
     if predictions.empty:
         return plot_message(NOTHING_HELD_OUT)
     subset = "test" if (predictions["subset"] == "test").any() else "validation"
-    right = predictions[(predictions["subset"] == subset) & (predictions["label"] == predictions["predicted"])]
-    shown = (right.sample(frac=1.0, random_state=params["seed"]).groupby("label", sort=True)
-             .head(params["explanations_per_class"]).sort_values("label", kind="stable"))
-    return _explained_figure(shown, image_tensors, model, params, f"Correctly classified {subset} cells "
-                             f"(p = P({params['positive_class']})); heatmap: Grad-CAM of the class")
+    right = predictions[
+        (predictions["subset"] == subset) & (predictions["label"] == predictions["predicted"])
+    ]
+    shown = (
+        right.sample(frac=1.0, random_state=params["seed"])
+        .groupby("label", sort=True)
+        .head(params["explanations_per_class"])
+        .sort_values("label", kind="stable")
+    )
+    return _explained_figure(
+        shown,
+        image_tensors,
+        model,
+        params,
+        f"Correctly classified {subset} cells "
+        f"(p = P({params['positive_class']})); heatmap: Grad-CAM of the class",
+    )
 
 
-def _explained_figure(cells: pd.DataFrame, image_tensors: torch.Tensor, model: dict[str, Any],
-                      params: dict[str, Any], suptitle: str) -> Figure:
+def _explained_figure(
+    cells: pd.DataFrame,
+    image_tensors: torch.Tensor,
+    model: dict[str, Any],
+    params: dict[str, Any],
+    suptitle: str,
+) -> Figure:
     classifier = load_model(model, device=pick_device(params["device"]))
     images = image_tensors[torch.as_tensor(cells["row"].to_numpy(copy=True))]
-    heatmaps = grad_cam(classifier, images, class_codes(cells["predicted"].to_numpy(), classifier.class_names),
-                        batch_size=params["batch_size"])
-    titles = [f"{r.label[:5]}→{r.predicted[:5]}\np={r.p_positive:.2f} {r.subset[:5]}" for r in cells.itertuples()]
+    heatmaps = grad_cam(
+        classifier,
+        images,
+        class_codes(cells["predicted"].to_numpy(), classifier.class_names),
+        batch_size=params["batch_size"],
+    )
+    p_positive = cells[probability_column(params["positive_class"])]
+    titles = [
+        f"{r.label[:5]}→{r.predicted[:5]}\np={p:.2f} {r.subset[:5]}"
+        for r, p in zip(cells.itertuples(), p_positive)
+    ]
     return plot_explained_cells(images, heatmaps, titles, suptitle=suptitle)
 
 
-def sample_images_figure(image_tensors: torch.Tensor, image_index: pd.DataFrame, params: dict[str, Any]) -> Figure:
+def sample_images_figure(
+    image_tensors: torch.Tensor, image_index: pd.DataFrame, params: dict[str, Any]
+) -> Figure:
     """A few random cells of each class, with their patient."""
     shuffled = image_index.reset_index().sample(frac=1.0, random_state=params["seed"])
-    samples = shuffled.groupby("label", sort=True).head(params["samples_per_class"]).sort_values("label", kind="stable")
+    samples = (
+        shuffled.groupby("label", sort=True)
+        .head(params["samples_per_class"])
+        .sort_values("label", kind="stable")
+    )
     titles = [f"{r.label}\n{r.patient_id}" for r in samples.itertuples()]
-    return plot_image_grid(image_tensors[torch.as_tensor(samples["index"].to_numpy(copy=True))], titles,
-                           columns=params["samples_per_class"], suptitle="Sample cells per class")
+    return plot_image_grid(
+        image_tensors[torch.as_tensor(samples["index"].to_numpy(copy=True))],
+        titles,
+        columns=params["samples_per_class"],
+        suptitle="Sample cells per class",
+    )

@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from malaria_pipeline.plots import plot_training_curves
+from malaria_pipeline.assess.plots import plot_training_curves
 
 from .nodes import (
     compute_metrics,
@@ -26,26 +26,83 @@ def create_pipeline(**kwargs) -> Pipeline:
     params = "params:evaluation"
     return Pipeline(
         [
-            Node(predict_subsets, ["model", "image_tensors", "image_index", "data_split", params],
-                 "evaluation_predictions", name="predict_subsets_node"),
-            Node(compute_metrics, ["evaluation_predictions", "model", params], ["evaluation_metrics", "evaluation_scores"],
-                 name="compute_metrics_node"),
-            Node(package_model, "model", "mlflow_model", name="package_model_node"),
-            Node(write_model_card, ["model", "evaluation_metrics", "ingestion_report", "image_index", "data_split",
-                                    "image_tensors", "parameters"], "model_card", name="write_model_card_node"),
-            Node(confusion_matrix_figure, ["evaluation_predictions", params], "confusion_matrix_plot",
-                 name="plot_confusion_matrix_node"),
-            Node(roc_curve_figure, ["evaluation_predictions", params], "roc_curve_plot", name="plot_roc_curve_node"),
-            Node(reliability_diagram_figure, ["evaluation_predictions", params], "reliability_diagram_plot",
-                 name="plot_reliability_diagram_node"),
-            Node(plot_training_curves, "training_history", "training_curves_plot", name="plot_training_curves_node"),
-            Node(top_losses_figure, ["evaluation_predictions", "image_tensors", "model", params], "top_losses_plot",
-                 name="plot_top_losses_node"),
-            Node(explanations_figure, ["evaluation_predictions", "image_tensors", "model", params], "explanations_plot",
-                 name="plot_explanations_node"),
-            Node(sample_images_figure, ["image_tensors", "image_index", params], "sample_images_plot",
-                 name="plot_sample_images_node"),
+            Node(
+                func=predict_subsets,
+                inputs=["model", "image_tensors", "image_index", "data_split", params],
+                outputs="evaluation_predictions",
+                name="predict_subsets_node",
+            ),
+            Node(
+                func=compute_metrics,
+                inputs=["evaluation_predictions", "model", params],
+                outputs=["evaluation_metrics", "evaluation_scores"],
+                name="compute_metrics_node",
+            ),
+            Node(func=package_model, inputs="model", outputs="mlflow_model", name="package_model_node"),
+            Node(
+                func=write_model_card,
+                inputs=[
+                    "model",
+                    "evaluation_metrics",
+                    "ingestion_report",
+                    "image_index",
+                    "data_split",
+                    "image_tensors",
+                    "parameters",
+                ],
+                outputs="model_card",
+                name="write_model_card_node",
+            ),
+            *_figure_nodes(params),
         ],
         namespace=NAMESPACE,
         prefix_datasets_with_namespace=False,
     )
+
+
+def _figure_nodes(params: str) -> list[Node]:
+    """The figures of the evaluation, each a versioned ``<name>_plot`` logged to the MLflow run."""
+    return [
+        Node(
+            func=confusion_matrix_figure,
+            inputs=["evaluation_predictions", params],
+            outputs="confusion_matrix_plot",
+            name="plot_confusion_matrix_node",
+        ),
+        Node(
+            func=roc_curve_figure,
+            inputs=["evaluation_predictions", params],
+            outputs="roc_curve_plot",
+            name="plot_roc_curve_node",
+        ),
+        Node(
+            func=reliability_diagram_figure,
+            inputs=["evaluation_predictions", params],
+            outputs="reliability_diagram_plot",
+            name="plot_reliability_diagram_node",
+        ),
+        Node(
+            func=plot_training_curves,
+            inputs="training_history",
+            outputs="training_curves_plot",
+            name="plot_training_curves_node",
+        ),
+        Node(
+            func=top_losses_figure,
+            inputs=["evaluation_predictions", "image_tensors", "model", params],
+            outputs="top_losses_plot",
+            name="plot_top_losses_node",
+        ),
+        Node(
+            func=explanations_figure,
+            inputs=["evaluation_predictions", "image_tensors", "model", params],
+            outputs="explanations_plot",
+            name="plot_explanations_node",
+        ),
+        Node(
+            func=sample_images_figure,
+            inputs=["image_tensors", "image_index", params],
+            outputs="sample_images_plot",
+            name="plot_sample_images_node",
+        ),
+    ]

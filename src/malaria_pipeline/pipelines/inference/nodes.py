@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from malaria_pipeline.archive import ArchiveError, ImageArchive, check_source, image_members
+from malaria_pipeline.assess.columns import probability_column
+from malaria_pipeline.cells.archive import ArchiveError, ImageArchive, check_source, image_members
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.explain import grad_cam
 from malaria_pipeline.ml.images import ImageLimits, UnreadableImageError, decode_cell_image, one_line
@@ -21,6 +22,7 @@ from malaria_pipeline.ml.model_io import CellClassifier, load_model
 from malaria_pipeline.ml.packing import pack_images
 
 logger = logging.getLogger(__name__)
+
 
 def predict_images(
     inference_images: ImageArchive, inference_model: dict[str, Any], params: dict[str, Any]
@@ -54,14 +56,21 @@ def predict_images(
     packed = pack_images(inference_images, candidates, classifier.image_size, limits, params.get("workers"))
     skipped = sorted(skipped + packed.skipped)
     if not packed.members:
-        raise ArchiveError(f"{inference_images.source} holds no decodable PNG or JPEG image ({len(skipped)} files skipped)")
-    p_parasitized, labels = _classify(classifier, packed.images, threshold, params)
-    predictions = pd.DataFrame({"file": packed.members, "label": labels, "p_parasitized": p_parasitized})
+        raise ArchiveError(
+            f"{inference_images.source} holds no decodable PNG or JPEG image ({len(skipped)} files skipped)"
+        )
+    p_positive, labels = _classify(classifier, packed.images, threshold, params)
+    predictions = pd.DataFrame(
+        {"file": packed.members, "label": labels, probability_column(params["positive_class"]): p_positive}
+    )
 
     counts = predictions["label"].value_counts()
     summary = {
         "source": inference_images.source,
-        "model": {key: inference_model.get(key) for key in ("source", "registered_version", "architecture", "image_size")},
+        "model": {
+            key: inference_model.get(key)
+            for key in ("source", "registered_version", "architecture", "image_size")
+        },
         "threshold": threshold,
         "threshold_parameter": params["threshold"],
         "tta": params["tta"],
@@ -71,18 +80,25 @@ def predict_images(
         "skipped": [{"path": member, "reason": reason} for member, reason in skipped],
     }
     overlays, summary["explanations"] = explain_positives(classifier, packed.images, predictions, params)
-    logger.info("Classified %d images of %s: %s; %.1f%% parasitized; skipped %d files", len(predictions),
-                inference_images.source, summary["per_class"], 100 * summary["fraction_parasitized"], len(skipped))
+    logger.info(
+        "Classified %d images of %s: %s; %.1f%% parasitized; skipped %d files",
+        len(predictions),
+        inference_images.source,
+        summary["per_class"],
+        100 * summary["fraction_parasitized"],
+        len(skipped),
+    )
     for member, reason in skipped:
         logger.warning("Skipped %s: %s", member, reason)
     return predictions, summary, overlays
 
 
-def explain_positives(classifier: CellClassifier, images: torch.Tensor, predictions: pd.DataFrame,
-                      params: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]] | None]:
+def explain_positives(
+    classifier: CellClassifier, images: torch.Tensor, predictions: pd.DataFrame, params: dict[str, Any]
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]] | None]:
     """With ``params["explain"]``: the Grad-CAM heatmap of Parasitized over each cell predicted
     Parasitized, the most confident first, at most ``explain_max`` (null: all), as a PNG of the cell and
-    its overlay side by side, ``explain_scale`` times enlarged (:func:`~malaria_pipeline.plots.cell_and_overlay`).
+    its overlay side by side, ``explain_scale`` times enlarged (:func:`~malaria_pipeline.assess.plots.cell_and_overlay`).
 
     Returns:
         ``{file name: uint8 H×W×3}`` and, for the summary, the list of ``{file, overlay, p_parasitized}``
@@ -90,28 +106,38 @@ def explain_positives(classifier: CellClassifier, images: torch.Tensor, predicti
     """
     if not params["explain"]:
         return {}, None
-    from malaria_pipeline.plots import cell_and_overlay  # matplotlib: not among the served model's requirements
+    from malaria_pipeline.assess.plots import (
+        cell_and_overlay,  # matplotlib: not among the served model's requirements
+    )
 
-    positive = params["positive_class"]
-    chosen = predictions[predictions["label"] == positive].sort_values("p_parasitized", ascending=False, kind="stable")
+    positive, column = params["positive_class"], probability_column(params["positive_class"])
+    chosen = predictions[predictions["label"] == positive].sort_values(column, ascending=False, kind="stable")
     if params["explain_max"] is not None:
         chosen = chosen.head(params["explain_max"])
     rows = torch.as_tensor(chosen.index.to_numpy(copy=True))
-    heatmaps = grad_cam(classifier, images[rows], classifier.class_names.index(positive), params["batch_size"])
+    heatmaps = grad_cam(
+        classifier, images[rows], classifier.class_names.index(positive), params["batch_size"]
+    )
     overlays, listing = {}, []
-    for rank, (row, heatmap) in enumerate(zip(chosen.itertuples(), heatmaps), start=1):
+    for rank, (row, p, heatmap) in enumerate(zip(chosen.itertuples(), chosen[column], heatmaps), start=1):
         name = f"{rank:05d}_{_SAFE_NAME.sub('_', PurePosixPath(row.file).stem)[:100]}.png"
         overlays[name] = cell_and_overlay(images[row.Index], heatmap, params["explain_scale"])
-        listing.append({"file": row.file, "overlay": name, "p_parasitized": float(row.p_parasitized)})
-    logger.info("Explained %d of the %d cells predicted %s (Grad-CAM overlays, explanation_overlays)", len(listing),
-                int((predictions["label"] == positive).sum()), positive)
+        listing.append({"file": row.file, "overlay": name, column: float(p)})
+    logger.info(
+        "Explained %d of the %d cells predicted %s (Grad-CAM overlays, explanation_overlays)",
+        len(listing),
+        int((predictions["label"] == positive).sum()),
+        positive,
+    )
     return overlays, listing
 
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
-def predict_encoded_images(served_images: pd.DataFrame, model: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:
+def predict_encoded_images(
+    served_images: pd.DataFrame, model: dict[str, Any], params: dict[str, Any]
+) -> pd.DataFrame:
     """The node of the MLflow model: image files encoded in base64 in, one answer per row out.
 
     One row never fails the request: a row that is not base64, not a PNG or JPEG, broken, or outside
@@ -153,16 +179,21 @@ def predict_encoded_images(served_images: pd.DataFrame, model: dict[str, Any], p
         except Exception as error:  # noqa: BLE001 - one row never fails the others
             logger.exception("Row %s could not be decoded", row)
             errors[position] = f"row {row}: could not be decoded ({type(error).__name__}: {one_line(error)})"
-    stacked = torch.stack(images) if images else torch.empty((0, 3, classifier.image_size, classifier.image_size), dtype=torch.uint8)
-    p_parasitized, labels = _classify(classifier, stacked, threshold, params)
+    stacked = (
+        torch.stack(images)
+        if images
+        else torch.empty((0, 3, classifier.image_size, classifier.image_size), dtype=torch.uint8)
+    )
+    p_positive, labels = _classify(classifier, stacked, threshold, params)
+    column = probability_column(params["positive_class"])
 
-    answers = pd.DataFrame({"label": None, "p_parasitized": np.nan, "error": None}, index=served_images.index)
+    answers = pd.DataFrame({"label": None, column: np.nan, "error": None}, index=served_images.index)
     answers = answers.astype({"label": object, "error": object})
     answers.iloc[decoded, 0] = labels
-    answers.iloc[decoded, 1] = p_parasitized
+    answers.iloc[decoded, 1] = p_positive
     if errors:
         # None rather than NaN, so that the served JSON answer stays valid JSON.
-        answers["p_parasitized"] = answers["p_parasitized"].astype(object).where(answers["p_parasitized"].notna(), None)
+        answers[column] = answers[column].astype(object).where(answers[column].notna(), None)
         answers.iloc[list(errors), 2] = list(errors.values())
         for message in errors.values():
             logger.warning("Not classified: %s", message)
@@ -187,7 +218,9 @@ def _base64_bytes(value: Any, limits: ImageLimits) -> bytes:
     if not isinstance(value, (str, bytes)):
         if value is None or (isinstance(value, float) and np.isnan(value)):
             raise UnreadableImageError("no image (the cell is empty)")
-        raise UnreadableImageError(f"no image: expected a base64 string, got {type(value).__name__} {value!r:.40}")
+        raise UnreadableImageError(
+            f"no image: expected a base64 string, got {type(value).__name__} {value!r:.40}"
+        )
     limits.check_file_size(len(value) * 3 // 4)  # before decoding: base64 holds 3 bytes per 4 characters
     text = value.decode("latin-1") if isinstance(value, bytes) else value
     if text.startswith("data:") and "," in text[:100]:
@@ -214,7 +247,9 @@ def _classifier(bundle: dict[str, Any], params: dict[str, Any]) -> CellClassifie
     classifier = cached[1]
     positive = params["positive_class"]
     if positive not in classifier.class_names or len(classifier.class_names) != 2:
-        raise ValueError(f"The model's classes are {classifier.class_names}: inference needs {positive} and one other")
+        raise ValueError(
+            f"The model's classes are {classifier.class_names}: inference needs {positive} and one other"
+        )
     return classifier
 
 
@@ -231,28 +266,37 @@ def operating_threshold(bundle: dict[str, Any], params: dict[str, Any]) -> float
     if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
         return float(threshold)
     if threshold != "auto":
-        raise ValueError(f"inference.threshold is {threshold!r}: give a number (P(Parasitized) at or above it is "
-                         "Parasitized, e.g. 0.5) or auto (the threshold stored in the model)")
+        raise ValueError(
+            f"inference.threshold is {threshold!r}: give a number (P(Parasitized) at or above it is "
+            "Parasitized, e.g. 0.5) or auto (the threshold stored in the model)"
+        )
     point = bundle.get("operating_point")
     if not point:
         raise ValueError(
             "inference.threshold is auto, but this model has no stored operating threshold (it was trained before "
             "they were stored, or without validation images, e.g. in conf/all_patients). Give a number instead "
-            "(--params \"inference.threshold=0.5\"), or use a model of a training run with a validation subset, "
+            '(--params "inference.threshold=0.5"), or use a model of a training run with a validation subset, '
             "which chooses one for evaluation.target_sensitivity."
         )
     if point["positive_class"] != params["positive_class"]:
-        raise ValueError(f"inference.threshold is auto, but the model's threshold is on P({point['positive_class']}) "
-                         f"and positive_class is {params['positive_class']}: give inference.threshold a number")
+        raise ValueError(
+            f"inference.threshold is auto, but the model's threshold is on P({point['positive_class']}) "
+            f"and positive_class is {params['positive_class']}: give inference.threshold a number"
+        )
     if bool(point.get("tta")) != bool(params["tta"]):
-        logger.warning("The model's operating threshold was chosen with tta=%s and inference.tta is %s: its "
-                       "sensitivity may differ from the %.3f it was chosen for", point.get("tta"), params["tta"],
-                       point["target_sensitivity"])
+        logger.warning(
+            "The model's operating threshold was chosen with tta=%s and inference.tta is %s: its "
+            "sensitivity may differ from the %.3f it was chosen for",
+            point.get("tta"),
+            params["tta"],
+            point["target_sensitivity"],
+        )
     return float(point["threshold"])
 
 
-def _classify(classifier: CellClassifier, images: torch.Tensor, threshold: float,
-              params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _classify(
+    classifier: CellClassifier, images: torch.Tensor, threshold: float, params: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
     """P(positive class) of ``uint8, N×3×S×S`` images (with ``params["tta"]``), and the label at ``threshold``."""
     positive = params["positive_class"]
     probabilities = classifier.predict_proba(images, batch_size=params["batch_size"], tta=params["tta"])

@@ -17,21 +17,34 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 import malaria_pipeline
+from malaria_pipeline.assess.columns import probability_column
 
 MODEL_NAME = "model"
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "image")]),  # base64-encoded PNG or JPEG file bytes
-    outputs=Schema([
-        ColSpec("string", "label", required=False),  # Parasitized | Uninfected; None where error is set
-        ColSpec("double", "p_parasitized", required=False),
-        ColSpec("string", "error", required=False),  # None, or "row <index>: <why it was not classified>"
-    ]),
+    outputs=Schema(
+        [
+            ColSpec("string", "label", required=False),  # Parasitized | Uninfected; None where error is set
+            ColSpec("double", probability_column("Parasitized"), required=False),
+            ColSpec("string", "error", required=False),  # None, or "row <index>: <why it was not classified>"
+        ]
+    ),
 )
 
 # What the served pipeline imports, pinned to the versions that trained the model.
-REQUIREMENTS = ("kedro", "kedro-datasets", "kedro-mlflow", "torch", "torchvision", "numpy", "pandas", "pillow",
-                "tqdm", "fsspec")
+REQUIREMENTS = (
+    "kedro",
+    "kedro-datasets",
+    "kedro-mlflow",
+    "torch",
+    "torchvision",
+    "numpy",
+    "pandas",
+    "pillow",
+    "tqdm",
+    "fsspec",
+)
 
 
 def pip_requirements() -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from malaria_pipeline.archive import ArchiveError, ImageArchive, check_source, patient_id, sort_members
+from malaria_pipeline.cells.archive import ArchiveError, ImageArchive, check_source, patient_id, sort_members
 from malaria_pipeline.ml.images import ImageLimits
 from malaria_pipeline.ml.packing import PackedImages, pack_images
 
@@ -62,9 +62,13 @@ def index_images(
     }
     logger.info(
         "Indexed %d images of %d patients from %s (%s); skipped %d of %d files; %d groups of identical images",
-        report["images"], report["patients"], cell_images.source,
+        report["images"],
+        report["patients"],
+        cell_images.source,
         ", ".join(f"{label}: {count}" for label, count in report["images_per_class"].items()),
-        len(skipped), len(members), len(report["duplicates"]),
+        len(skipped),
+        len(members),
+        len(report["duplicates"]),
     )
     for member, reason in skipped:
         logger.warning("Skipped %s: %s", member, reason)
@@ -85,7 +89,9 @@ def _build_index(packed: PackedImages, label_of: dict[str, str]) -> pd.DataFrame
     )
 
 
-def _check_classes(image_index: pd.DataFrame, source: str, n_files: int, skipped: list[tuple[str, str]]) -> None:
+def _check_classes(
+    image_index: pd.DataFrame, source: str, n_files: int, skipped: list[tuple[str, str]]
+) -> None:
     if image_index.empty:
         examples = "; ".join(f"{member}: {reason}" for member, reason in skipped[:3])
         raise ArchiveError(

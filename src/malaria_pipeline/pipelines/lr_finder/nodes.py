@@ -8,10 +8,11 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from malaria_pipeline.assess.plots import plot_lr_sweep
+from malaria_pipeline.cells.tensors import train_data
+from malaria_pipeline.framework.parameters import training_config
 from malaria_pipeline.ml.lr_finder import lr_range_test
-from malaria_pipeline.ml.train import TrainConfig, build_classifier
-from malaria_pipeline.plots import plot_lr_sweep
-from malaria_pipeline.tensors import train_data
+from malaria_pipeline.ml.train import build_classifier
 
 
 def find_learning_rate(
@@ -33,7 +34,7 @@ def find_learning_rate(
         ``lr_finder_result``: the suggested max LR and the sweep; ``lr_finder_plot``: loss against LR.
     """
     data = train_data(image_tensors, image_index, data_split, normalization_stats)
-    config = TrainConfig.from_params(training_params)
+    config = training_config(training_params)
     sweep = lr_range_test(build_classifier(config, data), data, config, **params)
     result = {
         "suggested_max_lr": sweep.suggested_lr,

@@ -14,8 +14,14 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 func=find_learning_rate,
-                inputs=["image_tensors", "image_index", "data_split", "normalization_stats",
-                        "params:training", "params:lr_finder"],
+                inputs=[
+                    "image_tensors",
+                    "image_index",
+                    "data_split",
+                    "normalization_stats",
+                    "params:training",
+                    "params:lr_finder",
+                ],
                 outputs=["lr_finder_result", "lr_finder_plot"],
                 name="find_learning_rate_node",
             ),

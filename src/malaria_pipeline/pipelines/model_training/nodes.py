@@ -9,16 +9,17 @@ from typing import Any
 import pandas as pd
 import torch
 
-from malaria_pipeline import tracking
-from malaria_pipeline.label_audit import excluded_paths
+from malaria_pipeline.assess.label_audit import excluded_paths
+from malaria_pipeline.assess.operating_point import calibrate
+from malaria_pipeline.cells.splitting import subset_rows
+from malaria_pipeline.cells.tensors import class_codes, train_data
+from malaria_pipeline.framework import tracking
+from malaria_pipeline.framework.parameters import training_config
 from malaria_pipeline.ml.checkpoint import CheckpointStore
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.distributed import DistributedConfig, launch_training
 from malaria_pipeline.ml.model_io import load_model, model_bundle
-from malaria_pipeline.ml.train import HISTORY_COLUMNS, TrainConfig, train_classifier
-from malaria_pipeline.operating_point import calibrate
-from malaria_pipeline.splitting import subset_rows
-from malaria_pipeline.tensors import class_codes, train_data
+from malaria_pipeline.ml.train import HISTORY_COLUMNS, train_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -53,20 +54,34 @@ def train_model(
         ``model``: the bundle that :func:`~malaria_pipeline.ml.model_io.load_model` rebuilds;
         ``training_history``: one row per epoch (epoch, stage, train_loss, valid_loss, accuracy, lr, seconds).
     """
-    config = TrainConfig.from_params(params)
+    config = training_config(params)
     if config.resume:
         _tag_the_run_it_continues(training_checkpoint)
-    data_split = without_label_issues(data_split, excluded_paths(label_issues_to_exclude, image_index["path"], config.exclude_label_issues))
-    data = train_data(image_tensors, image_index, data_split, normalization_stats, need_validation=config.keep == "best")
-    checkpoint = dataclasses.replace(training_checkpoint, metadata={"mlflow_run_id": tracking.active_run_id() or ""})
-    distributed = DistributedConfig.from_params(config.distributed)
+    data_split = without_label_issues(
+        data_split,
+        excluded_paths(label_issues_to_exclude, image_index["path"], params["exclude_label_issues"]),
+    )
+    data = train_data(
+        image_tensors, image_index, data_split, normalization_stats, need_validation=config.keep == "best"
+    )
+    checkpoint = dataclasses.replace(
+        training_checkpoint, metadata={"mlflow_run_id": tracking.active_run_id() or ""}
+    )
+    distributed = DistributedConfig.from_params(params["distributed"])
     if distributed.enabled:  # in processes of their own, rank 0 logging each epoch to this run
-        result = launch_training(data, config, distributed, checkpoint=checkpoint,
-                                 on_epoch_end=tracking.epoch_logger(tracking.active_run_id()))
+        result = launch_training(
+            data,
+            config,
+            distributed,
+            checkpoint=checkpoint,
+            on_epoch_end=tracking.epoch_logger(tracking.active_run_id()),
+        )
     else:
         result = train_classifier(data, config, checkpoint=checkpoint, on_epoch_end=tracking.log_epoch)
     bundle = model_bundle(
-        result.classifier, architecture=config.architecture, network_args=config.network_args,
+        result.classifier,
+        architecture=config.architecture,
+        network_args=config.network_args,
         extra={"best_epoch": result.best_epoch, "pretrained": config.pretrained},
     )
     return bundle, pd.DataFrame(result.history, columns=list(HISTORY_COLUMNS))
@@ -79,7 +94,8 @@ def without_label_issues(data_split: pd.DataFrame, excluded: set[str]) -> pd.Dat
     leave_out = (data_split["subset"] == "train") & data_split["path"].isin(excluded)
     logger.info(
         "Leaving %d suspected label errors of the latest label audit out of the %d training images "
-        "(training.exclude_label_issues); validation and test keep theirs", int(leave_out.sum()),
+        "(training.exclude_label_issues); validation and test keep theirs",
+        int(leave_out.sum()),
         int((data_split["subset"] == "train").sum()),
     )
     tracking.log_metrics({"training.excluded_label_issues": int(leave_out.sum())})
@@ -95,8 +111,12 @@ def _tag_the_run_it_continues(checkpoint: CheckpointStore) -> None:
 
 
 def calibrate_model(
-    trained_model: dict[str, Any], image_tensors: torch.Tensor, image_index: pd.DataFrame, data_split: pd.DataFrame,
-    training_params: dict[str, Any], evaluation_params: dict[str, Any],
+    trained_model: dict[str, Any],
+    image_tensors: torch.Tensor,
+    image_index: pd.DataFrame,
+    data_split: pd.DataFrame,
+    training_params: dict[str, Any],
+    evaluation_params: dict[str, Any],
 ) -> dict[str, Any]:
     """Fits temperature scaling and chooses the clinical operating threshold, both on the validation
     subset (never the test subset), and keeps them in the model bundle.
@@ -118,10 +138,19 @@ def calibrate_model(
         return without_validation(trained_model, evaluation_params)
     classifier = load_model(trained_model, device=pick_device(evaluation_params["device"]))
     labels = class_codes(image_index["label"].to_numpy()[rows.numpy()], classifier.class_names)
-    fit = TrainConfig.from_params(training_params).calibrate
-    views = classifier.view_logits(image_tensors[rows], evaluation_params["batch_size"], evaluation_params["tta"])
-    point = calibrate(classifier, views, labels, fit=fit, positive_class=evaluation_params["positive_class"],
-                      target_sensitivity=evaluation_params["target_sensitivity"])
+    training_config(training_params)
+    fit = training_params["calibrate"]
+    views = classifier.view_logits(
+        image_tensors[rows], evaluation_params["batch_size"], evaluation_params["tta"]
+    )
+    point = calibrate(
+        classifier,
+        views,
+        labels,
+        fit=fit,
+        positive_class=evaluation_params["positive_class"],
+        target_sensitivity=evaluation_params["target_sensitivity"],
+    )
     if fit:
         tracking.log_metrics({"training.temperature": classifier.temperature})
     bundle = {**trained_model, "temperature": classifier.temperature}
@@ -137,22 +166,37 @@ def without_validation(trained_model: dict[str, Any], evaluation_params: dict[st
     given = evaluation_params.get("without_validation") or {}
     temperature, threshold = given.get("temperature"), given.get("operating_threshold")
     if temperature is not None and not temperature > 0:
-        raise ValueError(f"evaluation.without_validation.temperature is {temperature!r}: give a number above 0 "
-                         "(recommended_temperature of cv_metrics.json), or null for 1")
+        raise ValueError(
+            f"evaluation.without_validation.temperature is {temperature!r}: give a number above 0 "
+            "(recommended_temperature of cv_metrics.json), or null for 1"
+        )
     if threshold is not None and not 0 <= threshold <= 1:
-        raise ValueError(f"evaluation.without_validation.operating_threshold is {threshold!r}: give a probability "
-                         "from 0 to 1 (recommended_operating_threshold of cv_metrics.json), or null for none")
+        raise ValueError(
+            f"evaluation.without_validation.operating_threshold is {threshold!r}: give a probability "
+            "from 0 to 1 (recommended_operating_threshold of cv_metrics.json), or null for none"
+        )
     bundle = {**trained_model, "temperature": float(temperature or 1.0)}
     if threshold is None:
-        logger.warning("No validation images: no operating threshold for this model (T = %s). Set "
-                       "evaluation.without_validation from a cross-validation run's cv_metrics.json to give it one",
-                       bundle["temperature"])
+        logger.warning(
+            "No validation images: no operating threshold for this model (T = %s). Set "
+            "evaluation.without_validation from a cross-validation run's cv_metrics.json to give it one",
+            bundle["temperature"],
+        )
         return bundle
-    logger.info("No validation images: T = %s and the operating threshold %s on P(%s), the medians over the folds of "
-                "cross-validation (evaluation.without_validation)", bundle["temperature"], threshold,
-                evaluation_params["positive_class"])
-    return {**bundle, "operating_point": {
-        "threshold": float(threshold), "positive_class": evaluation_params["positive_class"],
-        "tta": bool(evaluation_params["tta"]), "target_sensitivity": float(evaluation_params["target_sensitivity"]),
-        "chosen_on": "cross-validation (evaluation.without_validation)",
-    }}
+    logger.info(
+        "No validation images: T = %s and the operating threshold %s on P(%s), the medians over the folds of "
+        "cross-validation (evaluation.without_validation)",
+        bundle["temperature"],
+        threshold,
+        evaluation_params["positive_class"],
+    )
+    return {
+        **bundle,
+        "operating_point": {
+            "threshold": float(threshold),
+            "positive_class": evaluation_params["positive_class"],
+            "tta": bool(evaluation_params["tta"]),
+            "target_sensitivity": float(evaluation_params["target_sensitivity"]),
+            "chosen_on": "cross-validation (evaluation.without_validation)",
+        },
+    }

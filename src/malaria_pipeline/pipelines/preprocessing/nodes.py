@@ -8,8 +8,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from malaria_pipeline.cells.splitting import SplitError, split_by_patient, split_stratified, subset_rows
 from malaria_pipeline.ml.normalization import channel_mean_std
-from malaria_pipeline.splitting import SplitError, split_by_patient, split_stratified, subset_rows
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,14 @@ def split_images(image_index: pd.DataFrame, params: dict[str, Any]) -> pd.DataFr
     for name, rows in summary:
         logger.info(
             "%s split, %s: %d images of %d patients (%s)",
-            strategy, name, len(rows), rows["patient_id"].nunique(),
-            ", ".join(f"{label} {share:.1%}" for label, share in rows["label"].value_counts(normalize=True).sort_index().items()),
+            strategy,
+            name,
+            len(rows),
+            rows["patient_id"].nunique(),
+            ", ".join(
+                f"{label} {share:.1%}"
+                for label, share in rows["label"].value_counts(normalize=True).sort_index().items()
+            ),
         )
     return data_split
 
@@ -62,6 +68,10 @@ def compute_normalization_stats(
     """
     rows = subset_rows(image_index, data_split, "train", n_images=len(image_tensors))
     mean, std = channel_mean_std(image_tensors, torch.from_numpy(rows))
-    logger.info("Normalization statistics of %d training images: mean %s, std %s", len(rows),
-                [round(m, 4) for m in mean], [round(s, 4) for s in std])
+    logger.info(
+        "Normalization statistics of %d training images: mean %s, std %s",
+        len(rows),
+        [round(m, 4) for m in mean],
+        [round(s, 4) for s in std],
+    )
     return {"mean": mean, "std": std, "subset": "train", "images": int(len(rows)), "pixel_scale": "[0, 1]"}

@@ -10,7 +10,14 @@ NAMESPACE = "promote"
 def create_pipeline(**kwargs) -> Pipeline:
     """``kedro run --pipelines promote``: the challenger becomes champion when it is not worse."""
     return Pipeline(
-        [Node(promote_challenger, "params:promote", "promotion_report", name="promote_challenger_node")],
+        [
+            Node(
+                func=promote_challenger,
+                inputs="params:promote",
+                outputs="promotion_report",
+                name="promote_challenger_node",
+            )
+        ],
         namespace=NAMESPACE,
         prefix_datasets_with_namespace=False,
     )

@@ -1,0 +1,227 @@
+"""The model card of a training run (Mitchell et al. 2019): what the model is, what it was trained and
+measured on, how far to trust it, and how to reproduce it, in Markdown.
+
+Written from the run's own records only (the model bundle, the ingestion report, the split, the
+evaluation metrics, the parameters and, for a model trained on every patient, its cross-validation
+run's metrics): nothing in it is typed by hand except the fixed sentences of intended use and
+limitations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import malaria_pipeline
+
+HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
+
+
+def model_card(facts: dict[str, Any]) -> str:
+    """The card as Markdown. ``facts``: what :func:`malaria_pipeline.pipelines.evaluation.nodes.write_model_card`
+    gathers (``model``, ``ingestion``, ``subsets``, ``grayscale``, ``evaluation``, ``parameters``, ``profile``,
+    ``cross_validation``, ``run_id``, ``registered_model``)."""
+    sections = [
+        _title(facts),
+        _model(facts),
+        _data(facts),
+        _training(facts),
+        _metrics(facts),
+        _operating_point(facts),
+        _calibration(facts),
+        _use_and_limits(facts),
+        _reproduce(facts),
+    ]
+    return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def _title(facts):
+    run = f" · MLflow run `{facts['run_id']}`" if facts.get("run_id") else ""
+    return (
+        f"# Model card: {facts['registered_model']}\n\n"
+        f"malaria-pipeline {malaria_pipeline.__version__}{run}. Classifies a thin-blood-smear red-cell crop as "
+        f"{' or '.join(facts['model']['class_names'])}."
+    )
+
+
+def _model(facts):
+    model = facts["model"]
+    width = f", width {model['network_args']['width']}" if model["architecture"] == "resnet9" else ""
+    pretrained = (
+        "ImageNet weights (torchvision), fine-tuned" if model.get("pretrained") else "trained from scratch"
+    )
+    return (
+        "## Model\n\n"
+        f"- {model['architecture']}{width}, {pretrained}; input {model['image_size']}×{model['image_size']} "
+        f"pixels, 3 channels, normalized inside the model (mean {_numbers(model['mean'])}, std {_numbers(model['std'])}).\n"
+        f"- Outputs: logits of {model['class_names']}; probabilities are softmax(logits / T), T = {model.get('temperature', 1.0):.4f}.\n"
+        f"- Weights of epoch {model.get('best_epoch', '?')}; trained with torch {model.get('torch_version', '?')}."
+    )
+
+
+def _data(facts):
+    ingestion, parameters = facts["ingestion"], facts["parameters"]
+    per_class = ", ".join(f"{name} {count:,}" for name, count in ingestion["images_per_class"].items())
+    colour = (
+        "grayscale (the three channels are equal in every image checked)" if facts["grayscale"] else "colour"
+    )
+    split = parameters["preprocessing"]["split"]
+    rows = "\n".join(
+        f"| {name} | {s['patients']} | {s['images']:,} | {s.get('parasitized', 0):,} |"
+        for name, s in facts["subsets"].items()
+    )
+    return (
+        "## Data\n\n"
+        f"- Archive: `{ingestion['source']}`: {ingestion['images']:,} images ({per_class}) of "
+        f"{ingestion['patients']} patients; {len(ingestion.get('skipped', []))} files skipped, "
+        f"{len(ingestion.get('duplicates', []))} duplicates.\n"
+        f"- Images: {colour}, fitted to {ingestion['image_size']} pixels.\n"
+        f"- Split: `{split['strategy']}` (seed {split['seed']}): "
+        + (
+            "no patient has cells in two subsets.\n"
+            if split["strategy"] == "patient"
+            else "cells of one patient may be in several subsets, so test figures are optimistic.\n"
+        )
+        + "\n| subset | patients | images | parasitized |\n|---|---|---|---|\n"
+        + rows
+    )
+
+
+def _training(facts):
+    t = facts["parameters"]["training"]
+    jitter = {k: t[k] for k in ("brightness", "contrast", "gamma", "saturation", "hue") if t.get(k)}
+    return (
+        "## Training\n\n"
+        f"- Profile `{facts['profile']}`; {t['epochs']} epochs, one-cycle schedule to max LR {t['max_lr']} "
+        f"(pct_start {t['pct_start']}), {t['optimizer']}, weight decay {t['weight_decay']}, batch {t['batch_size']}, "
+        f"label smoothing {t['label_smoothing']}, gradient clip {t['grad_clip']}, seed {t['seed']}.\n"
+        f"- Augmentation: pad-and-crop {t['pad']} px, flips {t['flips']}, rotations {t['rotations']}"
+        + (f", jitter {jitter}" if jitter else "")
+        + (f"; weight EMA {t['ema_decay']}" if t.get("ema_decay") else "")
+        + f"; weights kept: {t['keep']}; images with suspect labels left out: {t['exclude_label_issues']}."
+    )
+
+
+def _metrics(facts):
+    evaluation, cv = facts["evaluation"], facts.get("cross_validation")
+    lines = ["## Metrics"]
+    if cv:
+        lines.append(
+            f"\n**The accuracy claim: patient-grouped cross-validation**, run `{cv['run_id']}` "
+            f"({cv['folds']} folds; mean ± sample std over folds, threshold 0.5):\n"
+        )
+        lines.append("| metric | mean | std |\n|---|---|---|")
+        for name in (*HEADLINE, "ece"):
+            if f"cv.{name}.mean" in cv["metrics"]:
+                lines.append(
+                    f"| {name} | {cv['metrics'][f'cv.{name}.mean']:.4f} | {cv['metrics'].get(f'cv.{name}.std', float('nan')):.4f} |"
+                )
+    subsets = [s for s in ("validation", "test") if s in evaluation]
+    if subsets:
+        level = facts["parameters"]["evaluation"]["intervals"]["level"]
+        lines.append(
+            f"\n**Held-out subsets of this run** (threshold {evaluation['threshold']}; in brackets the "
+            f"{level:.0%} interval from {facts['parameters']['evaluation']['intervals']['resamples']} "
+            "bootstrap resamples of whole patients):\n"
+        )
+        lines.append("| subset | cells | " + " | ".join(HEADLINE) + " |\n|---|---|" + "---|" * len(HEADLINE))
+        for subset in subsets:
+            m = evaluation[subset]
+            cells = [_with_interval(m.get(name), (m.get("intervals") or {}).get(name)) for name in HEADLINE]
+            lines.append(f"| {subset} | {m['images']:,} | " + " | ".join(cells) + " |")
+        if not cv:
+            lines.append(
+                f"\nOne split of {facts['subsets'].get('test', {}).get('patients', 0)} test patients: "
+                "`kedro run --pipelines cross_validation` measures the configuration on every patient "
+                "(docs/cross-validation.md)."
+            )
+    elif not cv:
+        lines.append(
+            "\nNo held-out images and no cross-validation run named (`cross_validation_run_id`): "
+            "this model's accuracy has not been measured."
+        )
+    return "\n".join(lines)
+
+
+def _operating_point(facts):
+    point = facts["model"].get("operating_point")
+    served = facts["parameters"]["inference"]["threshold"]
+    text = f"## Operating point\n\n- Served threshold (`inference.threshold`): {served}.\n"
+    if not point:
+        return (
+            text + "- No operating threshold is stored in the model (`inference.threshold: auto` is refused)."
+        )
+    text += (
+        f"- Stored operating threshold {point['threshold']:.4f} on P({point['positive_class']}), chosen for a "
+        f"sensitivity of {point['target_sensitivity']}"
+        + (" with test-time augmentation" if point.get("tta") else "")
+    )
+    if "sensitivity" in point:
+        text += (
+            f"; on validation: sensitivity {point['sensitivity']:.4f}, specificity {point['specificity']:.4f}"
+        )
+    at_test = (facts["evaluation"].get("operating_point") or {}).get("test")
+    if at_test:
+        text += f"; on test: sensitivity {_with_interval(at_test['sensitivity'], None)}, specificity {_with_interval(at_test['specificity'], None)}"
+    return text + "."
+
+
+def _calibration(facts):
+    model, test = facts["model"], facts["evaluation"].get("test")
+    text = f"## Calibration\n\n- Temperature T = {model.get('temperature', 1.0):.4f}"
+    if test and test.get("ece") is not None:
+        text += (
+            f"; expected calibration error on test {test['ece']:.4f} "
+            f"({test['ece_uncalibrated']:.4f} before temperature scaling)"
+        )
+    return text + "."
+
+
+def _use_and_limits(facts):
+    return (
+        "## Intended use\n\n"
+        "Decision support for trained microscopists reading Giemsa-stained thin blood smears: it ranks and flags "
+        "segmented red-cell crops for review. It is not a diagnosis: it does not count parasitaemia, tell species "
+        "or stages, nor read thick smears, and it has not been validated as a medical device.\n\n"
+        "## Known limitations\n\n"
+        "- Label noise: the NIH/NLM archive holds cells whose label is disputed; the cross-validation label audit "
+        "(data/08_reporting/label_issues.csv) lists the suspects, and the top-loss figure shows some.\n"
+        + (
+            "- Trained on grayscale images: stain colour, which microscopists use, was not available to it.\n"
+            if facts["grayscale"]
+            else ""
+        )
+        + (
+            f"- Small images: the model saw cells at {facts['ingestion']['image_size']} pixels, where the official archive's "
+            "crops are 46 to 394 pixels a side (the project's development copy is reduced to 50×50 grayscale); its "
+            "figures on full-resolution colour crops may differ.\n"
+            if facts["ingestion"]["image_size"] <= 64
+            else ""
+        )
+        + "- Patient variance: accuracy varies between patients (evaluation_metrics.json, per_patient); a new site's "
+        "smears, stains or cameras may fall outside what it saw. Check it on local, labelled cells first.\n"
+        "- Cells come pre-segmented: segmentation errors upstream are not caught here."
+    )
+
+
+def _reproduce(facts):
+    parameters = facts["parameters"]
+    source = facts["ingestion"]["source"]
+    claim = parameters.get("cross_validation_run_id")
+    env = " --env all_patients" if claim else ""
+    return (
+        "## Reproduce\n\n"
+        f'```\nkedro run --pipelines training{env} --params "ingestion.source={source},profile={facts["profile"]}"\n```\n\n'
+        "with this project at the version above; every parameter of the run is in the MLflow run's parameters"
+        + (f" (run `{facts['run_id']}`)" if facts.get("run_id") else "")
+        + ". On a CPU, the same seeds give the same model."
+    )
+
+
+def _with_interval(value, interval) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else f"{value:.4f}"
+
+
+def _numbers(values) -> str:
+    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"

@@ -1,0 +1,70 @@
+"""After training, on held-out images that choose (a validation subset, never the test subset): temperature
+scaling and the clinical operating threshold. The training pipeline and each fold of cross-validation
+call the same :func:`calibrate`, so that cross-validation measures what a trained model does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from malaria_pipeline.assess.metrics import threshold_for_sensitivity
+from malaria_pipeline.ml.calibration import fit_temperature
+from malaria_pipeline.ml.models import CellClassifier, probabilities
+
+logger = logging.getLogger(__name__)
+
+
+def calibrate(
+    classifier: CellClassifier,
+    view_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    fit: bool,
+    positive_class: str,
+    target_sensitivity: float,
+) -> dict[str, Any] | None:
+    """Sets ``classifier.temperature`` (fitted on the logits of the images as they are when ``fit``, else 1)
+    and returns the operating point chosen on them: the threshold on P(positive_class), predicted as
+    evaluation and inference predict (the temperature; test-time augmentation when ``view_logits`` holds
+    the 8 views), that reaches ``target_sensitivity`` at the best specificity.
+
+    Args:
+        view_logits: ``V×N×classes``, :meth:`~malaria_pipeline.ml.models.CellClassifier.view_logits` of
+            held-out images that may choose (validation): V = 8 with test-time augmentation, else 1.
+        labels: ``int64, N`` their class indices in ``classifier.class_names``.
+
+    Returns:
+        ``threshold``, the ``sensitivity`` and ``specificity`` it gives on ``images``, ``positive_class``,
+        ``tta`` and ``target_sensitivity``; None when the images are all of one class (nothing to choose on).
+    """
+    classifier.temperature = (
+        fit_temperature(view_logits[0], labels) if fit else 1.0
+    )  # [0]: the images as they are
+    is_positive = labels.numpy() == classifier.class_names.index(positive_class)
+    if is_positive.all() or not is_positive.any():
+        logger.warning("The %d held-out images are all of one class: no operating threshold", len(labels))
+        return None
+    p_positive = probabilities(view_logits, classifier.temperature)[
+        :, classifier.class_names.index(positive_class)
+    ]
+    point = threshold_for_sensitivity(is_positive, p_positive.numpy().astype(np.float64), target_sensitivity)
+    logger.info(
+        "Operating threshold %.4f on P(%s): sensitivity %.4f, specificity %.4f on the %d held-out images "
+        "(target sensitivity %s)",
+        point["threshold"],
+        positive_class,
+        point["sensitivity"],
+        point["specificity"],
+        len(labels),
+        target_sensitivity,
+    )
+    return {
+        **point,
+        "positive_class": positive_class,
+        "tta": len(view_logits) > 1,
+        "target_sensitivity": float(target_sensitivity),
+    }

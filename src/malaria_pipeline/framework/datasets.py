@@ -1,0 +1,370 @@
+"""Kedro datasets of this project: the image source, versioned torch files, the model to classify
+with, the training checkpoint.
+
+In ``catalog.yml`` they are named by their full import path, e.g.
+``type: malaria_pipeline.framework.datasets.TorchDataset``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import fsspec
+import pandas as pd
+import torch
+from kedro.io.core import (
+    AbstractDataset,
+    AbstractVersionedDataset,
+    DatasetError,
+    Version,
+    get_filepath_str,
+    get_protocol_and_path,
+)
+from kedro_datasets.pandas import CSVDataset
+
+from malaria_pipeline.cells.archive import ImageArchive
+from malaria_pipeline.cells.download import download_archive, is_url
+from malaria_pipeline.framework import kedro_private
+from malaria_pipeline.ml.checkpoint import CheckpointStore
+
+logger = logging.getLogger(__name__)
+
+
+class CellImageSourceDataset(AbstractDataset[None, ImageArchive]):
+    """Reads cell images from a URL, a local ``.zip`` or a folder (read-only).
+
+    A URL is downloaded once into ``download_dir``, resumably, and verified against the size and
+    SHA-256 of the matching entry of ``known_archives``; a verified copy is reused by later runs.
+
+    Example ``catalog.yml`` entry:
+
+    .. code-block:: yaml
+
+        cell_images:
+          type: malaria_pipeline.framework.datasets.CellImageSourceDataset
+          source: /data/cell_images.zip
+          download_dir: data/01_raw
+          known_archives:
+            - {url: https://example.org/cell_images.zip, size: 353452851, sha256: 0a94...}
+    """
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        download_dir: str = "data/01_raw",
+        known_archives: list[dict[str, Any]] | None = None,
+        timeout: float = 10.0,
+        parameter: str = "ingestion.source",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._source = str(source)
+        self._parameter = parameter
+        self._download_dir = download_dir
+        self._known = {entry["url"]: entry for entry in known_archives or []}
+        self._timeout = timeout
+        self.metadata = metadata
+
+    def load(self) -> ImageArchive:
+        if not is_url(self._source):
+            return ImageArchive.open(self._source, parameter=self._parameter)
+        known = self._known.get(self._source, {})
+        if not known:
+            logger.warning("No size or SHA-256 is known for %s: the download is not verified", self._source)
+        path = download_archive(
+            self._source,
+            self._download_dir,
+            size=known.get("size"),
+            sha256=known.get("sha256"),
+            timeout=self._timeout,
+        )
+        return ImageArchive.open(path, source=self._source, parameter=self._parameter)
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{type(self).__name__} is read-only: it reads the images of {self._source}")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"source": self._source, "download_dir": self._download_dir}
+
+    def _exists(self) -> bool:
+        return is_url(self._source) or Path(self._source).expanduser().exists()
+
+
+class TorchDataset(AbstractVersionedDataset[Any, Any]):
+    """A ``torch.save`` file of tensors, or of dicts and lists of tensors, strings and numbers.
+
+    Loaded safely (``weights_only=True``: no code runs) and memory-mapped, so a large tensor is paged
+    in as it is used.
+
+    Example ``catalog.yml`` entry:
+
+    .. code-block:: yaml
+
+        image_tensors:
+          type: malaria_pipeline.framework.datasets.TorchDataset
+          filepath: data/02_intermediate/image_tensors.pt
+          versioned: true
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        version: Version | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        protocol, path = get_protocol_and_path(filepath, version)
+        if protocol != "file":
+            raise DatasetError(f"TorchDataset reads local files only, not {filepath!r}")
+        self._protocol = protocol
+        self._fs = fsspec.filesystem(protocol, auto_mkdir=True)
+        self.metadata = metadata
+        super().__init__(
+            filepath=PurePosixPath(path),
+            version=version,
+            exists_function=self._fs.exists,
+            glob_function=self._fs.glob,
+        )
+
+    def load(self) -> Any:
+        path = get_filepath_str(kedro_private.load_path(self), self._protocol)
+        return torch.load(path, weights_only=True, mmap=True)
+
+    def save(self, data: Any) -> None:
+        path = Path(get_filepath_str(kedro_private.save_path(self), self._protocol))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(data.contiguous() if isinstance(data, torch.Tensor) else data, path)
+        self._fs.invalidate_cache(str(path))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": kedro_private.filepath(self), "version": kedro_private.version(self)}
+
+    def _exists(self) -> bool:
+        try:
+            path = get_filepath_str(kedro_private.load_path(self), self._protocol)
+        except DatasetError:
+            return False
+        return self._fs.exists(path)
+
+
+class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
+    """The model bundle to classify new images with (read-only): a version of the files that training
+    writes, or the copy packed inside an MLflow model (a run's, or a registered version's).
+
+    The bundle is returned with one more key, ``source``: the file or MLflow URI it was read from, and,
+    for a registered model, ``registered_version``.
+
+    Example ``catalog.yml`` entry:
+
+    .. code-block:: yaml
+
+        inference_model:
+          type: malaria_pipeline.framework.datasets.TrainedModelDataset
+          filepath: data/06_models/model.pt        # the versioned files of the catalog's `model`
+          load_version: null                      # null: the latest; or 2026-11-22T10.00.00.000Z
+          model_uri: null                         # or models:/malaria-cell-classifier@champion, runs:/<id>/model
+          mlflow_run_id: null                     # or a run id: the same as model_uri runs:/<id>/model
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        load_version: str | None = None,
+        model_uri: str | None = None,
+        mlflow_run_id: str | None = None,
+        mlflow_model_name: str = "model",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._files = TorchDataset(filepath=filepath, version=Version(load_version or None, None))
+        self._version = load_version or None
+        self._uri = model_uri or (f"runs:/{mlflow_run_id}/{mlflow_model_name}" if mlflow_run_id else None)
+        self._parameter = "inference.model_uri" if model_uri else "inference.mlflow_run_id"
+        self.metadata = metadata
+
+    def load(self) -> dict[str, Any]:
+        if self._uri:
+            return self._load_from_mlflow()
+        try:
+            path = kedro_private.load_path(self._files)
+            bundle = self._files.load()
+        except (DatasetError, FileNotFoundError) as error:
+            try:
+                versions = self._files.list_versions(full_path=False)[:5]
+            except DatasetError:
+                versions = []
+            which = f"version {self._version!r} of the model" if self._version else "model"
+            raise DatasetError(
+                f"Found no {which} in {kedro_private.filepath(self._files)}: run `kedro run --pipelines training` "
+                "first, or set inference.model_version or inference.model_uri"
+                + (f" (the latest versions: {', '.join(versions)})" if versions else "")
+            ) from error
+        return {**bundle, "source": str(path)}
+
+    def _load_from_mlflow(self) -> dict[str, Any]:
+        import mlflow  # only when asked: the tracking URI is the one kedro-mlflow set from mlflow.yml
+
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=self._uri))
+            flavor = mlflow.models.Model.load(local).flavors["python_function"]
+            relative = flavor["artifacts"]["model"]["path"]
+            registered = _registered_version(self._uri)
+        except (mlflow.exceptions.MlflowException, OSError, KeyError) as error:
+            raise DatasetError(
+                f"{self._parameter}: cannot read the model bundle of {self._uri} from {mlflow.get_tracking_uri()} "
+                f"({error}). Give the MLflow model of a finished `training` run: models:/<name>@<alias>, "
+                "models:/<name>/<version> or runs:/<run id>/model (see `mlflow ui --backend-store-uri sqlite:///mlflow.db`)."
+            ) from error
+        bundle = torch.load(local / relative, weights_only=True, map_location="cpu")
+        return {
+            **bundle,
+            "source": f"{self._uri}/{relative}",
+            **({"registered_version": registered} if registered else {}),
+        }
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{type(self).__name__} is read-only: training writes the catalog's `model`")
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "filepath": kedro_private.filepath(self._files),
+            "version": self._version,
+            "model_uri": self._uri,
+        }
+
+    def _exists(self) -> bool:
+        return bool(self._uri) or self._files.exists()
+
+
+def _registered_version(uri: str) -> dict[str, Any] | None:
+    """Name, version and run of the registered model version that a ``models:/<name>@<alias>`` or
+    ``models:/<name>/<version>`` URI names; None for other URIs (``runs:/``, ``models:/m-<id>``)."""
+    import mlflow
+
+    if not uri.startswith("models:/"):
+        return None
+    client, rest = mlflow.MlflowClient(), uri[len("models:/") :].strip("/")
+    if "@" in rest:
+        version = client.get_model_version_by_alias(*rest.split("@", 1))
+    else:
+        parts = rest.split("/")
+        if len(parts) != 2 or not parts[1].isdigit():
+            return None
+        version = client.get_model_version(*parts)
+    return {"name": version.name, "version": int(version.version), "run_id": version.run_id}
+
+
+class CheckpointStoreDataset(AbstractDataset[None, CheckpointStore]):
+    """Hands the training node the store where it keeps each epoch's state (read-only).
+
+    The checkpoint is a working file that one run replaces after every epoch, so that an interrupted
+    run can resume (``training.resume: true``); it is not a versioned output.
+
+    Example ``catalog.yml`` entry:
+
+    .. code-block:: yaml
+
+        training_checkpoint:
+          type: malaria_pipeline.framework.datasets.CheckpointStoreDataset
+          folder: data/06_models/checkpoint
+    """
+
+    def __init__(self, *, folder: str, metadata: dict[str, Any] | None = None) -> None:
+        self._folder = folder
+        self.metadata = metadata
+
+    def load(self) -> CheckpointStore:
+        return CheckpointStore(Path(self._folder))
+
+    def save(self, data: None) -> None:
+        raise DatasetError(
+            f"{type(self).__name__} is read-only: the training node writes {self._folder} itself"
+        )
+
+    def _describe(self) -> dict[str, Any]:
+        return {"folder": self._folder}
+
+    def _exists(self) -> bool:
+        return True
+
+
+class ImageFolderDataset(AbstractVersionedDataset[dict[str, Any], dict[str, Any]]):
+    """A versioned folder of PNG files: saves ``{file name: uint8 H×W×3 array}``, loads the same.
+
+    Each version is a folder ``<filepath>/<version>/<folder name>/``; the names are plain file names (no
+    folders, no ``..``), so a saved version never writes outside its folder.
+
+    Example ``catalog.yml`` entry:
+
+    .. code-block:: yaml
+
+        explanation_overlays:
+          type: malaria_pipeline.framework.datasets.ImageFolderDataset
+          filepath: data/08_reporting/explanations
+          versioned: true
+    """
+
+    def __init__(
+        self, *, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None
+    ) -> None:
+        self._fs = fsspec.filesystem("file", auto_mkdir=True)
+        self.metadata = metadata
+        super().__init__(
+            filepath=PurePosixPath(filepath),
+            version=version,
+            exists_function=self._fs.exists,
+            glob_function=self._fs.glob,
+        )
+
+    def load(self) -> dict[str, Any]:
+        import numpy as np
+        from PIL import Image
+
+        folder = Path(kedro_private.load_path(self))
+        images = {}
+        for path in sorted(folder.glob("*.png")):
+            with Image.open(path) as image:
+                images[path.name] = np.asarray(image.convert("RGB"))
+        return images
+
+    def save(self, data: dict[str, Any]) -> None:
+        from PIL import Image
+
+        folder = Path(kedro_private.save_path(self))
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, pixels in data.items():
+            if Path(name).name != name or not name.endswith(".png") or name.startswith("."):
+                raise DatasetError(
+                    f"{name!r} is not a plain .png file name: {type(self).__name__} writes into {folder} only"
+                )
+            Image.fromarray(pixels).save(folder / name)
+        self._fs.invalidate_cache(str(folder))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": kedro_private.filepath(self), "version": kedro_private.version(self)}
+
+    def _exists(self) -> bool:
+        try:
+            return self._fs.isdir(str(kedro_private.load_path(self)))
+        except DatasetError:
+            return False
+
+
+class OptionalCSVDataset(CSVDataset):
+    """A versioned CSV file that loads as an empty table of ``columns`` while no version of it exists.
+
+    For a pipeline input that another pipeline writes and that a run may not have yet: training reads
+    the latest label audit of ``cross_validation`` this way (``label_issues_to_exclude``), and uses it
+    only when ``training.exclude_label_issues`` is true, which then refuses an empty audit by name.
+    """
+
+    def __init__(self, *, columns: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._columns = list(columns or [])
+
+    def load(self) -> pd.DataFrame:
+        if not self.exists():
+            return pd.DataFrame({name: pd.Series(dtype="object") for name in self._columns})
+        return super().load()

@@ -1,0 +1,270 @@
+"""Project hooks."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+
+import mlflow
+from kedro.framework.hooks import hook_impl
+from kedro_mlflow.pipeline.pipeline_ml import PipelineML
+
+from malaria_pipeline.framework import kedro_private, registry, tracking
+from malaria_pipeline.framework.parameters import training_config
+from malaria_pipeline.framework.profiles import choose_profile
+from malaria_pipeline.ml.distributed import DistributedConfig
+
+logger = logging.getLogger(__name__)
+
+
+class MarkDeadMlflowRunsKilled:
+    """Tags each MLflow run with the process that owns it, and ends the runs of dead processes.
+
+    A run whose process was killed (SIGKILL, out of memory, a closed laptop) stays ``RUNNING`` for
+    ever. When a run starts, the runs of this experiment left ``RUNNING`` by a process of this host
+    that no longer exists are marked ``KILLED``, with a tag saying why.
+    """
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        # kedro-mlflow, registered after the project's hooks, has started its run by now.
+        run = mlflow.active_run()
+        if run is None:
+            return
+        tracking.set_tags(tracking.owner_tags())
+        tracking.mark_dead_runs_killed(run.info.experiment_id, run.info.run_id)
+
+
+class CheckTrainingParameters:
+    """Refuses an unknown key of the ``training`` parameters when the session starts, before any run:
+    ``--params "training.max_Lr=0.1"`` fails at once, naming ``max_lr``, instead of training with the
+    default."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        training = context.params.get("training", {})
+        training_config(training)
+        DistributedConfig.from_params(training["distributed"])
+
+
+class LogHardwareProfile:
+    """Says in one log line which hardware profile a training run trains, and why, and tags the MLflow run."""
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline, catalog) -> None:
+        if "params:training" not in pipeline.inputs():
+            return
+        params = catalog.load("parameters")
+        profile, reason = choose_profile(params.get("profile", "auto"))
+        other = "cpu" if profile == "gpu" else "gpu"
+        training = params["training"]
+        logger.info(
+            "%s: training the %s profile (%s-pixel images, %s width %s, %s epochs); set "
+            '--params "profile=%s" or profile: %s in conf/local/globals.yml to change it',
+            reason,
+            profile,
+            params["ingestion"]["image_size"],
+            training["architecture"],
+            training["width"],
+            training["epochs"],
+            other,
+            other,
+        )
+        tracking.set_tags({tracking.PROFILE_TAG: profile})
+
+
+class EndInterruptedMlflowRun:
+    """Ends the MLflow run of a ``kedro run`` that was interrupted in this Python process, as ``KILLED``.
+
+    Kedro calls ``on_pipeline_error`` for exceptions but not for Ctrl-C (``KeyboardInterrupt``), so
+    kedro-mlflow leaves that run open: in a notebook the next session would log into it and fail on
+    changed parameters (``training.resume=true``, say), and when ``kedro`` exits, MLflow's own exit
+    handler would end it as ``FINISHED``. So the next session of the process ends it, and so does an
+    exit handler that runs before MLflow's. A run that the user opened around ``kedro run`` on purpose
+    is left alone: only the one started by the interrupted session is ended.
+    """
+
+    def __init__(self) -> None:
+        self._open_run_id: str | None = None
+        self._exit_handler_registered = False
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self) -> None:
+        self._end_interrupted_run()
+        self._open_run_id = None
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        # kedro-mlflow, registered after the project's hooks, has started its run by now.
+        run = mlflow.active_run()
+        self._open_run_id = run.info.run_id if run is not None else None
+        if not self._exit_handler_registered:
+            # Registered after MLflow's (at its import), so it runs before it.
+            atexit.register(self._end_interrupted_run)
+            self._exit_handler_registered = True
+
+    def _end_interrupted_run(self) -> None:
+        run = mlflow.active_run()
+        if run is not None and run.info.run_id == self._open_run_id:
+            logger.warning(
+                "Ending MLflow run %s, left open by an interrupted kedro run, as KILLED", run.info.run_id
+            )
+            mlflow.end_run(status="KILLED")
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._open_run_id = None
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._open_run_id = None
+
+
+class LogArtifactsToMlflow:
+    """Logs the file of each saved dataset whose catalog ``metadata`` has ``mlflow_artifact_path``.
+
+    kedro-mlflow's ``MlflowArtifactDataset`` can't wrap a versioned dataset under Kedro 1.7: Kedro gives
+    the wrapped dataset its own save version, which the catalog then refuses. So the datasets stay
+    plain and versioned, and this hook sends the version just saved to the active MLflow run (the one
+    kedro-mlflow opened), under the folder that ``mlflow_artifact_path`` names ("" for the top).
+    """
+
+    def __init__(self) -> None:
+        self._catalog = None
+
+    @hook_impl
+    def after_catalog_created(self, catalog) -> None:
+        self._catalog = catalog
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str) -> None:
+        if self._catalog is None or mlflow.active_run() is None:
+            return
+        dataset = self._catalog.get(dataset_name)
+        folder = (getattr(dataset, "metadata", None) or {}).get("mlflow_artifact_path")
+        if folder is None:
+            return
+        # The load path of a versioned dataset is its latest version: the one just saved.
+        mlflow.log_artifact(str(kedro_private.load_path(dataset)), folder or None)
+
+
+class PinVersionsForPipelineModel:
+    """Hands kedro-mlflow the one version of each file that a run's MLflow model packs.
+
+    At the end of a ``pipeline_ml_factory`` run, kedro-mlflow logs the file at ``_filepath`` of each
+    dataset that the served pipeline reads, and when the MLflow model loads it points ``_filepath``
+    at that copy and loads it. For a versioned dataset ``_filepath`` is the folder of every version:
+    each MLflow model would carry all earlier models, and on loading would look for versions inside
+    its copy. So, just before kedro-mlflow (``tryfirst``), this hook puts into the run's catalog an
+    unversioned copy of each such dataset that names the version this run saved (or, if the run
+    saved none, the one it would load).
+    """
+
+    @hook_impl(tryfirst=True)
+    def after_pipeline_run(self, pipeline, catalog) -> None:
+        if not isinstance(pipeline, PipelineML):
+            return
+        for name in pipeline.inference.inputs():
+            dataset = catalog.get(name)
+            if not kedro_private.is_versioned(dataset):
+                continue
+            saved = kedro_private.versioned_path(dataset, dataset.resolve_save_version())
+            path = saved if kedro_private.path_exists(dataset, saved) else kedro_private.load_path(dataset)
+            catalog[name] = kedro_private.unversioned_copy(dataset, path)
+            logger.info("The MLflow model packs %s of %s", path, name)
+
+
+class RegisterModelVersion:
+    """Registers the served MLflow model of each ``training`` run as a new version of ``registry.model_name``
+    with the alias ``registry.challenger_alias``, and the run's model card as the version's description.
+
+    kedro-mlflow logs that model, and ends the run, in its own ``after_pipeline_run``: this one runs
+    after it (``trylast``) and registers by run id. ``kedro run --pipelines promote`` then decides whether
+    the challenger becomes champion.
+    """
+
+    def __init__(self) -> None:
+        self._run_id: str | None = None
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline) -> None:
+        self._run_id = tracking.active_run_id() if isinstance(pipeline, PipelineML) else None
+
+    @hook_impl(trylast=True)
+    def after_pipeline_run(self, pipeline, catalog) -> None:
+        run_id, self._run_id = self._run_id, None
+        settings = catalog.load("parameters").get("registry") or {}
+        if not run_id or not settings.get("register"):
+            return
+        card = catalog.load("model_card") if "model_card" in pipeline.all_outputs() else None
+        try:
+            registry.register_run_model(run_id, settings["model_name"], settings["challenger_alias"], card)
+        except mlflow.exceptions.MlflowException as error:
+            raise RuntimeError(
+                f"Run {run_id} finished and logged its model, but registering it as {settings['model_name']} failed "
+                f"({error.message}). Register it by hand: mlflow.register_model('runs:/{run_id}/model', "
+                f"'{settings['model_name']}'), or set registry.register=false."
+            ) from error
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._run_id = None
+
+
+class TagAccuracyClaim:
+    """Tags a training run with the cross-validation run whose figures are its accuracy claim.
+
+    A model trained on every patient (``kedro run --pipelines training --env all_patients``) has no
+    held-out images: its accuracy is the one that cross-validation of the same configuration measured.
+    The parameter ``cross_validation_run_id`` names that run (``latest``: the newest finished
+    ``cross_validation`` run of the experiment). The run is checked (it exists, finished, holds
+    cross-validation metrics) and the training run gets the tag ``cross_validation_run_id`` and, in
+    ``accuracy_claim``, its mean ± std accuracy. A run id that is not such a run fails the run at once.
+    """
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline, catalog) -> None:
+        if "params:training" not in pipeline.inputs() or mlflow.active_run() is None:
+            return
+        wanted = catalog.load("parameters").get("cross_validation_run_id")
+        if not wanted:
+            return
+        try:
+            run = tracking.cross_validation_run(str(wanted), mlflow.active_run().info.experiment_id)
+        except ValueError:
+            mlflow.end_run(status="FAILED")
+            raise
+        metrics = run.data.metrics
+        claim = (
+            f"cross-validation accuracy {metrics['cv.accuracy.mean']:.4f} ± {metrics['cv.accuracy.std']:.4f}"
+        )
+        tracking.set_tags({tracking.CROSS_VALIDATION_RUN_TAG: run.info.run_id, "accuracy_claim": claim})
+        logger.info("The accuracy claim of this model is run %s's: %s", run.info.run_id, claim)
+        evaluation = catalog.load("params:evaluation") if "params:evaluation" in pipeline.inputs() else {}
+        for advice in claim_mismatches(catalog.load("params:training"), evaluation, metrics):
+            logger.warning(
+                "%s (cross-validation run %s) for the model that claim is about", advice, run.info.run_id
+            )
+
+
+def claim_mismatches(training: dict, evaluation: dict, metrics: dict[str, float]) -> list[str]:
+    """What a model trained on every patient should set to be the one its cross-validation measured: the
+    epoch count the folds kept, and the temperature and operating threshold they chose (the medians,
+    ``cv.recommended_*``), where the parameters differ from them.
+    """
+    advice = []
+    epochs = metrics.get("cv.recommended_epochs")
+    if epochs is not None and int(epochs) != training["epochs"]:
+        advice.append(
+            f"training.epochs is {training['epochs']} but the folds kept {int(epochs)} epochs (median): "
+            f"set training.epochs={int(epochs)}"
+        )
+    given = evaluation.get("without_validation") or {}
+    for name in ("temperature", "operating_threshold"):
+        chosen = metrics.get(f"cv.recommended_{name}")
+        if chosen is not None and (given.get(name) is None or abs(given[name] - chosen) > 5e-4):
+            advice.append(
+                f"evaluation.without_validation.{name} is {given.get(name)} but the folds chose {chosen:.4f} "
+                f"(median): set evaluation.without_validation.{name}={chosen:.4f}"
+            )
+    return advice

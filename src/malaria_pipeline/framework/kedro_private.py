@@ -1,0 +1,93 @@
+"""The one module that touches private attributes of Kedro and kedro-mlflow: everything else calls
+the functions here, and ``tests/framework/test_kedro_private.py`` checks each attribute on real objects, so an
+upgrade that renames or changes one fails there, by name, instead of somewhere inside a run.
+
+Written against kedro 1.7.0, kedro-datasets 9.6.0 and kedro-mlflow 2.0.3. The private attributes:
+
+``AbstractVersionedDataset`` (``kedro.io.core``), which ``TorchDataset`` and kedro-datasets'
+file datasets extend:
+
+- ``_filepath``: the path given to the dataset; for a versioned one, the folder of its versions.
+  kedro-mlflow 2.0.3 also reads it (``KedroPipelineModel``) as the file to log into an MLflow model,
+  and sets it to that copy when the model loads: :func:`unversioned_copy` relies on both.
+- ``_version``: the ``Version(load, save)`` given to the dataset, ``None`` when it is not versioned.
+- ``_get_load_path()``: the file that ``load`` reads (the latest version, or the pinned one).
+- ``_get_save_path()``: the file that ``save`` writes (raises if that version exists).
+- ``_get_versioned_path(version)``: ``_filepath / version / _filepath.name``.
+- ``_exists_function``: the ``exists`` of the dataset's file system, given to its ``__init__``.
+
+``KedroSession`` (``kedro.framework.session``):
+
+- ``_hook_manager``: the pluggy ``PluginManager`` of that one session.
+
+Public alternatives, where there are any: ``resolve_load_version()``, ``resolve_save_version()`` and
+``list_versions()`` of a versioned dataset are public, but no public attribute gives its path, so
+a path needs ``_filepath`` anyway. ``settings.HOOKS`` is the public way to register hooks, but for
+every session of the project; nothing public adds one to a single session. The logger of a dataset
+(``AbstractDataset._logger``) has a public replacement: ``logging.getLogger(__name__)``.
+
+Overriding ``_describe`` and ``_exists`` in a dataset class is Kedro's documented way to write a
+dataset, not a use of private API, and is not fenced here.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import PurePosixPath
+from typing import Any, TypeVar
+
+from kedro.io.core import AbstractVersionedDataset, Version
+
+_D = TypeVar("_D", bound=AbstractVersionedDataset)
+
+
+def filepath(dataset: AbstractVersionedDataset) -> PurePosixPath:
+    """The path the dataset was given: its file, or for a versioned dataset the folder of its versions."""
+    return dataset._filepath
+
+
+def version(dataset: AbstractVersionedDataset) -> Version | None:
+    """The ``Version(load, save)`` the dataset was given, ``None`` when it is not versioned."""
+    return dataset._version
+
+
+def is_versioned(dataset: Any) -> bool:
+    """Whether ``dataset`` is a Kedro dataset with versioning on."""
+    return isinstance(dataset, AbstractVersionedDataset) and bool(dataset._version)
+
+
+def load_path(dataset: Any) -> PurePosixPath:
+    """The file that ``dataset.load()`` reads: for a versioned dataset its latest version (the one just
+    saved, after a save) or the pinned one; for any other file dataset, its ``_filepath``."""
+    if isinstance(dataset, AbstractVersionedDataset):
+        return dataset._get_load_path()
+    return dataset._filepath
+
+
+def save_path(dataset: AbstractVersionedDataset) -> PurePosixPath:
+    """The file that ``dataset.save()`` writes; raises ``DatasetError`` if that version exists."""
+    return dataset._get_save_path()
+
+
+def versioned_path(dataset: AbstractVersionedDataset, version_string: str) -> PurePosixPath:
+    """The file of version ``version_string`` of ``dataset``, whether or not it exists."""
+    return dataset._get_versioned_path(version_string)
+
+
+def path_exists(dataset: AbstractVersionedDataset, path: PurePosixPath | str) -> bool:
+    """Whether ``path`` exists on the file system of ``dataset``."""
+    return bool(dataset._exists_function(str(path)))
+
+
+def unversioned_copy(dataset: _D, path: PurePosixPath) -> _D:
+    """A shallow copy of ``dataset`` that reads and writes ``path`` itself, with versioning off: what
+    kedro-mlflow (which logs and then replaces ``_filepath``) needs to pack one version of a file."""
+    pinned = copy.copy(dataset)
+    pinned._filepath = path
+    pinned._version = None
+    return pinned
+
+
+def register_session_hook(session: Any, hook: Any) -> None:
+    """Adds ``hook`` (an instance with ``@hook_impl`` methods) to the hooks of this ``KedroSession`` only."""
+    session._hook_manager.register(hook)
