@@ -8,6 +8,7 @@ from malaria_pipeline.assess.metrics import (
     operating_points,
     patient_bootstrap_intervals,
     per_patient,
+    sensitivity_at_specificity,
     sensitivity_specificity,
 )
 
@@ -422,3 +423,45 @@ def test_a_fold_without_a_class_leaves_that_rate_missing_and_out_of_the_mean():
         summary["specificity"]["mean"] == pytest.approx((1 + 2 / 3 + 0) / 3)
         and summary["specificity"]["folds"] == 3
     )
+
+
+def test_sensitivity_at_a_specificity_is_the_point_worked_out_by_hand():
+    # 1,000 uninfected cells with scores 0.000, 0.001, ..., 0.999 and 10 parasitized ones at 0.9955,
+    # 0.9985, 0.9975, 0.9965, 0.95, 0.85, 0.75, 0.65, 0.55, 0.45.
+    healthy = np.arange(1000) / 1000
+    sick = np.array([0.9955, 0.9985, 0.9975, 0.9965, 0.95, 0.85, 0.75, 0.65, 0.55, 0.45])
+    truth = np.r_[np.zeros(1000, bool), np.ones(10, bool)]
+    p = np.r_[healthy, sick]
+    # Specificity 0.999 allows 1 false alarm: at the threshold 0.9985 only the healthy 0.999 is above it,
+    # and the sick 0.9985 is found; at 0.998 the false alarms are 2.
+    at = sensitivity_at_specificity(truth, p, 0.999)
+    assert at == {"target_specificity": 0.999, "threshold": 0.9985, "sensitivity": 0.1, "specificity": 0.999}
+    # 0.995 allows 5 (the healthy 0.995 ... 0.999): 4 sick cells are found (0.9955 ... 0.9985) at 0.9955,
+    # with 4 false alarms (0.996 ... 0.999), and at 0.995 with 5: the fewer wins.
+    at = sensitivity_at_specificity(truth, p, 0.995)
+    assert (
+        at["threshold"] == 0.9955 and at["sensitivity"] == 0.4 and at["specificity"] == pytest.approx(0.996)
+    )
+    # 0.99 allows 10: the next sick cell (0.95) would bring 49 healthy ones: still 4 found, at 0.9955.
+    at = sensitivity_at_specificity(truth, p, 0.99)
+    assert (
+        at["threshold"] == 0.9955 and at["sensitivity"] == 0.4 and at["specificity"] == pytest.approx(0.996)
+    )
+    # The sick cells all above every healthy one: found at any target, no false alarm.
+    assert sensitivity_at_specificity(truth, np.r_[healthy * 0.4, sick], 0.999)["sensitivity"] == 1.0
+
+
+def test_sensitivity_at_a_specificity_no_threshold_reaches_and_one_class():
+    # Every sick cell below the healthy ones: only calling nothing positive keeps the false alarms down.
+    truth = np.array([False] * 4 + [True] * 2)
+    at = sensitivity_at_specificity(truth, np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1]), 0.99)
+    assert at == {"target_specificity": 0.99, "threshold": None, "sensitivity": 0.0, "specificity": 1.0}
+    one_class = sensitivity_at_specificity(np.zeros(3, bool), np.array([0.1, 0.5, 0.9]), 0.99)
+    assert one_class == {
+        "target_specificity": 0.99,
+        "threshold": None,
+        "sensitivity": None,
+        "specificity": None,
+    }
+    with pytest.raises(ValueError, match=r"A target specificity is 1: give one in \(0, 1\)"):
+        sensitivity_at_specificity(truth, np.arange(6) / 6, 1)

@@ -180,6 +180,68 @@ def threshold_for_sensitivity(
     }
 
 
+def at_specificity_name(target_specificity: float) -> str:
+    """The metric name of the sensitivity at a target specificity: ``sensitivity_at_specificity_0.999``."""
+    return f"sensitivity_at_specificity_{target_specificity:g}"
+
+
+def at_specificity_phrase(rows: list[dict[str, Any]]) -> str:
+    """``sensitivity 0.6390 at specificity 0.999 (threshold 0.9876); …`` of :func:`sensitivity_at_specificity` rows."""
+
+    def number(value, digits=4):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    return "; ".join(
+        f"sensitivity {number(row['sensitivity'])} at specificity {row['target_specificity']:g} "
+        f"(threshold {number(row['threshold'])})"
+        for row in rows
+    )
+
+
+def sensitivity_at_specificity(
+    is_positive: np.ndarray, p_positive: np.ndarray, target_specificity: float
+) -> dict[str, float | None]:
+    """The most parasitized cells found while at most ``1 - target_specificity`` of the uninfected cells
+    are called positive: the point of the ROC curve a smear of thousands of healthy cells needs (at
+    0.999, one false alarm per 1,000 healthy cells).
+
+    Among the thresholds of scikit-learn's ``roc_curve`` whose specificity is at least the target, the
+    one of highest sensitivity; among those, the lowest false-positive rate.
+
+    Returns:
+        ``target_specificity``, the ``threshold`` (None where only calling nothing positive meets the
+        target) and the ``sensitivity`` and ``specificity`` it gives on these cells; all but the target
+        None where the cells are of one class.
+
+    Raises:
+        ValueError: the target is not in (0, 1).
+    """
+    if not 0 < target_specificity < 1:
+        raise ValueError(
+            f"A target specificity is {target_specificity!r}: give one in (0, 1), e.g. 0.999 "
+            "(evaluation.specificity_targets)"
+        )
+    truth = np.asarray(is_positive, dtype=bool)
+    point = {
+        "target_specificity": float(target_specificity),
+        "threshold": None,
+        "sensitivity": None,
+        "specificity": None,
+    }
+    if truth.all() or not truth.any():
+        return point
+    fpr, tpr, thresholds = roc_curve(truth, np.asarray(p_positive, dtype=float), drop_intermediate=False)
+    meeting = np.flatnonzero(1 - fpr >= target_specificity)  # never empty: the first threshold calls none
+    best = meeting[np.lexsort((fpr[meeting], -tpr[meeting]))[0]]  # highest tpr, then lowest fpr
+    threshold = float(thresholds[best])
+    return {
+        **point,
+        "threshold": threshold if np.isfinite(threshold) else None,
+        "sensitivity": float(tpr[best]),
+        "specificity": float(1 - fpr[best]),
+    }
+
+
 def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> list[dict[str, Any]]:
     """The reliability diagram's bins: ``bins`` equal-width intervals ((m-1)/bins, m/bins] of confidence
     (a confidence of 0 goes to the first), each with its ``images``, mean ``confidence`` and ``accuracy``

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import malaria_pipeline
+from malaria_pipeline.assess.metrics import at_specificity_phrase
 
 HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
@@ -27,6 +28,7 @@ def model_card(facts: dict[str, Any]) -> str:
         _training(facts),
         _metrics(facts),
         _operating_point(facts),
+        _high_specificity(facts),
         _calibration(facts),
         _use_and_limits(facts),
         _reproduce(facts),
@@ -140,6 +142,40 @@ def _metrics(facts):
             "this model's accuracy has not been measured."
         )
     return "\n".join(lines)
+
+
+def _high_specificity(facts):
+    """The sensitivity at the specificities a smear of thousands of healthy cells needs; None without them."""
+    evaluation, cv = facts["evaluation"], facts.get("cross_validation")
+    lines = [
+        f"- {subset}: {at_specificity_phrase(evaluation[subset]['at_specificity'])}."
+        for subset in ("validation", "test")
+        if evaluation.get(subset, {}).get("at_specificity")
+    ]
+    metrics = (cv or {}).get("metrics", {})
+    folds = sorted(
+        (float(name[len("cv.sensitivity_at_specificity_") : -len(".mean")]), name)
+        for name in metrics
+        if name.startswith("cv.sensitivity_at_specificity_") and name.endswith(".mean")
+    )
+    if folds:
+        lines.append(
+            "- cross-validation (mean ± std over folds, each read on its held-out cells): "
+            + "; ".join(
+                f"sensitivity {metrics[name]:.4f} ± {metrics.get(name[: -len('mean')] + 'std', float('nan')):.4f} "
+                f"at specificity {target:g}"
+                for target, name in folds
+            )
+            + "."
+        )
+    if not lines:
+        return None
+    return (
+        "## At the specificity a smear needs\n\n"
+        "A smear holds thousands of healthy cells: at specificity 0.999, one in 1,000 is called Parasitized. "
+        "The sensitivity there, each a point of the ROC curve read on the cells named, with its threshold:\n\n"
+        + "\n".join(lines)
+    )
 
 
 def _operating_point(facts):

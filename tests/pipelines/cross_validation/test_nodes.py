@@ -21,6 +21,7 @@ CV_PARAMS = {
     "target_sensitivities": [0.9, 0.95],
     "tta": False,
     "calibration_bins": 10,
+    "specificity_targets": [0.9, 0.99],
     "batch_size": 64,
     "worst_patients": 5,
     "label_audit": {"filter_by": "prune_by_noise_rate", "figure_cells": 8},
@@ -327,3 +328,58 @@ def test_a_fold_without_an_operating_threshold_is_left_out_of_the_targets_means(
         "folds": 2,
     }
     assert row["specificity"]["mean"] == pytest.approx(0.92) and row["median_threshold"] == pytest.approx(0.4)
+
+
+def _brute_force_at_specificity(truth, p, target):
+    """Every score tried as the threshold: the highest sensitivity whose specificity is at least ``target``."""
+    best = 0.0  # calling nothing positive always meets the target
+    for threshold in np.unique(p):
+        called = p >= threshold
+        if (~called[~truth]).mean() >= target:
+            best = max(best, called[truth].mean())
+    return best
+
+
+def test_the_sensitivity_at_each_specificity_is_read_per_fold_and_pooled():
+    rng = np.random.default_rng(7)
+    rows = []
+    for fold in (1, 2, 3):
+        truth = rng.random(300) < 0.4
+        p = np.clip(np.where(truth, rng.normal(0.75, 0.2, 300), rng.normal(0.3, 0.2, 300)), 0, 1)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "path": [f"f{fold}_{i}.png" for i in range(300)],
+                    "patient_id": [f"P{fold}{i % 10}" for i in range(300)],
+                    "label": np.where(truth, "Parasitized", "Uninfected"),
+                    "fold": fold,
+                    "p_parasitized": p,
+                    "p_parasitized_uncalibrated": p,
+                    "operating_threshold": 0.5,
+                    "temperature": 1.0,
+                }
+            )
+        )
+    predictions = pd.concat(rows, ignore_index=True)
+    history = pd.DataFrame({"epoch": [1, 1, 1], "kept": [True] * 3})
+    points = pd.DataFrame(columns=nodes.OPERATING_POINT_COLUMNS)
+    report, scores = nodes.summarize(predictions, history, points, CV_PARAMS)
+
+    def by_hand(cells, target):
+        truth = (cells["label"] == "Parasitized").to_numpy()
+        return _brute_force_at_specificity(truth, cells["p_parasitized"].to_numpy(), target)
+
+    for target in (0.9, 0.99):
+        name = f"sensitivity_at_specificity_{target}"
+        per_fold = [by_hand(cells, target) for _, cells in predictions.groupby("fold")]
+        assert [row[name] for row in report["per_fold"]] == pytest.approx(per_fold)
+        assert report["mean_std"][name]["mean"] == pytest.approx(np.mean(per_fold))
+        assert report["mean_std"][name]["std"] == pytest.approx(np.std(per_fold, ddof=1))
+        assert report["pooled"][name] == pytest.approx(by_hand(predictions, target))
+        assert scores[f"cv.{name}.mean"]["value"] == pytest.approx(np.mean(per_fold))
+        assert scores[f"cv.pooled.{name}"]["value"] == pytest.approx(by_hand(predictions, target))
+    assert (
+        0
+        < report["pooled"]["sensitivity_at_specificity_0.99"]
+        < report["pooled"]["sensitivity_at_specificity_0.9"]
+    )

@@ -45,6 +45,10 @@ EVALUATION = {
             "specificity": [0.9, 1.0],
             "roc_auc": [0.95, 1.0],
         },
+        "at_specificity": [
+            {"target_specificity": 0.99, "threshold": 0.8123, "sensitivity": 0.7543, "specificity": 0.9905},
+            {"target_specificity": 0.999, "threshold": None, "sensitivity": 0.0, "specificity": 1.0},
+        ],
     },
     "operating_point": {"threshold": 0.31, "test": {"sensitivity": 0.9611, "specificity": 0.9301}},
 }
@@ -156,6 +160,10 @@ def test_a_model_trained_on_every_patient_quotes_its_cross_validation_run(store)
                 "cv.roc_auc.std": 0.0027,
                 "cv.sensitivity.mean": 0.948,
                 "cv.sensitivity.std": 0.0125,
+                "cv.sensitivity_at_specificity_0.999.mean": 0.6391,
+                "cv.sensitivity_at_specificity_0.999.std": 0.0712,
+                "cv.sensitivity_at_specificity_0.99.mean": 0.9003,
+                "cv.sensitivity_at_specificity_0.99.std": 0.0311,
             }
         )
     with mlflow.start_run() as training:
@@ -167,3 +175,17 @@ def test_a_model_trained_on_every_patient_quotes_its_cross_validation_run(store)
     assert "--env all_patients" in text
     assert "One split of" not in text  # the claim is the cross-validation's, not the test subset's
     assert "One split of" in card()
+    assert (
+        "- cross-validation (mean ± std over folds, each read on its held-out cells): sensitivity 0.9003 ± "
+        "0.0311 at specificity 0.99; sensitivity 0.6391 ± 0.0712 at specificity 0.999." in text
+    )
+
+
+def test_the_card_gives_the_sensitivity_at_the_specificity_a_smear_needs(store):
+    text = card()
+    assert "## At the specificity a smear needs" in text
+    assert (
+        "- test: sensitivity 0.7543 at specificity 0.99 (threshold 0.8123); "
+        "sensitivity 0.0000 at specificity 0.999 (threshold n/a)." in text
+    )
+    assert "- validation:" not in text  # no such figures were given for it

@@ -26,6 +26,7 @@ PARAMS = {
     "positive_class": "Parasitized",
     "threshold": 0.5,
     "operating_thresholds": [0.25, 0.5],
+    "specificity_targets": [0.5, 0.75, 0.99],
     "device": "cpu",
     "batch_size": 3,
     "top_losses": 3,
@@ -87,7 +88,23 @@ def test_metrics_of_each_subset_match_the_counts_worked_out_by_hand():
         (0.5, pytest.approx(2 / 3), pytest.approx(0.5)),
     ]
     assert [(p["patient_id"], p["errors"]) for p in validation["per_patient"]] == [("B", 2), ("A", 0)]
-    assert scores.keys() == {f"{subset}.{name}" for subset in ("validation", "test") for name in SCORES}
+    # Sensitivity at each specificity, on the subset's own ROC curve. Validation: parasitized 0.9, 0.6, 0.3,
+    # uninfected 0.2, 0.7. At 0.5 one false alarm is allowed: down to 0.3, all three found (0.7 the alarm);
+    # at 0.75 and 0.99 none: down to 0.9 only, one found. Test: the parasitized 0.8 above both others.
+    assert [
+        (p["target_specificity"], p["threshold"], p["sensitivity"], p["specificity"])
+        for p in validation["at_specificity"]
+    ] == [
+        (0.5, 0.3, 1.0, 0.5),
+        (0.75, 0.9, pytest.approx(1 / 3), 1.0),
+        (0.99, 0.9, pytest.approx(1 / 3), 1.0),
+    ]
+    assert [(p["threshold"], p["sensitivity"]) for p in test["at_specificity"]] == [(0.8, 1.0)] * 3
+    at_specificity = {f"sensitivity_at_specificity_{t}" for t in (0.5, 0.75, 0.99)}
+    assert scores.keys() == {
+        f"{subset}.{name}" for subset in ("validation", "test") for name in (*SCORES, *at_specificity)
+    }
+    assert scores["validation.sensitivity_at_specificity_0.75"]["value"] == pytest.approx(1 / 3)
     assert scores["validation.sensitivity"] == {"value": pytest.approx(2 / 3), "step": 0}
     assert scores["validation.false_positives"]["value"] == 1
 

@@ -14,10 +14,12 @@ from matplotlib.figure import Figure
 from malaria_pipeline.assess.columns import probability_column
 from malaria_pipeline.assess.label_audit import excluded_paths, find_issues, summarize_issues
 from malaria_pipeline.assess.metrics import (
+    at_specificity_name,
     calibration_errors,
     classification_metrics,
     mean_and_std,
     per_patient,
+    sensitivity_at_specificity,
     sensitivity_specificity,
     threshold_for_sensitivity,
 )
@@ -293,7 +295,16 @@ def _fold_metrics(cells: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]
         *sensitivity_specificity(truth, p_positive, thresholds),
     )
     metrics.update(dict(zip(AT_OPERATING_POINT, (None,) * 3 if np.isnan(thresholds).any() else at_point)))
+    for target in params["specificity_targets"]:  # read on these cells' own ROC curve
+        metrics[at_specificity_name(target)] = sensitivity_at_specificity(truth, p_positive, target)[
+            "sensitivity"
+        ]
     return metrics
+
+
+def metric_names(params: dict[str, Any]) -> tuple[str, ...]:
+    """:data:`FOLD_METRICS` and the sensitivity at each of ``specificity_targets``."""
+    return FOLD_METRICS + tuple(at_specificity_name(t) for t in params["specificity_targets"])
 
 
 def _fold_choices(cells: pd.DataFrame) -> dict[str, float | None]:
@@ -306,10 +317,11 @@ def _fold_choices(cells: pd.DataFrame) -> dict[str, float | None]:
 def _log_fold_metrics(held_out: pd.DataFrame, params: dict[str, Any]) -> None:
     metrics = _fold_metrics(held_out, params)
     metrics.update(_fold_choices(held_out))
-    tracking.log_metrics({f"test.{name}": metrics[name] for name in FOLD_METRICS})
+    names = metric_names(params)
+    tracking.log_metrics({f"test.{name}": metrics[name] for name in names})
     logger.info(
         "Held-out fold: %s",
-        ", ".join(f"{n} {metrics[n]:.4f}" for n in FOLD_METRICS if metrics[n] is not None),
+        ", ".join(f"{n} {metrics[n]:.4f}" for n in names if metrics[n] is not None),
     )
 
 
@@ -357,7 +369,7 @@ def summarize(
         {"fold": int(fold), **_fold_metrics(cells, params), **_fold_choices(cells)}
         for fold, cells in cv_predictions.groupby("fold")
     ]
-    summary = mean_and_std(per_fold, FOLD_METRICS)
+    summary = mean_and_std(per_fold, metric_names(params))
     pooled = _fold_metrics(cv_predictions, params)
     patients = per_patient(cv_predictions, params["threshold"], params["positive_class"])
     kept = cv_history.loc[cv_history["kept"], "epoch"]
@@ -390,7 +402,7 @@ def summarize(
     scores.update(
         {
             f"cv.pooled.{name}": {"value": pooled[name], "step": 0}
-            for name in FOLD_METRICS
+            for name in metric_names(params)
             if pooled.get(name) is not None
         }
     )

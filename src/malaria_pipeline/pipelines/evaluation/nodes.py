@@ -12,6 +12,8 @@ from matplotlib.figure import Figure
 
 from malaria_pipeline.assess.columns import probability_column
 from malaria_pipeline.assess.metrics import (
+    at_specificity_name,
+    at_specificity_phrase,
     binary_confidence,
     calibration_bins,
     calibration_errors,
@@ -19,6 +21,7 @@ from malaria_pipeline.assess.metrics import (
     operating_points,
     patient_bootstrap_intervals,
     per_patient,
+    sensitivity_at_specificity,
 )
 from malaria_pipeline.assess.model_card import model_card
 from malaria_pipeline.assess.plots import (
@@ -128,28 +131,7 @@ def compute_metrics(
     scores: dict[str, Any] = {}
     for subset, cells in _by_subset(predictions):
         is_positive = (cells["label"] == positive).to_numpy()
-        metrics = {
-            **classification_metrics(is_positive, cells[column].to_numpy(), threshold, positive, negative),
-            **calibration_errors(
-                is_positive, cells[column], cells[f"{column}_uncalibrated"], params["calibration_bins"]
-            ),
-        }
-        report[subset] = {
-            **metrics,
-            "operating_points": operating_points(
-                is_positive, cells[column].to_numpy(), params["operating_thresholds"]
-            ),
-            "per_patient": per_patient(cells, threshold, positive),
-            # 95% (intervals.level) intervals over resampled patients, at threshold
-            "intervals": patient_bootstrap_intervals(
-                cells,
-                threshold,
-                positive,
-                params["intervals"]["resamples"],
-                params["intervals"]["level"],
-                params["seed"],
-            ),
-        }
+        report[subset] = metrics = _subset_report(cells, is_positive, negative, params)
         scores.update(
             {
                 f"{subset}.{name}": {"value": metrics[name], "step": 0}
@@ -157,17 +139,64 @@ def compute_metrics(
                 if metrics[name] is not None
             }
         )
+        scores.update(_at_specificity_scores(subset, report[subset]["at_specificity"]))
         if point and point["positive_class"] == positive:
-            at_point = operating_points(is_positive, cells[column].to_numpy(), [point["threshold"]])[0]
-            report["operating_point"][subset] = {k: at_point[k] for k in ("sensitivity", "specificity")}
+            report["operating_point"][subset] = _at_operating_point(is_positive, cells[column], point)
             scores.update(
                 {
-                    f"{subset}.{k}_at_operating_point": {"value": at_point[k], "step": 0}
-                    for k in ("sensitivity", "specificity")
+                    f"{subset}.{k}_at_operating_point": {"value": v, "step": 0}
+                    for k, v in report["operating_point"][subset].items()
                 }
             )
-        _log_subset(subset, metrics)
+        _log_subset(subset, report[subset])
     return report, scores
+
+
+def _subset_report(cells: pd.DataFrame, is_positive, negative: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The metrics of one subset at ``threshold``, at each of ``operating_thresholds`` and
+    ``specificity_targets``, per patient, and their intervals over resampled patients."""
+    positive, threshold = params["positive_class"], params["threshold"]
+    p_positive = cells[probability_column(positive)]
+    return {
+        **classification_metrics(is_positive, p_positive.to_numpy(), threshold, positive, negative),
+        **calibration_errors(
+            is_positive,
+            p_positive,
+            cells[f"{probability_column(positive)}_uncalibrated"],
+            params["calibration_bins"],
+        ),
+        "operating_points": operating_points(
+            is_positive, p_positive.to_numpy(), params["operating_thresholds"]
+        ),
+        "at_specificity": [
+            sensitivity_at_specificity(is_positive, p_positive.to_numpy(), target)
+            for target in params["specificity_targets"]
+        ],
+        "per_patient": per_patient(cells, threshold, positive),
+        # 95% (intervals.level) intervals over resampled patients, at threshold
+        "intervals": patient_bootstrap_intervals(
+            cells,
+            threshold,
+            positive,
+            params["intervals"]["resamples"],
+            params["intervals"]["level"],
+            params["seed"],
+        ),
+    }
+
+
+def _at_operating_point(is_positive, p_positive: pd.Series, point: dict[str, Any]) -> dict[str, float | None]:
+    at_point = operating_points(is_positive, p_positive.to_numpy(), [point["threshold"]])[0]
+    return {k: at_point[k] for k in ("sensitivity", "specificity")}
+
+
+def _at_specificity_scores(subset: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``<subset>.sensitivity_at_specificity_<target>`` of each target that both classes define."""
+    return {
+        f"{subset}.{at_specificity_name(row['target_specificity'])}": {"value": row["sensitivity"], "step": 0}
+        for row in rows
+        if row["sensitivity"] is not None
+    }
 
 
 def _log_subset(subset: str, metrics: dict[str, Any]) -> None:
@@ -188,6 +217,7 @@ def _log_subset(subset: str, metrics: dict[str, Any]) -> None:
         metrics["false_negatives_phrase"],
         metrics["false_positives_phrase"],
     )
+    logger.info("%s: %s", subset, at_specificity_phrase(metrics["at_specificity"]))
 
 
 def write_model_card(
