@@ -188,7 +188,11 @@ def _operating_point(facts):
         )
     text += (
         f"- Stored operating threshold {point['threshold']:.4f} on P({point['positive_class']}), chosen for a "
-        f"sensitivity of {point['target_sensitivity']}"
+        + (
+            f"specificity of {point['target_specificity']}"
+            if point.get("target_specificity") is not None
+            else f"sensitivity of {point['target_sensitivity']}"
+        )
         + (" with test-time augmentation" if point.get("tta") else "")
     )
     if "sensitivity" in point:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from malaria_pipeline.assess.metrics import threshold_for_sensitivity
+from malaria_pipeline.assess.metrics import sensitivity_at_specificity, threshold_for_sensitivity
 from malaria_pipeline.ml.calibration import fit_temperature
 from malaria_pipeline.ml.models import CellClassifier, probabilities
 
@@ -26,11 +26,13 @@ def calibrate(
     fit: bool,
     positive_class: str,
     target_sensitivity: float,
+    target_specificity: float | None = None,
 ) -> dict[str, Any] | None:
     """Sets ``classifier.temperature`` (fitted on the logits of the images as they are when ``fit``, else 1)
     and returns the operating point chosen on them: the threshold on P(positive_class), predicted as
     evaluation and inference predict (the temperature; test-time augmentation when ``view_logits`` holds
-    the 8 views), that reaches ``target_sensitivity`` at the best specificity.
+    the 8 views), that reaches ``target_sensitivity`` at the best specificity; or, with a
+    ``target_specificity``, the one that reaches it and finds the most positive cells.
 
     Args:
         view_logits: ``V×N×classes``, :meth:`~malaria_pipeline.ml.models.CellClassifier.view_logits` of
@@ -39,7 +41,9 @@ def calibrate(
 
     Returns:
         ``threshold``, the ``sensitivity`` and ``specificity`` it gives on ``images``, ``positive_class``,
-        ``tta`` and ``target_sensitivity``; None when the images are all of one class (nothing to choose on).
+        ``tta``, and the target it was chosen for (``target_sensitivity``, or ``target_specificity`` with
+        ``target_sensitivity`` None); None when the images are all of one class (nothing to choose on), or
+        when no threshold reaches ``target_specificity`` on them.
     """
     classifier.temperature = (
         fit_temperature(view_logits[0], labels) if fit else 1.0
@@ -51,20 +55,32 @@ def calibrate(
     p_positive = probabilities(view_logits, classifier.temperature)[
         :, classifier.class_names.index(positive_class)
     ]
-    point = threshold_for_sensitivity(is_positive, p_positive.numpy().astype(np.float64), target_sensitivity)
+    p_positive = p_positive.numpy().astype(np.float64)
+    if target_specificity is None:
+        point = threshold_for_sensitivity(is_positive, p_positive, target_sensitivity)
+        targets = {"target_sensitivity": float(target_sensitivity)}
+    else:
+        point = sensitivity_at_specificity(is_positive, p_positive, target_specificity)
+        if point["threshold"] is None:
+            logger.warning(
+                "Only calling none of the %d held-out images %s reaches specificity %s: no operating threshold "
+                "(evaluation.target_specificity)",
+                len(labels),
+                positive_class,
+                target_specificity,
+            )
+            return None
+        point = {name: point[name] for name in ("threshold", "sensitivity", "specificity")}
+        targets = {"target_sensitivity": None, "target_specificity": float(target_specificity)}
     logger.info(
-        "Operating threshold %.4f on P(%s): sensitivity %.4f, specificity %.4f on the %d held-out images "
-        "(target sensitivity %s)",
+        "Operating threshold %.4f on P(%s): sensitivity %.4f, specificity %.4f on the %d held-out images (%s)",
         point["threshold"],
         positive_class,
         point["sensitivity"],
         point["specificity"],
         len(labels),
-        target_sensitivity,
+        ", ".join(
+            f"{name.replace('_', ' ')} {value}" for name, value in targets.items() if value is not None
+        ),
     )
-    return {
-        **point,
-        "positive_class": positive_class,
-        "tta": len(view_logits) > 1,
-        "target_sensitivity": float(target_sensitivity),
-    }
+    return {**point, "positive_class": positive_class, "tta": len(view_logits) > 1, **targets}

@@ -18,6 +18,7 @@ CV_PARAMS = {
     "positive_class": "Parasitized",
     "threshold": 0.5,
     "target_sensitivity": 0.9,
+    "target_specificity": None,
     "target_sensitivities": [0.9, 0.95],
     "tta": False,
     "calibration_bins": 10,
@@ -233,7 +234,12 @@ def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_he
         assert call["views"].softmax(-1).mean(0)[:, 0].numpy() == pytest.approx(
             reference_tta_proba(call["bundle"], images[valid_rows])[:, 0].numpy(), abs=1e-5
         )
-        assert call["kwargs"] == {"fit": True, "positive_class": "Parasitized", "target_sensitivity": 0.95}
+        assert call["kwargs"] == {
+            "fit": True,
+            "positive_class": "Parasitized",
+            "target_sensitivity": 0.95,
+            "target_specificity": None,
+        }
         cells = predictions[predictions["fold"] == fold]
         rows = torch.from_numpy(index.reset_index().set_index("path").loc[cells["path"], "index"].to_numpy())
         expected = reference_tta_proba(call["bundle"], images[rows], call["temperature"])[:, 0].numpy()

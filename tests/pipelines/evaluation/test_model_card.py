@@ -189,3 +189,16 @@ def test_the_card_gives_the_sensitivity_at_the_specificity_a_smear_needs(store):
         "sensitivity 0.0000 at specificity 0.999 (threshold n/a)." in text
     )
     assert "- validation:" not in text  # no such figures were given for it
+
+
+def test_an_operating_point_chosen_for_a_specificity_says_so():
+    tensors, index, split, _ = tiny_tables(count=24)
+    model = bundle()
+    model["operating_point"] = {
+        **model["operating_point"],
+        "target_sensitivity": None,
+        "target_specificity": 0.999,
+    }
+    text = write_model_card(model, EVALUATION, INGESTION, index, split, tensors, parameters())
+    assert "Stored operating threshold 0.3069 on P(Parasitized), chosen for a specificity of 0.999;" in text
+    assert "chosen for a specificity of 0.999" not in card()

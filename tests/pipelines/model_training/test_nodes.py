@@ -114,6 +114,7 @@ def test_exclude_label_issues_without_an_audit_says_to_run_cross_validation(tmp_
 EVALUATION = {
     "positive_class": "Parasitized",
     "target_sensitivity": 0.75,
+    "target_specificity": None,
     "tta": False,
     "batch_size": 5,
     "device": "cpu",
@@ -173,6 +174,48 @@ def test_calibration_fits_t_and_the_threshold_on_the_validation_cells_as_written
         and point["target_sensitivity"] == 0.75
     )
     assert load_model(model).temperature == model["temperature"]
+
+
+def test_a_target_specificity_chooses_the_threshold_that_reaches_it_and_finds_the_most(trained, caplog):
+    from malaria_pipeline.pipelines.model_training.nodes import calibrate_model
+
+    bundle, images, index, split = trained
+    model = calibrate_model(
+        bundle, images, index, split, TRAIN_PARAMS, {**EVALUATION, "target_specificity": 0.8}
+    )
+    scores = reference_proba(bundle, images[24:36], model["temperature"])[:, 0].numpy()
+    truth = np.arange(24, 36) % 2 == 0  # even rows parasitized
+    # Written out: every score tried, those that pass at least 80% of the 6 uninfected cells, the most sensitive.
+    tried = [(t, (scores[truth] >= t).mean(), (scores[~truth] < t).mean()) for t in np.unique(scores)]
+    threshold, sensitivity, specificity = max((r for r in tried if r[2] >= 0.8), key=lambda r: (r[1], r[2]))
+    point = model["operating_point"]
+    assert point["threshold"] == pytest.approx(threshold, abs=1e-5)
+    assert (point["sensitivity"], point["specificity"]) == pytest.approx((sensitivity, specificity))
+    assert point["target_specificity"] == 0.8 and point["target_sensitivity"] is None
+
+
+def test_a_target_specificity_that_only_calling_nothing_positive_reaches_stores_no_threshold(caplog):
+    import torch
+
+    from malaria_pipeline.assess.operating_point import calibrate
+    from malaria_pipeline.ml import load_model
+    from tests.helpers import tiny_bundle
+
+    classifier = load_model(tiny_bundle())  # classes Parasitized, Uninfected
+    # Every uninfected cell scores above every parasitized one: no threshold passes 99% of them and finds any.
+    logits = torch.tensor([[[-2.0, 2.0], [-1.0, 1.0], [3.0, -3.0], [2.0, -2.0]]])
+    labels = torch.tensor([0, 0, 1, 1])
+    point = calibrate(
+        classifier,
+        logits,
+        labels,
+        fit=False,
+        positive_class="Parasitized",
+        target_sensitivity=0.9,
+        target_specificity=0.99,
+    )
+    assert point is None
+    assert "Only calling none of the 4 held-out images Parasitized reaches specificity 0.99" in caplog.text
 
 
 def test_calibration_never_looks_at_the_test_cells_and_calibrate_false_keeps_t_1(trained):

@@ -219,6 +219,7 @@ def _calibrate_fold(classifier: CellClassifier, image_tensors, image_index, spli
         fit=fit,
         positive_class=params["positive_class"],
         target_sensitivity=params["target_sensitivity"],
+        target_specificity=params["target_specificity"],
     )
     return point, (views, labels.numpy() == classifier.class_names.index(params["positive_class"]))
 

@@ -255,7 +255,8 @@ def _classifier(bundle: dict[str, Any], params: dict[str, Any]) -> CellClassifie
 
 def operating_threshold(bundle: dict[str, Any], params: dict[str, Any]) -> float:
     """The threshold on P(positive class): ``params["threshold"]`` when it is a number, else (``auto``)
-    the one stored in the model, chosen on its validation subset for ``evaluation.target_sensitivity``.
+    the one stored in the model, chosen on its validation subset for ``evaluation.target_sensitivity``
+    (or ``target_specificity``).
 
     Raises:
         ValueError: ``auto`` with a model that has no stored threshold (trained before there were any,
@@ -284,12 +285,17 @@ def operating_threshold(bundle: dict[str, Any], params: dict[str, Any]) -> float
             f"and positive_class is {params['positive_class']}: give inference.threshold a number"
         )
     if bool(point.get("tta")) != bool(params["tta"]):
+        target = (
+            f"specificity {point['target_specificity']}"
+            if point.get("target_specificity") is not None
+            else f"sensitivity {point['target_sensitivity']}"
+        )
         logger.warning(
-            "The model's operating threshold was chosen with tta=%s and inference.tta is %s: its "
-            "sensitivity may differ from the %.3f it was chosen for",
+            "The model's operating threshold was chosen with tta=%s and inference.tta is %s: it may not give "
+            "the %s it was chosen for",
             point.get("tta"),
             params["tta"],
-            point["target_sensitivity"],
+            target,
         )
     return float(point["threshold"])
 

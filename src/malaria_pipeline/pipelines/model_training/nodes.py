@@ -125,7 +125,8 @@ def calibrate_model(
         trained_model: the bundle of :func:`train_model`.
         image_tensors, image_index, data_split: as for :func:`train_model`.
         training_params: ``calibrate`` (false: T stays 1).
-        evaluation_params: ``positive_class``, ``target_sensitivity``, ``tta``, ``batch_size``, ``device``.
+        evaluation_params: ``positive_class``, ``target_sensitivity``, ``target_specificity``, ``tta``,
+            ``batch_size``, ``device``.
 
     Returns:
         ``model``: the bundle with ``temperature`` and, where the validation subset holds both classes,
@@ -150,6 +151,7 @@ def calibrate_model(
         fit=fit,
         positive_class=evaluation_params["positive_class"],
         target_sensitivity=evaluation_params["target_sensitivity"],
+        target_specificity=evaluation_params["target_specificity"],
     )
     if fit:
         tracking.log_metrics({"training.temperature": classifier.temperature})
@@ -197,6 +199,7 @@ def without_validation(trained_model: dict[str, Any], evaluation_params: dict[st
             "positive_class": evaluation_params["positive_class"],
             "tta": bool(evaluation_params["tta"]),
             "target_sensitivity": float(evaluation_params["target_sensitivity"]),
+            "target_specificity": evaluation_params["target_specificity"],
             "chosen_on": "cross-validation (evaluation.without_validation)",
         },
     }
