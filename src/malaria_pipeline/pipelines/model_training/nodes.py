@@ -139,8 +139,7 @@ def calibrate_model(
         return without_validation(trained_model, evaluation_params)
     classifier = load_model(trained_model, device=pick_device(evaluation_params["device"]))
     labels = class_codes(image_index["label"].to_numpy()[rows.numpy()], classifier.class_names)
-    training_config(training_params)
-    fit = training_params["calibrate"]
+    fit = training_params["calibrate"]  # the whole group was checked when the session started
     views = classifier.view_logits(
         image_tensors[rows], evaluation_params["batch_size"], evaluation_params["tta"]
     )
