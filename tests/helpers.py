@@ -8,6 +8,7 @@ another test module (tests/test_project.py checks it).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -498,3 +499,42 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# MLflow mirrors its tracking URI and active experiment in these, for subprocesses to inherit.
+MLFLOW_ENVIRONMENT = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+)
+
+
+@contextlib.contextmanager
+def restored_mlflow_state():
+    """MLflow's tracking and registry URIs, active experiment and their environment variables, put back
+    as they were on leaving (and any run left open ended, in the store it was opened in).
+
+    ``mlflow.set_tracking_uri``, ``set_registry_uri`` and ``set_experiment`` keep their value in module
+    globals and in environment variables: a test that set them, unrestored, sent the next test's runs
+    and registered models (and its subprocesses') to its own temporary store. MLflow has no public way
+    to read the globals back as "unset", hence the private names.
+    """
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    environment = {name: os.environ.get(name) for name in MLFLOW_ENVIRONMENT}
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id
+    try:
+        yield
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        tracking_utils._tracking_uri, registry_utils._registry_uri, fluent._active_experiment_id = saved
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
