@@ -334,7 +334,12 @@ def test_the_served_model_answers_a_bomb_row_and_refuses_too_many_rows_without_a
 
 def test_a_second_run_is_the_new_challenger_and_promote_refuses_it_when_worse(kedro_project, cell_folder):
     # A project of its own: its second run and promotions would change what the module's other tests read.
+    # Its store is the registry too: the module's `trained` fixture may have pointed MLflow's registry at
+    # the module's project (the autouse fixture puts it back after this test).
     trained = kedro_project
+    store = f"sqlite:///{kedro_project.root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)
     trained.run("training", ingestion={"source": str(cell_folder), "image_size": 16}, **TINY)
     trained.run("promote")
     trained.run(
