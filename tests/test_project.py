@@ -1,6 +1,9 @@
 """The project as a user runs it: a KedroSession over conf/, in a fresh folder."""
 
+from pathlib import Path
+
 import mlflow
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -32,6 +35,9 @@ def test_every_dataset_the_pipelines_write_is_versioned():
         "lr_finder_result",
         "evaluation_predictions",
         "evaluation_metrics",
+        "evaluation_patients",
+        "patient_predictions",
+        "cv_patients",
         "{name}_plot",
         "model_card",
         "promotion_report",
@@ -72,6 +78,7 @@ def test_two_runs_leave_two_versions_of_every_dataset(kedro_project, cell_folder
         "08_reporting/sample_images.png",
         "08_reporting/explanations.png",
         "08_reporting/model_card.md",
+        "08_reporting/evaluation_patients.csv",
     ):
         versions = sorted(p.name for p in (data / path).iterdir())
         assert len(versions) == 2, (path, versions)
@@ -165,9 +172,19 @@ def test_a_training_run_is_tracked_in_mlflow_with_history_metrics_figures_and_mo
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {
         "evaluation_metrics.json",
+        "evaluation_patients.csv",
+        "model_card.md",
         "training_history.csv",
         "figures",
     } <= artifacts  # the model is an MLflow 3 LoggedModel
+    # the test subset's patient table, in the run and in its model card
+    patients = pd.read_csv(client.download_artifacts(run.info.run_id, "evaluation_patients.csv"))
+    test_patients = patients[patients["subset"] == "test"]
+    assert len(test_patients) and set(test_patients["call"]) <= {"positive", "negative", "review"}
+    card = Path(client.download_artifacts(run.info.run_id, "model_card.md")).read_text()
+    for patient in test_patients["patient"]:
+        assert f"| {patient} | " in card.split("## Patients")[1]
+    assert "test.patients.review_share" in run.data.metrics
     assert figures == {
         f"figures/{f}.png"
         for f in (
@@ -178,6 +195,7 @@ def test_a_training_run_is_tracked_in_mlflow_with_history_metrics_figures_and_mo
             "sample_images",
             "reliability_diagram",
             "explanations",
+            "evaluation_patients",
         )
     }
     for subset in ("validation", "test"):

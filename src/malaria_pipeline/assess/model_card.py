@@ -13,6 +13,8 @@ from typing import Any
 
 import malaria_pipeline
 from malaria_pipeline.assess.metrics import at_specificity_phrase
+from malaria_pipeline.assess.operating_point import operating_point_doubts, rate_interval
+from malaria_pipeline.assess.patients import PATIENT_METRICS
 
 HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
@@ -29,6 +31,7 @@ def model_card(facts: dict[str, Any]) -> str:
         _metrics(facts),
         _operating_point(facts),
         _high_specificity(facts),
+        _patients(facts),
         _calibration(facts),
         _use_and_limits(facts),
         _reproduce(facts),
@@ -196,13 +199,87 @@ def _operating_point(facts):
         + (" with test-time augmentation" if point.get("tta") else "")
     )
     if "sensitivity" in point:
-        text += (
-            f"; on validation: sensitivity {point['sensitivity']:.4f}, specificity {point['specificity']:.4f}"
+        text += "; on validation: " + ", ".join(
+            f"{rate} {point[rate]:.4f}"
+            + (
+                " (95% interval {:.4f} to {:.4f}, {:,} cells)".format(
+                    *rate_interval(point[rate], point[n]), point[n]
+                )
+                if point.get(n)
+                else ""
+            )
+            for rate, n in (("sensitivity", "positives"), ("specificity", "negatives"))
         )
     at_test = (facts["evaluation"].get("operating_point") or {}).get("test")
     if at_test:
         text += f"; on test: sensitivity {_with_interval(at_test['sensitivity'], None)}, specificity {_with_interval(at_test['specificity'], None)}"
-    return text + "."
+    text += "."
+    checks = facts["parameters"]["evaluation"].get("operating_point_checks")
+    doubts = operating_point_doubts(point, checks) if checks and "sensitivity" in point else []
+    return text + "".join(f"\n- **Warning: do not trust this threshold**: {doubt}." for doubt in doubts)
+
+
+def _patients(facts):
+    """The test subset's patients: corrected fraction, interval and call; cross-validation's figures."""
+    table, model = facts.get("test_patients"), facts["model"]
+    cv = ((facts.get("cross_validation") or {}).get("metrics")) or {}
+    folds = [name for name in PATIENT_METRICS if f"cv.patients.{name}.mean" in cv]
+    if (table is None or not len(table)) and not folds:
+        return None
+    rule = model.get("patient_call") or facts["parameters"]["evaluation"]["patients"]["call"]
+    lines = [
+        "## Patients\n",
+        "A clinic decides per patient. For each patient, the share of its cells called Parasitized is corrected for "
+        "the classifier's errors (Rogan–Gladen, with the sensitivity and specificity of the model's reference cells) "
+        "and given a 95% interval that counts the patient's cells and the uncertainty of those rates (Lang & "
+        f"Reiczigel 2014). The call is **positive** when the interval lies above {rule['positive_above']:g}, else "
+        f"**negative** when the estimate is below {rule['negative_below']:g}, else **review** (a microscopist "
+        "should look). The archive's cells were cropped, not counted in a field of view: the labelled fraction is "
+        "the truth for these cells, not the smear's parasitemia (docs/patients.md).",
+    ]
+    if table is not None and len(table):
+        source = table["rates_from"].iloc[0]
+        lines += [
+            f"\nThe test subset's {len(table)} patients (cells called at P ≥ {facts['evaluation']['threshold']}; "
+            f"rates from {source}):\n",
+            "| patient | cells | called Parasitized | labelled fraction | estimated fraction [95% interval] | call |",
+            "|---|---:|---:|---:|---|---|",
+        ]
+        lines += [
+            f"| {row.patient} | {row.cells} | {row.parasitized} | {row.labelled_fraction:.3f} | "
+            + (
+                "n/a"
+                if row.fraction != row.fraction
+                else f"{row.fraction:.3f} [{row.fraction_low:.3f}, {row.fraction_high:.3f}]"
+            )
+            + f" | {row.call} |"
+            for row in table.sort_values("patient").itertuples()
+        ]
+        test = facts["evaluation"].get("test", {}).get("patients") or {}
+        if test:
+            lines.append("\nOn them: " + _patient_phrase(test) + ".")
+    if folds:
+        lines.append(
+            "\nCross-validation (mean ± std over folds, held out): "
+            + ", ".join(
+                f"{name.replace('_', ' ')} {cv[f'cv.patients.{name}.mean']:.3f} ± {cv.get(f'cv.patients.{name}.std', float('nan')):.3f}"
+                for name in folds
+            )
+            + "."
+        )
+    return "\n".join(lines)
+
+
+def _patient_phrase(metrics) -> str:
+    def shown(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return (
+        f"review share {shown(metrics['review_share'])}, call sensitivity {shown(metrics['call_sensitivity'])} and "
+        f"specificity {shown(metrics['call_specificity'])} on the others, patient ROC AUC {shown(metrics['patient_roc_auc'])}, "
+        f"mean absolute error of the fraction {shown(metrics['fraction_mae'])}, interval coverage "
+        f"{shown(metrics['interval_coverage'])}"
+    )
 
 
 def _calibration(facts):
@@ -220,7 +297,8 @@ def _use_and_limits(facts):
     return (
         "## Intended use\n\n"
         "Decision support for trained microscopists reading Giemsa-stained thin blood smears: it ranks and flags "
-        "segmented red-cell crops for review. It is not a diagnosis: it does not count parasitaemia, tell species "
+        "segmented red-cell crops for review, and estimates the parasitized fraction of the cells it is given, with "
+        "an interval and a call per patient. It is not a diagnosis: it does not count parasitaemia in a field of view, tell species "
         "or stages, nor read thick smears, and it has not been validated as a medical device.\n\n"
         "## Known limitations\n\n"
         "- Label noise: the NIH/NLM archive holds cells whose label is disputed; the cross-validation label audit "
@@ -244,14 +322,25 @@ def _use_and_limits(facts):
 
 
 def _reproduce(facts):
-    parameters = facts["parameters"]
-    source = facts["ingestion"]["source"]
-    claim = parameters.get("cross_validation_run_id")
+    """The command, with every parameter that differs from conf/base (``facts["overrides"]``: the command
+    line's and conf/local's) and the profile the run used; lists and mappings go to conf/local, since
+    ``--params`` cannot hold them."""
+    claim = facts["parameters"].get("cross_validation_run_id")
     env = " --env all_patients" if claim else ""
+    given = {**(facts.get("overrides") or {}), "profile": facts["profile"]}
+    scalars = {k: v for k, v in given.items() if not isinstance(v, (list, dict))}
+    others = {k: v for k, v in given.items() if isinstance(v, (list, dict))}
+    shown = ",".join(f"{key}={'null' if value is None else value}" for key, value in sorted(scalars.items()))
+    text = f'## Reproduce\n\n```\nkedro run --pipelines training{env} --params "{shown}"\n```\n\n'
+    if others:
+        text += (
+            "and, in conf/local/parameters.yml (``--params`` cannot give a list), these dotted keys:\n\n```\n"
+            + "\n".join(f"{key}: {value}" for key, value in sorted(others.items()))
+            + "\n```\n\n"
+        )
     return (
-        "## Reproduce\n\n"
-        f'```\nkedro run --pipelines training{env} --params "ingestion.source={source},profile={facts["profile"]}"\n```\n\n'
-        "with this project at the version above; every parameter of the run is in the MLflow run's parameters"
+        text
+        + "with this project at the version above; every parameter of the run is in the MLflow run's parameters"
         + (f" (run `{facts['run_id']}`)" if facts.get("run_id") else "")
         + ". On a CPU, the same seeds give the same model."
     )

@@ -83,4 +83,48 @@ def calibrate(
             f"{name.replace('_', ' ')} {value}" for name, value in targets.items() if value is not None
         ),
     )
-    return {**point, "positive_class": positive_class, "tta": len(view_logits) > 1, **targets}
+    return {
+        **point,
+        "positive_class": positive_class,
+        "tta": len(view_logits) > 1,
+        **targets,
+        "positives": int(is_positive.sum()),
+        "negatives": int((~is_positive).sum()),
+    }
+
+
+def rate_interval(rate: float, cells: int, level: float = 0.95) -> list[float]:
+    """The Wilson ``level`` interval of a sensitivity or specificity measured on ``cells`` cells (scipy)."""
+    from scipy.stats import binomtest
+
+    hits = round(rate * cells)
+    interval = binomtest(hits, cells).proportion_ci(confidence_level=level, method="wilson")
+    return [float(interval.low), float(interval.high)]
+
+
+def operating_point_doubts(point: dict[str, Any], checks: dict[str, Any]) -> list[str]:
+    """Why an operating point should not be trusted, if it should not: chosen on fewer than
+    ``checks["min_cells_per_class"]`` cells of a class, or giving a sensitivity or specificity below
+    ``checks["min_rate"]`` where it was chosen. Each reason gives the rate with its 95% Wilson interval.
+    A point stored before the counts were kept (no ``positives``) is judged on its rates alone."""
+    doubts = []
+    for rate, count, cells in (
+        ("sensitivity", "positives", "parasitized"),
+        ("specificity", "negatives", "uninfected"),
+    ):
+        value, n = point.get(rate), point.get(count)
+        if value is None:
+            continue
+        low, high = rate_interval(value, n) if n else (None, None)
+        shown = f"{rate} {value:.3f}" + (f" (95% interval {low:.3f} to {high:.3f})" if n else "")
+        if n is not None and n < checks["min_cells_per_class"]:
+            doubts.append(
+                f"chosen on only {n} {cells} cells (fewer than evaluation.operating_point_checks."
+                f"min_cells_per_class, {checks['min_cells_per_class']}): {shown}"
+            )
+        elif value < checks["min_rate"]:
+            doubts.append(
+                f"{shown} where it was chosen, below evaluation.operating_point_checks.min_rate "
+                f"({checks['min_rate']})"
+            )
+    return doubts

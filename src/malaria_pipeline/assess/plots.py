@@ -226,6 +226,41 @@ def plot_per_patient_accuracy(patients: list[dict], worst: int) -> Figure:
     return figure
 
 
+CALL_COLOURS = {"positive": "tab:red", "negative": "tab:blue", "review": "tab:orange"}
+
+
+def plot_patient_fractions(tables: dict[str, object]) -> Figure:
+    """What a clinician reads: per patient, the parasitized fraction estimated from the model's calls
+    (corrected for its errors, with its interval) against the labelled fraction of the same cells,
+    coloured by the call; one panel per table (``{title: with_truth table}``, of
+    :func:`malaria_pipeline.assess.patients.with_truth`). On the diagonal, the estimate is the truth."""
+    figure = Figure(figsize=(6.5 * len(tables), 6))
+    for axes, (title, table) in zip(figure.subplots(1, len(tables), squeeze=False)[0], tables.items()):
+        judged = table[table["cells"] > 0]
+        for call, colour in CALL_COLOURS.items():
+            rows = judged[judged["call"] == call]
+            axes.errorbar(
+                rows["labelled_fraction"],
+                rows["fraction"],
+                yerr=[rows["fraction"] - rows["fraction_low"], rows["fraction_high"] - rows["fraction"]],
+                fmt="o",
+                markersize=3,
+                elinewidth=0.8,
+                color=colour,
+                label=f"{call} ({len(rows)})",
+            )
+        axes.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle="--")
+        axes.set_xlim(-0.02, 1.02)
+        axes.set_ylim(-0.02, 1.02)
+        axes.set_xlabel("labelled parasitized fraction of the patient's cells")
+        axes.set_ylabel("estimated fraction, corrected, with its 95% interval")
+        covered = judged["covered"].mean() if len(judged) else float("nan")
+        axes.set_title(f"{title}: {len(judged)} patients, interval covers {covered:.0%}")
+        axes.legend(title="call", loc="upper left")
+    figure.tight_layout()
+    return figure
+
+
 def plot_message(text: str) -> Figure:
     """A figure that says why there is nothing to draw (a model trained on every image has no test cells)."""
     figure = Figure(figsize=(6, 2))

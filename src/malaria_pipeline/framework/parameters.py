@@ -7,6 +7,7 @@ the group through :func:`training_config`, so a typo of any key fails, naming th
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from malaria_pipeline.ml.config import TrainConfig
@@ -24,3 +25,44 @@ def training_config(params: dict[str, Any]) -> TrainConfig:
         ValueError: a key is unknown (the message names the nearest known one) or missing, or a value is out of range.
     """
     return TrainConfig.from_params(params, read_elsewhere=PIPELINE_SWITCHES)
+
+
+def differing_from_base(parameters: dict[str, Any], env: str | None = None) -> dict[str, Any]:
+    """The run's parameters that differ from the project's ``conf/base`` (and ``conf/<env>``'s when
+    ``env`` is given), as dotted keys: what the command line and ``conf/local`` changed, for a command that
+    reproduces the run. ``conf/base`` is read with the run's profile, so that ``${by_profile:…}`` values
+    the profile implies do not count; ``profile`` itself does when it differs.
+
+    Returns:
+        ``{"training.epochs": 6, …}``, sorted; empty outside a Kedro project.
+    """
+    from kedro.config import OmegaConfigLoader
+    from kedro.framework.project import settings
+    from kedro.utils import find_kedro_project
+
+    from malaria_pipeline.framework.profiles import by_profile
+
+    project = find_kedro_project(Path.cwd())
+    if project is None:
+        return {}
+    conf = Path(project) / settings.CONF_SOURCE
+    loader = OmegaConfigLoader(
+        str(conf),
+        base_env="base",
+        default_run_env=env if env and (conf / env).is_dir() else "base",
+        runtime_params={"profile": parameters.get("profile", "auto")},
+        merge_strategy={"parameters": "soft", "globals": "soft"},
+        custom_resolvers={"by_profile": by_profile},
+    )
+    base = _dotted(loader["parameters"])
+    run = _dotted(parameters)
+    return {key: value for key, value in sorted(run.items()) if key not in base or base[key] != value}
+
+
+def _dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_dotted(value, f"{prefix}{key}."))
+    return {key.rstrip("."): value for key, value in flat.items()}

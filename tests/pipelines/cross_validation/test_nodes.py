@@ -26,6 +26,13 @@ CV_PARAMS = {
     "batch_size": 64,
     "worst_patients": 5,
     "label_audit": {"filter_by": "prune_by_noise_rate", "figure_cells": 8},
+    "patients": {
+        "level": 0.95,
+        "call": {"positive_above": 0.0, "negative_below": 0.02},
+        "min_fraction": 0.05,
+        "choose_from": {"positive_above": [0.0, 0.02], "negative_below": [0.01, 0.02]},
+        "smear_outlook": {"cells": 1000, "parasitemia": [0.0, 0.05], "simulations": 50},
+    },
 }
 
 
@@ -253,7 +260,11 @@ def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_he
         _check_targets(points, fold, call, images, index, valid_rows, cells)
 
     report, scores = nodes.summarize(
-        predictions, pd.DataFrame({"epoch": [1] * 4, "kept": [True] * 4}), points, params
+        predictions,
+        pd.DataFrame({"epoch": [1] * 4, "kept": [True] * 4}),
+        points,
+        nodes.judge_patients_out_of_fold(predictions, params),
+        params,
     )
     for row in report["per_fold"]:
         cells = predictions[predictions["fold"] == row["fold"]]
@@ -369,7 +380,8 @@ def test_the_sensitivity_at_each_specificity_is_read_per_fold_and_pooled():
     predictions = pd.concat(rows, ignore_index=True)
     history = pd.DataFrame({"epoch": [1, 1, 1], "kept": [True] * 3})
     points = pd.DataFrame(columns=nodes.OPERATING_POINT_COLUMNS)
-    report, scores = nodes.summarize(predictions, history, points, CV_PARAMS)
+    patients = nodes.judge_patients_out_of_fold(predictions, CV_PARAMS)
+    report, scores = nodes.summarize(predictions, history, points, patients, CV_PARAMS)
 
     def by_hand(cells, target):
         truth = (cells["label"] == "Parasitized").to_numpy()

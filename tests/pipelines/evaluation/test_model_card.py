@@ -4,7 +4,9 @@ and looked for in the card; the counts are worked out with pandas)."""
 from __future__ import annotations
 
 import mlflow
+import pandas as pd
 import pytest
+import yaml
 
 from malaria_pipeline.pipelines.evaluation.nodes import write_model_card
 from tests.helpers import TRAIN_PARAMS, tiny_bundle, tiny_tables
@@ -59,7 +61,8 @@ def parameters(**overrides):
         "profile": "cpu",
         "positive_class": "Parasitized",
         "cross_validation_run_id": None,
-        "training": TRAIN_PARAMS,
+        "training": {**TRAIN_PARAMS, "epochs": 6},
+        "ingestion": {"source": "/data/cell_images.zip"},
         "preprocessing": {"split": {"strategy": "patient", "seed": 42}},
         "evaluation": {"intervals": {"resamples": 1000, "level": 0.95}},
         "inference": {"threshold": 0.5},
@@ -80,11 +83,30 @@ def bundle():
     return {**tiny_bundle(), "temperature": 1.1046, "operating_point": point, "best_epoch": 11}
 
 
-def card(images=None, **overrides) -> str:
+@pytest.fixture(autouse=True)
+def project(tmp_path, monkeypatch):
+    """A Kedro project whose conf/base holds the test's parameters but for two that the run changed:
+    ``training.epochs`` (20 in base) and ``ingestion.source`` (a URL in base)."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.kedro]\npackage_name = "malaria_pipeline"\nproject_name = "t"\nkedro_init_version = "1.0.0"\n'
+    )
+    base = {
+        **parameters(),
+        "training": {**TRAIN_PARAMS, "epochs": 20},
+        "ingestion": {"source": "https://example.org/cell_images.zip"},
+    }
+    (tmp_path / "conf" / "base").mkdir(parents=True)
+    (tmp_path / "conf" / "base" / "parameters.yml").write_text(yaml.safe_dump(base))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def card(images=None, patients=None, **overrides) -> str:
     tensors, index, split, _ = tiny_tables(count=24)
     return write_model_card(
         bundle(),
         EVALUATION,
+        pd.DataFrame() if patients is None else patients,
         INGESTION,
         index,
         split,
@@ -123,7 +145,8 @@ def test_the_card_holds_the_runs_data_split_metrics_operating_point_and_calibrat
     assert "Weights of epoch 11" in text
     assert "Decision support for trained microscopists" in text and "It is not a diagnosis" in text
     assert (
-        'kedro run --pipelines training --params "ingestion.source=/data/cell_images.zip,profile=cpu"' in text
+        'kedro run --pipelines training --params "ingestion.source=/data/cell_images.zip,profile=cpu,training.epochs=6"'
+        in text
     )
     assert "colour" in text.split("## Data")[1].split("## Training")[0]  # tiny_tables' cells are random RGB
 
@@ -199,6 +222,72 @@ def test_an_operating_point_chosen_for_a_specificity_says_so():
         "target_sensitivity": None,
         "target_specificity": 0.999,
     }
-    text = write_model_card(model, EVALUATION, INGESTION, index, split, tensors, parameters())
+    text = write_model_card(model, EVALUATION, pd.DataFrame(), INGESTION, index, split, tensors, parameters())
     assert "Stored operating threshold 0.3069 on P(Parasitized), chosen for a specificity of 0.999;" in text
     assert "chosen for a specificity of 0.999" not in card()
+
+
+def test_the_card_gives_the_test_patients_with_their_fraction_interval_and_call():
+    patients = pd.DataFrame(
+        {
+            "patient": ["P2", "P1"],
+            "cells": [40, 50],
+            "parasitized": [1, 10],
+            "labelled_fraction": [0.0, 0.2],
+            "fraction": [0.0, 0.1766],
+            "fraction_low": [0.0, 0.0522],
+            "fraction_high": [0.0826, 0.3341],
+            "call": ["negative", "positive"],
+            "rates_from": "the validation subset, at threshold 0.5",
+            "subset": "test",
+        }
+    )
+    evaluation = {**EVALUATION, "test": {**EVALUATION["test"], "patients": None}}
+    tensors, index, split, _ = tiny_tables(count=24)
+    model = {**bundle(), "patient_call": {"positive_above": 0.0, "negative_below": 0.02}}
+    text = write_model_card(model, evaluation, patients, INGESTION, index, split, tensors, parameters())
+    section = text.split("## Patients")[1].split("\n## ")[0]
+    assert (
+        "positive** when the interval lies above 0, else **negative** when the estimate is below 0.02"
+        in section
+    )
+    assert "rates from the validation subset, at threshold 0.5" in section
+    assert section.index("| P1 | 50 | 10 | 0.200 | 0.177 [0.052, 0.334] | positive |") < section.index(
+        "| P2 | 40 | 1 | 0.000 | 0.000 [0.000, 0.083] | negative |"
+    )
+    assert "not the smear's parasitemia" in section
+
+
+def test_a_poor_operating_point_or_one_chosen_on_few_cells_is_flagged_with_its_interval():
+    tensors, index, split, _ = tiny_tables(count=24)
+    point = {
+        **bundle()["operating_point"],
+        "sensitivity": 0.95,
+        "specificity": 0.566,
+        "positives": 121,
+        "negatives": 2000,
+    }
+    params = parameters(
+        evaluation={
+            "intervals": {"resamples": 1000, "level": 0.95},
+            "operating_point_checks": {"min_cells_per_class": 300, "min_rate": 0.8},
+        }
+    )
+    text = write_model_card(
+        {**bundle(), "operating_point": point},
+        EVALUATION,
+        pd.DataFrame(),
+        INGESTION,
+        index,
+        split,
+        tensors,
+        params,
+    )
+    # Wilson 95% intervals, by hand: 115 of 121 (0.95 * 121 = 114.95 -> 115) and 1132 of 2000
+    assert "sensitivity 0.9500 (95% interval 0.8960 to 0.9771, 121 cells)" in text
+    assert "specificity 0.5660 (95% interval 0.5442 to 0.5876, 2,000 cells)" in text
+    assert "**Warning: do not trust this threshold**: chosen on only 121 parasitized cells" in text
+    assert (
+        "specificity 0.566 (95% interval 0.544 to 0.588) where it was chosen, below evaluation.operating_point_checks.min_rate (0.8)"
+        in text
+    )

@@ -7,12 +7,14 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from malaria_pipeline.assess.patients import ReferenceCells
 from malaria_pipeline.ml import load_model
 from malaria_pipeline.pipelines.evaluation.nodes import (
     SCORES,
     compute_metrics,
     confusion_matrix_figure,
     explanations_figure,
+    judge_patient_subsets,
     package_model,
     predict_subsets,
     reliability_diagram_figure,
@@ -25,6 +27,12 @@ from tests.helpers import hand_overlay, reference_grad_cam, reference_tta_proba,
 PARAMS = {
     "positive_class": "Parasitized",
     "threshold": 0.5,
+    "patients": {
+        "level": 0.95,
+        "call": {"positive_above": 0.0, "negative_below": 0.02},
+        "min_fraction": 0.05,
+        "choose_from": {"positive_above": [0.0, 0.02], "negative_below": [0.01, 0.02]},
+    },
     "operating_thresholds": [0.25, 0.5],
     "specificity_targets": [0.5, 0.75, 0.99],
     "device": "cpu",
@@ -66,8 +74,13 @@ PREDICTIONS["row"] = range(len(PREDICTIONS))
 PREDICTIONS["p_parasitized_uncalibrated"] = [0.99, 0.8, 0.1, 0.05, 0.95, 0.9, 0.05, 0.3, 0.5]
 
 
+def _metrics(predictions, model, params):
+    """compute_metrics with the patient table the pipeline gives it."""
+    return compute_metrics(predictions, judge_patient_subsets(predictions, model, params), model, params)
+
+
 def test_metrics_of_each_subset_match_the_counts_worked_out_by_hand():
-    report, scores = compute_metrics(PREDICTIONS, {}, PARAMS)
+    report, scores = _metrics(PREDICTIONS, {}, PARAMS)
     assert report["positive_class"] == "Parasitized" and report["threshold"] == 0.5
     validation, test = report["validation"], report["test"]
     assert (
@@ -101,7 +114,7 @@ def test_metrics_of_each_subset_match_the_counts_worked_out_by_hand():
     ]
     assert [(p["threshold"], p["sensitivity"]) for p in test["at_specificity"]] == [(0.8, 1.0)] * 3
     at_specificity = {f"sensitivity_at_specificity_{t}" for t in (0.5, 0.75, 0.99)}
-    assert scores.keys() == {
+    assert {name for name in scores if ".patients." not in name} == {
         f"{subset}.{name}" for subset in ("validation", "test") for name in (*SCORES, *at_specificity)
     }
     assert scores["validation.sensitivity_at_specificity_0.75"]["value"] == pytest.approx(1 / 3)
@@ -110,7 +123,7 @@ def test_metrics_of_each_subset_match_the_counts_worked_out_by_hand():
 
 
 def test_a_subset_without_predictions_is_left_out():
-    report, scores = compute_metrics(PREDICTIONS[PREDICTIONS["subset"] == "validation"], {}, PARAMS)
+    report, scores = _metrics(PREDICTIONS[PREDICTIONS["subset"] == "validation"], {}, PARAMS)
     assert "validation" in report and "test" not in report
     assert not [name for name in scores if name.startswith("test.")]
 
@@ -276,7 +289,7 @@ def test_metrics_of_predictions_are_the_ones_worked_out_by_hand_with_either_clas
     monkeypatch.setattr(nodes, "load_model", lambda model, device="cpu": HandMadeClassifier(class_names))
     params = {**PARAMS, "positive_class": positive}
     predictions = predict_subsets({}, *hand_made_tables(), params)
-    report, scores = compute_metrics(predictions, {}, params)
+    report, scores = _metrics(predictions, {}, params)
     validation, by_hand = report["validation"], BY_HAND[positive]
     assert (
         validation["true_positives"],
@@ -308,7 +321,7 @@ def test_expected_calibration_error_before_and_after_is_the_one_worked_out_by_ha
     # before: 0.99 right, 0.8 right, 0.9 wrong, 0.95 right, 0.95 wrong: 0.99 and the two 0.95 share the top bin
     # (accuracy 2/3, confidence 2.89/3): (3·|2/3 - 2.89/3| + 0.2 + 0.9) / 5.
     # test: after 0.8, 0.9, 0.6 right, each alone: (0.2 + 0.1 + 0.4) / 3; before 0.9, 0.95, 0.7: (0.1 + 0.05 + 0.3) / 3.
-    report, scores = compute_metrics(PREDICTIONS, {"temperature": 1.7}, PARAMS)
+    report, scores = _metrics(PREDICTIONS, {"temperature": 1.7}, PARAMS)
     assert report["validation"]["ece"] == pytest.approx(0.42)
     assert report["validation"]["ece_uncalibrated"] == pytest.approx(
         (3 * abs(2 / 3 - 2.89 / 3) + 0.2 + 0.9) / 5
@@ -317,9 +330,7 @@ def test_expected_calibration_error_before_and_after_is_the_one_worked_out_by_ha
     assert scores["test.ece"]["value"] == pytest.approx(0.7 / 3)
     assert scores["validation.ece_uncalibrated"]["value"] == report["validation"]["ece_uncalibrated"]
     assert report["temperature"] == 1.7 and report["calibration_bins"] == 15
-    assert (
-        compute_metrics(PREDICTIONS, {}, PARAMS)[0]["temperature"] == 1.0
-    )  # a bundle saved before calibration
+    assert _metrics(PREDICTIONS, {}, PARAMS)[0]["temperature"] == 1.0  # a bundle saved before calibration
 
 
 def test_the_models_operating_point_is_reported_with_its_sensitivity_and_specificity_on_each_subset():
@@ -331,7 +342,7 @@ def test_the_models_operating_point_is_reported_with_its_sensitivity_and_specifi
         "sensitivity": 1.0,
         "specificity": 0.5,
     }
-    report, scores = compute_metrics(PREDICTIONS, {"operating_point": point}, PARAMS)
+    report, scores = _metrics(PREDICTIONS, {"operating_point": point}, PARAMS)
     # at 0.25: validation finds 0.9, 0.6, 0.3 and passes 0.2 but not 0.7; test finds 0.8, passes 0.1 but not 0.4
     assert (
         report["operating_point"]["threshold"] == 0.25
@@ -343,7 +354,7 @@ def test_the_models_operating_point_is_reported_with_its_sensitivity_and_specifi
     assert report["threshold"] == 0.5 and report["validation"]["sensitivity"] == pytest.approx(
         2 / 3
     )  # unchanged
-    report, scores = compute_metrics(PREDICTIONS, {}, PARAMS)
+    report, scores = _metrics(PREDICTIONS, {}, PARAMS)
     assert report["operating_point"] is None and not [name for name in scores if "operating_point" in name]
 
 
@@ -368,3 +379,50 @@ def test_the_reliability_diagram_has_one_panel_per_subset_with_the_accuracy_of_e
     assert [bar.get_height() for bar in figure.axes[0].patches] == [1.0, 0.0, 1.0, 1.0]
     assert figure.get_suptitle() == "Reliability diagram"
     assert reliability_diagram_figure(PREDICTIONS.iloc[:0], PARAMS).texts  # nothing held out: says why
+
+
+# The model's reference cells: at 0.5, 90 of 100 parasitized cells found and 95 of 100 uninfected passed.
+HAND_REFERENCE = ReferenceCells(
+    thresholds=[0.9, 0.1], found=[90, 100], false_alarms=[5, 100], positives=100, negatives=100, source="hand"
+)
+
+
+def test_each_subsets_patients_are_corrected_with_the_models_reference_cells_and_called_by_its_rule():
+    model = {
+        "reference_cells": HAND_REFERENCE.as_dict(),
+        "patient_call": {"positive_above": 0.0, "negative_below": 0.5},
+    }
+    table = judge_patient_subsets(PREDICTIONS, model, PARAMS).set_index(["subset", "patient"])
+    # Worked by hand (Lang & Reiczigel 2014, asht::prevSeSp) at Se 0.9 (n 100), Sp 0.95 (n 100):
+    # validation A: 2 of 2 called; B: 1 of 3 (0.7); test C: 1 of 3 (0.8); the train row counts nowhere.
+    assert set(table.index) == {("validation", "A"), ("validation", "B"), ("test", "C")}
+    a, b, c = table.loc[("validation", "A")], table.loc[("validation", "B")], table.loc[("test", "C")]
+    assert (a["cells"], a["parasitized"], b["cells"], b["parasitized"]) == (2, 2, 3, 1)
+    assert [b["fraction"], b["fraction_low"], b["fraction_high"]] == pytest.approx(
+        [0.33333333333333315, 0.0, 0.8895451157268588]
+    )
+    assert [c["fraction"], c["fraction_low"], c["fraction_high"]] == pytest.approx(
+        [0.33333333333333315, 0.0, 0.8895451157268588]
+    )
+    assert [a["fraction"], a["fraction_low"], a["fraction_high"]] == pytest.approx(
+        [1.0, 0.278603494509262, 1.0]
+    )
+    # the rule: B's interval reaches 0 and its estimate 0.33 is below 0.5: negative; A's lies above 0
+    assert (a["call"], b["call"], c["call"]) == ("positive", "negative", "negative")
+    assert (a["labelled_fraction"], b["labelled_fraction"], c["labelled_fraction"]) == (
+        1.0,
+        pytest.approx(1 / 3),
+        pytest.approx(1 / 3),
+    )
+    assert (
+        b["sensitivity"] == 0.9 and b["specificity"] == 0.95 and b["rates_from"] == "hand, at threshold 0.5"
+    )
+    report, scores = compute_metrics(PREDICTIONS, table.reset_index(), model, PARAMS)
+    assert report["test"]["patients"]["interval_coverage"] == 1.0
+    assert scores["validation.patients.review_share"] == {"value": 0.0, "step": 0}
+
+
+def test_a_model_without_reference_cells_estimates_no_fraction_and_sends_every_patient_to_review():
+    table = judge_patient_subsets(PREDICTIONS, {}, PARAMS)
+    assert table["fraction"].isna().all() and (table["call"] == "review").all()
+    assert (table["rates_from"] == "none").all()

@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from malaria_pipeline.cells.archive import ImageArchive
-from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images, predict_images
+from malaria_pipeline.pipelines.inference.nodes import (
+    predict_encoded_images,
+    predict_images,
+    predict_patients,
+)
 from tests.helpers import (
     base_image_limits,
     bomb_png,
@@ -392,3 +396,63 @@ def test_explain_writes_the_most_confident_parasitized_cells_beside_their_grad_c
 
     _, summary, overlays = predict_images(ImageArchive.open(folder), bundle, {**params_, "explain": False})
     assert overlays == {} and summary["explanations"] is None
+
+
+# At 0.5 the model's reference cells found 90 of 100 parasitized cells and passed 95 of 100 uninfected ones.
+REFERENCE = {
+    "thresholds": [0.9, 0.1],
+    "found": [90, 100],
+    "false_alarms": [5, 100],
+    "positives": 100,
+    "negatives": 100,
+    "source": "the validation subset",
+}
+
+
+def _patient_run(group_by, model=None):
+    files = [f"smear_a/P1_IMG_{i}.png" for i in range(50)] + [f"smear_b/P2_IMG_{i}.png" for i in range(40)]
+    labels = ["Parasitized"] * 10 + ["Uninfected"] * 40 + ["Parasitized"] + ["Uninfected"] * 39
+    predictions = pd.DataFrame({"file": files, "label": labels, "p_parasitized": 0.0})
+    summary = {"threshold": 0.5, "skipped": [{"path": "smear_b/P2_IMG_broken.png", "reason": "truncated"}]}
+    model = (
+        {"reference_cells": REFERENCE, "patient_call": {"positive_above": 0.0, "negative_below": 0.02}}
+        if model is None
+        else model
+    )
+    params = {
+        "group_by": group_by,
+        "positive_class": "Parasitized",
+        "patients": {"level": 0.95, "call": {"positive_above": 0.5, "negative_below": 0.5}},
+    }
+    return predict_patients(predictions, summary, model, params)
+
+
+@pytest.mark.parametrize(
+    ("group_by", "names"), [("prefix", ["P1", "P2"]), ("folder", ["smear_a", "smear_b"])]
+)
+def test_the_patient_table_groups_by_prefix_or_folder_and_corrects_each_fraction(group_by, names):
+    table = _patient_run(group_by).set_index("patient")
+    assert list(table.index) == names
+    first, second = table.loc[names[0]], table.loc[names[1]]
+    assert (first["cells"], first["parasitized"], first["errors"]) == (50, 10, 0)
+    assert (second["cells"], second["parasitized"], second["errors"]) == (40, 1, 1)  # the broken file counts
+    # Hand-worked (Lang & Reiczigel 2014, asht::prevSeSp): 10 of 50 at Se 0.9, Sp 0.95 (n 100 each)
+    assert [first["fraction"], first["fraction_low"], first["fraction_high"]] == pytest.approx(
+        [0.176470588235294, 0.05224755590898306, 0.33406091023838386]
+    )
+    # the model's rule, not inference.patients.call: 10 of 50 is positive, 1 of 40 negative
+    assert (first["call"], second["call"]) == ("positive", "negative")
+    assert first["rates_from"] == "the validation subset, at threshold 0.5"
+
+
+def test_no_patient_table_when_group_by_is_null_and_a_clear_error_for_another_value():
+    assert _patient_run(None).empty
+    with pytest.raises(ValueError, match="inference.group_by is 'patient': give prefix"):
+        _patient_run("patient")
+
+
+def test_a_model_without_reference_cells_gives_counts_but_no_fraction_and_sends_all_to_review(caplog):
+    table = _patient_run("prefix", model={})
+    assert table["cells"].tolist() == [50, 40] and table["fraction"].isna().all()
+    assert (table["call"] == "review").all()
+    assert "keeps no reference cells" in caplog.text

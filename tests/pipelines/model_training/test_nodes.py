@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from malaria_pipeline.assess.patients import ReferenceCells
 from malaria_pipeline.cells.splitting import SplitError
 from malaria_pipeline.framework import tracking
 from malaria_pipeline.ml import load_model
@@ -118,6 +119,8 @@ EVALUATION = {
     "tta": False,
     "batch_size": 5,
     "device": "cpu",
+    "operating_point_checks": {"min_cells_per_class": 300, "min_rate": 0.8},
+    "patients": {"level": 0.95, "call": {"positive_above": 0.0, "negative_below": 0.02}},
 }
 
 
@@ -174,6 +177,27 @@ def test_calibration_fits_t_and_the_threshold_on_the_validation_cells_as_written
         and point["target_sensitivity"] == 0.75
     )
     assert load_model(model).temperature == model["temperature"]
+    # the reference cells: the validation cells' counts at any threshold, as counted here by hand
+    reference = ReferenceCells.from_dict(model["reference_cells"])
+    distinct = np.unique(scores)
+    for t in [0.0, *((distinct[1:] + distinct[:-1]) / 2), 1.01]:  # between the scores: clear of rounding
+        at = reference.at(t)
+        found, passed = (scores[labels == 0] >= t).sum(), (scores[labels == 1] < t).sum()
+        assert (at.found, at.positives, at.passed, at.negatives) == (found, 6, passed, 6)
+    assert model["patient_call"] == {"positive_above": 0.0, "negative_below": 0.02}
+    assert (point["positives"], point["negatives"]) == (6, 6)
+
+
+def test_an_operating_point_chosen_on_few_cells_is_flagged_in_the_log(trained, caplog):
+    from malaria_pipeline.pipelines.model_training.nodes import calibrate_model
+
+    bundle, images, index, split = trained
+    calibrate_model(bundle, images, index, split, TRAIN_PARAMS, EVALUATION)
+    assert "Do not trust the operating threshold" in caplog.text
+    assert (
+        "chosen on only 6 parasitized cells (fewer than evaluation.operating_point_checks.min_cells_per_class, 300)"
+        in caplog.text
+    )
 
 
 def test_a_target_specificity_chooses_the_threshold_that_reaches_it_and_finds_the_most(trained, caplog):

@@ -24,7 +24,20 @@ from malaria_pipeline.assess.metrics import (
     threshold_for_sensitivity,
 )
 from malaria_pipeline.assess.operating_point import calibrate
-from malaria_pipeline.assess.plots import plot_fold_roc_curves, plot_image_grid, plot_per_patient_accuracy
+from malaria_pipeline.assess.patients import (
+    PATIENT_METRICS,
+    call_chances,
+    choose_call,
+    cross_validated_patients,
+    patient_metrics,
+    rates_of,
+)
+from malaria_pipeline.assess.plots import (
+    plot_fold_roc_curves,
+    plot_image_grid,
+    plot_patient_fractions,
+    plot_per_patient_accuracy,
+)
 from malaria_pipeline.cells.splitting import (
     SplitError,
     check_patient_count,
@@ -353,10 +366,78 @@ def _log_fold_start(
     )
 
 
+def judge_patients_out_of_fold(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """``cv_patients``: every patient's corrected fraction, interval and call out of fold, cells called
+    at ``threshold`` (:func:`~malaria_pipeline.assess.patients.cross_validated_patients`)."""
+    patients = params["patients"]
+    table, _ = cross_validated_patients(
+        cv_predictions,
+        positive=params["positive_class"],
+        threshold=params["threshold"],
+        level=patients["level"],
+        choose_from=patients["choose_from"],
+        min_fraction=patients["min_fraction"],
+    )
+    return table
+
+
+def patient_fractions_figure(cv_patients: pd.DataFrame) -> Figure:
+    """The estimated fraction of each patient with its interval against the labelled one, by call."""
+    return plot_patient_fractions({"cross-validation, out of fold": cv_patients})
+
+
+def _patient_report(
+    cv_patients: pd.DataFrame, cv_patients_cells: pd.DataFrame, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Patient-level figures per fold, their mean ± std and pooled, and the rule all patients choose."""
+    patients = params["patients"]
+    per_fold = [
+        {"fold": int(fold), **patient_metrics(table, patients["min_fraction"])}
+        for fold, table in cv_patients.groupby("fold")
+    ]
+    for row, (_, table) in zip(per_fold, cv_patients.groupby("fold")):
+        row["call"] = {name: float(table[name].iloc[0]) for name in ("positive_above", "negative_below")}
+    rule, chosen = choose_call(
+        cv_patients,
+        *(patients["choose_from"][k] for k in ("positive_above", "negative_below")),
+        patients["min_fraction"],
+    )
+    column = probability_column(params["positive_class"])
+    pooled_rates = rates_of(
+        cv_patients_cells["label"] == params["positive_class"],
+        cv_patients_cells[column],
+        params["threshold"],
+        "the out-of-fold cells",
+    )
+    outlook = patients["smear_outlook"]
+    return {
+        "level": patients["level"],
+        "min_fraction": patients["min_fraction"],
+        "smear_outlook": {
+            "cells": outlook["cells"],
+            "rates": pooled_rates.as_dict(),
+            "chances": call_chances(
+                pooled_rates,
+                rule,
+                cells=outlook["cells"],
+                parasitemia=outlook["parasitemia"],
+                simulations=outlook["simulations"],
+                level=patients["level"],
+            ),
+        },
+        "per_fold": per_fold,
+        "mean_std": mean_and_std(per_fold, PATIENT_METRICS),
+        "pooled": patient_metrics(cv_patients, patients["min_fraction"]),
+        "recommended_call": rule.as_dict(),
+        "recommended_call_on_all": chosen,
+    }
+
+
 def summarize(
     cv_predictions: pd.DataFrame,
     cv_history: pd.DataFrame,
     cv_operating_points: pd.DataFrame,
+    cv_patients: pd.DataFrame,
     params: dict[str, Any],
 ) -> tuple[dict, dict]:
     """Metrics of each fold, their mean ± standard deviation, the pooled out-of-fold figures, per-patient
@@ -393,18 +474,40 @@ def summarize(
     if params["tta"]:
         report[WITHOUT_TTA] = _without_tta(cv_predictions, params)
     report["target_sensitivities"] = _by_target(cv_operating_points)
+    report["patients"] = _patient_report(cv_patients, cv_predictions, params)
     for line in format_table(report):  # one record per line, as in a log file or CI
         logger.info("%s", line)
+    scores = _scores(report, params)
+    return report, scores
+
+
+def _scores(report: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The MLflow metrics of the report: ``cv.<metric>.mean|std``, ``cv.pooled.<metric>``, the same of the
+    patients (``cv.patients.…``), and the recommended epochs, temperature and threshold."""
     scores = {
         f"cv.{name}.{stat}": {"value": values[stat], "step": 0}
-        for name, values in summary.items()
+        for name, values in report["mean_std"].items()
         for stat in ("mean", "std")
     }
     scores.update(
         {
-            f"cv.pooled.{name}": {"value": pooled[name], "step": 0}
+            f"cv.pooled.{name}": {"value": report["pooled"][name], "step": 0}
             for name in metric_names(params)
-            if pooled.get(name) is not None
+            if report["pooled"].get(name) is not None
+        }
+    )
+    scores.update(
+        {
+            f"cv.patients.{name}.{stat}": {"value": values[stat], "step": 0}
+            for name, values in report["patients"]["mean_std"].items()
+            for stat in ("mean", "std")
+        }
+    )
+    scores.update(
+        {
+            f"cv.pooled.patients.{name}": {"value": report["patients"]["pooled"][name], "step": 0}
+            for name in PATIENT_METRICS
+            if report["patients"]["pooled"][name] is not None
         }
     )
     scores.update(
@@ -414,7 +517,7 @@ def summarize(
             if report[f"recommended_{name}"] is not None
         }
     )
-    return report, scores
+    return scores
 
 
 def _without_tta(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
@@ -495,9 +598,54 @@ def format_table(report: dict[str, Any]) -> list[str]:
     if report.get("recommended_operating_threshold") is not None:
         lines.append(
             f"median of the folds' operating thresholds {report['recommended_operating_threshold']:.4f}, "
-            f"temperatures {report['recommended_temperature']:.4f}"
+            f"temperatures {_or_na(report['recommended_temperature'])}"
+        )
+    if "patients" in report:
+        lines += format_patient_table(report["patients"])
+    return lines
+
+
+def format_patient_table(patients: dict[str, Any]) -> list[str]:
+    """The patient-level lines of the table: mean ± std over folds and pooled, each fold's rule and
+    held-out figures, and the rule all the patients choose."""
+    pooled = patients["pooled"]
+    lines = [
+        f"Patients ({pooled['patients']}, {pooled['infected']} infected), out of fold: corrected fraction and its "
+        f"{patients['level']:.0%} interval, call by the rule the other folds chose",
+        f"{'patient metric':<30} {'mean ± std':>17} {'pooled':>8}",
+    ]
+    for name, values in patients["mean_std"].items():
+        value = pooled.get(name)
+        lines.append(
+            f"{name:<30} {values['mean']:>8.4f} ± {values['std']:.4f} {'' if value is None else f'{value:.4f}':>8}"
+        )
+    for row in patients["per_fold"]:
+        lines.append(
+            f"fold {row['fold']}: rule positive above {row['call']['positive_above']:g}, negative below "
+            f"{row['call']['negative_below']:g}: {row['patients']} patients, review {_or_na(row['review_share'])}, "
+            f"call sensitivity {_or_na(row['call_sensitivity'])}, specificity {_or_na(row['call_specificity'])}, "
+            f"{row['missed_from_min_fraction']} infected of fraction >= {patients['min_fraction']:g} called "
+            f"negative, {row['false_positives']} uninfected called positive, coverage {_or_na(row['interval_coverage'])}"
+        )
+    rule = patients["recommended_call"]
+    lines.append(
+        f"the rule all {pooled['patients']} patients choose (evaluation.patients.call): positive above "
+        f"{rule['positive_above']:g}, negative below {rule['negative_below']:g}"
+    )
+    outlook = patients["smear_outlook"]
+    if outlook["chances"] is None:
+        lines.append("no smear outlook: the out-of-fold sensitivity + specificity is not above 1")
+    for row in outlook["chances"] or []:
+        lines.append(
+            f"a smear of {outlook['cells']:,} cells at parasitemia {row['parasitemia']:g}: called positive "
+            f"{row['positive']:.3f}, negative {row['negative']:.3f}, review {row['review']:.3f}; median estimate "
+            f"{row['median_fraction']:.4f} [{row['median_low']:.4f}, {row['median_high']:.4f}]"
         )
     return lines
+
+
+def _or_na(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def audit_labels(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -6,7 +6,9 @@ from .nodes import (
     assign_folds,
     audit_labels,
     cross_validate,
+    judge_patients_out_of_fold,
     label_issues_figure,
+    patient_fractions_figure,
     per_patient_figure,
     roc_curves_figure,
     summarize,
@@ -41,22 +43,16 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="cross_validate_node",
             ),
             Node(
+                func=judge_patients_out_of_fold,
+                inputs=["cv_predictions", params],
+                outputs="cv_patients",
+                name="judge_patients_node",
+            ),
+            Node(
                 func=summarize,
-                inputs=["cv_predictions", "cv_history", "cv_operating_points", params],
+                inputs=["cv_predictions", "cv_history", "cv_operating_points", "cv_patients", params],
                 outputs=["cv_metrics", "cv_scores"],
                 name="summarize_node",
-            ),
-            Node(
-                func=roc_curves_figure,
-                inputs=["cv_predictions", params],
-                outputs="cv_roc_curves_plot",
-                name="plot_roc_curves_node",
-            ),
-            Node(
-                func=per_patient_figure,
-                inputs=["cv_metrics", params],
-                outputs="cv_per_patient_plot",
-                name="plot_per_patient_node",
             ),
             Node(
                 func=audit_labels,
@@ -64,13 +60,38 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=["label_issues", "label_audit_summary"],
                 name="audit_labels_node",
             ),
-            Node(
-                func=label_issues_figure,
-                inputs=["label_issues", "image_tensors", "image_index", params],
-                outputs="label_issues_plot",
-                name="plot_label_issues_node",
-            ),
+            *_figure_nodes(params),
         ],
         namespace=NAMESPACE,
         prefix_datasets_with_namespace=False,
     )
+
+
+def _figure_nodes(params: str) -> list[Node]:
+    """The figures: the patients' fractions, the folds' ROC curves, per-patient accuracy, the suspect labels."""
+    return [
+        Node(
+            func=patient_fractions_figure,
+            inputs="cv_patients",
+            outputs="cv_patients_plot",
+            name="plot_patient_fractions_node",
+        ),
+        Node(
+            func=roc_curves_figure,
+            inputs=["cv_predictions", params],
+            outputs="cv_roc_curves_plot",
+            name="plot_roc_curves_node",
+        ),
+        Node(
+            func=per_patient_figure,
+            inputs=["cv_metrics", params],
+            outputs="cv_per_patient_plot",
+            name="plot_per_patient_node",
+        ),
+        Node(
+            func=label_issues_figure,
+            inputs=["label_issues", "image_tensors", "image_index", params],
+            outputs="label_issues_plot",
+            name="plot_label_issues_node",
+        ),
+    ]

@@ -24,17 +24,28 @@ from malaria_pipeline.assess.metrics import (
     sensitivity_at_specificity,
 )
 from malaria_pipeline.assess.model_card import model_card
+from malaria_pipeline.assess.patients import (
+    PATIENT_COLUMNS,
+    PATIENT_METRICS,
+    TRUTH_COLUMNS,
+    PatientCall,
+    ReferenceCells,
+    judge_patients,
+    patient_metrics,
+)
 from malaria_pipeline.assess.plots import (
     plot_confusion_matrices,
     plot_explained_cells,
     plot_image_grid,
     plot_message,
+    plot_patient_fractions,
     plot_reliability_diagrams,
     plot_roc_curves,
 )
 from malaria_pipeline.cells.splitting import subset_rows
 from malaria_pipeline.cells.tensors import class_codes
 from malaria_pipeline.framework import tracking
+from malaria_pipeline.framework.parameters import differing_from_base
 from malaria_pipeline.framework.profiles import choose_profile
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.explain import grad_cam
@@ -104,11 +115,51 @@ def predict_subsets(
     )
 
 
-def compute_metrics(
+def judge_patient_subsets(
     predictions: pd.DataFrame, model: dict[str, Any], params: dict[str, Any]
+) -> pd.DataFrame:
+    """``evaluation_patients``: the patient table of the validation and test subsets
+    (:func:`~malaria_pipeline.assess.patients.judge_patients`, with a column ``subset``), cells called at
+    ``threshold``, corrected with the sensitivity and specificity of the model's reference cells (its
+    validation subset: on the validation subset's own patients, not an independent check) and called by
+    the model's rule (else ``patients.call``). A model without reference cells gets no corrected fraction."""
+    saved = model.get("reference_cells")
+    rates = ReferenceCells.from_dict(saved).at(params["threshold"]) if saved else None
+    rule = PatientCall(**(model.get("patient_call") or params["patients"]["call"]))
+    tables = [
+        judge_patients(
+            cells,
+            positive=params["positive_class"],
+            threshold=params["threshold"],
+            rates=rates,
+            rule=rule,
+            level=params["patients"]["level"],
+        ).assign(subset=subset)
+        for subset, cells in _by_subset(predictions)
+    ]
+    if not tables:  # a model trained on every image: a table of no patients, still readable as CSV
+        return pd.DataFrame(columns=[*PATIENT_COLUMNS, *TRUTH_COLUMNS, "subset"])
+    return pd.concat(tables, ignore_index=True)
+
+
+def patient_fractions_figure(evaluation_patients: pd.DataFrame) -> Figure:
+    """The estimated fraction of each patient with its interval against the labelled one, by call."""
+    if evaluation_patients.empty:
+        return plot_message(NOTHING_HELD_OUT)
+    return plot_patient_fractions(
+        {subset: table for subset, table in evaluation_patients.groupby("subset", sort=False)}
+    )
+
+
+def compute_metrics(
+    predictions: pd.DataFrame,
+    evaluation_patients: pd.DataFrame,
+    model: dict[str, Any],
+    params: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics of each evaluated subset: overall, per patient, at several thresholds, calibration, and at
-    the model's operating point.
+    """Metrics of each evaluated subset: overall, per patient, at several thresholds, calibration, at
+    the model's operating point, and of its patients (``patients``: :func:`patient_metrics` of
+    ``evaluation_patients``; MLflow ``<subset>.patients.<metric>``).
 
     Returns:
         ``evaluation_metrics`` (all of it, for the JSON report) and ``evaluation_scores`` (the headline
@@ -140,6 +191,15 @@ def compute_metrics(
             }
         )
         scores.update(_at_specificity_scores(subset, report[subset]["at_specificity"]))
+        patients = evaluation_patients[evaluation_patients["subset"] == subset]
+        metrics["patients"] = patient_metrics(patients, params["patients"]["min_fraction"])
+        scores.update(
+            {
+                f"{subset}.patients.{name}": {"value": metrics["patients"][name], "step": 0}
+                for name in PATIENT_METRICS
+                if metrics["patients"][name] is not None
+            }
+        )
         if point and point["positive_class"] == positive:
             report["operating_point"][subset] = _at_operating_point(is_positive, cells[column], point)
             scores.update(
@@ -223,6 +283,7 @@ def _log_subset(subset: str, metrics: dict[str, Any]) -> None:
 def write_model_card(
     model: dict[str, Any],
     evaluation_metrics: dict[str, Any],
+    evaluation_patients: pd.DataFrame,
     ingestion_report: dict[str, Any],
     image_index: pd.DataFrame,
     data_split: pd.DataFrame,
@@ -238,8 +299,15 @@ def write_model_card(
         "model": model,
         "ingestion": ingestion_report,
         "evaluation": evaluation_metrics,
+        "test_patients": evaluation_patients[evaluation_patients["subset"] == "test"]
+        if len(evaluation_patients)
+        else evaluation_patients,
         "parameters": parameters,
         "profile": choose_profile(parameters.get("profile", "auto"))[0],  # what `auto` chose here
+        # what the command line and conf/local changed, for the card's command that reproduces the run
+        "overrides": differing_from_base(
+            parameters, "all_patients" if parameters.get("cross_validation_run_id") else None
+        ),
         "subsets": {
             name: {
                 "patients": int(cells["patient_id"].nunique()),

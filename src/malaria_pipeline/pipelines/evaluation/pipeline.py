@@ -8,7 +8,9 @@ from .nodes import (
     compute_metrics,
     confusion_matrix_figure,
     explanations_figure,
+    judge_patient_subsets,
     package_model,
+    patient_fractions_figure,
     predict_subsets,
     reliability_diagram_figure,
     roc_curve_figure,
@@ -33,8 +35,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="predict_subsets_node",
             ),
             Node(
-                func=compute_metrics,
+                func=judge_patient_subsets,
                 inputs=["evaluation_predictions", "model", params],
+                outputs="evaluation_patients",
+                name="judge_patient_subsets_node",
+            ),
+            Node(
+                func=compute_metrics,
+                inputs=["evaluation_predictions", "evaluation_patients", "model", params],
                 outputs=["evaluation_metrics", "evaluation_scores"],
                 name="compute_metrics_node",
             ),
@@ -44,6 +52,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=[
                     "model",
                     "evaluation_metrics",
+                    "evaluation_patients",
                     "ingestion_report",
                     "image_index",
                     "data_split",
@@ -68,6 +77,12 @@ def _figure_nodes(params: str) -> list[Node]:
             inputs=["evaluation_predictions", params],
             outputs="confusion_matrix_plot",
             name="plot_confusion_matrix_node",
+        ),
+        Node(
+            func=patient_fractions_figure,
+            inputs="evaluation_patients",
+            outputs="evaluation_patients_plot",
+            name="plot_patient_fractions_node",
         ),
         Node(
             func=roc_curve_figure,

@@ -14,7 +14,8 @@ import pandas as pd
 import torch
 
 from malaria_pipeline.assess.columns import probability_column
-from malaria_pipeline.cells.archive import ArchiveError, ImageArchive, check_source, image_members
+from malaria_pipeline.assess.patients import PATIENT_COLUMNS, PatientCall, ReferenceCells, patient_table
+from malaria_pipeline.cells.archive import ArchiveError, ImageArchive, check_source, image_members, patient_id
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.explain import grad_cam
 from malaria_pipeline.ml.images import ImageLimits, UnreadableImageError, decode_cell_image, one_line
@@ -91,6 +92,77 @@ def predict_images(
     for member, reason in skipped:
         logger.warning("Skipped %s: %s", member, reason)
     return predictions, summary, overlays
+
+
+GROUPS = ("prefix", "folder")
+
+
+def predict_patients(
+    predictions: pd.DataFrame,
+    inference_summary: dict[str, Any],
+    inference_model: dict[str, Any],
+    params: dict[str, Any],
+) -> pd.DataFrame:
+    """``patient_predictions``: one row per patient or folder (``inference.group_by``), with its cells,
+    those called Parasitized, the files that could not be classified (``errors``), the parasitized
+    fraction corrected for the model's errors with its interval, and the call
+    (:func:`~malaria_pipeline.assess.patients.patient_table`).
+
+    The sensitivity and specificity come from the model's reference cells (its validation subset) at the
+    threshold the cells were called at; the call is the rule stored in the model (else
+    ``inference.patients.call``). A model without reference cells (trained on every patient, or before
+    they were kept) gives no fraction and calls every patient ``review``, with a warning.
+    ``group_by: null``: an empty table.
+    """
+    group_by = params["group_by"]
+    if group_by is None:
+        logger.info("inference.group_by is null: no patient table")
+        return pd.DataFrame(columns=PATIENT_COLUMNS)
+    if group_by not in GROUPS:
+        raise ValueError(
+            f"inference.group_by is {group_by!r}: give prefix (the file-name prefix before _IMG_), folder "
+            "(the folder a file is in) or null (no patient table)"
+        )
+    threshold = inference_summary["threshold"]
+    saved = inference_model.get("reference_cells")
+    rates = ReferenceCells.from_dict(saved).at(threshold) if saved else None
+    if rates is None:
+        logger.warning(
+            "This model keeps no reference cells (it was trained without validation images, or before they "
+            "were kept): the patient table gives no corrected fraction, and every call is review"
+        )
+    rule = PatientCall(**(inference_model.get("patient_call") or params["patients"]["call"]))
+    failed = pd.Series([row["path"] for row in inference_summary["skipped"]], dtype=object)
+    table = patient_table(
+        _groups(predictions["file"], group_by),
+        (predictions["label"] == params["positive_class"]).to_numpy(),
+        rates,
+        rule,
+        params["patients"]["level"],
+        errors=_groups(failed, group_by),
+    )
+    for row in table.itertuples():
+        logger.info(
+            "%s %s: %d cells, %d called %s, %d errors; parasitized %s; %s",
+            group_by,
+            row.patient,
+            row.cells,
+            row.parasitized,
+            params["positive_class"],
+            row.errors,
+            "n/a"
+            if np.isnan(row.fraction)
+            else f"{row.fraction:.2%} ({row.fraction_low:.2%} to {row.fraction_high:.2%})",
+            row.call,
+        )
+    return table
+
+
+def _groups(files: pd.Series, group_by: str) -> pd.Series:
+    """The patient of each file: its prefix before ``_IMG_`` (``(no prefix)`` without one), or its folder."""
+    if group_by == "folder":
+        return files.map(lambda file: str(PurePosixPath(file).parent))
+    return files.map(lambda file: patient_id(file) or "(no prefix)")
 
 
 def explain_positives(

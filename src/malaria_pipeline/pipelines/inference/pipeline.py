@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import predict_encoded_images, predict_images
+from .nodes import predict_encoded_images, predict_images, predict_patients
 
 # The group that kedro-viz draws these nodes in (node names become f"{NAMESPACE}.{name}"); the
 # datasets and parameters keep their catalog names (prefix_datasets_with_namespace=False).
@@ -21,6 +21,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["inference_images", "inference_model", "params:inference"],
                 outputs=["predictions", "inference_summary", "explanation_overlays"],
                 name="predict_images_node",
+            ),
+            Node(
+                func=predict_patients,
+                inputs=["predictions", "inference_summary", "inference_model", "params:inference"],
+                outputs="patient_predictions",
+                name="predict_patients_node",
             ),
         ],
         namespace=NAMESPACE,

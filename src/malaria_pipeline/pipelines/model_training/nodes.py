@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 
 from malaria_pipeline.assess.label_audit import excluded_paths
-from malaria_pipeline.assess.operating_point import calibrate
+from malaria_pipeline.assess.operating_point import calibrate, operating_point_doubts
+from malaria_pipeline.assess.patients import PatientCall, ReferenceCells
 from malaria_pipeline.cells.splitting import subset_rows
 from malaria_pipeline.cells.tensors import class_codes, train_data
 from malaria_pipeline.framework import tracking
@@ -19,6 +20,7 @@ from malaria_pipeline.ml.checkpoint import CheckpointStore
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.distributed import DistributedConfig, launch_training
 from malaria_pipeline.ml.model_io import load_model, model_bundle
+from malaria_pipeline.ml.models import probabilities
 from malaria_pipeline.ml.train import HISTORY_COLUMNS, train_classifier
 
 logger = logging.getLogger(__name__)
@@ -129,14 +131,18 @@ def calibrate_model(
             ``batch_size``, ``device``.
 
     Returns:
-        ``model``: the bundle with ``temperature`` and, where the validation subset holds both classes,
+        ``model``: the bundle with ``temperature``; where the validation subset holds both classes,
         ``operating_point`` (the threshold on P(positive class) chosen on the calibrated probabilities,
-        with ``tta`` as evaluation and inference predict). Without validation images (a model trained on
-        every image): :func:`without_validation`.
+        with ``tta`` as evaluation and inference predict; a warning when :func:`operating_point_doubts`
+        finds it chosen on too few cells or poor) and ``reference_cells`` (the validation cells' counts
+        that give the sensitivity and specificity of any threshold, for the patient tables); and
+        ``patient_call``, the rule of ``evaluation.patients.call``. Without validation images (a model
+        trained on every image): :func:`without_validation`.
     """
+    rule = PatientCall(**evaluation_params["patients"]["call"]).as_dict()
     rows = torch.from_numpy(subset_rows(image_index, data_split, "validation", n_images=len(image_tensors)))
     if len(rows) == 0:
-        return without_validation(trained_model, evaluation_params)
+        return {**without_validation(trained_model, evaluation_params), "patient_call": rule}
     classifier = load_model(trained_model, device=pick_device(evaluation_params["device"]))
     labels = class_codes(image_index["label"].to_numpy()[rows.numpy()], classifier.class_names)
     fit = training_params["calibrate"]  # the whole group was checked when the session started
@@ -154,8 +160,19 @@ def calibrate_model(
     )
     if fit:
         tracking.log_metrics({"training.temperature": classifier.temperature})
-    bundle = {**trained_model, "temperature": classifier.temperature}
-    return {**bundle, "operating_point": point} if point else bundle
+    bundle = {**trained_model, "temperature": classifier.temperature, "patient_call": rule}
+    if not point:
+        return bundle
+    for doubt in operating_point_doubts(point, evaluation_params["operating_point_checks"]):
+        logger.warning("Do not trust the operating threshold %.4f: %s", point["threshold"], doubt)
+    positive = classifier.class_names.index(evaluation_params["positive_class"])
+    patients = image_index["patient_id"].to_numpy()[rows.numpy()]
+    reference = ReferenceCells.of(
+        labels.numpy() == positive,
+        probabilities(views, classifier.temperature)[:, positive].numpy().astype(float),
+        f"the validation subset of the training run ({len(rows):,} cells of {len(set(patients))} patients)",
+    )
+    return {**bundle, "operating_point": point, "reference_cells": reference.as_dict()}
 
 
 def without_validation(trained_model: dict[str, Any], evaluation_params: dict[str, Any]) -> dict[str, Any]:
