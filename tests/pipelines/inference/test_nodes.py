@@ -413,7 +413,13 @@ def _patient_run(group_by, model=None):
     files = [f"smear_a/P1_IMG_{i}.png" for i in range(50)] + [f"smear_b/P2_IMG_{i}.png" for i in range(40)]
     labels = ["Parasitized"] * 10 + ["Uninfected"] * 40 + ["Parasitized"] + ["Uninfected"] * 39
     predictions = pd.DataFrame({"file": files, "label": labels, "p_parasitized": 0.0})
-    summary = {"threshold": 0.5, "skipped": [{"path": "smear_b/P2_IMG_broken.png", "reason": "truncated"}]}
+    summary = {
+        "threshold": 0.5,
+        "skipped": [
+            {"path": "smear_b/P2_IMG_broken.png", "reason": "truncated"},
+            {"path": "smear_b/notes.txt", "reason": "not an image file"},  # not a cell: no error
+        ],
+    }
     model = (
         {"reference_cells": REFERENCE, "patient_call": {"positive_above": 0.0, "negative_below": 0.02}}
         if model is None

@@ -15,7 +15,14 @@ import torch
 
 from malaria_pipeline.assess.columns import probability_column
 from malaria_pipeline.assess.patients import PATIENT_COLUMNS, PatientCall, ReferenceCells, patient_table
-from malaria_pipeline.cells.archive import ArchiveError, ImageArchive, check_source, image_members, patient_id
+from malaria_pipeline.cells.archive import (
+    IMAGE_SUFFIXES,
+    ArchiveError,
+    ImageArchive,
+    check_source,
+    image_members,
+    patient_id,
+)
 from malaria_pipeline.ml.device import pick_device
 from malaria_pipeline.ml.explain import grad_cam
 from malaria_pipeline.ml.images import ImageLimits, UnreadableImageError, decode_cell_image, one_line
@@ -132,7 +139,10 @@ def predict_patients(
             "were kept): the patient table gives no corrected fraction, and every call is review"
         )
     rule = PatientCall(**(inference_model.get("patient_call") or params["patients"]["call"]))
-    failed = pd.Series([row["path"] for row in inference_summary["skipped"]], dtype=object)
+    failed = pd.Series(  # image files that could not be classified; a README beside the cells is no error
+        [row["path"] for row in inference_summary["skipped"] if row["path"].lower().endswith(IMAGE_SUFFIXES)],
+        dtype=object,
+    )
     table = patient_table(
         _groups(predictions["file"], group_by),
         (predictions["label"] == params["positive_class"]).to_numpy(),
