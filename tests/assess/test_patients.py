@@ -178,17 +178,25 @@ def test_patient_metrics_by_hand():
     assert m["patient_roc_auc"] == pytest.approx(1.0)
 
 
-def test_the_chosen_rule_sends_the_fewest_to_review_without_a_fault():
+def test_the_chosen_rule_is_the_most_cautious_that_the_review_workload_allows():
     table = _truth_table(
         [0.0, 0.015, 0.03, 0.5, 0.04, 0.01],
         [0.0, 0.0, 0.0, 0.4, 0.0, 0.0],
         [0.0, 0.0, 0.0, 0.5, 0.06, 0.01],
     )
-    rule, metrics = choose_call(table, [0.0, 0.02], [0.01, 0.02, 0.05], min_fraction=0.05)
-    # P4 (labelled 6%, estimated 4%, its interval reaching 0) is called negative below 0.05 or higher: a miss; 0.02 calls P0, P1
-    # and P5 negative and sends P2 and P4 to review; positive_above 0.02 sends P3 to review too
+    grid = ([0.0, 0.02], [0.01, 0.02, 0.05])
+    # By hand: below 0.05, P4 (labelled 6%, estimated 4%, interval reaching 0) is called negative, a miss;
+    # below 0.02, P0, P1 and P5 are negative, P2 and P4 go to review (2 of 6); below 0.01 only P0 is
+    # negative (4 of 6 to review). positive_above 0.02 would send P3 (interval from 0.4) nowhere else.
+    rule, metrics = choose_call(table, *grid, min_fraction=0.05, max_review=0.7)
+    assert rule == PatientCall(positive_above=0.0, negative_below=0.01)  # the most cautious allowed
+    assert metrics["meets"] and metrics["review_share"] == pytest.approx(4 / 6)
+    rule, metrics = choose_call(table, *grid, min_fraction=0.05, max_review=0.5)
     assert rule == PatientCall(positive_above=0.0, negative_below=0.02)
     assert metrics["meets"] and metrics["review_share"] == pytest.approx(2 / 6)
+    # a workload no rule meets without a miss: the fewest errors, then the least review
+    rule, metrics = choose_call(table, *grid, min_fraction=0.05, max_review=0.2)
+    assert rule == PatientCall(positive_above=0.0, negative_below=0.02) and not metrics["meets"]
 
 
 def test_out_of_fold_each_folds_patients_use_the_other_folds_rates_and_rule():
@@ -221,6 +229,7 @@ def test_out_of_fold_each_folds_patients_use_the_other_folds_rates_and_rule():
         level=0.95,
         choose_from={"positive_above": [0.0], "negative_below": [0.05, 0.2]},
         min_fraction=0.05,
+        max_review=0.5,
     )
     table = table.set_index("patient")
     # Fold 1's rates come from fold 2's cells: Se 4/5, Sp 33/35 (C: 15 uninfected, no alarm; D: 2 of 20)

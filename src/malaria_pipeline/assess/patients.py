@@ -357,27 +357,35 @@ def patient_metrics(table: pd.DataFrame, min_fraction: float) -> dict[str, Any]:
 
 
 def choose_call(
-    table: pd.DataFrame, positive_above: list[float], negative_below: list[float], min_fraction: float
+    table: pd.DataFrame,
+    positive_above: list[float],
+    negative_below: list[float],
+    min_fraction: float,
+    max_review: float,
 ) -> tuple[PatientCall, dict[str, Any]]:
-    """The call rule of the grid that, on these patients (a :func:`with_truth` table), calls no uninfected
-    patient positive and no infected one of labelled fraction ``>= min_fraction`` negative, sending the
-    fewest to review; among those, the fewest infected patients called negative, then the lowest
-    ``positive_above`` and the highest ``negative_below``. Where no rule of the grid meets both, the one of
-    fewest such errors.
+    """The most cautious call rule of the grid that the clinic's review workload allows, on these patients
+    (a :func:`with_truth` table): among the rules that call no uninfected patient positive, no infected one
+    of labelled fraction ``>= min_fraction`` negative, and send at most ``max_review`` of them to review,
+    the one of lowest ``negative_below``, then lowest ``positive_above``. The lowest threshold the workload
+    allows, not the one of least review: a rule chosen at the edge of the choosing patients misses the
+    next patient just past it. Where no rule meets all three, the one of fewest errors, then least review.
 
     Returns:
-        The rule, and its :func:`patient_metrics` on these patients with ``meets`` (whether it met both).
+        The rule, and its :func:`patient_metrics` on these patients with ``meets`` (whether it met all three).
     """
     candidates = []
-    for above in sorted(positive_above):
-        for below in sorted(negative_below, reverse=True):
+    for above in positive_above:
+        for below in negative_below:
             rule = PatientCall(positive_above=above, negative_below=below)
             calls = [rule(f, lo) for f, lo in zip(table["fraction"], table["fraction_low"])]
             metrics = patient_metrics(table.assign(call=calls), min_fraction)
             faults = metrics["false_positives"] + metrics["missed_from_min_fraction"]
-            missed = int(sum(c == "negative" for c, i in zip(calls, table["infected"]) if i))
-            candidates.append(((faults, metrics["review_share"], missed), rule, metrics, faults == 0))
-    key, rule, metrics, meets = min(candidates, key=lambda c: c[0])  # first of equals: the grid's order
+            review = metrics["review_share"] or 0.0
+            meets = faults == 0 and review <= max_review
+            candidates.append(
+                ((not meets, faults, review if not meets else 0.0, below, above), rule, metrics, meets)
+            )
+    _, rule, metrics, meets = min(candidates, key=lambda c: c[0])
     return rule, {**metrics, "meets": meets}
 
 
@@ -405,6 +413,7 @@ def cross_validated_patients(
     level: float,
     choose_from: dict[str, list[float]],
     min_fraction: float,
+    max_review: float,
 ) -> tuple[pd.DataFrame, PatientCall]:
     """The patient table of out-of-fold predictions (``fold``, ``patient_id``, ``label`` and the
     probability column), each fold held out twice over:
@@ -439,20 +448,16 @@ def cross_validated_patients(
         )
         tables.append(table.assign(fold=int(fold)))
     table = pd.concat(tables, ignore_index=True)
-    grid = (choose_from["positive_above"], choose_from["negative_below"])
+    grid = (choose_from["positive_above"], choose_from["negative_below"], min_fraction, max_review)
     for fold in table["fold"].unique():
         mine = table["fold"] == fold
-        rule, _ = (
-            choose_call(table[~mine], *grid, min_fraction)
-            if (~mine).any()
-            else choose_call(table, *grid, min_fraction)
-        )
+        rule, _ = choose_call(table[~mine] if (~mine).any() else table, *grid)
         table.loc[mine, "call"] = [
             rule(f, lo) for f, lo in zip(table.loc[mine, "fraction"], table.loc[mine, "fraction_low"])
         ]
         table.loc[mine, "positive_above"] = rule.positive_above
         table.loc[mine, "negative_below"] = rule.negative_below
-    recommended, _ = choose_call(table, *grid, min_fraction)
+    recommended, _ = choose_call(table, *grid)
     return table, recommended
 
 

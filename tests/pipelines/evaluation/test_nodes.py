@@ -31,6 +31,7 @@ PARAMS = {
         "level": 0.95,
         "call": {"positive_above": 0.0, "negative_below": 0.02},
         "min_fraction": 0.05,
+        "max_review": 0.1,
         "choose_from": {"positive_above": [0.0, 0.02], "negative_below": [0.01, 0.02]},
     },
     "operating_thresholds": [0.25, 0.5],

@@ -377,6 +377,7 @@ def judge_patients_out_of_fold(cv_predictions: pd.DataFrame, params: dict[str, A
         level=patients["level"],
         choose_from=patients["choose_from"],
         min_fraction=patients["min_fraction"],
+        max_review=patients["max_review"],
     )
     return table
 
@@ -401,6 +402,7 @@ def _patient_report(
         cv_patients,
         *(patients["choose_from"][k] for k in ("positive_above", "negative_below")),
         patients["min_fraction"],
+        patients["max_review"],
     )
     column = probability_column(params["positive_class"])
     pooled_rates = rates_of(
