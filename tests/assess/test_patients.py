@@ -104,10 +104,15 @@ def test_a_table_whose_rates_are_no_better_than_chance_warns_once_and_estimates_
 def test_each_band_of_the_call():
     rule = PatientCall(positive_above=0.0, negative_below=0.02)
     # fraction, low -> call
-    assert rule(0.10, 0.03) == "positive"  # the interval lies above 0
-    assert rule(0.01, 0.0) == "negative"  # the estimate is below 2%
-    assert rule(0.05, 0.0) == "review"  # neither
-    assert PatientCall(positive_above=0.05, negative_below=0.02)(0.10, 0.03) == "review"
+    assert rule(0.10, 0.03, 100) == "positive"  # the interval lies above 0
+    assert rule(0.01, 0.0, 100) == "negative"  # the estimate is below 2%
+    assert rule(0.05, 0.0, 100) == "review"  # neither
+    assert PatientCall(positive_above=0.05, negative_below=0.02)(0.10, 0.03, 100) == "review"
+    # fewer cells than min_cells (50 by default): review, whatever they show
+    assert rule(0.0, 0.0, 49) == "review" and rule(0.5, 0.2, 49) == "review"
+    assert PatientCall(positive_above=0.0, negative_below=0.02, min_cells=1)(0.0, 0.0, 1) == "negative"
+    with pytest.raises(ValueError, match="patients.call.min_cells"):
+        PatientCall(positive_above=0, negative_below=0.02, min_cells=0)
     with pytest.raises(ValueError, match="patients.call.negative_below"):
         PatientCall(positive_above=0, negative_below=2)
 
@@ -116,7 +121,10 @@ def test_the_table_counts_each_patients_cells_and_calls():
     patients = pd.Series(["P1"] * 50 + ["P2"] * 40)
     called = np.r_[np.ones(10, bool), np.zeros(40, bool), np.ones(1, bool), np.zeros(39, bool)]
     table = patient_table(
-        patients, called, rates(90, 100, 95, 100), PatientCall(positive_above=0, negative_below=0.02)
+        patients,
+        called,
+        rates(90, 100, 95, 100),
+        PatientCall(positive_above=0, negative_below=0.02, min_cells=40),
     ).set_index("patient")
     assert table.loc["P1", ["cells", "parasitized", "errors"]].tolist() == [50, 10, 0]
     assert table.loc["P1", "fraction"] == pytest.approx(0.176470588235294)
@@ -230,6 +238,7 @@ def test_out_of_fold_each_folds_patients_use_the_other_folds_rates_and_rule():
         choose_from={"positive_above": [0.0], "negative_below": [0.05, 0.2]},
         min_fraction=0.05,
         max_review=0.5,
+        min_cells=1,
     )
     table = table.set_index("patient")
     # Fold 1's rates come from fold 2's cells: Se 4/5, Sp 33/35 (C: 15 uninfected, no alarm; D: 2 of 20)

@@ -208,24 +208,34 @@ class PatientCall:
 
     ``positive`` when the interval lies above ``positive_above`` (the parasitized cells seen are more than
     the classifier's false alarms explain); else ``negative`` when the estimate is below
-    ``negative_below``; else ``review``: a microscopist should look. A patient without cells is ``review``.
+    ``negative_below``; else ``review``: a microscopist should look. A patient of fewer than ``min_cells``
+    cells is ``review`` whatever its cells say: one healthy-looking cell rules nothing out.
     """
 
     positive_above: float
     negative_below: float
+    min_cells: int = 50
 
     def __post_init__(self):
         for name in ("positive_above", "negative_below"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value <= 1):
                 raise ValueError(f"patients.call.{name} is {value!r}: give a fraction from 0 to 1, e.g. 0.02")
+        if not (isinstance(self.min_cells, int) and self.min_cells >= 1):
+            raise ValueError(
+                f"patients.call.min_cells is {self.min_cells!r}: give a number of cells, e.g. 50"
+            )
 
-    def __call__(self, fraction: float, low: float) -> str:
-        if np.isnan(fraction):
+    def __call__(self, fraction: float, low: float, cells: int) -> str:
+        if np.isnan(fraction) or cells < self.min_cells:
             return "review"
         if low > self.positive_above:
             return "positive"
         return "negative" if fraction < self.negative_below else "review"
+
+    def calls(self, table: pd.DataFrame) -> list[str]:
+        """The call of each row of a patient table (``fraction``, ``fraction_low``, ``cells``)."""
+        return [self(f, lo, n) for f, lo, n in zip(table["fraction"], table["fraction_low"], table["cells"])]
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -273,7 +283,7 @@ def patient_table(
     estimates = pd.DataFrame(rows, columns=["fraction", "fraction_low", "fraction_high"], dtype=float)
     table = pd.concat([table, estimates], axis=1)
     table["observed"] = (table["parasitized"] / table["cells"].where(table["cells"] > 0)).astype(float)
-    table["call"] = [rule(f, lo) for f, lo in zip(table["fraction"], table["fraction_low"])]
+    table["call"] = rule.calls(table)
     table["sensitivity"] = rates.sensitivity if rates else np.nan
     table["specificity"] = rates.specificity if rates else np.nan
     table["rates_from"] = (
@@ -362,6 +372,7 @@ def choose_call(
     negative_below: list[float],
     min_fraction: float,
     max_review: float,
+    min_cells: int = 50,
 ) -> tuple[PatientCall, dict[str, Any]]:
     """The most cautious call rule of the grid that the clinic's review workload allows, on these patients
     (a :func:`with_truth` table): among the rules that call no uninfected patient positive, no infected one
@@ -376,8 +387,8 @@ def choose_call(
     candidates = []
     for above in positive_above:
         for below in negative_below:
-            rule = PatientCall(positive_above=above, negative_below=below)
-            calls = [rule(f, lo) for f, lo in zip(table["fraction"], table["fraction_low"])]
+            rule = PatientCall(positive_above=above, negative_below=below, min_cells=min_cells)
+            calls = rule.calls(table)
             metrics = patient_metrics(table.assign(call=calls), min_fraction)
             faults = metrics["false_positives"] + metrics["missed_from_min_fraction"]
             review = metrics["review_share"] or 0.0
@@ -414,6 +425,7 @@ def cross_validated_patients(
     choose_from: dict[str, list[float]],
     min_fraction: float,
     max_review: float,
+    min_cells: int = 50,
 ) -> tuple[pd.DataFrame, PatientCall]:
     """The patient table of out-of-fold predictions (``fold``, ``patient_id``, ``label`` and the
     probability column), each fold held out twice over:
@@ -448,13 +460,11 @@ def cross_validated_patients(
         )
         tables.append(table.assign(fold=int(fold)))
     table = pd.concat(tables, ignore_index=True)
-    grid = (choose_from["positive_above"], choose_from["negative_below"], min_fraction, max_review)
+    grid = (choose_from["positive_above"], choose_from["negative_below"], min_fraction, max_review, min_cells)
     for fold in table["fold"].unique():
         mine = table["fold"] == fold
         rule, _ = choose_call(table[~mine] if (~mine).any() else table, *grid)
-        table.loc[mine, "call"] = [
-            rule(f, lo) for f, lo in zip(table.loc[mine, "fraction"], table.loc[mine, "fraction_low"])
-        ]
+        table.loc[mine, "call"] = rule.calls(table[mine])
         table.loc[mine, "positive_above"] = rule.positive_above
         table.loc[mine, "negative_below"] = rule.negative_below
     recommended, _ = choose_call(table, *grid)
@@ -485,7 +495,7 @@ def call_chances(
             cells - parasitized, 1 - rates.specificity
         )
         estimates = np.array([corrected_fraction(int(k), cells, rates, level) for k in called])
-        calls = np.array([rule(f, lo) for f, lo, _ in estimates])
+        calls = np.array([rule(f, lo, cells) for f, lo, _ in estimates])
         rows.append(
             {
                 "parasitemia": float(fraction),

@@ -28,7 +28,7 @@ CV_PARAMS = {
     "label_audit": {"filter_by": "prune_by_noise_rate", "figure_cells": 8},
     "patients": {
         "level": 0.95,
-        "call": {"positive_above": 0.0, "negative_below": 0.02},
+        "call": {"positive_above": 0.0, "negative_below": 0.02, "min_cells": 1},
         "min_fraction": 0.05,
         "max_review": 0.1,
         "choose_from": {"positive_above": [0.0, 0.02], "negative_below": [0.01, 0.02]},

@@ -29,7 +29,7 @@ PARAMS = {
     "threshold": 0.5,
     "patients": {
         "level": 0.95,
-        "call": {"positive_above": 0.0, "negative_below": 0.02},
+        "call": {"positive_above": 0.0, "negative_below": 0.02, "min_cells": 1},
         "min_fraction": 0.05,
         "max_review": 0.1,
         "choose_from": {"positive_above": [0.0, 0.02], "negative_below": [0.01, 0.02]},
@@ -391,7 +391,7 @@ HAND_REFERENCE = ReferenceCells(
 def test_each_subsets_patients_are_corrected_with_the_models_reference_cells_and_called_by_its_rule():
     model = {
         "reference_cells": HAND_REFERENCE.as_dict(),
-        "patient_call": {"positive_above": 0.0, "negative_below": 0.5},
+        "patient_call": {"positive_above": 0.0, "negative_below": 0.5, "min_cells": 1},
     }
     table = judge_patient_subsets(PREDICTIONS, model, PARAMS).set_index(["subset", "patient"])
     # Worked by hand (Lang & Reiczigel 2014, asht::prevSeSp) at Se 0.9 (n 100), Sp 0.95 (n 100):

@@ -421,7 +421,10 @@ def _patient_run(group_by, model=None):
         ],
     }
     model = (
-        {"reference_cells": REFERENCE, "patient_call": {"positive_above": 0.0, "negative_below": 0.02}}
+        {
+            "reference_cells": REFERENCE,
+            "patient_call": {"positive_above": 0.0, "negative_below": 0.02, "min_cells": 40},
+        }
         if model is None
         else model
     )

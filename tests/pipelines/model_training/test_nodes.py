@@ -184,7 +184,7 @@ def test_calibration_fits_t_and_the_threshold_on_the_validation_cells_as_written
         at = reference.at(t)
         found, passed = (scores[labels == 0] >= t).sum(), (scores[labels == 1] < t).sum()
         assert (at.found, at.positives, at.passed, at.negatives) == (found, 6, passed, 6)
-    assert model["patient_call"] == {"positive_above": 0.0, "negative_below": 0.02}
+    assert model["patient_call"] == {"positive_above": 0.0, "negative_below": 0.02, "min_cells": 50}
     assert (point["positives"], point["negatives"]) == (6, 6)
 
 

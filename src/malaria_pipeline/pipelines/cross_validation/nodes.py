@@ -378,6 +378,7 @@ def judge_patients_out_of_fold(cv_predictions: pd.DataFrame, params: dict[str, A
         choose_from=patients["choose_from"],
         min_fraction=patients["min_fraction"],
         max_review=patients["max_review"],
+        min_cells=patients["call"]["min_cells"],
     )
     return table
 
@@ -403,6 +404,7 @@ def _patient_report(
         *(patients["choose_from"][k] for k in ("positive_above", "negative_below")),
         patients["min_fraction"],
         patients["max_review"],
+        patients["call"]["min_cells"],
     )
     column = probability_column(params["positive_class"])
     pooled_rates = rates_of(
