@@ -241,6 +241,16 @@ class PatientCall:
         return asdict(self)
 
 
+def model_rates_and_call(
+    bundle: dict[str, Any], threshold: float, default_call: dict[str, Any]
+) -> tuple[CellRates | None, PatientCall]:
+    """What a model bundle keeps for its patient tables: the rates of its reference cells at ``threshold``
+    (None for a model that keeps none), and its stored call rule, else ``default_call``."""
+    saved = bundle.get("reference_cells")
+    rates = ReferenceCells.from_dict(saved).at(threshold) if saved else None
+    return rates, PatientCall(**(bundle.get("patient_call") or default_call))
+
+
 def patient_table(
     patients: pd.Series,
     is_called: np.ndarray,

@@ -28,9 +28,8 @@ from malaria_pipeline.assess.patients import (
     PATIENT_COLUMNS,
     PATIENT_METRICS,
     TRUTH_COLUMNS,
-    PatientCall,
-    ReferenceCells,
     judge_patients,
+    model_rates_and_call,
     patient_metrics,
 )
 from malaria_pipeline.assess.plots import (
@@ -123,9 +122,7 @@ def judge_patient_subsets(
     ``threshold``, corrected with the sensitivity and specificity of the model's reference cells (its
     validation subset: on the validation subset's own patients, not an independent check) and called by
     the model's rule (else ``patients.call``). A model without reference cells gets no corrected fraction."""
-    saved = model.get("reference_cells")
-    rates = ReferenceCells.from_dict(saved).at(params["threshold"]) if saved else None
-    rule = PatientCall(**(model.get("patient_call") or params["patients"]["call"]))
+    rates, rule = model_rates_and_call(model, params["threshold"], params["patients"]["call"])
     tables = [
         judge_patients(
             cells,

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from malaria_pipeline.assess.columns import probability_column
-from malaria_pipeline.assess.patients import PATIENT_COLUMNS, PatientCall, ReferenceCells, patient_table
+from malaria_pipeline.assess.patients import PATIENT_COLUMNS, model_rates_and_call, patient_table
 from malaria_pipeline.cells.archive import (
     IMAGE_SUFFIXES,
     ArchiveError,
@@ -131,14 +131,12 @@ def predict_patients(
             "(the folder a file is in) or null (no patient table)"
         )
     threshold = inference_summary["threshold"]
-    saved = inference_model.get("reference_cells")
-    rates = ReferenceCells.from_dict(saved).at(threshold) if saved else None
+    rates, rule = model_rates_and_call(inference_model, threshold, params["patients"]["call"])
     if rates is None:
         logger.warning(
             "This model keeps no reference cells (it was trained without validation images, or before they "
             "were kept): the patient table gives no corrected fraction, and every call is review"
         )
-    rule = PatientCall(**(inference_model.get("patient_call") or params["patients"]["call"]))
     failed = pd.Series(  # image files that could not be classified; a README beside the cells is no error
         [row["path"] for row in inference_summary["skipped"] if row["path"].lower().endswith(IMAGE_SUFFIXES)],
         dtype=object,
