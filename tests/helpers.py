@@ -8,10 +8,12 @@ another test module (tests/test_project.py checks it).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
 import shutil
+import time
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -443,6 +445,14 @@ def stop_after_epoch(epoch: int, row: dict) -> None:
     """An ``on_epoch_end`` that fails after ``epoch``, as a crash or Ctrl-C would (picklable with
     ``functools.partial``, for a training process of its own)."""
     if row["epoch"] == epoch:
+        raise RuntimeError(f"stopped after epoch {epoch}")
+
+
+def stop_after_epoch_and_linger(epoch: int, seconds: float, row: dict) -> None:
+    """As :func:`stop_after_epoch`, but the process then takes ``seconds`` to exit: its peers, failing in
+    their next collective, reach the launcher first (the race a slow teardown makes)."""
+    if row["epoch"] == epoch:
+        atexit.register(time.sleep, seconds)
         raise RuntimeError(f"stopped after epoch {epoch}")
 
 

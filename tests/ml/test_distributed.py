@@ -24,6 +24,7 @@ from tests.helpers import (
     batch_norm_free_worker,
     free_port,
     stop_after_epoch,
+    stop_after_epoch_and_linger,
     tiny_data,
     train_config,
 )
@@ -89,7 +90,7 @@ def test_a_failing_process_ends_the_run_with_its_error_and_the_run_resumes_where
     checkpoint = CheckpointStore(tmp_path / "checkpoint")
     with pytest.raises(
         DistributedTrainingError,
-        match=r"Training process of rank 0 failed \(exit code 1\): "
+        match=r"Training process of rank 0 failed: "
         r"RuntimeError: stopped after epoch 2",
     ):
         launch_training(
@@ -108,6 +109,19 @@ def test_a_failing_process_ends_the_run_with_its_error_and_the_run_resumes_where
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
     assert sha256(resumed.classifier.state_dict()) == sha256(uninterrupted.classifier.state_dict())
     assert resumed.history[2]["valid_loss"] == uninterrupted.history[2]["valid_loss"]
+
+
+def test_the_error_reported_is_the_cause_even_when_a_peer_exits_first():
+    # rank 0 raises after epoch 1 and then takes 5 s to exit; rank 1 fails at once in its next
+    # collective ("Connection closed by peer"), so the launcher sees rank 1's exit first and ends rank 0
+    data, config = tiny_data(count=48), train_config(epochs=2, batch_size=12)
+    with pytest.raises(
+        DistributedTrainingError,
+        match=r"^Training process of rank 0 failed: RuntimeError: stopped after epoch 1$",
+    ):
+        launch_training(
+            data, config, two_processes(), on_epoch_end=functools.partial(stop_after_epoch_and_linger, 1, 5.0)
+        )
 
 
 def test_bad_settings_are_refused_with_the_parameter_before_any_process_starts():

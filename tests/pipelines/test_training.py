@@ -218,7 +218,7 @@ def test_a_failing_training_process_fails_the_run_with_its_error_and_leaves_no_m
     }
     with pytest.raises(
         Exception,
-        match=r"Training process of rank \d failed \(exit code 1\): ValueError: The "
+        match=r"Training process of rank \d failed: ValueError: The "
         r"checkpoint .* belongs to another run \(it differs in \['epochs', 'stages'\]\)",
     ):
         kedro_project.run("training", **{**params, "training": resumed})

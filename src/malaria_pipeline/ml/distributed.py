@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -159,6 +161,7 @@ def run_workers(
             "checkpoint": checkpoint,
             "on_epoch_end": on_epoch_end,
             "sync_batchnorm": distributed.sync_batchnorm,
+            "failures": str(Path(folder) / "failures"),
         }
         logger.info(
             "Starting %d training processes on this machine (%d machines, %s, rendezvous %s)",
@@ -170,19 +173,42 @@ def run_workers(
         try:
             return elastic_launch(distributed.launch_config(node_rank=0), _worker)(payload, distributed)
         except ChildFailedError as error:
-            raise DistributedTrainingError(_failure_message(error)) from error
+            raise DistributedTrainingError(_failure_message(error, Path(folder) / "failures")) from error
 
 
 class DistributedTrainingError(RuntimeError):
     """A worker of a data-parallel training run failed; the message is its error."""
 
 
-def _failure_message(error: ChildFailedError) -> str:
+def _failure_message(error: ChildFailedError, failures: Path | None = None) -> str:
+    """The error of the process that failed first.
+
+    When one process raises, the others fail in their next collective ("Connection closed by peer"),
+    and which exit the launcher sees first is a race. So each of this machine's processes notes when it
+    raised (:func:`_note_failure`), and the earliest note names the cause. Without a note (a process
+    killed, or one on another machine) the message is the launcher's first failure.
+    """
+    notes = (
+        [json.loads(path.read_text()) for path in sorted(failures.glob("rank-*.json"))] if failures else []
+    )
+    if notes:
+        first = min(notes, key=lambda note: note["time"])
+        return f"Training process of rank {first['rank']} failed: {first['message']}"
     rank, failure = error.get_first_failure()
     message = (
         failure.message if isinstance(failure.message, str) else failure.message.get("message", str(failure))
     )
     return f"Training process of rank {rank} failed (exit code {failure.exitcode}): {message}"
+
+
+def _note_failure(failures: Path, rank: int, error: BaseException) -> None:
+    """Writes when and with what this process raised, before it leaves the process group (which is what
+    makes its peers fail): a peer's note is always the later one."""
+    failures.mkdir(parents=True, exist_ok=True)
+    note = {"rank": rank, "time": time.time(), "message": f"{type(error).__name__}: {error}"}
+    partial = failures / f".rank-{rank}.json"
+    partial.write_text(json.dumps(note))
+    partial.replace(failures / f"rank-{rank}.json")
 
 
 @record
@@ -222,6 +248,10 @@ def _worker(payload: dict[str, Any] | None, distributed: DistributedConfig) -> d
             "history": result.history,
             "best_epoch": result.best_epoch,
         }
+    except BaseException as error:
+        if payload is not None:
+            _note_failure(Path(payload["failures"]), rank, error)
+        raise
     finally:
         dist.destroy_process_group()
 
