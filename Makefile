@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 # The project's logging: one plain line per record in a file, a pipe or CI; rich on a terminal.
 export KEDRO_LOGGING_CONFIG := $(CURDIR)/conf/logging.yml
 
-.PHONY: install train test clean-venv
+.PHONY: install train test test-slow java clean-venv
 
 install: $(STAMP)
 
@@ -32,10 +32,19 @@ train: $(STAMP)
 # The formatter and the linter first (ruff, configured in pyproject.toml), then the tests, in a random
 # order that pytest-randomly prints at the top ("Using --randomly-seed=N"; ARGS='--randomly-seed=N'
 # repeats it, ARGS='-p no:randomly' keeps the file order).
-test: $(STAMP)
+# The end-to-end tests marked slow (the shared images, the notebook, the benchmark, two-machine
+# training: about 6 minutes on 2 cores) run in make test-slow; CI (.ci/run) runs both.
+test: $(STAMP) java
 	$(BIN)/ruff format --check
 	$(BIN)/ruff check
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+test-slow: $(STAMP) java
+	$(BIN)/python -m pytest -m slow $(ARGS)
+
+# Spark (batch_inference and its tests) runs on a JVM.
+java:
+	@command -v java >/dev/null 2>&1 || { echo "Spark needs Java 17 or 21 and there is no java on the PATH: install a JDK (Debian/Ubuntu: apt install openjdk-17-jre-headless; macOS: brew install openjdk@17)"; exit 1; }
 
 clean-venv:
 	rm -rf $(VENV)

@@ -45,6 +45,7 @@ def test_params_without_key_or_value_are_refused():
             parse_params(text)
 
 
+@pytest.mark.slow
 def test_the_benchmark_command_measures_everything_and_reports_it(kedro_project, cell_folder):
     command = [
         sys.executable,

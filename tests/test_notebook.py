@@ -8,6 +8,7 @@ from nbclient import NotebookClient
 from tests.helpers import PROJECT_ROOT
 
 
+@pytest.mark.slow
 def test_exploration_notebook_runs_on_the_catalog_of_a_small_run(kedro_project, cell_folder):
     kedro_project.run(
         "training",

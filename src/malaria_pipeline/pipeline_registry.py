@@ -6,6 +6,7 @@ from kedro.pipeline import Pipeline
 from kedro_mlflow.pipeline import pipeline_ml_factory
 
 from malaria_pipeline.pipelines import (
+    batch_inference,
     cross_validation,
     evaluation,
     inference,
@@ -27,7 +28,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     Returns:
         A mapping from pipeline names to ``Pipeline`` objects: ``ingestion``, ``preprocessing``,
         ``model_training``, ``evaluation`` and ``lr_finder`` (each on the latest outputs of the one
-        before), ``inference`` (new images, the latest model), ``promote`` (the registered
+        before), ``inference`` (new images, the latest model), ``batch_inference`` (a folder tree of images
+        scored on Spark by a registered MLflow model), ``promote`` (the registered
         model's champion alias to the challenger when it is not worse), ``cross_validation`` (ingestion, then
         patient-grouped k-fold cross-validation of the training configuration and a label audit), and ``training``: the whole chain from
         the archive to an evaluated model, also ``__default__``. ``training`` is bound to the served
@@ -45,6 +47,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "lr_finder": lr_finder.create_pipeline(),
         "evaluation": evaluation.create_pipeline(),
         "inference": inference.create_pipeline(),
+        "batch_inference": batch_inference.create_pipeline(),
         "promote": promote.create_pipeline(),
     }
     training = pipeline_ml_factory(

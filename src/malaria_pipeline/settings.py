@@ -19,6 +19,7 @@ from malaria_pipeline.framework.hooks import (  # noqa: E402 - after the warning
     TagAccuracyClaim,
 )
 from malaria_pipeline.framework.profiles import by_profile  # noqa: E402
+from malaria_pipeline.framework.spark import SparkHooks  # noqa: E402
 
 HOOKS = (
     EndInterruptedMlflowRun(),
@@ -29,6 +30,7 @@ HOOKS = (
     CheckTrainingParameters(),
     TagAccuracyClaim(),
     RegisterModelVersion(),
+    SparkHooks(),
 )
 
 # Installed plugins for which to disable hook auto-registration.
@@ -63,10 +65,8 @@ CONFIG_LOADER_ARGS = {
     # ${by_profile:<gpu value>, <cpu value>} in the parameters: the value of the hardware profile
     # (malaria_pipeline.framework.profiles).
     "custom_resolvers": {"by_profile": by_profile},
-    # "config_patterns": {
-    #     "spark" : ["spark*/"],
-    #     "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
-    # }
+    # conf/<env>/spark.yml: the Spark session of batch_inference (malaria_pipeline.framework.spark)
+    "config_patterns": {"spark": ["spark*", "spark*/**"]},
 }
 
 # Class that manages Kedro's library components.

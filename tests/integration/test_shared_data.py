@@ -16,7 +16,8 @@ import torch
 from malaria_pipeline.ml import load_model
 from tests.helpers import image_bytes, shared_zip_or_skip
 
-pytestmark = pytest.mark.integration
+# slow: 3 to 4 minutes on 2 cores (make test-slow, and CI)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -110,6 +110,7 @@ def test_training_pipeline_runs_on_real_pngs_some_broken(kedro_project, cell_fol
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
 
 
+@pytest.mark.slow
 def test_two_machines_on_loopback_train_one_model_logged_and_saved_once(kedro_project, cell_folder, tmp_path):
     # Node 0 is this `training` run; node 1, a second launch on the same machine, joins with the command of
     # docs/distributed.md. Rank 0 sends node 1 the configuration and the images: node 1 runs in an empty folder.
@@ -168,6 +169,7 @@ def test_two_machines_on_loopback_train_one_model_logged_and_saved_once(kedro_pr
     )
 
 
+@pytest.mark.slow
 def test_two_processes_under_the_kedro_command_print_each_epoch_once(kedro_project, cell_folder):
     # The `kedro` command itself (the script, not `python -m kedro`): each spawned process re-imports the
     # script, and with it the project's logging.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+from pathlib import Path
 
 import mlflow
 from kedro.framework.hooks import hook_impl
@@ -121,7 +122,8 @@ class EndInterruptedMlflowRun:
 
 
 class LogArtifactsToMlflow:
-    """Logs the file of each saved dataset whose catalog ``metadata`` has ``mlflow_artifact_path``.
+    """Logs the file of each saved dataset whose catalog ``metadata`` has ``mlflow_artifact_path``, and
+    sets the tag ``mlflow_tag`` names to the path of each one that has that key.
 
     kedro-mlflow's ``MlflowArtifactDataset`` can't wrap a versioned dataset under Kedro 1.7: Kedro gives
     the wrapped dataset its own save version, which the catalog then refuses. So the datasets stay
@@ -141,11 +143,16 @@ class LogArtifactsToMlflow:
         if self._catalog is None or mlflow.active_run() is None:
             return
         dataset = self._catalog.get(dataset_name)
-        folder = (getattr(dataset, "metadata", None) or {}).get("mlflow_artifact_path")
-        if folder is None:
+        metadata = getattr(dataset, "metadata", None) or {}
+        folder, tag = metadata.get("mlflow_artifact_path"), metadata.get("mlflow_tag")
+        if folder is None and tag is None:
             return
         # The load path of a versioned dataset is its latest version: the one just saved.
-        mlflow.log_artifact(str(kedro_private.load_path(dataset)), folder or None)
+        path = kedro_private.load_path(dataset)
+        if tag is not None:  # too large to copy (batch_predictions): where it is
+            mlflow.set_tag(tag, str(Path(path).resolve()))
+        if folder is not None:
+            mlflow.log_artifact(str(path), folder or None)
 
 
 class PinVersionsForPipelineModel:

@@ -123,16 +123,36 @@ def test_an_unexpected_failure_in_one_row_becomes_that_rows_error(bundle, monkey
     assert answers.loc[[0, 2], "error"].isna().all() and answers.loc[[0, 2], "label"].notna().all()
 
 
-def test_a_request_of_more_rows_than_max_rows_is_refused_with_the_parameter(bundle):
+def test_only_the_scoring_server_refuses_more_rows_than_max_rows_with_the_parameter(bundle):
     from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc.utils.environment import _simulate_serving_environment
 
     rows = pd.DataFrame({"image": [b64(image_bytes(20, 20))] * 5})
-    with pytest.raises(
-        MlflowException, match=r"The request has 5 rows, more than inference.max_rows \(4\)"
-    ) as refused:
-        predict_encoded_images(rows, bundle, params(max_rows=4))
+    # from Python (and Spark) any number of rows is answered
+    assert predict_encoded_images(rows, bundle, params(max_rows=4))["error"].isna().sum() == 5
+    # MLflow sets the variable that marks its scoring server (as `mlflow models serve` does)
+    with _simulate_serving_environment():
+        with pytest.raises(
+            MlflowException,
+            match=r"The request has 5 rows, more than inference.max_rows \(4\), the limit of a request",
+        ) as refused:
+            predict_encoded_images(rows, bundle, params(max_rows=4))
+        assert len(predict_encoded_images(rows, bundle, params(max_rows=5))) == 5
     assert refused.value.get_http_status_code() == 400
-    assert len(predict_encoded_images(rows, bundle, params(max_rows=5))) == 5
+
+
+def test_rows_are_answered_in_chunks_of_batch_size_with_the_probabilities_of_the_whole(bundle):
+    # 11 rows in chunks of 3: broken rows in the first and last chunks and a chunk of broken rows only
+    side = bundle["image_size"]
+    files = {i: image_bytes(side, side, seed=i) for i in (0, 2, 3, 7, 8, 9)}
+    values = [b64(files[i]) if i in files else "not base64 !" for i in range(11)]
+    answers = predict_encoded_images(pd.DataFrame({"image": values}), bundle, params(batch_size=3))
+    expected = reference_proba(bundle, torch.stack([png_pixels(files[i]) for i in sorted(files)]))[:, 0]
+    assert answers["error"].isna().tolist() == [i in files for i in range(11)]
+    assert answers.loc[sorted(files), "p_parasitized"].astype(float).tolist() == pytest.approx(
+        expected.tolist(), abs=1e-5
+    )
+    assert answers.loc[[1, 4, 5, 6, 10], "label"].isna().all()
 
 
 def test_a_row_larger_than_max_file_bytes_is_refused_before_it_is_decoded(bundle):

@@ -145,6 +145,21 @@ def test_the_pyfunc_model_answers_the_good_row_beside_a_bomb(trained):
     assert 0 <= answer.loc[1, "p_parasitized"] <= 1
 
 
+def test_the_pyfunc_model_answers_more_rows_than_the_servers_max_rows_from_python(trained):
+    # 5,000 rows (inference.max_rows is 4,096): three images over and over, and one broken row
+    model = mlflow.pyfunc.load_model(f"runs:/{trained.run_id}/model")
+    images = [base64.b64encode(image_bytes(40, 40, "L", seed=i)).decode() for i in range(3)]
+    rows = [images[i % 3] for i in range(5000)]
+    rows[4321] = "not base64!"
+    answer = model.predict(pd.DataFrame({"image": rows}))
+    alone = model.predict(pd.DataFrame({"image": images}))["p_parasitized"].astype(float).tolist()
+    assert len(answer) == 5000 and answer["error"].notna().tolist() == [i == 4321 for i in range(5000)]
+    good = answer.drop(index=4321)
+    assert np.allclose(
+        good["p_parasitized"].astype(float), [alone[i % 3] for i in good.index], atol=1e-6, rtol=0
+    )
+
+
 def test_each_training_run_registers_its_model_as_challenger_with_its_card_and_promote_says_why(trained):
     client = trained.mlflow_client()
     (found,) = client.search_model_versions("name = 'malaria-cell-classifier'")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 import re
 from pathlib import PurePosixPath
 from typing import Any
@@ -220,6 +221,11 @@ def predict_encoded_images(
 ) -> pd.DataFrame:
     """The node of the MLflow model: image files encoded in base64 in, one answer per row out.
 
+    Any number of rows, from Python (``mlflow.pyfunc.load_model(uri).predict``) or Spark
+    (``mlflow.pyfunc.spark_udf``): the rows are decoded and classified ``batch_size`` at a time, so memory
+    grows with the chunk, not with the request. Only the scoring server (``mlflow models serve``) refuses
+    a request of more than ``max_rows`` rows.
+
     One row never fails the request: a row that is not base64, not a PNG or JPEG, broken, or outside
     the image limits (a decompression bomb, say) gets its reason in ``error``, and the other rows are
     answered.
@@ -238,46 +244,67 @@ def predict_encoded_images(
 
     Raises:
         ValueError: the input has no column ``image``.
-        MlflowException: (HTTP 400 when served) the request has more than ``max_rows`` rows.
+        MlflowException: (HTTP 400) served, the request has more than ``max_rows`` rows.
     """
     if "image" not in served_images.columns:
         raise ValueError(
             f"The input has the columns {list(served_images.columns)}; it needs a column 'image' "
             "holding each image file's bytes encoded in base64"
         )
-    _check_rows(len(served_images), params["max_rows"])
+    if _served():
+        _check_rows(len(served_images), params["max_rows"])
     limits = ImageLimits.from_params(params["image_limits"], "inference.image_limits")
     classifier = _classifier(model, params)
     threshold = operating_threshold(model, params)
-    images, decoded, errors = [], [], {}
-    for position, (row, value) in enumerate(served_images["image"].items()):
-        try:
-            images.append(decode_cell_image(_base64_bytes(value, limits), classifier.image_size, limits)[0])
-            decoded.append(position)
-        except UnreadableImageError as error:
-            errors[position] = f"row {row}: {error}"
-        except Exception as error:  # noqa: BLE001 - one row never fails the others
-            logger.exception("Row %s could not be decoded", row)
-            errors[position] = f"row {row}: could not be decoded ({type(error).__name__}: {one_line(error)})"
-    stacked = (
-        torch.stack(images)
-        if images
-        else torch.empty((0, 3, classifier.image_size, classifier.image_size), dtype=torch.uint8)
-    )
-    p_positive, labels = _classify(classifier, stacked, threshold, params)
     column = probability_column(params["positive_class"])
+    labels = np.full(len(served_images), None, dtype=object)
+    p_positive = np.full(len(served_images), np.nan)
+    errors: dict[int, str] = {}
+    values = served_images["image"]
+    for start in range(0, len(values), params["batch_size"]):
+        chunk = values.iloc[start : start + params["batch_size"]]
+        images, decoded = [], []
+        for position, (row, value) in enumerate(chunk.items(), start=start):
+            try:
+                images.append(
+                    decode_cell_image(_base64_bytes(value, limits), classifier.image_size, limits)[0]
+                )
+                decoded.append(position)
+            except UnreadableImageError as error:
+                errors[position] = f"row {row}: {error}"
+            except Exception as error:  # noqa: BLE001 - one row never fails the others
+                logger.exception("Row %s could not be decoded", row)
+                errors[position] = (
+                    f"row {row}: could not be decoded ({type(error).__name__}: {one_line(error)})"
+                )
+        if images:
+            p_positive[decoded], labels[decoded] = _classify(
+                classifier, torch.stack(images), threshold, params
+            )
 
-    answers = pd.DataFrame({"label": None, column: np.nan, "error": None}, index=served_images.index)
-    answers = answers.astype({"label": object, "error": object})
-    answers.iloc[decoded, 0] = labels
-    answers.iloc[decoded, 1] = p_positive
+    texts = np.full(len(served_images), None, dtype=object)
+    texts[list(errors)] = list(errors.values())
+    for message in errors.values():
+        logger.warning("Not classified: %s", message)
+    # object columns holding None (not NaN, nor pandas' string dtype) for what a row lacks, so that the
+    # served JSON answer stays valid JSON
+    probabilities = p_positive.astype(object) if errors else p_positive
     if errors:
-        # None rather than NaN, so that the served JSON answer stays valid JSON.
-        answers[column] = answers[column].astype(object).where(answers[column].notna(), None)
-        answers.iloc[list(errors), 2] = list(errors.values())
-        for message in errors.values():
-            logger.warning("Not classified: %s", message)
+        probabilities[list(errors)] = None
+    columns = {"label": labels, column: probabilities, "error": texts}
+    answers = pd.DataFrame(
+        {
+            name: pd.Series(array, index=served_images.index, dtype=array.dtype)
+            for name, array in columns.items()
+        }
+    )
     return answers
+
+
+def _served() -> bool:
+    """Whether this process is MLflow's scoring server (``mlflow models serve``), which sets this variable,
+    as does ``mlflow.models.validate_serving_input``."""
+    return os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() in ("true", "1")
 
 
 def _check_rows(n_rows: int, max_rows: int) -> None:
@@ -286,8 +313,9 @@ def _check_rows(n_rows: int, max_rows: int) -> None:
         from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
         raise MlflowException(
-            f"The request has {n_rows} rows, more than inference.max_rows ({max_rows}): send at most "
-            f"{max_rows} images per request, or raise inference.max_rows before training.",
+            f"The request has {n_rows} rows, more than inference.max_rows ({max_rows}), the limit of a "
+            f"request to the scoring server: send at most {max_rows} images per request, raise "
+            "inference.max_rows before training, or score from Python or Spark (no limit there).",
             error_code=INVALID_PARAMETER_VALUE,
         )
 

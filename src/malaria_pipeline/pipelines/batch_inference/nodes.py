@@ -1,0 +1,166 @@
+"""Nodes of the batch_inference pipeline: Spark DataFrames in and out (the catalog's SparkDatasets).
+
+The model is the MLflow model that a training run logs (the ``inference`` pipeline's node behind
+``mlflow.pyfunc``), run by ``mlflow.pyfunc.spark_udf`` in Spark's Python workers: the same decoding,
+limits and threshold as ``kedro run --pipelines inference`` and ``mlflow models serve``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from malaria_pipeline.assess.columns import probability_column
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+logger = logging.getLogger(__name__)
+
+# The file-name prefix before _IMG_ names the patient (malaria_pipeline.cells.archive.patient_id).
+_PATIENT = r"^(.+?)_IMG_"
+
+
+def score_images(images: DataFrame, params: dict[str, Any]) -> DataFrame:
+    """``batch_predictions``: one row per image file, scored by the MLflow model ``params["model_uri"]``.
+
+    A file that can't be decoded, or is past the model's image limits, keeps its row with the reason in
+    ``error`` (the model answers each row on its own): it never fails a partition or the job.
+
+    Args:
+        images: Spark's ``binaryFile`` rows (``path``, ``content``, ...) of the image files.
+        params: ``batch_inference``: ``source`` (the folder read), ``model_uri`` (``models:/...`` or
+            ``runs:/...``) and ``positive_class``.
+
+    Returns:
+        A lazy DataFrame of ``path``, ``folder`` (relative to the source, ``.`` at its top), ``patient``
+        (the file-name prefix before ``_IMG_``, null without one), ``label``, ``p_<positive class>``,
+        ``error``, ``model_name``, ``model_version`` and ``model_run_id``: the catalog writes it, which
+        is when Spark scores.
+    """
+    import mlflow
+    from pyspark.sql import functions as F
+
+    uri = params["model_uri"]
+    model = describe_model(uri)
+    column = probability_column(params["positive_class"])
+    predict = mlflow.pyfunc.spark_udf(
+        images.sparkSession,
+        uri,
+        env_manager="local",
+        result_type=f"label string, {column} double, error string",
+    )
+    root = re.escape(source_root(params["source"]))
+    logger.info(
+        "Scoring the image files of %s with %s (model %s version %s, run %s) in Spark",
+        params["source"],
+        uri,
+        model["model_name"],
+        model["model_version"],
+        model["model_run_id"],
+    )
+    files = with_empty_files(images)
+    name = F.regexp_extract("path", r"([^/]*)$", 1)
+    folder = F.regexp_extract("path", rf"{root}/(.*)/[^/]*$", 1)
+    answer = predict(F.base64("content").alias("image"))
+    return files.select(
+        "path",
+        F.when(folder == "", ".").otherwise(folder).alias("folder"),
+        F.nullif(F.regexp_extract(name, _PATIENT, 1), F.lit("")).alias("patient"),
+        answer.alias("answer"),
+    ).select(
+        "path",
+        "folder",
+        "patient",
+        # spark_udf casts a string column that mixes None and text with numpy's str: None becomes "None"
+        F.nullif("answer.label", F.lit("None")).alias("label"),
+        f"answer.{column}",
+        # the model names a row by its place in its Arrow batch: here the path names the file
+        F.regexp_replace(F.nullif("answer.error", F.lit("None")), r"^row \d+: ", "").alias("error"),
+        *(F.lit(value).cast("string").alias(key) for key, value in model.items()),
+    )
+
+
+def with_empty_files(images: DataFrame) -> DataFrame:
+    """``path`` and ``content`` of every listed file, empty ones included (as no bytes).
+
+    Spark's file sources split a file into ranges of its length, so a file of 0 bytes gives no row; the
+    model must still answer it (with an error). The listing (``inputFiles``, on the driver, as Spark
+    lists them anyway) less the paths read (no content is read for that) are those files.
+    """
+    from pyspark.sql import functions as F
+
+    spark = images.sparkSession
+    listed = spark.createDataFrame([(path,) for path in images.inputFiles()], "path string").select(
+        F.regexp_replace("path", "^file:///", "file:/").alias("path")  # as binaryFile writes a path
+    )
+    empty = listed.join(images.select("path"), "path", "left_anti")
+    return images.select("path", "content").unionByName(
+        empty.select("path", F.lit(b"").cast("binary").alias("content"))
+    )
+
+
+def summarize_folders(predictions: DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """``batch_summary``: per folder, its cells (files), those called the positive class, and those that
+    could not be classified, read back from the written ``batch_predictions``."""
+    from pyspark.sql import functions as F
+
+    positive = params["positive_class"]
+    summary = (
+        predictions.groupBy("folder")
+        .agg(
+            F.count("*").alias("cells"),
+            F.sum((F.col("label") == positive).cast("int")).alias(positive.lower()),
+            F.sum(F.col("error").isNotNull().cast("int")).alias("errors"),
+        )
+        .orderBy("folder")
+        .toPandas()
+    )
+    summary = summary.astype({"cells": int, positive.lower(): int, "errors": int})
+    for row in summary.itertuples(index=False):
+        logger.info("%s: %d cells, %d %s, %d not classified", *row[:2], row[2], positive, row[3])
+    logger.info(
+        "batch_predictions: %d files in %d folders, %d %s, %d not classified",
+        summary["cells"].sum(),
+        len(summary),
+        summary[positive.lower()].sum(),
+        positive,
+        summary["errors"].sum(),
+    )
+    return summary
+
+
+def describe_model(uri: str) -> dict[str, str | None]:
+    """The registered name, version and run id of an MLflow model URI (name and version None for a
+    ``runs:/`` URI).
+
+    Raises:
+        ValueError: a URI that is neither ``models:/`` nor ``runs:/``.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    if match := re.fullmatch(r"models:/([^/@]+)@([^/]+)", uri):
+        version = client.get_model_version_by_alias(*match.groups())
+    elif match := re.fullmatch(r"models:/([^/@]+)/(\d+)", uri):
+        version = client.get_model_version(*match.groups())
+    elif match := re.fullmatch(r"runs:/([0-9a-f]+)/.+", uri):
+        return {"model_name": None, "model_version": None, "model_run_id": match.group(1)}
+    else:
+        raise ValueError(
+            f"batch_inference.model_uri is {uri!r}: give a registered model (models:/<name>@<alias> or "
+            "models:/<name>/<version>) or a training run's (runs:/<run id>/model)"
+        )
+    return {"model_name": version.name, "model_version": str(version.version), "model_run_id": version.run_id}
+
+
+def source_root(source: str) -> str:
+    """The folder ``source`` as Spark's binaryFile source writes it in ``path`` (``file:/abs/folder``
+    for a local folder; a URI with a scheme as given), without a trailing slash."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source):
+        return source.rstrip("/")
+    return "file:" + Path(source).resolve().as_posix()
