@@ -415,12 +415,15 @@ class KedroProject:
         )
         bootstrap_project(root)
 
-    def run(self, pipeline: str, env: str | None = None, **runtime_params):
-        """Runs a registered pipeline in a new KedroSession, as ``kedro run [--env] --params`` would."""
+    def run(
+        self, pipeline: str, env: str | None = None, namespaces: list[str] | None = None, **runtime_params
+    ):
+        """Runs a registered pipeline in a new KedroSession, as ``kedro run [--env] [--namespaces]
+        --params`` would."""
         from kedro.framework.session import KedroSession
 
         with KedroSession.create(project_path=self.root, env=env, runtime_params=runtime_params) as session:
-            return session.run(pipeline_names=[pipeline])
+            return session.run(pipeline_names=[pipeline], namespaces=namespaces)
 
     def context(self, **runtime_params):
         """The KedroContext of a new session (its parameters and catalog), without running anything."""

@@ -3,6 +3,7 @@
 import shutil
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.helpers import PROJECT_ROOT

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline
-from kedro_mlflow.pipeline import pipeline_ml_factory
 
+from malaria_pipeline.framework.staged import StagedPipelineML
 from malaria_pipeline.pipelines import (
     batch_inference,
     cross_validation,
@@ -34,7 +34,9 @@ def register_pipelines() -> dict[str, Pipeline]:
         patient-grouped k-fold cross-validation of the training configuration and a label audit), and ``training``: the whole chain from
         the archive to an evaluated model, also ``__default__``. ``training`` is bound to the served
         pipeline (:mod:`malaria_pipeline.pipelines.inference.served_model`): each run logs an MLflow model that takes
-        raw image files.
+        raw image files. Its stages also run alone, in turn, as an orchestrator runs them
+        (``--namespaces ingestion``, then ``preprocessing``, ``model_training``, ``evaluation``): only the
+        evaluation stage logs the MLflow model (:mod:`malaria_pipeline.framework.staged`).
 
         Each folder's nodes are in the Kedro namespace of its name (``ingestion.index_images_node``),
         which kedro-viz draws as a group that opens on click; the datasets and parameters keep their
@@ -50,8 +52,10 @@ def register_pipelines() -> dict[str, Pipeline]:
         "batch_inference": batch_inference.create_pipeline(),
         "promote": promote.create_pipeline(),
     }
-    training = pipeline_ml_factory(
-        training=parts["ingestion"] + parts["preprocessing"] + parts["model_training"] + parts["evaluation"],
+    training = StagedPipelineML(
+        nodes=(
+            parts["ingestion"] + parts["preprocessing"] + parts["model_training"] + parts["evaluation"]
+        ).nodes,
         inference=inference.create_served_pipeline(),
         input_name=inference.SERVED_INPUT,
         log_model_kwargs=served_model.log_model_kwargs(),

@@ -1,17 +1,21 @@
 """The composed `training` pipeline (ingestion, preprocessing, model_training, evaluation) run end to end
 over the project's own catalog.yml, in a KedroProject in tmp_path."""
 
+import base64
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from malaria_pipeline.ml import load_model
-from tests.helpers import add_bad_files, free_port, zip_folder
+from tests.helpers import add_bad_files, free_port, image_bytes, zip_folder
 
 # 4 folds of the six patients, and a ResNet-9 of width 4 for 2 epochs: seconds on a CPU.
 TINY_SPLIT_AND_TRAINING = {
@@ -227,3 +231,62 @@ def test_a_failing_training_process_fails_the_run_with_its_error_and_leaves_no_m
     client = kedro_project.mlflow_client()
     runs = client.search_runs([client.get_experiment_by_name("malaria-pipeline").experiment_id])
     assert sorted(run.info.status for run in runs) == ["FAILED", "FINISHED"]
+
+
+STAGES = ["ingestion", "preprocessing", "model_training", "evaluation"]
+
+
+def test_the_stages_run_alone_in_turn_end_as_one_training_run_with_one_mlflow_model(
+    kedro_project, cell_folder
+):
+    # as an orchestrator runs them: kedro run --pipelines training --namespaces <stage>, one after another
+    params = {"ingestion": {"source": str(cell_folder), "image_size": 16}, **TINY_SPLIT_AND_TRAINING}
+    kedro_project.run("training", **params)
+    whole = _latest(kedro_project)
+    for stage in STAGES:
+        kedro_project.run("training", namespaces=[stage], **params)
+    staged = _latest(kedro_project)
+
+    assert staged["model_version"] > whole["model_version"]  # the stages wrote a model of their own
+    assert staged["weights"] == whole["weights"]
+    assert staged["history"].drop(columns="seconds").equals(whole["history"].drop(columns="seconds"))
+    assert staged["metrics"] == whole["metrics"]
+
+    client = kedro_project.mlflow_client()
+    runs = client.search_runs(
+        [client.get_experiment_by_name("malaria-pipeline").experiment_id],
+        order_by=["attributes.start_time ASC"],
+    )
+    assert len(runs) == 5 and {run.info.status for run in runs} == {"FINISHED"}
+    logged = client.search_logged_models(experiment_ids=[runs[0].info.experiment_id])
+    models_of = {
+        run.info.run_id: [m.name for m in logged if m.source_run_id == run.info.run_id] for run in runs
+    }
+    with_model = [run for run in runs if models_of[run.info.run_id]]
+    # each: the served model ("model") and the PyTorch flavour of the network ("classifier")
+    assert len(logged) == 4 and all(
+        sorted(names) == ["classifier", "model"] for names in models_of.values() if names
+    )
+    # the whole run and, of the four stages, the evaluation's: one MLflow model each, one registered version each
+    assert [run.info.run_id for run in with_model] == [runs[0].info.run_id, runs[4].info.run_id]
+    versions = client.search_model_versions("name = 'malaria-cell-classifier'")
+    assert sorted(v.run_id for v in versions) == sorted(run.info.run_id for run in with_model)
+    # the staged MLflow model is the model the stages trained, and answers as the whole run's does
+    rows = pd.DataFrame({"image": [base64.b64encode(image_bytes(20, 20, seed=i)).decode() for i in range(4)]})
+    answers = [mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(rows) for run in with_model]
+    assert answers[0]["p_parasitized"].tolist() == answers[1]["p_parasitized"].tolist()
+
+
+def _latest(project) -> dict:
+    catalog = project.context().catalog
+    bundle = catalog.load("model")
+    digest = hashlib.sha256()
+    for name, tensor in bundle["state_dict"].items():
+        digest.update(name.encode() + tensor.numpy().tobytes())
+    model_versions = sorted(p.name for p in (project.root / "data" / "06_models" / "model.pt").iterdir())
+    return {
+        "weights": digest.hexdigest(),
+        "history": catalog.load("training_history"),
+        "metrics": catalog.load("evaluation_metrics"),
+        "model_version": model_versions[-1],
+    }
