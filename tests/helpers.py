@@ -444,6 +444,19 @@ class KedroProject:
         return mlflow.MlflowClient()
 
 
+def train_champion(project: KedroProject, cells: Path) -> None:
+    """A tiny ``training`` run on :data:`SMALL_PATIENTS` written to ``cells``, promoted to champion (the
+    first challenger is), with MLflow's tracking and registry URIs pointed at the project's store
+    (callers restore them: :func:`restored_mlflow_state`)."""
+    import mlflow
+
+    write_cells(cells, SMALL_PATIENTS)
+    project.run("training", ingestion={"source": str(cells), "image_size": 16}, **TINY)
+    project.run("promote")
+    mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{project.root / 'mlflow.db'}")
+
+
 def stop_after_epoch(epoch: int, row: dict) -> None:
     """An ``on_epoch_end`` that fails after ``epoch``, as a crash or Ctrl-C would (picklable with
     ``functools.partial``, for a training process of its own)."""

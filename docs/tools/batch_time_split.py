@@ -34,10 +34,14 @@ print(f"Spark reads {count} files ({size / 2**20:.1f} MiB): {time.perf_counter()
 spark.stop()
 
 paths = sorted(Path(folder).rglob("*.png"))
-limits = ImageLimits.from_params(yaml.safe_load(Path("conf/base/parameters_ingestion.yml").read_text())["ingestion"]["image_limits"], "x")
+limits = ImageLimits.from_params(
+    yaml.safe_load(Path("conf/base/parameters_ingestion.yml").read_text())["ingestion"]["image_limits"], "x"
+)
 classifier = load_model(bundle_path)
 start = time.perf_counter()
-images = torch.stack([decode_cell_image(path.read_bytes(), classifier.image_size, limits)[0] for path in paths])
+images = torch.stack(
+    [decode_cell_image(path.read_bytes(), classifier.image_size, limits)[0] for path in paths]
+)
 print(f"Decoding {len(paths)} files in one process: {time.perf_counter() - start:.1f} s")
 start = time.perf_counter()
 classifier.predict_proba(images, batch_size=256)

@@ -18,13 +18,11 @@ import pandas as pd
 import pytest
 
 from tests.helpers import (
-    SMALL_PATIENTS,
-    TINY,
     bomb_png,
     free_port,
     image_bytes,
     restored_mlflow_state,
-    write_cells,
+    train_champion,
 )
 
 pytest.importorskip("pyspark")
@@ -42,12 +40,7 @@ LOCAL = {
 @pytest.fixture(scope="module")
 def trained(module_kedro_project, tmp_path_factory):
     with restored_mlflow_state():
-        cells = tmp_path_factory.mktemp("cells") / "cells"
-        write_cells(cells, SMALL_PATIENTS)
-        module_kedro_project.run("training", ingestion={"source": str(cells), "image_size": 16}, **TINY)
-        module_kedro_project.run("promote")  # the first challenger becomes champion
-        mlflow.set_tracking_uri(f"sqlite:///{module_kedro_project.root / 'mlflow.db'}")
-        mlflow.set_registry_uri(f"sqlite:///{module_kedro_project.root / 'mlflow.db'}")
+        train_champion(module_kedro_project, tmp_path_factory.mktemp("cells") / "cells")
         spark_settings(module_kedro_project, LOCAL)
         yield module_kedro_project
     from pyspark.sql import SparkSession

@@ -19,13 +19,12 @@ import pytest
 
 from malaria_pipeline.pipelines.inference.nodes import predict_encoded_images
 from tests.helpers import (
-    SMALL_PATIENTS,
     TINY,
     bomb_png,
     free_port,
     image_bytes,
     restored_mlflow_state,
-    write_cells,
+    train_champion,
 )
 
 
@@ -37,11 +36,7 @@ def trained(module_kedro_project, tmp_path_factory):
 
 def _trained(module_kedro_project, tmp_path_factory):
     cells = tmp_path_factory.mktemp("cells") / "cells"
-    write_cells(cells, SMALL_PATIENTS)
-    module_kedro_project.run("training", ingestion={"source": str(cells), "image_size": 16}, **TINY)
-    module_kedro_project.run("promote")  # the first challenger becomes champion
-    mlflow.set_tracking_uri(f"sqlite:///{module_kedro_project.root / 'mlflow.db'}")
-    mlflow.set_registry_uri(f"sqlite:///{module_kedro_project.root / 'mlflow.db'}")
+    train_champion(module_kedro_project, cells)
     (run,) = mlflow.search_runs(
         experiment_names=["malaria-pipeline"], filter_string="run_name = 'training'", output_format="list"
     )
