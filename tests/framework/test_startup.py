@@ -20,6 +20,7 @@ PLAIN_LINE = re.compile(
 )
 
 
+@pytest.mark.slow
 def test_a_run_into_a_pipe_logs_one_plain_line_per_record(kedro_project, cell_folder):
     env = {
         k: v

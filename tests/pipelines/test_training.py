@@ -209,6 +209,7 @@ def test_two_processes_under_the_kedro_command_print_each_epoch_once(kedro_proje
     assert sum("Data-parallel in 2 processes" in row for row in rows) == 1, rows
 
 
+@pytest.mark.slow
 def test_a_failing_training_process_fails_the_run_with_its_error_and_leaves_no_mlflow_run_open(
     kedro_project, cell_folder
 ):

@@ -100,7 +100,8 @@ def test_batch_inference_gives_the_inference_pipelines_answers_and_a_summary_per
     }
     assert batch["patient"].astype(object).where(batch["patient"].notna(), None).to_dict() == patients
     # Parquet partitioned by folder, one version per run
-    written = next((trained.root / "data" / "07_model_output" / "batch_predictions.parquet").iterdir())
+    # the version this run wrote: the latest (the module's other tests run the pipeline too)
+    written = max((trained.root / "data" / "07_model_output" / "batch_predictions.parquet").iterdir())
     assert sorted(p.name for p in (written / "batch_predictions.parquet").glob("folder=*")) == [
         "folder=.",
         "folder=smear_a",
@@ -117,10 +118,12 @@ def test_batch_inference_gives_the_inference_pipelines_answers_and_a_summary_per
     assert (summary["errors"] == 0).all()
     # the MLflow run of batch_inference lists both
     client = trained.mlflow_client()
-    (run,) = client.search_runs(
+    run = client.search_runs(
         [client.get_experiment_by_name("malaria-pipeline").experiment_id],
         "attributes.run_name = 'batch_inference'",
-    )
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
     assert Path(run.data.tags["batch_predictions"]) == written / "batch_predictions.parquet"
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["batch_summary.csv"]
 
@@ -158,9 +161,9 @@ def test_hostile_files_get_error_rows_and_the_other_files_their_answers(trained,
 
 
 def test_spark_udf_scores_more_rows_than_the_servers_max_rows_in_one_arrow_batch(trained):
-    from pyspark.sql import SparkSession
+    from malaria_pipeline.framework.spark import spark_session
 
-    spark = SparkSession.getActiveSession() or pytest.skip("no Spark session (run with the module)")
+    spark = spark_session(LOCAL)  # the module's session, or a new one when this test runs first
     images = [base64.b64encode(image_bytes(40, 40, "L", seed=i)).decode() for i in range(3)]
     rows = pd.DataFrame({"image": [images[i % 3] for i in range(5000)]})
     assert spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "10000"

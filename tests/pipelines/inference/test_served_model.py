@@ -342,6 +342,7 @@ def test_the_served_model_answers_a_bomb_row_and_refuses_too_many_rows_without_a
     assert "stack_trace" not in body and "Traceback" not in json.dumps(body)
 
 
+@pytest.mark.slow
 def test_a_second_run_is_the_new_challenger_and_promote_refuses_it_when_worse(kedro_project, cell_folder):
     # A project of its own: its second run and promotions would change what the module's other tests read.
     # Its store is the registry too: the module's `trained` fixture may have pointed MLflow's registry at
