@@ -32,9 +32,9 @@ train: $(STAMP)
 # The formatter and the linter first (ruff, configured in pyproject.toml), then the tests, in a random
 # order that pytest-randomly prints at the top ("Using --randomly-seed=N"; ARGS='--randomly-seed=N'
 # repeats it, ARGS='-p no:randomly' keeps the file order).
-# The end-to-end tests marked slow (30 s or more each: the shared images, the notebook, the benchmark,
-# two-machine training, a failing distributed run, a second registered run, logging into a pipe) run in
-# make test-slow; CI (.ci/run) runs both.
+# The end-to-end tests marked slow (20 s or more each: the shared images, the notebook, the benchmark,
+# two-machine training, a failing distributed run, a second registered run, logging into a pipe, two
+# training runs, the staged training) run in make test-slow; CI (.ci/run) runs both.
 test: $(STAMP) java
 	$(BIN)/ruff format --check
 	$(BIN)/ruff check

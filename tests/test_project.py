@@ -50,6 +50,7 @@ def test_telemetry_consent_is_off():
     assert yaml.safe_load((PROJECT_ROOT / ".telemetry").read_text()) == {"consent": False}
 
 
+@pytest.mark.slow
 def test_two_runs_leave_two_versions_of_every_dataset(kedro_project, cell_folder):
     params = {
         "ingestion": {"source": str(cell_folder), "image_size": 16},

@@ -237,6 +237,7 @@ def test_a_failing_training_process_fails_the_run_with_its_error_and_leaves_no_m
 STAGES = ["ingestion", "preprocessing", "model_training", "evaluation"]
 
 
+@pytest.mark.slow
 def test_the_stages_run_alone_in_turn_end_as_one_training_run_with_one_mlflow_model(
     kedro_project, cell_folder
 ):
