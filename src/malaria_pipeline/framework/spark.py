@@ -64,7 +64,9 @@ def spark_session(settings: dict[str, Any]):
             return active
         logger.info("Stopping the Spark session of %s to start one on %s", active.sparkContext.master, master)
         active.stop()
-    builder = SparkSession.builder.appName(settings.pop("spark.app.name", "malaria-pipeline"))
+    # A Builder of its own: SparkSession.builder is one shared object that keeps every earlier .config().
+    # (A second session in one process may still inherit SQL settings that the JVM kept from the first.)
+    builder = SparkSession.Builder().appName(settings.pop("spark.app.name", "malaria-pipeline"))
     for key, value in settings.items():
         builder = builder.config(key, value)
     saved = {name: os.environ.get(name) for name in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
