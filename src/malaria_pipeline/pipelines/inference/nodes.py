@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import os
 import re
 from pathlib import PurePosixPath
 from typing import Any
@@ -256,55 +255,63 @@ def predict_encoded_images(
     limits = ImageLimits.from_params(params["image_limits"], "inference.image_limits")
     classifier = _classifier(model, params)
     threshold = operating_threshold(model, params)
-    column = probability_column(params["positive_class"])
     labels = np.full(len(served_images), None, dtype=object)
     p_positive = np.full(len(served_images), np.nan)
     errors: dict[int, str] = {}
     values = served_images["image"]
     for start in range(0, len(values), params["batch_size"]):
         chunk = values.iloc[start : start + params["batch_size"]]
-        images, decoded = [], []
-        for position, (row, value) in enumerate(chunk.items(), start=start):
-            try:
-                images.append(
-                    decode_cell_image(_base64_bytes(value, limits), classifier.image_size, limits)[0]
-                )
-                decoded.append(position)
-            except UnreadableImageError as error:
-                errors[position] = f"row {row}: {error}"
-            except Exception as error:  # noqa: BLE001 - one row never fails the others
-                logger.exception("Row %s could not be decoded", row)
-                errors[position] = (
-                    f"row {row}: could not be decoded ({type(error).__name__}: {one_line(error)})"
-                )
+        images, decoded = _decode_rows(chunk, start, classifier.image_size, limits, errors)
         if images:
             p_positive[decoded], labels[decoded] = _classify(
                 classifier, torch.stack(images), threshold, params
             )
-
-    texts = np.full(len(served_images), None, dtype=object)
-    texts[list(errors)] = list(errors.values())
     for message in errors.values():
         logger.warning("Not classified: %s", message)
-    # object columns holding None (not NaN, nor pandas' string dtype) for what a row lacks, so that the
-    # served JSON answer stays valid JSON
-    probabilities = p_positive.astype(object) if errors else p_positive
-    if errors:
-        probabilities[list(errors)] = None
-    columns = {"label": labels, column: probabilities, "error": texts}
-    answers = pd.DataFrame(
-        {
-            name: pd.Series(array, index=served_images.index, dtype=array.dtype)
-            for name, array in columns.items()
-        }
+    return _answer_table(
+        served_images.index, labels, p_positive, errors, probability_column(params["positive_class"])
     )
-    return answers
+
+
+def _decode_rows(
+    chunk: pd.Series, start: int, size: int, limits: ImageLimits, errors: dict[int, str]
+) -> tuple[list[torch.Tensor], list[int]]:
+    """The decoded images of a chunk of base64 rows that begins at position ``start``, with their
+    positions; each row that can't be decoded gets its reason in ``errors`` at its position."""
+    images, decoded = [], []
+    for position, (row, value) in enumerate(chunk.items(), start=start):
+        try:
+            images.append(decode_cell_image(_base64_bytes(value, limits), size, limits)[0])
+            decoded.append(position)
+        except UnreadableImageError as error:
+            errors[position] = f"row {row}: {error}"
+        except Exception as error:  # noqa: BLE001 - one row never fails the others
+            logger.exception("Row %s could not be decoded", row)
+            errors[position] = f"row {row}: could not be decoded ({type(error).__name__}: {one_line(error)})"
+    return images, decoded
+
+
+def _answer_table(
+    index: pd.Index, labels: np.ndarray, p_positive: np.ndarray, errors: dict[int, str], column: str
+) -> pd.DataFrame:
+    """``label``, ``column`` and ``error`` by row: object columns holding None (not NaN, nor pandas'
+    string dtype) for what a row lacks, so that the served JSON answer stays valid JSON."""
+    texts = np.full(len(index), None, dtype=object)
+    texts[list(errors)] = list(errors.values())
+    probabilities = p_positive.astype(object) if errors else p_positive
+    probabilities[list(errors)] = None
+    columns = {"label": labels, column: probabilities, "error": texts}
+    return pd.DataFrame(
+        {name: pd.Series(array, index=index, dtype=array.dtype) for name, array in columns.items()}
+    )
 
 
 def _served() -> bool:
-    """Whether this process is MLflow's scoring server (``mlflow models serve``), which sets this variable,
-    as does ``mlflow.models.validate_serving_input``."""
-    return os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() in ("true", "1")
+    """Whether this process is MLflow's scoring server (``mlflow models serve``), read as MLflow reads
+    the variable that its server sets (``mlflow.models.validate_serving_input`` sets it too)."""
+    from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
+
+    return bool(_MLFLOW_IS_IN_SERVING_ENVIRONMENT.get())
 
 
 def _check_rows(n_rows: int, max_rows: int) -> None:
