@@ -210,7 +210,7 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=self._uri))
             flavor = mlflow.models.Model.load(local).flavors["python_function"]
             relative = flavor["artifacts"]["model"]["path"]
-            registered = _registered_version(self._uri)
+            registered = registered_version(self._uri)
         except (mlflow.exceptions.MlflowException, OSError, KeyError) as error:
             raise DatasetError(
                 f"{self._parameter}: cannot read the model bundle of {self._uri} from {mlflow.get_tracking_uri()} "
@@ -238,20 +238,21 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
         return bool(self._uri) or self._files.exists()
 
 
-def _registered_version(uri: str) -> dict[str, Any] | None:
+def registered_version(uri: str) -> dict[str, Any] | None:
     """Name, version and run of the registered model version that a ``models:/<name>@<alias>`` or
     ``models:/<name>/<version>`` URI names; None for other URIs (``runs:/``, ``models:/m-<id>``)."""
     import mlflow
 
     if not uri.startswith("models:/"):
         return None
-    client, rest = mlflow.MlflowClient(), uri[len("models:/") :].strip("/")
+    rest = uri[len("models:/") :].strip("/")
+    parts = rest.split("/")
+    if "@" not in rest and (len(parts) != 2 or not parts[1].isdigit()):
+        return None  # checked before any client opens the tracking store
+    client = mlflow.MlflowClient()
     if "@" in rest:
         version = client.get_model_version_by_alias(*rest.split("@", 1))
     else:
-        parts = rest.split("/")
-        if len(parts) != 2 or not parts[1].isdigit():
-            return None
         version = client.get_model_version(*parts)
     return {"name": version.name, "version": int(version.version), "run_id": version.run_id}
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from malaria_pipeline.assess.columns import probability_column
+from malaria_pipeline.framework.datasets import registered_version
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -139,23 +140,22 @@ def describe_model(uri: str) -> dict[str, str | None]:
     ``runs:/`` URI).
 
     Raises:
-        ValueError: a URI that is neither ``models:/`` nor ``runs:/``.
+        ValueError: a URI that is neither ``models:/<name>@<alias>``, ``models:/<name>/<version>`` nor
+            ``runs:/<run id>/<path>``.
     """
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    if match := re.fullmatch(r"models:/([^/@]+)@([^/]+)", uri):
-        version = client.get_model_version_by_alias(*match.groups())
-    elif match := re.fullmatch(r"models:/([^/@]+)/(\d+)", uri):
-        version = client.get_model_version(*match.groups())
-    elif match := re.fullmatch(r"runs:/([0-9a-f]+)/.+", uri):
+    if match := re.fullmatch(r"runs:/([0-9a-f]+)/.+", uri):
         return {"model_name": None, "model_version": None, "model_run_id": match.group(1)}
-    else:
+    registered = registered_version(uri)
+    if registered is None:
         raise ValueError(
             f"batch_inference.model_uri is {uri!r}: give a registered model (models:/<name>@<alias> or "
             "models:/<name>/<version>) or a training run's (runs:/<run id>/model)"
         )
-    return {"model_name": version.name, "model_version": str(version.version), "model_run_id": version.run_id}
+    return {
+        "model_name": registered["name"],
+        "model_version": str(registered["version"]),
+        "model_run_id": registered["run_id"],
+    }
 
 
 def source_root(source: str) -> str:
