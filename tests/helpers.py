@@ -469,7 +469,7 @@ def stop_after_epoch_and_linger(epoch: int, seconds: float, row: dict) -> None:
     their next collective, reach the launcher first (the race a slow teardown makes)."""
     if row["epoch"] == epoch:
         atexit.register(time.sleep, seconds)
-        raise RuntimeError(f"stopped after epoch {epoch}")
+    stop_after_epoch(epoch, row)
 
 
 def batch_norm_free_classifier(width: int = 4, image_size: int = 16):
