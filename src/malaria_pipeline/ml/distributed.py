@@ -152,7 +152,7 @@ def run_workers(
     device = pick_device(config.device)
     with tempfile.TemporaryDirectory(prefix="malaria-ddp-") as folder:
         # rank 0 reads the images from this file (memory-mapped) and broadcasts them to the others
-        images = Path(folder) / "train_data.pt"
+        images, failures = Path(folder) / "train_data.pt", Path(folder) / "failures"
         torch.save({name: getattr(data, name) for name in TENSORS}, images)
         payload = {
             "images": str(images),
@@ -161,7 +161,7 @@ def run_workers(
             "checkpoint": checkpoint,
             "on_epoch_end": on_epoch_end,
             "sync_batchnorm": distributed.sync_batchnorm,
-            "failures": str(Path(folder) / "failures"),
+            "failures": str(failures),
         }
         logger.info(
             "Starting %d training processes on this machine (%d machines, %s, rendezvous %s)",
@@ -173,7 +173,7 @@ def run_workers(
         try:
             return elastic_launch(distributed.launch_config(node_rank=0), _worker)(payload, distributed)
         except ChildFailedError as error:
-            raise DistributedTrainingError(_failure_message(error, Path(folder) / "failures")) from error
+            raise DistributedTrainingError(_failure_message(error, failures)) from error
 
 
 class DistributedTrainingError(RuntimeError):
