@@ -564,3 +564,24 @@ def restored_mlflow_state():
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def interval_by_hand(called, cells, se, sp, level, between_se=0.0, between_sp=0.0):
+    """Lang & Reiczigel's interval (2014; asht::prevSeSp), written out a second time for the tests, with
+    the between-patient variances added to the rates': ``se`` and ``sp`` are ``(found, positives)`` and
+    ``(passed, negatives)``."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+    (found, positives), (passed, negatives) = se, sp
+    n_se, n_sp, n_ap = positives + 2, negatives + 2, cells + z * z
+    se_, sp_, ap_ = (found + 1) / n_se, (passed + 1) / n_sp, (called + z * z / 2) / n_ap
+    centre = (ap_ + sp_ - 1) / (se_ + sp_ - 1)
+    shift = 2 * z * z * (centre * se_ * (1 - se_) / n_se - (1 - centre) * sp_ * (1 - sp_) / n_sp)
+    variance = (
+        ap_ * (1 - ap_) / n_ap
+        + centre**2 * (se_ * (1 - se_) / n_se + between_se)
+        + (1 - centre) ** 2 * (sp_ * (1 - sp_) / n_sp + between_sp)
+    )
+    half = z * variance**0.5 / (se_ + sp_ - 1)
+    return max(centre + shift - half, 0.0), min(centre + shift + half, 1.0)

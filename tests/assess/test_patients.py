@@ -3,19 +3,23 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import betabinom, binom
 
 from malaria_pipeline.assess.patients import (
     CellRates,
     PatientCall,
     ReferenceCells,
-    call_chances,
     choose_call,
     corrected_fraction,
-    cross_validated_patients,
+    count_thresholds,
+    model_patient_settings,
     patient_metrics,
     patient_table,
     rates_of,
 )
+from malaria_pipeline.assess.out_of_fold import call_out_of_fold, cross_validated_patients
+from malaria_pipeline.assess.spread import PatientSpread, RateSpread, fit_rate_spread
+from tests.helpers import interval_by_hand
 
 
 def rates(found, positives, passed, negatives):
@@ -42,6 +46,13 @@ def test_the_corrected_fraction_and_its_interval_match_the_hand_worked_ones(give
     assert corrected_fraction(called, cells, rates(found, positives, passed, negatives)) == pytest.approx(
         expected, abs=1e-12
     )
+
+
+def test_the_configured_level_sets_the_interval():
+    # 90%: z = 1.644854; written out by hand from the same steps: [0.068072, 0.304859]
+    _, low, high = corrected_fraction(10, 50, rates(90, 100, 95, 100), level=0.9)
+    assert (low, high) == pytest.approx((0.06807194936307523, 0.30485915322789436), abs=1e-12)
+    assert (low, high) == pytest.approx(interval_by_hand(10, 50, (90, 100), (95, 100), 0.9), abs=1e-12)
 
 
 def test_a_group_of_one_cell_gets_a_wide_interval_not_an_error():
@@ -71,7 +82,7 @@ def test_without_cells_the_fraction_is_missing_and_the_call_is_review():
         pd.Series(["A"]),
         np.array([True]),
         rates(90, 100, 95, 100),
-        PatientCall(positive_above=0, negative_below=0.02),
+        PatientCall(healthy_below=0.001, negative_below=0.02),
         errors=pd.Series(["B", "B"]),
     )
     b = table.set_index("patient").loc["B"]
@@ -90,7 +101,7 @@ def test_a_table_whose_rates_are_no_better_than_chance_warns_once_and_estimates_
         pd.Series(["A", "A", "B"]),
         np.array([True, False, True]),
         rates(25, 100, 60, 100),
-        PatientCall(positive_above=0, negative_below=0.02),
+        PatientCall(healthy_below=0.001, negative_below=0.02),
     )
     assert table["cells"].tolist() == [2, 1] and table["fraction"].isna().all()
     assert (table["call"] == "review").all()
@@ -102,19 +113,24 @@ def test_a_table_whose_rates_are_no_better_than_chance_warns_once_and_estimates_
 
 
 def test_each_band_of_the_call():
-    rule = PatientCall(positive_above=0.0, negative_below=0.02)
-    # fraction, low -> call
-    assert rule(0.10, 0.03, 100) == "positive"  # the interval lies above 0
-    assert rule(0.01, 0.0, 100) == "negative"  # the estimate is below 2%
-    assert rule(0.05, 0.0, 100) == "review"  # neither
-    assert PatientCall(positive_above=0.05, negative_below=0.02)(0.10, 0.03, 100) == "review"
+    rule = PatientCall(healthy_below=0.001, negative_below=0.02)
+    # fraction, chance for a healthy patient -> call
+    assert rule(0.10, 0.0001, 100) == "positive"  # a healthy patient shows as many 1 time in 10,000
+    assert rule(0.10, 0.001, 100) == "review"  # at the level exactly: not below it, and not negative
+    assert rule(0.01, 0.3, 100) == "negative"  # the estimate is below 2%
+    assert rule(0.05, 0.01, 100) == "review"  # neither
+    assert rule(0.02, 0.3, 100) == "review"  # at negative_below exactly: not below it
+    assert PatientCall(healthy_below=0.00001, negative_below=0.02)(0.10, 0.0001, 100) == "review"
     # fewer cells than min_cells (50 by default): review, whatever they show
-    assert rule(0.0, 0.0, 49) == "review" and rule(0.5, 0.2, 49) == "review"
-    assert PatientCall(positive_above=0.0, negative_below=0.02, min_cells=1)(0.0, 0.0, 1) == "negative"
+    assert rule(0.0, 1.0, 49) == "review" and rule(0.5, 1e-9, 49) == "review"
+    assert PatientCall(healthy_below=0.001, negative_below=0.02, min_cells=1)(0.0, 1.0, 1) == "negative"
+    assert rule(float("nan"), float("nan"), 100) == "review"
     with pytest.raises(ValueError, match="patients.call.min_cells"):
-        PatientCall(positive_above=0, negative_below=0.02, min_cells=0)
+        PatientCall(healthy_below=0.001, negative_below=0.02, min_cells=0)
     with pytest.raises(ValueError, match="patients.call.negative_below"):
-        PatientCall(positive_above=0, negative_below=2)
+        PatientCall(healthy_below=0.001, negative_below=2)
+    with pytest.raises(ValueError, match="patients.call.healthy_below"):
+        PatientCall(healthy_below=-0.1, negative_below=0.02)
 
 
 def test_the_table_counts_each_patients_cells_and_calls():
@@ -124,11 +140,13 @@ def test_the_table_counts_each_patients_cells_and_calls():
         patients,
         called,
         rates(90, 100, 95, 100),
-        PatientCall(positive_above=0, negative_below=0.02, min_cells=40),
+        PatientCall(healthy_below=0.001, negative_below=0.02, min_cells=40),
     ).set_index("patient")
     assert table.loc["P1", ["cells", "parasitized", "errors"]].tolist() == [50, 10, 0]
     assert table.loc["P1", "fraction"] == pytest.approx(0.176470588235294)
-    assert table.loc["P1", "call"] == "positive"
+    # without a spread, the healthy range is one binomial at 1 - Sp = 0.05: P(K >= 10 | n = 50)
+    assert table.loc["P1", "healthy_chance"] == pytest.approx(binom.sf(9, 50, 0.05), rel=1e-12)
+    assert table.loc["P1", "call"] == "positive"  # 0.00016: below 0.001
     assert table.loc["P2", "observed"] == pytest.approx(1 / 40)
     # 1/40 at Se .9 Sp .95: RG (0.025 + 0.95 - 1) / 0.85 < 0 -> 0 -> negative
     assert table.loc["P2", ["fraction", "call"]].tolist() == [0.0, "negative"]
@@ -148,7 +166,7 @@ def test_reference_cells_give_the_rates_of_any_threshold_as_a_confusion_matrix_d
     assert rates_of(truth, p, 0.5, "test") == reference.at(0.5)
 
 
-def _truth_table(fractions, lows, labelled, calls=None):
+def _truth_table(fractions, lows, labelled, calls=None, chances=None):
     n = len(fractions)
     table = pd.DataFrame(
         {
@@ -158,6 +176,7 @@ def _truth_table(fractions, lows, labelled, calls=None):
             "fraction": fractions,
             "fraction_low": lows,
             "fraction_high": np.minimum(np.array(fractions) + 0.05, 1),
+            "healthy_chance": chances if chances is not None else [0.5] * n,
             "call": calls or ["review"] * n,
             "labelled_fraction": labelled,
         }
@@ -186,25 +205,52 @@ def test_patient_metrics_by_hand():
     assert m["patient_roc_auc"] == pytest.approx(1.0)
 
 
-def test_the_chosen_rule_is_the_most_cautious_that_the_review_workload_allows():
+CHOOSING = {
+    "fractions": [0.0, 0.015, 0.03, 0.5, 0.04, 0.01],
+    "lows": [0.0] * 6,
+    "labelled": [0.0, 0.0, 0.0, 0.5, 0.06, 0.01],
+    "chances": [0.9, 0.2, 0.05, 1e-9, 0.003, 0.4],
+}
+
+
+@pytest.mark.parametrize(
+    ("max_review", "expected", "review"),
+    [
+        # By hand, for each rule (healthy_below, negative_below): P3 is positive under both levels; P4
+        # (labelled 6%, chance 0.003) is positive at 0.01, review at 0.001 unless negative_below 0.05 calls
+        # it negative (a miss); P1, P2 and P5 are negative once their estimate is below negative_below.
+        # Reviews: (0.01, 0.01) 3 of 6, (0.01, 0.02) 1, (0.01, 0.05) 0, (0.001, 0.01) 4, (0.001, 0.02) 2.
+        (0.7, (0.001, 0.01), 4 / 6),  # the most cautious: lowest healthy_below, then lowest negative_below
+        (4 / 6, (0.001, 0.01), 4 / 6),  # a review share equal to max_review is allowed
+        (0.5, (0.001, 0.02), 2 / 6),
+        (0.3, (0.01, 0.02), 1 / 6),
+        (0.0, (0.01, 0.05), 0.0),
+    ],
+)
+def test_the_chosen_rule_is_the_most_cautious_that_the_review_workload_allows(max_review, expected, review):
     table = _truth_table(
-        [0.0, 0.015, 0.03, 0.5, 0.04, 0.01],
-        [0.0, 0.0, 0.0, 0.4, 0.0, 0.0],
-        [0.0, 0.0, 0.0, 0.5, 0.06, 0.01],
+        CHOOSING["fractions"], CHOOSING["lows"], CHOOSING["labelled"], chances=CHOOSING["chances"]
     )
-    grid = ([0.0, 0.02], [0.01, 0.02, 0.05])
-    # By hand: below 0.05, P4 (labelled 6%, estimated 4%, interval reaching 0) is called negative, a miss;
-    # below 0.02, P0, P1 and P5 are negative, P2 and P4 go to review (2 of 6); below 0.01 only P0 is
-    # negative (4 of 6 to review). positive_above 0.02 would send P3 (interval from 0.4) nowhere else.
-    rule, metrics = choose_call(table, *grid, min_fraction=0.05, max_review=0.7)
-    assert rule == PatientCall(positive_above=0.0, negative_below=0.01)  # the most cautious allowed
-    assert metrics["meets"] and metrics["review_share"] == pytest.approx(4 / 6)
-    rule, metrics = choose_call(table, *grid, min_fraction=0.05, max_review=0.5)
-    assert rule == PatientCall(positive_above=0.0, negative_below=0.02)
-    assert metrics["meets"] and metrics["review_share"] == pytest.approx(2 / 6)
-    # a workload no rule meets without a miss: the fewest errors, then the least review
-    rule, metrics = choose_call(table, *grid, min_fraction=0.05, max_review=0.2)
-    assert rule == PatientCall(positive_above=0.0, negative_below=0.02) and not metrics["meets"]
+    rule, metrics = choose_call(
+        table, [0.01, 0.001], [0.01, 0.02, 0.05], min_fraction=0.05, max_review=max_review
+    )
+    assert (rule.healthy_below, rule.negative_below) == expected
+    assert metrics["meets"] and metrics["review_share"] == pytest.approx(review)
+
+
+def test_where_no_rule_meets_the_fewest_errors_then_the_lowest_negative_below_then_the_least_review():
+    # P6, a control whose cells show a chance 0.0005 for a healthy patient, is a false positive under
+    # every rule; (0.001, 0.05) also misses P4. Of the rules of one error, those of negative_below 0.01
+    # are (0.01, 0.01), 3 of 7 to review, and (0.001, 0.01), 4 of 7.
+    table = _truth_table(
+        [*CHOOSING["fractions"], 0.06],
+        [0.0] * 7,
+        [*CHOOSING["labelled"], 0.0],
+        chances=[*CHOOSING["chances"], 0.0005],
+    )
+    rule, metrics = choose_call(table, [0.01, 0.001], [0.01, 0.02, 0.05], min_fraction=0.05, max_review=0.7)
+    assert (rule.healthy_below, rule.negative_below) == (0.01, 0.01) and not metrics["meets"]
+    assert metrics["false_positives"] == 1 and metrics["review_share"] == pytest.approx(3 / 7)
 
 
 def test_out_of_fold_each_folds_patients_use_the_other_folds_rates_and_rule():
@@ -230,12 +276,12 @@ def test_out_of_fold_each_folds_patients_use_the_other_folds_rates_and_rule():
     predictions = pd.concat(
         [cells("A", 1, 10, 9, 1), cells("B", 1, 0, 0, 0), cells("C", 2, 5, 4, 0), cells("D", 2, 0, 0, 2)]
     )
-    table, rule = cross_validated_patients(
+    table, smears, rule = cross_validated_patients(
         predictions,
         positive="Parasitized",
-        threshold=0.5,
-        level=0.95,
-        choose_from={"positive_above": [0.0], "negative_below": [0.05, 0.2]},
+        count_at=0.5,
+        level=0.9,
+        choose_from={"healthy_below": [0.001], "negative_below": [0.05, 0.2]},
         min_fraction=0.05,
         max_review=0.5,
         min_cells=1,
@@ -245,20 +291,216 @@ def test_out_of_fold_each_folds_patients_use_the_other_folds_rates_and_rule():
     assert table.loc["A", ["sensitivity", "specificity"]].tolist() == pytest.approx([4 / 5, 33 / 35])
     # Fold 2's from fold 1's: Se 9/10, Sp 29/30
     assert table.loc["D", ["sensitivity", "specificity"]].tolist() == pytest.approx([9 / 10, 29 / 30])
-    expected_a = corrected_fraction(10, 20, rates(4, 5, 33, 35))
-    assert table.loc["A", ["fraction", "fraction_low", "fraction_high"]].tolist() == pytest.approx(
-        list(expected_a)
+    # and its spread between patients from fold 2's patients only: false alarms 0 of C's 15 and 2 of D's
+    # 20 uninfected cells, detection 4 of C's 5 parasitized ones
+    fold_2 = PatientSpread(
+        threshold=0.5,
+        false_alarm=fit_rate_spread(np.array([0, 2]), np.array([15, 20])),
+        detection=fit_rate_spread(np.array([4]), np.array([5])),
+        source="hand",
+    )
+    # at the configured level, 90%, written out by hand with the two between-patient variances
+    expected_a = interval_by_hand(
+        10,
+        20,
+        (4, 5),
+        (33, 35),
+        0.9,
+        fold_2.detection.between_variance,
+        fold_2.false_alarm.between_variance,
+    )
+    assert table.loc["A", ["fraction_low", "fraction_high"]].tolist() == pytest.approx(expected_a, abs=1e-12)
+    assert table.loc["A", "fraction"] == pytest.approx((0.5 + 33 / 35 - 1) / (4 / 5 + 33 / 35 - 1))
+    assert table.loc["A", "healthy_chance"] == pytest.approx(
+        betabinom.sf(9, 20, fold_2.false_alarm.a, fold_2.false_alarm.b), rel=1e-9
     )
     assert table.loc["A", "labelled_fraction"] == 0.5 and table.loc["A", "fold"] == 1
     # each fold's rule is chosen on the other fold's patients
     assert set(table["negative_below"]) <= {0.05, 0.2} and isinstance(rule, PatientCall)
 
 
-def test_what_the_rule_means_for_a_smear_with_a_near_perfect_classifier_by_hand():
-    # Se 0.999, Sp 0.9999 (n 100,000 each): a healthy smear of 1,000 cells shows about 0.1 false alarms,
-    # so it is negative (estimate < 2%) nearly always; at 5% (50 parasitized) the interval lies above 0.
-    near_perfect = rates(99_900, 100_000, 99_990, 100_000)
-    rule = PatientCall(positive_above=0.0, negative_below=0.02)
-    healthy, five = call_chances(near_perfect, rule, cells=1000, parasitemia=[0.0, 0.05], simulations=200)
-    assert healthy["negative"] == 1.0 and healthy["median_fraction"] == 0.0
-    assert five["positive"] == 1.0 and five["median_fraction"] == pytest.approx(0.05, abs=0.01)
+def test_the_spread_between_patients_widens_the_interval_by_its_variance_by_hand():
+    # The first hand-worked case (10 of 50 called, Se 90/100, Sp 95/100), with each rate varying between
+    # patients: Var(Sp_patient) = 0.05 · 0.95 · 0.02 = 0.00095, Var(Se_patient) = 0.9 · 0.1 · 0.01 = 0.0009.
+    spread = PatientSpread(
+        threshold=0.5,
+        false_alarm=RateSpread(mean=0.05, rho=0.02, patients=30, cells=3000, events=150),
+        detection=RateSpread(mean=0.9, rho=0.01, patients=30, cells=3000, events=2700),
+        source="hand",
+    )
+    z = 1.959963984540054
+    se_, sp_, ap_ = 91 / 102, 96 / 102, (10 + z**2 / 2) / (50 + z**2)
+    centre = (ap_ + sp_ - 1) / (se_ + sp_ - 1)
+    shift = 2 * z**2 * (centre * se_ * (1 - se_) / 102 - (1 - centre) * sp_ * (1 - sp_) / 102)
+    variance = (
+        ap_ * (1 - ap_) / (50 + z**2)
+        + centre**2 * (se_ * (1 - se_) / 102 + 0.0009)
+        + (1 - centre) ** 2 * (sp_ * (1 - sp_) / 102 + 0.00095)
+    )
+    half = z * variance**0.5 / (se_ + sp_ - 1)
+    fraction, low, high = corrected_fraction(10, 50, rates(90, 100, 95, 100), spread=spread)
+    assert fraction == pytest.approx(0.176470588235294)
+    assert (low, high) == pytest.approx((centre + shift - half, centre + shift + half), abs=1e-12)
+    assert (low, high) == pytest.approx((0.0400, 0.3463), abs=1e-4)  # against 0.0522 to 0.3341 without
+    no_spread = PatientSpread(
+        threshold=0.5,
+        false_alarm=RateSpread(mean=0.05, rho=0.0, patients=30, cells=3000, events=150),
+        detection=RateSpread(mean=0.9, rho=0.0, patients=30, cells=3000, events=2700),
+        source="hand",
+    )
+    assert corrected_fraction(10, 50, rates(90, 100, 95, 100), spread=no_spread) == pytest.approx(
+        HAND_WORKED[0][1], abs=1e-12
+    )
+
+
+def test_with_the_spread_the_interval_covers_new_patients_whose_rates_vary():
+    # A second, independent check: patients whose own specificity is drawn from Beta(mean 0.97, rho 0.03)
+    # and sensitivity from Beta(mean 0.9, rho 0.02); the counting-only interval misses many of them.
+    rng = np.random.default_rng(4)
+    spread = PatientSpread(
+        threshold=0.5,
+        false_alarm=RateSpread(mean=0.03, rho=0.03, patients=100, cells=10_000, events=300),
+        detection=RateSpread(mean=0.9, rho=0.02, patients=100, cells=10_000, events=9_000),
+        source="simulated",
+    )
+    fa, det = spread.false_alarm, spread.detection
+    covered, covered_without = 0, 0
+    for _ in range(2000):
+        truth, cells = rng.choice([0.0, 0.02, 0.1]), 300
+        ref = rates(rng.binomial(5000, 0.9), 5000, rng.binomial(8000, 0.97), 8000)
+        parasitized = rng.binomial(cells, truth)
+        called = rng.binomial(parasitized, rng.beta(det.a, det.b)) + rng.binomial(
+            cells - parasitized, rng.beta(fa.a, fa.b)
+        )
+        _, low, high = corrected_fraction(int(called), cells, ref, spread=spread)
+        covered += low <= truth <= high
+        _, low, high = corrected_fraction(int(called), cells, ref)
+        covered_without += low <= truth <= high
+    assert 0.93 <= covered / 2000 <= 0.995
+    assert covered_without / 2000 < 0.85
+
+
+def test_each_fold_is_called_by_the_rule_the_other_folds_choose_not_by_its_own():
+    # Worked by hand (grid: healthy_below 0.01 or 0.001, negative_below 0.01 or 0.05; at most 25% review):
+    # - folds 2 and 3 (Z, W, V, U) choose (0.01, 0.01): Z and V positive, nobody to review. Fold 1 is
+    #   called by it, and its control X (a healthy chance of 0.005) is called positive. Chosen on fold 1
+    #   itself, (0.001, 0.05) would have called X negative and looked flawless.
+    # - folds 1 and 3, and folds 1 and 2, meet no rule; the fewest errors is (0.001, 0.01).
+    table = _truth_table(
+        [0.03, 0.5, 0.04, 0.0, 0.045, 0.0],
+        [0.0] * 6,
+        [0.0, 0.5, 0.06, 0.0, 0.07, 0.0],
+        chances=[0.005, 1e-6, 0.003, 0.5, 0.002, 0.6],
+    ).assign(fold=[1, 1, 2, 2, 3, 3], patient=["X", "Y", "Z", "W", "V", "U"])
+    grid = ([0.01, 0.001], [0.01, 0.05], 0.05, 0.25, 50)
+    called = call_out_of_fold(table, *grid)[0].set_index("patient")
+    assert called.loc["X", ["healthy_below", "negative_below", "call"]].tolist() == [0.01, 0.01, "positive"]
+    assert choose_call(table[table["fold"] == 1], *grid)[0] == PatientCall(
+        healthy_below=0.001, negative_below=0.05
+    )
+    for patient in ("Z", "V"):
+        assert called.loc[patient, ["healthy_below", "negative_below", "call"]].tolist() == [
+            0.001,
+            0.01,
+            "review",
+        ]
+    assert called.loc["W", "call"] == "negative" and called.loc["Y", "call"] == "positive"
+
+
+def _labelled(p, positive):
+    return pd.DataFrame(
+        {
+            "label": np.where(positive, "Parasitized", "Uninfected"),
+            "p_parasitized": p,
+            "operating_threshold": 0.3,
+        }
+    )
+
+
+def test_a_counting_threshold_of_a_specificity_is_read_on_the_reference_cells_only():
+    # Reference: 10 uninfected cells at 0.05, 0.15, ..., 0.95 and 10 parasitized, 5 at 0.91 and 5 at 0.99.
+    # Specificity 0.9 on them allows one false alarm of ten: at 0.91 (the 0.95 cell) all ten parasitized
+    # cells are found, the most any threshold of that specificity finds. The judged cells, all uninfected
+    # at 0.5, would give another threshold if they were read.
+    reference = _labelled(
+        np.r_[np.arange(10) / 10 + 0.05, np.full(5, 0.91), np.full(5, 0.99)], np.r_[np.zeros(10), np.ones(10)]
+    )
+    judged = _labelled(np.full(5, 0.5), np.zeros(5))
+    at_reference, at_judged = count_thresholds(
+        {"specificity": 0.9}, reference, judged, "p_parasitized", "Parasitized"
+    )
+    assert at_reference == pytest.approx(np.full(20, 0.91)) and at_judged == pytest.approx(np.full(5, 0.91))
+    assert count_thresholds(0.5, reference, judged, "p_parasitized", "Parasitized")[1].tolist() == [0.5] * 5
+    operating = count_thresholds("operating", reference, judged, "p_parasitized", "Parasitized")
+    assert operating[0].tolist() == [0.3] * 20 and operating[1].tolist() == [0.3] * 5
+    with pytest.raises(ValueError, match="patients.count_at is 'best': give a probability"):
+        count_thresholds("best", reference, judged, "p_parasitized", "Parasitized")
+    with pytest.raises(ValueError, match="some folds have no operating threshold"):
+        count_thresholds(
+            "operating", reference.assign(operating_threshold=np.nan), judged, "p_parasitized", "Parasitized"
+        )
+
+
+def test_a_model_keeps_its_counting_threshold_spread_and_rule_and_an_older_model_gets_the_parameters(caplog):
+    reference = ReferenceCells(
+        thresholds=[0.9, 0.1],
+        found=[90, 100],
+        false_alarms=[5, 100],
+        positives=100,
+        negatives=100,
+        source="hand",
+    )
+    spread = PatientSpread(
+        threshold=0.9,
+        false_alarm=RateSpread(mean=0.05, rho=0.02, patients=30, cells=3000, events=150),
+        detection=RateSpread(mean=0.9, rho=0.01, patients=30, cells=3000, events=2700),
+        source="hand",
+    )
+    rule = {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 50}
+    bundle = {
+        "reference_cells": reference.as_dict(),
+        "count_threshold": 0.9,
+        "patient_spread": spread.as_dict(),
+        "patient_call": rule,
+    }
+    default = {"healthy_below": 0.01, "negative_below": 0.05, "min_cells": 50}
+    settings = model_patient_settings(bundle, 0.5, default)
+    assert (settings.threshold, settings.spread, settings.rule) == (0.9, spread, PatientCall(**rule))
+    assert (settings.rates.found, settings.rates.passed) == (90, 95)
+    older = model_patient_settings(
+        {
+            "reference_cells": reference.as_dict(),
+            "patient_call": {"positive_above": 0.0, "negative_below": 0.01},
+        },
+        0.5,
+        default,
+    )
+    assert (older.threshold, older.spread, older.rule) == (0.5, None, PatientCall(**default))
+    mismatched = model_patient_settings({**bundle, "count_threshold": 0.5}, 0.5, default)
+    assert mismatched.spread is None and "fitted at threshold 0.9, not 0.5" in caplog.text
+
+
+def test_a_healthy_smear_called_positive_counts_as_an_error_of_the_rule():
+    # Without smears, a workload of no review chooses (0.01, 0.05). A healthy smear of 1,000 cells whose
+    # count a healthy patient reaches with chance 0.005 is positive under healthy_below 0.01: every rule
+    # then errs once or reviews; of the rules of no error, the lowest negative_below is (0.001, 0.01).
+    table = _truth_table(
+        CHOOSING["fractions"], CHOOSING["lows"], CHOOSING["labelled"], chances=CHOOSING["chances"]
+    )
+    grid = ([0.01, 0.001], [0.01, 0.02, 0.05], 0.05, 0.0)
+    assert (choose_call(table, *grid)[0].healthy_below, choose_call(table, *grid)[0].negative_below) == (
+        0.01,
+        0.05,
+    )
+    smears = pd.DataFrame(
+        {
+            "parasitemia": [0.0, 0.0, 0.05],
+            "cells": 1000,
+            "fraction": [0.03, 0.0, 0.05],
+            "healthy_chance": [0.005, 0.5, 1e-9],
+        }
+    )
+    rule, metrics = choose_call(table, *grid, smears=smears)
+    assert (rule.healthy_below, rule.negative_below) == (0.001, 0.01) and not metrics["meets"]
+    assert metrics["healthy_smears_positive"] == 0
+    assert choose_call(table, [0.01], [0.05], 0.05, 0.0, smears=smears)[1]["healthy_smears_positive"] == 1

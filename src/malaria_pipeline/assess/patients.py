@@ -7,6 +7,10 @@ specificity 0.97, a healthy smear shows 3% "parasitized" cells. The Rogan–Glad
 bias with the classifier's sensitivity and specificity; Lang & Reiczigel (2014, Prev. Vet. Med.
 113:13–22) give its confidence interval accounting for the number of cells *and* for the uncertainty of
 the sensitivity and specificity, which are themselves estimated on a finite set of reference cells.
+Patients differ in how often the classifier errs on their cells far more than counting explains, so the
+interval also carries the spread of both rates between patients (:mod:`~malaria_pipeline.assess.spread`),
+and the call is ``positive`` only where a patient's count is improbable for a healthy patient with that
+many cells (the healthy range).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from scipy.stats import norm
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
 from malaria_pipeline.assess.columns import probability_column
+from malaria_pipeline.assess.metrics import sensitivity_at_specificity
+from malaria_pipeline.assess.spread import PatientSpread, RateSpread
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +40,13 @@ PATIENT_COLUMNS = [
     "fraction",
     "fraction_low",
     "fraction_high",
+    "healthy_chance",
     "call",
     "sensitivity",
     "specificity",
+    "count_threshold",
     "rates_from",
+    "method",
 ]
 
 
@@ -71,8 +80,12 @@ class CellRates:
         return {**asdict(self), "sensitivity": self.sensitivity, "specificity": self.specificity}
 
 
-def rates_of(is_positive: np.ndarray, p_positive: np.ndarray, threshold: float, source: str) -> CellRates:
-    """:class:`CellRates` of reference cells (scikit-learn's confusion matrix).
+def rates_of(
+    is_positive: np.ndarray, p_positive: np.ndarray, threshold: float | np.ndarray, source: str
+) -> CellRates:
+    """:class:`CellRates` of reference cells (scikit-learn's confusion matrix); ``threshold`` one number,
+    or one per cell (each cell at the operating threshold of the model that predicted it: the rates then
+    name the median).
 
     Raises:
         ValueError: the reference cells are not of both classes (no sensitivity or no specificity).
@@ -86,7 +99,7 @@ def rates_of(is_positive: np.ndarray, p_positive: np.ndarray, threshold: float, 
             "parasitized and uninfected cells"
         )
     return CellRates(
-        threshold=float(threshold),
+        threshold=float(np.median(threshold)),
         positives=int(tp + fn),
         found=int(tp),
         negatives=int(tn + fp),
@@ -148,8 +161,22 @@ class ReferenceCells:
         return cls(**saved)
 
 
+def healthy_range(rates: CellRates, spread: PatientSpread | None) -> RateSpread:
+    """The false-alarm rate of healthy patients: the spread fitted between patients, else (a model that
+    keeps none) the reference cells' one rate for everyone, a binomial."""
+    if spread is not None:
+        return spread.false_alarm
+    return RateSpread(
+        mean=1 - rates.specificity,
+        rho=0.0,
+        patients=0,
+        cells=rates.negatives,
+        events=rates.negatives - rates.passed,
+    )
+
+
 def corrected_fraction(
-    called: int, cells: int, rates: CellRates, level: float = 0.95
+    called: int, cells: int, rates: CellRates, level: float = 0.95, spread: PatientSpread | None = None
 ) -> tuple[float, float, float]:
     """The parasitized fraction of ``cells`` of which ``called`` were called Parasitized, corrected for the
     classifier's errors, with its ``level`` confidence interval.
@@ -159,6 +186,11 @@ def corrected_fraction(
     adjusted proportions (``(n·Se + 1) / (n + 2)`` for sensitivity and specificity, ``(n·AP + z²/2) /
     (n + z²)`` for the observed share), a bias-correction of the centre, and a delta-method variance
     summing the observed share's, the sensitivity's and the specificity's; clipped to [0, 1].
+
+    With ``spread``, this patient's own sensitivity and specificity are taken as drawn from the spread
+    between patients, not as the pooled ones: the between-patient variance of each rate
+    (:attr:`RateSpread.between_variance`) is added to the variance of its estimate, so that the interval
+    holds on a new patient, not only on counting error. Without it, the interval is Lang & Reiczigel's.
 
     Returns:
         ``(fraction, low, high)``; NaN three times without cells.
@@ -179,6 +211,8 @@ def corrected_fraction(
         )
     if cells == 0:
         return float("nan"), float("nan"), float("nan")
+    between_se = spread.detection.between_variance if spread else 0.0
+    between_sp = spread.false_alarm.between_variance if spread else 0.0
     z = float(norm.ppf(1 - (1 - level) / 2))
     observed = called / cells
     fraction = float(np.clip((observed + sp - 1) / (se + sp - 1), 0, 1))
@@ -189,66 +223,104 @@ def corrected_fraction(
     youden_ = se_ + sp_ - 1
     centre = (ap_ + sp_ - 1) / youden_
     shift = 2 * z**2 * (centre * se_ * (1 - se_) / n_se - (1 - centre) * sp_ * (1 - sp_) / n_sp)
-    spread = (
+    spread_ = (
         z
         * np.sqrt(
             ap_ * (1 - ap_) / n_ap
-            + centre**2 * se_ * (1 - se_) / n_se
-            + (1 - centre) ** 2 * sp_ * (1 - sp_) / n_sp
+            + centre**2 * (se_ * (1 - se_) / n_se + between_se)
+            + (1 - centre) ** 2 * (sp_ * (1 - sp_) / n_sp + between_sp)
         )
         / youden_
     )
-    low, high = np.clip([centre + shift - spread, centre + shift + spread], 0, 1)
+    low, high = np.clip([centre + shift - spread_, centre + shift + spread_], 0, 1)
     return fraction, float(low), float(high)
 
 
 @dataclass(frozen=True, kw_only=True)
 class PatientCall:
-    """A patient's call from the corrected fraction and its interval.
+    """A patient's call from its count, its corrected fraction and the healthy range.
 
-    ``positive`` when the interval lies above ``positive_above`` (the parasitized cells seen are more than
-    the classifier's false alarms explain); else ``negative`` when the estimate is below
-    ``negative_below``; else ``review``: a microscopist should look. A patient of fewer than ``min_cells``
-    cells is ``review`` whatever its cells say: one healthy-looking cell rules nothing out.
+    ``positive`` when the chance that a healthy patient with as many cells shows at least as many called
+    Parasitized (``healthy_chance``, from the spread of false alarms between patients) is below
+    ``healthy_below``: more parasitized cells than any but the rarest healthy patient shows. Else
+    ``negative`` when the corrected fraction is below ``negative_below``. Else ``review``: a
+    microscopist should look. A patient of fewer than ``min_cells`` cells is ``review`` whatever its
+    cells say: one healthy-looking cell rules nothing out.
     """
 
-    positive_above: float
+    healthy_below: float
     negative_below: float
     min_cells: int = 50
 
     def __post_init__(self):
-        for name in ("positive_above", "negative_below"):
+        for name in ("healthy_below", "negative_below"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 <= value <= 1):
-                raise ValueError(f"patients.call.{name} is {value!r}: give a fraction from 0 to 1, e.g. 0.02")
+                raise ValueError(f"patients.call.{name} is {value!r}: give a number from 0 to 1, e.g. 0.001")
         if not (isinstance(self.min_cells, int) and self.min_cells >= 1):
             raise ValueError(
                 f"patients.call.min_cells is {self.min_cells!r}: give a number of cells, e.g. 50"
             )
 
-    def __call__(self, fraction: float, low: float, cells: int) -> str:
-        if np.isnan(fraction) or cells < self.min_cells:
+    def __call__(self, fraction: float, healthy_chance: float, cells: int) -> str:
+        if np.isnan(fraction) or np.isnan(healthy_chance) or cells < self.min_cells:
             return "review"
-        if low > self.positive_above:
+        if healthy_chance < self.healthy_below:
             return "positive"
         return "negative" if fraction < self.negative_below else "review"
 
     def calls(self, table: pd.DataFrame) -> list[str]:
-        """The call of each row of a patient table (``fraction``, ``fraction_low``, ``cells``)."""
-        return [self(f, lo, n) for f, lo, n in zip(table["fraction"], table["fraction_low"], table["cells"])]
+        """The call of each row of a patient table (``fraction``, ``healthy_chance``, ``cells``)."""
+        return [self(f, h, n) for f, h, n in zip(table["fraction"], table["healthy_chance"], table["cells"])]
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
 
-def model_rates_and_call(
+@dataclass(frozen=True, kw_only=True)
+class PatientSettings:
+    """What a patient table needs of a model: the counting threshold, the rates there (None: the model
+    keeps no reference cells), the spread between patients (None: it keeps none), the call and the
+    quantifier."""
+
+    threshold: float
+    rates: CellRates | None
+    spread: PatientSpread | None
+    rule: PatientCall
+    quantifier: str = "ACC"
+
+
+def model_patient_settings(
     bundle: dict[str, Any], threshold: float, default_call: dict[str, Any]
-) -> tuple[CellRates | None, PatientCall]:
-    """What a model bundle keeps for its patient tables: the rates of its reference cells at ``threshold``
-    (None for a model that keeps none), and its stored call rule, else ``default_call``."""
+) -> PatientSettings:
+    """What a model bundle keeps for its patient tables: its counting threshold (``count_threshold``, else
+    ``threshold``), the rates of its reference cells there, its spread between patients, and its stored
+    call rule (``default_call`` for a model that keeps none, or one of an older form)."""
+    threshold = float(bundle.get("count_threshold", threshold))
     saved = bundle.get("reference_cells")
     rates = ReferenceCells.from_dict(saved).at(threshold) if saved else None
-    return rates, PatientCall(**(bundle.get("patient_call") or default_call))
+    spread = PatientSpread.from_dict(bundle["patient_spread"]) if bundle.get("patient_spread") else None
+    if spread is not None and spread.threshold != threshold:
+        logger.warning(
+            "The model's spread between patients was fitted at threshold %.4g, not %.4g: the patient table "
+            "takes one rate for every patient",
+            spread.threshold,
+            threshold,
+        )
+        spread = None
+    rule = bundle.get("patient_call") or {}
+    if set(rule) != {"healthy_below", "negative_below", "min_cells"}:
+        rule = default_call  # a model saved before the healthy range
+    return PatientSettings(
+        threshold=threshold,
+        rates=rates,
+        spread=spread,
+        rule=PatientCall(**rule),
+        quantifier=bundle.get("quantifier", "ACC"),
+    )
+
+
+METHOD = "ACC (Rogan-Gladen) with the Lang & Reiczigel interval"
 
 
 def patient_table(
@@ -258,10 +330,11 @@ def patient_table(
     rule: PatientCall,
     level: float = 0.95,
     errors: pd.Series | None = None,
+    spread: PatientSpread | None = None,
 ) -> pd.DataFrame:
     """One row per patient (:data:`PATIENT_COLUMNS`): cells, cells called Parasitized, files that could
-    not be classified, the observed share, the corrected fraction with its interval, the call, and the
-    sensitivity and specificity behind the correction with where they come from.
+    not be classified, the observed share, the corrected fraction with its interval, the chance that a
+    healthy patient shows as many, the call, and the rates behind them with where they come from.
 
     Args:
         patients: the patient (or smear) of each classified cell.
@@ -271,6 +344,7 @@ def patient_table(
             its interval are missing and every call is ``review``.
         rule: the call.
         errors: the patient of each file that could not be classified (its patient still gets a row).
+        spread: the rates' spread between patients (:class:`PatientSpread`); None: one rate for everyone.
     """
     called = pd.DataFrame(
         {"patient": patients.astype(str).to_numpy(), "called": np.asarray(is_called, dtype=bool)}
@@ -280,6 +354,20 @@ def patient_table(
         "errors"
     )
     table = counts.join(failed, how="outer").fillna(0).astype(int).rename_axis("patient").reset_index()
+    return table_of_counts(table, rates, rule, level, spread)
+
+
+def table_of_counts(
+    counts: pd.DataFrame,
+    rates: CellRates | None,
+    rule: PatientCall,
+    level: float = 0.95,
+    spread: PatientSpread | None = None,
+) -> pd.DataFrame:
+    """The patient table (:data:`PATIENT_COLUMNS`) of counts: one row per patient with ``patient``,
+    ``cells``, ``parasitized`` (called) and ``errors``. Every path that makes a patient table (from
+    cells, from simulated smears, from counts made elsewhere) ends here; see :func:`patient_table`."""
+    table = counts.reset_index(drop=True)
     usable = rates is not None and rates.sensitivity + rates.specificity > 1
     if rates is not None and not usable:
         try:
@@ -287,22 +375,40 @@ def patient_table(
         except ValueError as error:  # one warning for the table, not one failure per patient
             logger.warning("No corrected fraction for these %d patients: %s", len(table), error)
     rows = [
-        corrected_fraction(int(k), int(n), rates, level) if usable else (np.nan,) * 3
+        corrected_fraction(int(k), int(n), rates, level, spread) if usable else (np.nan,) * 3
         for k, n in zip(table["parasitized"], table["cells"])
     ]
     estimates = pd.DataFrame(rows, columns=["fraction", "fraction_low", "fraction_high"], dtype=float)
     table = pd.concat([table, estimates], axis=1)
     table["observed"] = (table["parasitized"] / table["cells"].where(table["cells"] > 0)).astype(float)
+    chance = (
+        healthy_range(rates, spread).chance_of_at_least(table["parasitized"], table["cells"])
+        if usable
+        else np.nan
+    )
+    table["healthy_chance"] = pd.Series(chance, index=table.index, dtype=float).where(table["cells"] > 0)
     table["call"] = rule.calls(table)
     table["sensitivity"] = rates.sensitivity if rates else np.nan
     table["specificity"] = rates.specificity if rates else np.nan
-    table["rates_from"] = (
-        "none"
-        if rates is None
-        else f"{rates.source}, at threshold {rates.threshold:.4g}"
-        + ("" if usable else " (sensitivity + specificity <= 1: no correction)")
-    )
+    table["count_threshold"] = rates.threshold if rates else np.nan
+    table["rates_from"] = _rates_from(rates, spread, usable)
+    table["method"] = METHOD + (", the spread between patients" if spread and usable else "")
     return table[PATIENT_COLUMNS]
+
+
+def _rates_from(rates: CellRates | None, spread: PatientSpread | None, usable: bool) -> str:
+    if rates is None:
+        return "none"
+    text = f"{rates.source}, at threshold {rates.threshold:.4g}"
+    if not usable:
+        return text + " (sensitivity + specificity <= 1: no correction)"
+    if spread is None:
+        return text + "; no spread between patients (one rate for every patient)"
+    fa, det = spread.false_alarm, spread.detection
+    return (
+        f"{text}; spread between patients: false alarms {fa.mean:.4f} (rho {fa.rho:.4f}, {fa.patients} patients), "
+        f"detection {det.mean:.4f} (rho {det.rho:.4f}, {det.patients} patients), from {spread.source}"
+    )
 
 
 TRUTH_COLUMNS = ["labelled", "labelled_fraction", "infected", "covered"]
@@ -378,141 +484,145 @@ def patient_metrics(table: pd.DataFrame, min_fraction: float) -> dict[str, Any]:
 
 def choose_call(
     table: pd.DataFrame,
-    positive_above: list[float],
+    healthy_below: list[float],
     negative_below: list[float],
     min_fraction: float,
     max_review: float,
     min_cells: int = 50,
+    smears: pd.DataFrame | None = None,
 ) -> tuple[PatientCall, dict[str, Any]]:
     """The most cautious call rule of the grid that the clinic's review workload allows, on these patients
     (a :func:`with_truth` table): among the rules that call no uninfected patient positive, no infected one
-    of labelled fraction ``>= min_fraction`` negative, and send at most ``max_review`` of them to review,
-    the one of lowest ``negative_below``, then lowest ``positive_above``. The lowest threshold the workload
-    allows, not the one of least review: a rule chosen at the edge of the choosing patients misses the
-    next patient just past it. Where no rule meets all three, the one of fewest errors, then least review.
+    of labelled fraction ``>= min_fraction`` negative, no healthy smear of ``smears`` positive (simulated
+    smears of these patients' cells, with ``parasitemia``, ``fraction``, ``healthy_chance`` and ``cells``;
+    a smear of 1,000 cells shows a patient's own false-alarm rate, where 70 cells hide it in counting
+    error), and send at most ``max_review`` of the patients to review, the one of lowest
+    ``healthy_below`` (the fewest positive calls: specificity first), then lowest ``negative_below``. The
+    most cautious the workload allows, not the one of least review: a rule chosen at the edge of the
+    choosing patients errs on the next patient just past it. Where no rule meets them all, the one of
+    fewest errors, then lowest ``negative_below`` (doubt goes to review: a clinic can afford a review,
+    not a missed infection), then least review.
 
     Returns:
-        The rule, and its :func:`patient_metrics` on these patients with ``meets`` (whether it met all three).
+        The rule, and its :func:`patient_metrics` on these patients with ``healthy_smears_positive`` and
+        ``meets`` (whether it met them all).
     """
+    healthy_smears = smears[smears["parasitemia"] == 0] if smears is not None else None
     candidates = []
-    for above in positive_above:
+    for healthy in healthy_below:
         for below in negative_below:
-            rule = PatientCall(positive_above=above, negative_below=below, min_cells=min_cells)
-            calls = rule.calls(table)
-            metrics = patient_metrics(table.assign(call=calls), min_fraction)
-            faults = metrics["false_positives"] + metrics["missed_from_min_fraction"]
+            rule = PatientCall(healthy_below=healthy, negative_below=below, min_cells=min_cells)
+            metrics = patient_metrics(table.assign(call=rule.calls(table)), min_fraction)
+            metrics["healthy_smears_positive"] = (
+                sum(call == "positive" for call in rule.calls(healthy_smears))
+                if healthy_smears is not None
+                else 0
+            )
+            faults = (
+                metrics["false_positives"]
+                + metrics["missed_from_min_fraction"]
+                + metrics["healthy_smears_positive"]
+            )
             review = metrics["review_share"] or 0.0
             meets = faults == 0 and review <= max_review
             candidates.append(
-                ((not meets, faults, review if not meets else 0.0, below, above), rule, metrics, meets)
+                ((not meets, faults, below if not meets else 0.0, review if not meets else 0.0, healthy, below), rule, metrics, meets)
             )
     _, rule, metrics, meets = min(candidates, key=lambda c: c[0])
     return rule, {**metrics, "meets": meets}
+
+
+def count_thresholds(
+    count_at: float | str | dict[str, float],
+    reference: pd.DataFrame,
+    judged: pd.DataFrame,
+    column: str,
+    positive: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where the cells are counted Parasitized (``patients.count_at``), for the reference cells and the
+    judged ones: a probability (e.g. 0.5); ``operating`` (each cell at the operating threshold of the
+    model that predicted it, ``operating_threshold``); or ``{specificity: s}``, the threshold that finds
+    the most parasitized reference cells at a specificity of at least ``s`` on them (then the fewest false
+    alarms: :func:`~malaria_pipeline.assess.metrics.sensitivity_at_specificity`).
+
+    Returns:
+        One threshold per reference cell, and one per judged cell.
+    """
+    if count_at == "operating":
+        if reference["operating_threshold"].isna().any() or judged["operating_threshold"].isna().any():
+            raise ValueError(
+                "patients.count_at is operating, but some folds have no operating threshold (their "
+                "validation patients were of one class): count at a number, e.g. 0.5"
+            )
+        return reference["operating_threshold"].to_numpy(float), judged["operating_threshold"].to_numpy(float)
+    if isinstance(count_at, dict) and set(count_at) == {"specificity"}:
+        point = sensitivity_at_specificity(
+            (reference["label"] == positive).to_numpy(), reference[column].to_numpy(), count_at["specificity"]
+        )
+        if point["threshold"] is None:
+            raise ValueError(
+                f"patients.count_at {count_at}: no threshold reaches that specificity on the reference cells"
+            )
+        count_at = point["threshold"]
+    if isinstance(count_at, bool) or not isinstance(count_at, (int, float)) or not 0 <= count_at <= 1:
+        raise ValueError(
+            f"patients.count_at is {count_at!r}: give a probability (e.g. 0.5), operating (the model's "
+            "operating threshold) or {specificity: 0.995} (the threshold of that specificity on the "
+            "reference cells)"
+        )
+    return np.full(len(reference), float(count_at)), np.full(len(judged), float(count_at))
 
 
 def judge_patients(
     predictions: pd.DataFrame,
     *,
     positive: str,
-    threshold: float,
+    threshold: float | np.ndarray,
     rates: CellRates | None,
     rule: PatientCall,
     level: float,
+    spread: PatientSpread | None = None,
 ) -> pd.DataFrame:
     """The :func:`with_truth` patient table of labelled predictions (``patient_id``, ``label`` and the
-    probability column of ``positive``, e.g. ``p_parasitized``), cells called at ``threshold``."""
+    probability column of ``positive``, e.g. ``p_parasitized``), cells counted at ``threshold``."""
     called = predictions[probability_column(positive)].to_numpy() >= threshold
-    table = patient_table(predictions["patient_id"], called, rates, rule, level)
+    table = patient_table(predictions["patient_id"], called, rates, rule, level, spread=spread)
     return with_truth(table, predictions["patient_id"], (predictions["label"] == positive).to_numpy())
 
 
-def cross_validated_patients(
-    predictions: pd.DataFrame,
+TABLE_QUANTIFIERS = ("ACC",)
+
+
+def fit_patient_settings(
+    reference: pd.DataFrame,
     *,
     positive: str,
-    threshold: float,
-    level: float,
-    choose_from: dict[str, list[float]],
-    min_fraction: float,
-    max_review: float,
-    min_cells: int = 50,
-) -> tuple[pd.DataFrame, PatientCall]:
-    """The patient table of out-of-fold predictions (``fold``, ``patient_id``, ``label`` and the
-    probability column), each fold held out twice over:
+    count_at: float | str | dict[str, float],
+    quantifier: str,
+    source: str,
+    healthy_range: str = "all",
+) -> dict[str, Any]:
+    """What a model stores for its patient tables, from its reference cells (``patient_id``, ``label``, the
+    probability column and ``operating_threshold``): ``count_threshold`` (``patients.count_at`` resolved on
+    them), ``patient_spread`` (the rates' spread between their patients there) and ``quantifier``.
 
-    - its patients are corrected with the sensitivity and specificity of the *other* folds' out-of-fold
-      cells (the cross-validation's claim, without these patients);
-    - they are called by the rule that the other folds' patients choose (:func:`choose_call`).
-
-    Returns:
-        The :func:`with_truth` table with ``fold``, ``positive_above`` and ``negative_below`` (the rule
-        that called each fold), and the rule that all the patients choose (the one to store in a model).
+    Raises:
+        ValueError: a quantifier the patient table does not use (:data:`TABLE_QUANTIFIERS`).
     """
-    column = probability_column(positive)
-    is_positive = (predictions["label"] == positive).to_numpy()
-    tables = []
-    for fold in sorted(predictions["fold"].unique()):
-        held_out = (predictions["fold"] == fold).to_numpy()
-        rates = rates_of(
-            is_positive[~held_out],
-            predictions[column].to_numpy()[~held_out],
-            threshold,
-            f"the out-of-fold cells of the other folds ({int((~held_out).sum()):,} cells)",
+    if quantifier not in TABLE_QUANTIFIERS:
+        raise ValueError(
+            f"patients.quantifier is {quantifier!r}: the patient table uses {', '.join(TABLE_QUANTIFIERS)}, the "
+            "quantifier whose interval carries the spread between patients; cross-validation compares the "
+            "others (cv_patient_methods, docs/patients.md)"
         )
-        placeholder = PatientCall(positive_above=1.0, negative_below=0.0)  # every call is made below
-        table = judge_patients(
-            predictions[held_out],
-            positive=positive,
-            threshold=threshold,
-            rates=rates,
-            rule=placeholder,
-            level=level,
-        )
-        tables.append(table.assign(fold=int(fold)))
-    table = pd.concat(tables, ignore_index=True)
-    grid = (choose_from["positive_above"], choose_from["negative_below"], min_fraction, max_review, min_cells)
-    for fold in table["fold"].unique():
-        mine = table["fold"] == fold
-        rule, _ = choose_call(table[~mine] if (~mine).any() else table, *grid)
-        table.loc[mine, "call"] = rule.calls(table[mine])
-        table.loc[mine, "positive_above"] = rule.positive_above
-        table.loc[mine, "negative_below"] = rule.negative_below
-    recommended, _ = choose_call(table, *grid)
-    return table, recommended
-
-
-def call_chances(
-    rates: CellRates,
-    rule: PatientCall,
-    *,
-    cells: int,
-    parasitemia: list[float],
-    simulations: int,
-    level: float = 0.95,
-    seed: int = 0,
-) -> list[dict[str, float]] | None:
-    """What the rule would mean for a smear of ``cells`` red cells at each parasitemia, if the cells were
-    called with these rates: the chance of each call and the median interval, over ``simulations``
-    smears drawn at random (binomial parasitized cells, then binomial calls at Se and Sp). None where
-    ``Se + Sp <= 1`` (no correction, nothing to say)."""
-    if rates.sensitivity + rates.specificity <= 1:
-        return None
-    rng = np.random.default_rng(seed)
-    rows = []
-    for fraction in parasitemia:
-        parasitized = rng.binomial(cells, fraction, simulations)
-        called = rng.binomial(parasitized, rates.sensitivity) + rng.binomial(
-            cells - parasitized, 1 - rates.specificity
-        )
-        estimates = np.array([corrected_fraction(int(k), cells, rates, level) for k in called])
-        calls = np.array([rule(f, lo, cells) for f, lo, _ in estimates])
-        rows.append(
-            {
-                "parasitemia": float(fraction),
-                **{call: float((calls == call).mean()) for call in CALLS},
-                "median_fraction": float(np.median(estimates[:, 0])),
-                "median_low": float(np.median(estimates[:, 1])),
-                "median_high": float(np.median(estimates[:, 2])),
-            }
-        )
-    return rows
+    at, _ = count_thresholds(count_at, reference, reference, probability_column(positive), positive)
+    threshold = float(at[0])
+    spread = PatientSpread.of(
+        reference["patient_id"].to_numpy(),
+        (reference["label"] == positive).to_numpy(),
+        reference[probability_column(positive)].to_numpy() >= threshold,
+        threshold,
+        source,
+        healthy_range,
+    )
+    return {"count_threshold": threshold, "patient_spread": spread.as_dict(), "quantifier": quantifier}

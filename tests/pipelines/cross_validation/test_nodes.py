@@ -28,13 +28,27 @@ CV_PARAMS = {
     "label_audit": {"filter_by": "prune_by_noise_rate", "figure_cells": 8},
     "patients": {
         "level": 0.95,
-        "call": {"positive_above": 0.0, "negative_below": 0.02, "min_cells": 1},
+        "count_at": 0.5,
+        "quantifier": "ACC",
+        "healthy_range": "all",
+        "call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 1},
         "min_fraction": 0.05,
         "max_review": 0.1,
-        "choose_from": {"positive_above": [0.0, 0.02], "negative_below": [0.01, 0.02]},
-        "smear_outlook": {"cells": 1000, "parasitemia": [0.0, 0.05], "simulations": 50},
+        "choose_from": {"healthy_below": [0.01, 0.001], "negative_below": [0.01, 0.02]},
+        "detection": {"cells": 200, "parasitemia": [0.0, 0.05, 0.2], "smears": 20, "seed": 0},
+    },
+    "compare": {
+        "count_at": [0.5, {"specificity": 0.9}],
+        "quantifiers": {"methods": ["ACC", "PACC"], "resamples": 5, "seed": 0},
     },
 }
+
+
+def summarize_all(predictions, history, points, params):
+    """``summarize`` after the patient nodes that feed it, as the pipeline runs them."""
+    patients, smears = nodes.judge_patients_out_of_fold(predictions, params)
+    methods = nodes.compare_patient_methods(predictions, params)
+    return nodes.summarize(predictions, history, points, patients, smears, methods, params)
 
 
 def easy_cells(patients=12, per_patient=20, size=16, seed=0, spot=10):
@@ -260,12 +274,8 @@ def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_he
         assert (cells["temperature"] == call["temperature"]).all() and call["temperature"] != 1.0
         _check_targets(points, fold, call, images, index, valid_rows, cells)
 
-    report, scores = nodes.summarize(
-        predictions,
-        pd.DataFrame({"epoch": [1] * 4, "kept": [True] * 4}),
-        points,
-        nodes.judge_patients_out_of_fold(predictions, params),
-        params,
+    report, scores = summarize_all(
+        predictions, pd.DataFrame({"epoch": [1] * 4, "kept": [True] * 4}), points, params
     )
     for row in report["per_fold"]:
         cells = predictions[predictions["fold"] == row["fold"]]
@@ -381,8 +391,7 @@ def test_the_sensitivity_at_each_specificity_is_read_per_fold_and_pooled():
     predictions = pd.concat(rows, ignore_index=True)
     history = pd.DataFrame({"epoch": [1, 1, 1], "kept": [True] * 3})
     points = pd.DataFrame(columns=nodes.OPERATING_POINT_COLUMNS)
-    patients = nodes.judge_patients_out_of_fold(predictions, CV_PARAMS)
-    report, scores = nodes.summarize(predictions, history, points, patients, CV_PARAMS)
+    report, scores = summarize_all(predictions, history, points, CV_PARAMS)
 
     def by_hand(cells, target):
         truth = (cells["label"] == "Parasitized").to_numpy()
@@ -402,3 +411,68 @@ def test_the_sensitivity_at_each_specificity_is_read_per_fold_and_pooled():
         < report["pooled"]["sensitivity_at_specificity_0.99"]
         < report["pooled"]["sensitivity_at_specificity_0.9"]
     )
+
+
+def _noisy_predictions(seed=11, folds=3, patients_per_fold=6, cells=80):
+    """Out-of-fold predictions of patients whose false-alarm rates differ (a third of them controls)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for fold in range(1, folds + 1):
+        for k in range(patients_per_fold):
+            truth = rng.random(cells) < (0.0 if k % 3 == 0 else rng.uniform(0.05, 0.6))
+            alarm = rng.uniform(0.0, 0.08)  # this patient's own false-alarm rate
+            p = np.where(truth, rng.uniform(0.3, 1.0, cells), np.where(rng.random(cells) < alarm, 0.8, 0.1))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "path": [f"f{fold}p{k}_{i}.png" for i in range(cells)],
+                        "patient_id": f"F{fold}P{k}",
+                        "label": np.where(truth, "Parasitized", "Uninfected"),
+                        "fold": fold,
+                        "p_parasitized": p,
+                        "p_parasitized_uncalibrated": p,
+                        "operating_threshold": 0.5,
+                        "temperature": 1.0,
+                    }
+                )
+            )
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_the_smears_of_each_fold_are_judged_by_its_rule_and_the_report_holds_the_limits_and_comparisons():
+    from malaria_pipeline.assess.detection import detection_limits
+    from malaria_pipeline.assess.patients import PatientCall
+
+    predictions = _noisy_predictions()
+    patients, smears = nodes.judge_patients_out_of_fold(predictions, CV_PARAMS)
+    for fold, rows in smears.groupby("fold"):
+        mine = patients[patients["fold"] == fold]
+        rule = PatientCall(
+            healthy_below=mine["healthy_below"].iloc[0],
+            negative_below=mine["negative_below"].iloc[0],
+            min_cells=1,
+        )
+        assert rows["call"].tolist() == rule.calls(rows)
+        assert len(rows) == 20 * 3 and set(rows["patient"]) <= set(mine["patient"])
+    methods = nodes.compare_patient_methods(predictions, CV_PARAMS)
+    report, scores = nodes.summarize(
+        predictions,
+        pd.DataFrame({"epoch": [1] * 3, "kept": [True] * 3}),
+        pd.DataFrame(columns=nodes.OPERATING_POINT_COLUMNS),
+        patients,
+        smears,
+        methods,
+        CV_PARAMS,
+    )
+    detection = report["patients"]["detection"]
+    for row in detection["per_fold"]:
+        expected = detection_limits(smears[smears["fold"] == row["fold"]])
+        assert (row["lob"], row["lod"], row["loq"]) == (expected["lob"], expected["lod"], expected["loq"])
+    lobs = [row["lob"] for row in detection["per_fold"]]
+    assert scores["cv.detection.lob.mean"]["value"] == pytest.approx(np.mean(lobs))
+    assert scores["cv.pooled.detection.lob"]["value"] == detection_limits(smears)["lob"]
+    assert [row["count_at"] for row in methods["thresholds"]] == [0.5, {"specificity": 0.9}]
+    assert [row["method"] for row in methods["quantifiers"]] == ["ACC", "PACC"]
+    lines = nodes.format_table(report)
+    assert any(line.startswith("lob ") for line in lines) and detection["sentence"] in lines
+    assert any(line.startswith("PACC ") for line in lines)

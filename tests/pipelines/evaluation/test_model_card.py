@@ -244,12 +244,12 @@ def test_the_card_gives_the_test_patients_with_their_fraction_interval_and_call(
     )
     evaluation = {**EVALUATION, "test": {**EVALUATION["test"], "patients": None}}
     tensors, index, split, _ = tiny_tables(count=24)
-    model = {**bundle(), "patient_call": {"positive_above": 0.0, "negative_below": 0.02}}
+    model = {**bundle(), "patient_call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 50}}
     text = write_model_card(model, evaluation, patients, INGESTION, index, split, tensors, parameters())
     section = text.split("## Patients")[1].split("\n## ")[0]
     assert (
-        "positive** when the interval lies above 0, else **negative** when the estimate is below 0.02"
-        in section
+        "Parasitized with a chance below 0.001 (the healthy range), else **negative** when the estimate is "
+        "below 0.02, else **review**" in section
     )
     assert "rates from the validation subset, at threshold 0.5" in section
     assert section.index("| P1 | 50 | 10 | 0.200 | 0.177 [0.052, 0.334] | positive |") < section.index(

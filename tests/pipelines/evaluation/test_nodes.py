@@ -22,17 +22,28 @@ from malaria_pipeline.pipelines.evaluation.nodes import (
     sample_images_figure,
     top_losses_figure,
 )
-from tests.helpers import hand_overlay, reference_grad_cam, reference_tta_proba, tiny_bundle, tiny_tables
+from tests.helpers import (
+    hand_overlay,
+    interval_by_hand,
+    reference_grad_cam,
+    reference_tta_proba,
+    tiny_bundle,
+    tiny_tables,
+)
 
 PARAMS = {
     "positive_class": "Parasitized",
     "threshold": 0.5,
     "patients": {
         "level": 0.95,
-        "call": {"positive_above": 0.0, "negative_below": 0.02, "min_cells": 1},
+        "count_at": 0.5,
+        "quantifier": "ACC",
+        "healthy_range": "all",
+        "call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 1},
         "min_fraction": 0.05,
         "max_review": 0.1,
-        "choose_from": {"positive_above": [0.0, 0.02], "negative_below": [0.01, 0.02]},
+        "choose_from": {"healthy_below": [0.01, 0.001], "negative_below": [0.01, 0.02]},
+        "detection": {"cells": 100, "parasitemia": [0.0, 0.1], "smears": 10, "seed": 0},
     },
     "operating_thresholds": [0.25, 0.5],
     "specificity_targets": [0.5, 0.75, 0.99],
@@ -391,7 +402,7 @@ HAND_REFERENCE = ReferenceCells(
 def test_each_subsets_patients_are_corrected_with_the_models_reference_cells_and_called_by_its_rule():
     model = {
         "reference_cells": HAND_REFERENCE.as_dict(),
-        "patient_call": {"positive_above": 0.0, "negative_below": 0.5, "min_cells": 1},
+        "patient_call": {"healthy_below": 0.01, "negative_below": 0.5, "min_cells": 1},
     }
     table = judge_patient_subsets(PREDICTIONS, model, PARAMS).set_index(["subset", "patient"])
     # Worked by hand (Lang & Reiczigel 2014, asht::prevSeSp) at Se 0.9 (n 100), Sp 0.95 (n 100):
@@ -408,7 +419,10 @@ def test_each_subsets_patients_are_corrected_with_the_models_reference_cells_and
     assert [a["fraction"], a["fraction_low"], a["fraction_high"]] == pytest.approx(
         [1.0, 0.278603494509262, 1.0]
     )
-    # the rule: B's interval reaches 0 and its estimate 0.33 is below 0.5: negative; A's lies above 0
+    # the rule: a healthy patient (one rate, 1 - Sp = 0.05) shows 2 of 2 called with chance 0.05² = 0.0025,
+    # below 0.01: A is positive; 1 of 3 with chance 1 - 0.95³ = 0.1426: B is not, and its estimate 0.33 is
+    # below 0.5: negative
+    assert a["healthy_chance"] == pytest.approx(0.05**2) and b["healthy_chance"] == pytest.approx(1 - 0.95**3)
     assert (a["call"], b["call"], c["call"]) == ("positive", "negative", "negative")
     assert (a["labelled_fraction"], b["labelled_fraction"], c["labelled_fraction"]) == (
         1.0,
@@ -416,11 +430,26 @@ def test_each_subsets_patients_are_corrected_with_the_models_reference_cells_and
         pytest.approx(1 / 3),
     )
     assert (
-        b["sensitivity"] == 0.9 and b["specificity"] == 0.95 and b["rates_from"] == "hand, at threshold 0.5"
+        b["sensitivity"] == 0.9
+        and b["specificity"] == 0.95
+        and b["rates_from"]
+        == "hand, at threshold 0.5; no spread between patients (one rate for every patient)"
     )
     report, scores = compute_metrics(PREDICTIONS, table.reset_index(), model, PARAMS)
     assert report["test"]["patients"]["interval_coverage"] == 1.0
     assert scores["validation.patients.review_share"] == {"value": 0.0, "step": 0}
+
+
+def test_the_configured_level_reaches_the_subsets_patient_tables():
+    model = {
+        "reference_cells": HAND_REFERENCE.as_dict(),
+        "patient_call": {"healthy_below": 0.01, "negative_below": 0.5, "min_cells": 1},
+    }
+    params = {**PARAMS, "patients": {**PARAMS["patients"], "level": 0.9}}
+    table = judge_patient_subsets(PREDICTIONS, model, params).set_index(["subset", "patient"])
+    assert table.loc[("validation", "B"), ["fraction_low", "fraction_high"]].tolist() == pytest.approx(
+        interval_by_hand(1, 3, (90, 100), (95, 100), 0.9), abs=1e-12
+    )
 
 
 def test_a_model_without_reference_cells_estimates_no_fraction_and_sends_every_patient_to_review():

@@ -7,6 +7,7 @@ import re
 import pandas as pd
 import pytest
 import torch
+from scipy.stats import binom
 
 from malaria_pipeline.cells.archive import ImageArchive
 from malaria_pipeline.pipelines.inference.nodes import (
@@ -19,6 +20,7 @@ from tests.helpers import (
     bomb_png,
     hand_overlay,
     image_bytes,
+    interval_by_hand,
     png_pixels,
     reference_grad_cam,
     reference_proba,
@@ -429,10 +431,11 @@ REFERENCE = {
 }
 
 
-def _patient_run(group_by, model=None):
+def _patient_run(group_by, model=None, level=0.95):
     files = [f"smear_a/P1_IMG_{i}.png" for i in range(50)] + [f"smear_b/P2_IMG_{i}.png" for i in range(40)]
     labels = ["Parasitized"] * 10 + ["Uninfected"] * 40 + ["Parasitized"] + ["Uninfected"] * 39
-    predictions = pd.DataFrame({"file": files, "label": labels, "p_parasitized": 0.0})
+    p = [0.6] * 5 + [0.97] * 5 + [0.1] * 40 + [0.6] + [0.1] * 39
+    predictions = pd.DataFrame({"file": files, "label": labels, "p_parasitized": p})
     summary = {
         "threshold": 0.5,
         "skipped": [
@@ -443,7 +446,7 @@ def _patient_run(group_by, model=None):
     model = (
         {
             "reference_cells": REFERENCE,
-            "patient_call": {"positive_above": 0.0, "negative_below": 0.02, "min_cells": 40},
+            "patient_call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 40},
         }
         if model is None
         else model
@@ -451,7 +454,7 @@ def _patient_run(group_by, model=None):
     params = {
         "group_by": group_by,
         "positive_class": "Parasitized",
-        "patients": {"level": 0.95, "call": {"positive_above": 0.5, "negative_below": 0.5}},
+        "patients": {"level": level, "call": {"healthy_below": 0.5, "negative_below": 0.5, "min_cells": 50}},
     }
     return predict_patients(predictions, summary, model, params)
 
@@ -469,9 +472,33 @@ def test_the_patient_table_groups_by_prefix_or_folder_and_corrects_each_fraction
     assert [first["fraction"], first["fraction_low"], first["fraction_high"]] == pytest.approx(
         [0.176470588235294, 0.05224755590898306, 0.33406091023838386]
     )
-    # the model's rule, not inference.patients.call: 10 of 50 is positive, 1 of 40 negative
+    # the model's rule, not inference.patients.call: 10 of 50 is positive (a healthy patient shows as many
+    # with chance 0.00016 at 1 - Sp = 0.05), 1 of 40 negative
+    assert first["healthy_chance"] == pytest.approx(binom.sf(9, 50, 0.05))
     assert (first["call"], second["call"]) == ("positive", "negative")
-    assert first["rates_from"] == "the validation subset, at threshold 0.5"
+    assert first["rates_from"] == (
+        "the validation subset, at threshold 0.5; no spread between patients (one rate for every patient)"
+    )
+
+
+def test_the_configured_level_reaches_the_patient_table():
+    table = _patient_run("prefix", level=0.9).set_index("patient")
+    assert table.loc["P1", ["fraction_low", "fraction_high"]].tolist() == pytest.approx(
+        interval_by_hand(10, 50, (90, 100), (95, 100), 0.9), abs=1e-12
+    )
+
+
+def test_cells_are_counted_at_the_models_counting_threshold_not_at_their_label():
+    # five of P1's ten cells labelled Parasitized at 0.5 reach 0.95; the rates are read there too
+    model = {
+        "reference_cells": REFERENCE,
+        "patient_call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 40},
+        "count_threshold": 0.95,
+    }
+    table = _patient_run("prefix", model=model).set_index("patient")
+    assert table.loc["P1", "parasitized"] == 5 and table.loc["P2", "parasitized"] == 0
+    assert (table["count_threshold"] == 0.95).all()
+    assert table.loc["P1", "rates_from"].startswith("the validation subset, at threshold 0.95")
 
 
 def test_no_patient_table_when_group_by_is_null_and_a_clear_error_for_another_value():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from malaria_pipeline.assess.patients import ReferenceCells
+from malaria_pipeline.assess.spread import PatientSpread
 from malaria_pipeline.cells.splitting import SplitError
 from malaria_pipeline.framework import tracking
 from malaria_pipeline.ml import load_model
@@ -120,7 +121,13 @@ EVALUATION = {
     "batch_size": 5,
     "device": "cpu",
     "operating_point_checks": {"min_cells_per_class": 300, "min_rate": 0.8},
-    "patients": {"level": 0.95, "call": {"positive_above": 0.0, "negative_below": 0.02}},
+    "patients": {
+        "level": 0.95,
+        "count_at": 0.5,
+        "quantifier": "ACC",
+        "healthy_range": "all",
+        "call": {"healthy_below": 0.001, "negative_below": 0.02},
+    },
 }
 
 
@@ -184,7 +191,18 @@ def test_calibration_fits_t_and_the_threshold_on_the_validation_cells_as_written
         at = reference.at(t)
         found, passed = (scores[labels == 0] >= t).sum(), (scores[labels == 1] < t).sum()
         assert (at.found, at.positives, at.passed, at.negatives) == (found, 6, passed, 6)
-    assert model["patient_call"] == {"positive_above": 0.0, "negative_below": 0.02, "min_cells": 50}
+    assert model["patient_call"] == {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 50}
+    # the spread between the validation patients at the counting threshold, counted here by hand
+    valid = split["subset"].to_numpy() == "validation"
+    patients = index["patient_id"].to_numpy()[valid]
+    expected = PatientSpread.of(patients, labels == 0, scores >= 0.5, 0.5, "hand")
+    saved = PatientSpread.from_dict(model["patient_spread"])
+    assert (saved.false_alarm, saved.detection, saved.threshold) == (
+        expected.false_alarm,
+        expected.detection,
+        0.5,
+    )
+    assert model["count_threshold"] == 0.5 and model["quantifier"] == "ACC"
     assert (point["positives"], point["negatives"]) == (6, 6)
 
 

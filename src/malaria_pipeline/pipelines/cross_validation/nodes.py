@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from sklearn.metrics import roc_auc_score
 
 from malaria_pipeline.assess.columns import probability_column
+from malaria_pipeline.assess.detection import detection_limits, plain_sentence
 from malaria_pipeline.assess.label_audit import excluded_paths, find_issues, summarize_issues
 from malaria_pipeline.assess.metrics import (
     at_specificity_name,
@@ -24,20 +26,15 @@ from malaria_pipeline.assess.metrics import (
     threshold_for_sensitivity,
 )
 from malaria_pipeline.assess.operating_point import calibrate
-from malaria_pipeline.assess.patients import (
-    PATIENT_METRICS,
-    call_chances,
-    choose_call,
-    cross_validated_patients,
-    patient_metrics,
-    rates_of,
-)
+from malaria_pipeline.assess.out_of_fold import cross_validated_patients
+from malaria_pipeline.assess.patients import PATIENT_METRICS, choose_call, patient_metrics
 from malaria_pipeline.assess.plots import (
     plot_fold_roc_curves,
     plot_image_grid,
     plot_patient_fractions,
     plot_per_patient_accuracy,
 )
+from malaria_pipeline.assess.quantifiers import compare_quantifiers
 from malaria_pipeline.cells.splitting import (
     SplitError,
     check_patient_count,
@@ -366,21 +363,131 @@ def _log_fold_start(
     )
 
 
-def judge_patients_out_of_fold(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """``cv_patients``: every patient's corrected fraction, interval and call out of fold, cells called
-    at ``threshold`` (:func:`~malaria_pipeline.assess.patients.cross_validated_patients`)."""
+def _patients_args(params: dict[str, Any], count_at: Any = None) -> dict[str, Any]:
     patients = params["patients"]
-    table, _ = cross_validated_patients(
+    return {
+        "positive": params["positive_class"],
+        "count_at": patients["count_at"] if count_at is None else count_at,
+        "level": patients["level"],
+        "choose_from": patients["choose_from"],
+        "min_fraction": patients["min_fraction"],
+        "max_review": patients["max_review"],
+        "min_cells": patients["call"]["min_cells"],
+        "detection": patients["detection"],
+        "healthy_range": patients["healthy_range"],
+    }
+
+
+def judge_patients_out_of_fold(
+    cv_predictions: pd.DataFrame, params: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every patient's corrected fraction, interval, chance under the healthy range and call out of fold,
+    cells counted at ``patients.count_at``, and simulated smears of each fold's cells judged the same way
+    (:func:`~malaria_pipeline.assess.out_of_fold.cross_validated_patients`).
+
+    Returns:
+        ``cv_patients`` and ``cv_smears``.
+    """
+    detection = params["patients"]["detection"]
+    table, smears, _ = cross_validated_patients(cv_predictions, **_patients_args(params))
+    logger.info(
+        "Smears: %d of %d cells per fold at %d parasitemias, %.0f%% built by drawing a patient's cells again "
+        "(fewer cells of a class than a smear needs)",
+        detection["smears"],
+        detection["cells"],
+        len(detection["parasitemia"]),
+        100 * smears["resampled"].mean(),
+    )
+    return table, smears
+
+
+def compare_patient_methods(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
+    """``cv_patient_methods``: the cross-validated patient and smear figures of each counting threshold of
+    ``compare.count_at``, and each quantifier of ``compare.quantifiers`` at ``patients.count_at``.
+
+    Each counting threshold runs the whole patient call out of fold (rates, spread and rule from the other
+    folds); each quantifier (mlquantify) is fitted on the other folds' cells, with a bootstrap interval.
+    """
+    compare, patients = params["compare"], params["patients"]
+    by_threshold = []
+    for i, count_at in enumerate(compare["count_at"], start=1):
+        logger.info("Counting threshold %d of %d: %s", i, len(compare["count_at"]), count_at)
+        try:
+            table, smears, _ = cross_validated_patients(cv_predictions, **_patients_args(params, count_at))
+        except ValueError as error:  # e.g. a specificity no threshold reaches on few reference cells
+            logger.warning("Counting threshold %s compared with no figures: %s", count_at, error)
+            by_threshold.append({"count_at": count_at, "error": str(error)})
+            continue
+        by_threshold.append(
+            {"count_at": count_at, **_per_fold_and_pooled(table, smears, patients["min_fraction"])}
+        )
+    methods = compare["quantifiers"]["methods"]
+    logger.info(
+        "Quantifiers %s, each held-out patient with %d bootstrap draws",
+        ", ".join(methods),
+        compare["quantifiers"]["resamples"],
+    )
+    estimates = compare_quantifiers(
         cv_predictions,
         positive=params["positive_class"],
-        threshold=params["threshold"],
+        count_at=patients["count_at"],
+        methods=methods,
+        resamples=compare["quantifiers"]["resamples"],
         level=patients["level"],
-        choose_from=patients["choose_from"],
-        min_fraction=patients["min_fraction"],
-        max_review=patients["max_review"],
-        min_cells=patients["call"]["min_cells"],
+        seed=compare["quantifiers"]["seed"],
     )
-    return table
+    by_quantifier = [
+        {"method": method, **_quantifier_figures(estimates[estimates["method"] == method])}
+        for method in methods
+    ]
+    return {"count_at": patients["count_at"], "thresholds": by_threshold, "quantifiers": by_quantifier}
+
+
+COMPARED = (
+    "patient_roc_auc",
+    "wrong_calls",
+    "review_share",
+    "interval_coverage",
+    "healthy_smears_positive",
+    "smear_coverage",
+    "lod",
+)
+
+
+def _per_fold_and_pooled(table: pd.DataFrame, smears: pd.DataFrame, min_fraction: float) -> dict[str, Any]:
+    def figures(patients: pd.DataFrame, judged: pd.DataFrame) -> dict[str, Any]:
+        metrics = patient_metrics(patients, min_fraction)
+        limits = detection_limits(judged)
+        return {
+            **metrics,
+            "wrong_calls": metrics["false_positives"] + metrics["missed_from_min_fraction"],
+            "healthy_smears_positive": limits["healthy_positive"],
+            "smear_coverage": limits["coverage"],
+            "lod": limits["lod"],
+        }
+
+    rows = [figures(patients, smears[smears["fold"] == fold]) for fold, patients in table.groupby("fold")]
+    pooled = figures(table, smears)
+    return {"mean_std": mean_and_std(rows, COMPARED), "pooled": {name: pooled[name] for name in COMPARED}}
+
+
+def _quantifier_figures(estimates: pd.DataFrame) -> dict[str, Any]:
+    """MAE, coverage and patient ROC AUC (infected against uninfected, ranked by the estimate), per fold and pooled."""
+
+    def figures(rows: pd.DataFrame) -> dict[str, float | None]:
+        both = rows["infected"].any() and (~rows["infected"]).any()
+        covered = (rows["fraction_low"] <= rows["labelled_fraction"]) & (
+            rows["labelled_fraction"] <= rows["fraction_high"]
+        )
+        return {
+            "fraction_mae": float((rows["fraction"] - rows["labelled_fraction"]).abs().mean()),
+            "interval_coverage": float(covered.mean()),
+            "patient_roc_auc": float(roc_auc_score(rows["infected"], rows["fraction"])) if both else None,
+        }
+
+    per_fold = [figures(rows) for _, rows in estimates.groupby("fold")]
+    names = ("fraction_mae", "interval_coverage", "patient_roc_auc")
+    return {"mean_std": mean_and_std(per_fold, names), "pooled": figures(estimates)}
 
 
 def patient_fractions_figure(cv_patients: pd.DataFrame) -> Figure:
@@ -389,52 +496,49 @@ def patient_fractions_figure(cv_patients: pd.DataFrame) -> Figure:
 
 
 def _patient_report(
-    cv_patients: pd.DataFrame, cv_patients_cells: pd.DataFrame, params: dict[str, Any]
+    cv_patients: pd.DataFrame, cv_smears: pd.DataFrame, methods: dict[str, Any], params: dict[str, Any]
 ) -> dict[str, Any]:
-    """Patient-level figures per fold, their mean ± std and pooled, and the rule all patients choose."""
+    """Patient-level figures per fold, their mean ± std and pooled, the rule all patients choose, the
+    comparison of counting thresholds and quantifiers, and the detection limits per fold and pooled."""
     patients = params["patients"]
-    per_fold = [
-        {"fold": int(fold), **patient_metrics(table, patients["min_fraction"])}
-        for fold, table in cv_patients.groupby("fold")
-    ]
-    for row, (_, table) in zip(per_fold, cv_patients.groupby("fold")):
-        row["call"] = {name: float(table[name].iloc[0]) for name in ("positive_above", "negative_below")}
+    per_fold = []
+    for fold, table in cv_patients.groupby("fold"):
+        row = {"fold": int(fold), **patient_metrics(table, patients["min_fraction"])}
+        row["call"] = {name: float(table[name].iloc[0]) for name in ("healthy_below", "negative_below")}
+        per_fold.append(row)
     rule, chosen = choose_call(
         cv_patients,
-        *(patients["choose_from"][k] for k in ("positive_above", "negative_below")),
+        *(patients["choose_from"][k] for k in ("healthy_below", "negative_below")),
         patients["min_fraction"],
         patients["max_review"],
         patients["call"]["min_cells"],
+        smears=cv_smears,
     )
-    column = probability_column(params["positive_class"])
-    pooled_rates = rates_of(
-        cv_patients_cells["label"] == params["positive_class"],
-        cv_patients_cells[column],
-        params["threshold"],
-        "the out-of-fold cells",
-    )
-    outlook = patients["smear_outlook"]
+    limits_per_fold = [
+        {"fold": int(fold), **detection_limits(smears)} for fold, smears in cv_smears.groupby("fold")
+    ]
+    pooled_limits = detection_limits(cv_smears)
     return {
         "level": patients["level"],
         "min_fraction": patients["min_fraction"],
-        "smear_outlook": {
-            "cells": outlook["cells"],
-            "rates": pooled_rates.as_dict(),
-            "chances": call_chances(
-                pooled_rates,
-                rule,
-                cells=outlook["cells"],
-                parasitemia=outlook["parasitemia"],
-                simulations=outlook["simulations"],
-                level=patients["level"],
-            ),
-        },
+        "count_at": patients["count_at"],
         "per_fold": per_fold,
         "mean_std": mean_and_std(per_fold, PATIENT_METRICS),
         "pooled": patient_metrics(cv_patients, patients["min_fraction"]),
         "recommended_call": rule.as_dict(),
         "recommended_call_on_all": chosen,
+        "methods": methods,
+        "detection": {
+            "cells": patients["detection"]["cells"],
+            "per_fold": [{k: v for k, v in row.items() if k != "by_parasitemia"} for row in limits_per_fold],
+            "mean_std": mean_and_std(limits_per_fold, DETECTION_FIGURES),
+            "pooled": pooled_limits,
+            "sentence": plain_sentence(pooled_limits, patients["detection"]["cells"]),
+        },
     }
+
+
+DETECTION_FIGURES = ("lob", "lod", "loq", "healthy_positive", "coverage")
 
 
 def summarize(
@@ -442,6 +546,8 @@ def summarize(
     cv_history: pd.DataFrame,
     cv_operating_points: pd.DataFrame,
     cv_patients: pd.DataFrame,
+    cv_smears: pd.DataFrame,
+    cv_patient_methods: dict[str, Any],
     params: dict[str, Any],
 ) -> tuple[dict, dict]:
     """Metrics of each fold, their mean ± standard deviation, the pooled out-of-fold figures, per-patient
@@ -462,7 +568,7 @@ def summarize(
     report = {
         "folds": len(per_fold),
         "images": int(len(cv_predictions)),
-        "patients": int(cv_predictions["patient_id"].nunique()),
+        "patient_count": int(cv_predictions["patient_id"].nunique()),
         "positive_class": params["positive_class"],
         "threshold": params["threshold"],
         "std": "sample (ddof=1) over folds",
@@ -478,7 +584,7 @@ def summarize(
     if params["tta"]:
         report[WITHOUT_TTA] = _without_tta(cv_predictions, params)
     report["target_sensitivities"] = _by_target(cv_operating_points)
-    report["patients"] = _patient_report(cv_patients, cv_predictions, params)
+    report["patients"] = _patient_report(cv_patients, cv_smears, cv_patient_methods, params)
     for line in format_table(report):  # one record per line, as in a log file or CI
         logger.info("%s", line)
     scores = _scores(report, params)
@@ -512,6 +618,21 @@ def _scores(report: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
             f"cv.pooled.patients.{name}": {"value": report["patients"]["pooled"][name], "step": 0}
             for name in PATIENT_METRICS
             if report["patients"]["pooled"][name] is not None
+        }
+    )
+    detection = report["patients"]["detection"]
+    scores.update(
+        {
+            f"cv.detection.{name}.{stat}": {"value": values[stat], "step": 0}
+            for name, values in detection["mean_std"].items()
+            for stat in ("mean", "std")
+        }
+    )
+    scores.update(
+        {
+            f"cv.pooled.detection.{name}": {"value": detection["pooled"][name], "step": 0}
+            for name in DETECTION_FIGURES
+            if detection["pooled"][name] is not None
         }
     )
     scores.update(
@@ -568,7 +689,7 @@ def format_table(report: dict[str, Any]) -> list[str]:
     """The lines of the table of mean ± std per metric, with the pooled out-of-fold figure beside it."""
     lines = [
         f"Cross-validation over {report['folds']} patient-grouped folds ({report['images']:,} images of "
-        f"{report['patients']} patients, out of fold):",
+        f"{report['patient_count']} patients, out of fold):",
         f"{'metric':<30} {'mean ± std':>17} {'pooled':>8}",
     ]
     for name, values in report["mean_std"].items():
@@ -611,41 +732,93 @@ def format_table(report: dict[str, Any]) -> list[str]:
 
 def format_patient_table(patients: dict[str, Any]) -> list[str]:
     """The patient-level lines of the table: mean ± std over folds and pooled, each fold's rule and
-    held-out figures, and the rule all the patients choose."""
+    held-out figures, the rule all the patients choose, the comparisons and the detection limits."""
     pooled = patients["pooled"]
     lines = [
-        f"Patients ({pooled['patients']}, {pooled['infected']} infected), out of fold: corrected fraction and its "
-        f"{patients['level']:.0%} interval, call by the rule the other folds chose",
+        f"Patients ({pooled['patients']}, {pooled['infected']} infected), out of fold, counted at "
+        f"{patients['count_at']}: corrected fraction and its {patients['level']:.0%} interval with the spread "
+        "between patients, call by the rule the other folds chose",
         f"{'patient metric':<30} {'mean ± std':>17} {'pooled':>8}",
     ]
-    for name, values in patients["mean_std"].items():
-        value = pooled.get(name)
-        lines.append(
-            f"{name:<30} {values['mean']:>8.4f} ± {values['std']:.4f} {'' if value is None else f'{value:.4f}':>8}"
-        )
+    lines += _mean_std_lines(patients["mean_std"], pooled)
     for row in patients["per_fold"]:
         lines.append(
-            f"fold {row['fold']}: rule positive above {row['call']['positive_above']:g}, negative below "
-            f"{row['call']['negative_below']:g}: {row['patients']} patients, review {_or_na(row['review_share'])}, "
-            f"call sensitivity {_or_na(row['call_sensitivity'])}, specificity {_or_na(row['call_specificity'])}, "
+            f"fold {row['fold']}: rule positive where a healthy patient's chance is below "
+            f"{row['call']['healthy_below']:g}, negative below {row['call']['negative_below']:g}: "
+            f"{row['patients']} patients, review {_or_na(row['review_share'])}, call sensitivity "
+            f"{_or_na(row['call_sensitivity'])}, specificity {_or_na(row['call_specificity'])}, "
             f"{row['missed_from_min_fraction']} infected of fraction >= {patients['min_fraction']:g} called "
             f"negative, {row['false_positives']} uninfected called positive, coverage {_or_na(row['interval_coverage'])}"
         )
     rule = patients["recommended_call"]
     lines.append(
-        f"the rule all {pooled['patients']} patients choose (evaluation.patients.call): positive above "
-        f"{rule['positive_above']:g}, negative below {rule['negative_below']:g}"
+        f"the rule all {pooled['patients']} patients choose (evaluation.patients.call): healthy_below "
+        f"{rule['healthy_below']:g}, negative_below {rule['negative_below']:g}"
     )
-    outlook = patients["smear_outlook"]
-    if outlook["chances"] is None:
-        lines.append("no smear outlook: the out-of-fold sensitivity + specificity is not above 1")
-    for row in outlook["chances"] or []:
+    return lines + _comparison_lines(patients["methods"]) + _detection_lines(patients["detection"])
+
+
+def _mean_std_lines(mean_std: dict[str, Any], pooled: dict[str, Any], width: int = 30) -> list[str]:
+    lines = []
+    for name, values in mean_std.items():
+        value = pooled.get(name)
         lines.append(
-            f"a smear of {outlook['cells']:,} cells at parasitemia {row['parasitemia']:g}: called positive "
-            f"{row['positive']:.3f}, negative {row['negative']:.3f}, review {row['review']:.3f}; median estimate "
-            f"{row['median_fraction']:.4f} [{row['median_low']:.4f}, {row['median_high']:.4f}]"
+            f"{name:<{width}} {values['mean']:>8.4f} ± {values['std']:.4f} {'' if value is None else f'{value:.4f}':>8}"
         )
     return lines
+
+
+def _comparison_lines(methods: dict[str, Any]) -> list[str]:
+    """Mean ± std over the folds (pooled) of each counting threshold and each quantifier."""
+
+    def cell(figures: dict[str, Any], name: str) -> str:
+        values, pooled = figures["mean_std"].get(name), figures["pooled"].get(name)
+        if values is None:
+            return f"{'n/a':>24}"
+        return f"{values['mean']:>7.4f} ± {values['std']:.4f} ({_or_na(pooled)})"
+
+    lines = [
+        "Counting threshold, the whole call out of fold (mean ± std over folds, pooled):",
+        f"{'count_at':<22}" + "".join(f"{name:>27}" for name in COMPARED),
+    ]
+    for row in methods["thresholds"]:
+        if "error" in row:
+            lines.append(f"{str(row['count_at']):<22} n/a: {row['error']}")
+            continue
+        lines.append(f"{str(row['count_at']):<22}" + "".join(f"{cell(row, n):>27}" for n in COMPARED))
+    names = ("fraction_mae", "interval_coverage", "patient_roc_auc")
+    lines += [
+        f"Quantifiers (mlquantify) at {methods['count_at']}, bootstrap intervals (mean ± std over folds, pooled):",
+        f"{'method':<22}" + "".join(f"{name:>27}" for name in names),
+    ]
+    for row in methods["quantifiers"]:
+        lines.append(f"{row['method']:<22}" + "".join(f"{cell(row, n):>27}" for n in names))
+    return lines
+
+
+def _detection_lines(detection: dict[str, Any]) -> list[str]:
+    """Detection capability (CLSI EP17-A2) per fold and pooled, and what smears of each parasitemia gave."""
+    pooled = detection["pooled"]
+    lines = [
+        f"Detection capability on simulated smears of {detection['cells']:,} out-of-fold cells (CLSI EP17-A2): "
+        f"{pooled['resampled']:.0%} of smears drew a patient's cells again",
+        f"{'limit':<30} {'mean ± std':>17} {'pooled':>8}",
+    ]
+    lines += _mean_std_lines(detection["mean_std"], pooled)
+    for row in detection["per_fold"]:
+        lines.append(
+            f"fold {row['fold']}: LoB {_or_na(row['lob'])}, LoD {_or_na(row['lod'])}, LoQ {_or_na(row['loq'])}, "
+            f"{row['healthy_positive']} of {row['healthy_smears']} healthy smears called positive, coverage "
+            f"{_or_na(row['coverage'])}"
+        )
+    for row in pooled["by_parasitemia"]:
+        lines.append(
+            f"smears at parasitemia {row['parasitemia']:g}: positive {row['positive']:.3f}, negative "
+            f"{row['negative']:.3f}, review {row['review']:.3f}; within ±25% {_or_na(row['within_tolerance'])}; "
+            f"coverage {row['coverage']:.3f}; median estimate {row['median_fraction']:.4f} "
+            f"[{row['median_low']:.4f}, {row['median_high']:.4f}]"
+        )
+    return lines + [detection["sentence"]]
 
 
 def _or_na(value: float | None) -> str:

@@ -5,6 +5,7 @@ from kedro.pipeline import Node, Pipeline
 from .nodes import (
     assign_folds,
     audit_labels,
+    compare_patient_methods,
     cross_validate,
     judge_patients_out_of_fold,
     label_issues_figure,
@@ -45,12 +46,26 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=judge_patients_out_of_fold,
                 inputs=["cv_predictions", params],
-                outputs="cv_patients",
+                outputs=["cv_patients", "cv_smears"],
                 name="judge_patients_node",
             ),
             Node(
+                func=compare_patient_methods,
+                inputs=["cv_predictions", params],
+                outputs="cv_patient_methods",
+                name="compare_patient_methods_node",
+            ),
+            Node(
                 func=summarize,
-                inputs=["cv_predictions", "cv_history", "cv_operating_points", "cv_patients", params],
+                inputs=[
+                    "cv_predictions",
+                    "cv_history",
+                    "cv_operating_points",
+                    "cv_patients",
+                    "cv_smears",
+                    "cv_patient_methods",
+                    params,
+                ],
                 outputs=["cv_metrics", "cv_scores"],
                 name="summarize_node",
             ),

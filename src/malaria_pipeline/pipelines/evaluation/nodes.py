@@ -11,6 +11,7 @@ import torch
 from matplotlib.figure import Figure
 
 from malaria_pipeline.assess.columns import probability_column
+from malaria_pipeline.assess.detection import detection_of_cells
 from malaria_pipeline.assess.metrics import (
     at_specificity_name,
     at_specificity_phrase,
@@ -29,7 +30,7 @@ from malaria_pipeline.assess.patients import (
     PATIENT_METRICS,
     TRUTH_COLUMNS,
     judge_patients,
-    model_rates_and_call,
+    model_patient_settings,
     patient_metrics,
 )
 from malaria_pipeline.assess.plots import (
@@ -118,19 +119,21 @@ def judge_patient_subsets(
     predictions: pd.DataFrame, model: dict[str, Any], params: dict[str, Any]
 ) -> pd.DataFrame:
     """``evaluation_patients``: the patient table of the validation and test subsets
-    (:func:`~malaria_pipeline.assess.patients.judge_patients`, with a column ``subset``), cells called at
-    ``threshold``, corrected with the sensitivity and specificity of the model's reference cells (its
-    validation subset: on the validation subset's own patients, not an independent check) and called by
-    the model's rule (else ``patients.call``). A model without reference cells gets no corrected fraction."""
-    rates, rule = model_rates_and_call(model, params["threshold"], params["patients"]["call"])
+    (:func:`~malaria_pipeline.assess.patients.judge_patients`, with a column ``subset``), cells counted at
+    the model's counting threshold (else ``threshold``), corrected with the sensitivity and specificity of
+    the model's reference cells (its validation subset: on the validation subset's own patients, not an
+    independent check), judged against the spread between its reference patients, and called by the
+    model's rule (else ``patients.call``). A model without reference cells gets no corrected fraction."""
+    settings = model_patient_settings(model, params["threshold"], params["patients"]["call"])
     tables = [
         judge_patients(
             cells,
             positive=params["positive_class"],
-            threshold=params["threshold"],
-            rates=rates,
-            rule=rule,
+            threshold=settings.threshold,
+            rates=settings.rates,
+            rule=settings.rule,
             level=params["patients"]["level"],
+            spread=settings.spread,
         ).assign(subset=subset)
         for subset, cells in _by_subset(predictions)
     ]
@@ -197,6 +200,23 @@ def compute_metrics(
                 if metrics["patients"][name] is not None
             }
         )
+        if (
+            subset == "test"
+        ):  # the patients that chose nothing: smears of their cells, as the model judges them
+            metrics["detection"] = detection_of_cells(
+                cells,
+                model_patient_settings(model, threshold, params["patients"]["call"]),
+                positive=positive,
+                level=params["patients"]["level"],
+                detection=params["patients"]["detection"],
+            )
+            scores.update(
+                {
+                    f"test.detection.{name}": {"value": metrics["detection"][name], "step": 0}
+                    for name in ("lob", "lod", "loq", "healthy_positive", "coverage")
+                    if metrics["detection"] and metrics["detection"][name] is not None
+                }
+            )
         if point and point["positive_class"] == positive:
             report["operating_point"][subset] = _at_operating_point(is_positive, cells[column], point)
             scores.update(

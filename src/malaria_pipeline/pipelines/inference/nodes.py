@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from malaria_pipeline.assess.columns import probability_column
-from malaria_pipeline.assess.patients import PATIENT_COLUMNS, model_rates_and_call, patient_table
+from malaria_pipeline.assess.patients import PATIENT_COLUMNS, model_patient_settings, patient_table
 from malaria_pipeline.cells.archive import (
     IMAGE_SUFFIXES,
     ArchiveError,
@@ -115,9 +115,10 @@ def predict_patients(
     fraction corrected for the model's errors with its interval, and the call
     (:func:`~malaria_pipeline.assess.patients.patient_table`).
 
-    The sensitivity and specificity come from the model's reference cells (its validation subset) at the
-    threshold the cells were called at; the call is the rule stored in the model (else
-    ``inference.patients.call``). A model without reference cells (trained on every patient, or before
+    The cells are counted Parasitized at the model's counting threshold (else the threshold the cells were
+    called at); the sensitivity and specificity come from the model's reference cells (its validation
+    subset) there, the healthy range from the spread between its reference patients, and the call is the
+    rule stored in the model (else ``inference.patients.call``). A model without reference cells (trained on every patient, or before
     they were kept) gives no fraction and calls every patient ``review``, with a warning.
     ``group_by: null``: an empty table.
     """
@@ -130,9 +131,10 @@ def predict_patients(
             f"inference.group_by is {group_by!r}: give prefix (the file-name prefix before _IMG_), folder "
             "(the folder a file is in) or null (no patient table)"
         )
-    threshold = inference_summary["threshold"]
-    rates, rule = model_rates_and_call(inference_model, threshold, params["patients"]["call"])
-    if rates is None:
+    settings = model_patient_settings(
+        inference_model, inference_summary["threshold"], params["patients"]["call"]
+    )
+    if settings.rates is None:
         logger.warning(
             "This model keeps no reference cells (it was trained without validation images, or before they "
             "were kept): the patient table gives no corrected fraction, and every call is review"
@@ -143,11 +145,12 @@ def predict_patients(
     )
     table = patient_table(
         _groups(predictions["file"], group_by),
-        (predictions["label"] == params["positive_class"]).to_numpy(),
-        rates,
-        rule,
+        predictions[probability_column(params["positive_class"])].to_numpy() >= settings.threshold,
+        settings.rates,
+        settings.rule,
         params["patients"]["level"],
         errors=_groups(failed, group_by),
+        spread=settings.spread,
     )
     for row in table.itertuples():
         logger.info(

@@ -6,12 +6,14 @@ import dataclasses
 import logging
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
+from malaria_pipeline.assess.columns import probability_column
 from malaria_pipeline.assess.label_audit import excluded_paths
 from malaria_pipeline.assess.operating_point import calibrate, operating_point_doubts
-from malaria_pipeline.assess.patients import PatientCall, ReferenceCells
+from malaria_pipeline.assess.patients import PatientCall, ReferenceCells, fit_patient_settings
 from malaria_pipeline.cells.splitting import subset_rows
 from malaria_pipeline.cells.tensors import class_codes, train_data
 from malaria_pipeline.framework import tracking
@@ -167,12 +169,43 @@ def calibrate_model(
         logger.warning("Do not trust the operating threshold %.4f: %s", point["threshold"], doubt)
     positive = classifier.class_names.index(evaluation_params["positive_class"])
     patients = image_index["patient_id"].to_numpy()[rows.numpy()]
-    reference = ReferenceCells.of(
-        labels.numpy() == positive,
-        probabilities(views, classifier.temperature)[:, positive].numpy().astype(float),
-        f"the validation subset of the training run ({len(rows):,} cells of {len(set(patients))} patients)",
+    p_positive = probabilities(views, classifier.temperature)[:, positive].numpy().astype(float)
+    source = (
+        f"the validation subset of the training run ({len(rows):,} cells of {len(set(patients))} patients)"
     )
-    return {**bundle, "operating_point": point, "reference_cells": reference.as_dict()}
+    reference = ReferenceCells.of(labels.numpy() == positive, p_positive, source)
+    settings = fit_patient_settings(
+        pd.DataFrame(
+            {
+                "patient_id": patients,
+                "label": np.asarray(classifier.class_names)[labels.numpy()],
+                probability_column(evaluation_params["positive_class"]): p_positive,
+                "operating_threshold": point["threshold"],
+            }
+        ),
+        positive=evaluation_params["positive_class"],
+        count_at=evaluation_params["patients"]["count_at"],
+        quantifier=evaluation_params["patients"]["quantifier"],
+        source=source,
+        healthy_range=evaluation_params["patients"]["healthy_range"],
+    )
+    _log_patient_settings(settings)
+    return {**bundle, "operating_point": point, "reference_cells": reference.as_dict(), **settings}
+
+
+def _log_patient_settings(settings: dict[str, Any]) -> None:
+    spread = settings["patient_spread"]
+    logger.info(
+        "Patient tables: cells counted at %.4g; between the %d validation patients, false alarms %.4f (rho "
+        "%.4f), detection %.4f (rho %.4f); quantifier %s",
+        settings["count_threshold"],
+        spread["false_alarm"]["patients"],
+        spread["false_alarm"]["mean"],
+        spread["false_alarm"]["rho"],
+        spread["detection"]["mean"],
+        spread["detection"]["rho"],
+        settings["quantifier"],
+    )
 
 
 def without_validation(trained_model: dict[str, Any], evaluation_params: dict[str, Any]) -> dict[str, Any]:

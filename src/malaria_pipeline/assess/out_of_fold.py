@@ -1,0 +1,169 @@
+"""The patient call out of fold: each fold's patients (and simulated smears of their cells) judged with
+the rates, spread and rule of the *other* folds, so that cross-validation's patient figures are held out
+twice over. No Kedro, no MLflow, no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from malaria_pipeline.assess.columns import probability_column
+from malaria_pipeline.assess.detection import judge_smears, simulate_smears
+from malaria_pipeline.assess.patients import (
+    CellRates,
+    PatientCall,
+    choose_call,
+    count_thresholds,
+    judge_patients,
+    rates_of,
+)
+from malaria_pipeline.assess.spread import PatientSpread
+
+
+@dataclass(frozen=True)
+class FoldReference:
+    """What one fold's patients are judged with, all from the *other* folds' out-of-fold cells: the
+    rates, the spread between their patients, and where the fold's own cells are counted."""
+
+    fold: int
+    held_out: np.ndarray  # bool, the fold's cells among the predictions
+    rates: CellRates
+    spread: PatientSpread
+    threshold: np.ndarray  # one per held-out cell
+    reference_threshold: np.ndarray  # one per cell of the other folds
+
+
+def fold_references(
+    predictions: pd.DataFrame,
+    *,
+    positive: str,
+    count_at: float | str | dict[str, float],
+    healthy_range: str = "all",
+) -> list[FoldReference]:
+    """For each fold of out-of-fold predictions (``fold``, ``patient_id``, ``label``, the probability
+    column, ``operating_threshold``), its :class:`FoldReference` (the false alarms' spread fitted on the
+    other folds' ``healthy_range`` patients: ``all`` or ``controls``)."""
+    column = probability_column(positive)
+    references = []
+    for fold in sorted(predictions["fold"].unique()):
+        held_out = (predictions["fold"] == fold).to_numpy()
+        others = predictions[~held_out] if (~held_out).any() else predictions
+        at_others, at_fold = count_thresholds(count_at, others, predictions[held_out], column, positive)
+        source = (
+            f"the out-of-fold cells of the other folds ({len(others):,} cells of "
+            f"{others['patient_id'].nunique()} patients)"
+        )
+        truth = (others["label"] == positive).to_numpy()
+        called = others[column].to_numpy() >= at_others
+        references.append(
+            FoldReference(
+                fold=int(fold),
+                held_out=held_out,
+                rates=rates_of(truth, others[column].to_numpy(), at_others, source),
+                spread=PatientSpread.of(
+                    others["patient_id"].to_numpy(),
+                    truth,
+                    called,
+                    float(np.median(at_others)),
+                    source,
+                    healthy_range,
+                ),
+                threshold=at_fold,
+                reference_threshold=at_others,
+            )
+        )
+    return references
+
+
+def cross_validated_patients(
+    predictions: pd.DataFrame,
+    *,
+    positive: str,
+    count_at: float | str | dict[str, float],
+    level: float,
+    choose_from: dict[str, list[float]],
+    min_fraction: float,
+    max_review: float,
+    min_cells: int = 50,
+    detection: dict[str, Any] | None = None,
+    healthy_range: str = "all",
+) -> tuple[pd.DataFrame, pd.DataFrame | None, PatientCall]:
+    """The patient table of out-of-fold predictions (``fold``, ``patient_id``, ``label``, the probability
+    column and ``operating_threshold``), each fold held out twice over:
+
+    - its patients are corrected with the sensitivity and specificity of the *other* folds' out-of-fold
+      cells, and judged against the spread between the *other* folds' patients (the healthy range);
+    - they are called by the rule that the other folds' patients (and, with ``detection``, the other
+      folds' simulated smears) choose (:func:`~malaria_pipeline.assess.patients.choose_call`).
+
+    With ``detection`` (``cells``, ``parasitemia``, ``smears``, ``seed``), each fold's cells also make
+    simulated smears (:func:`~malaria_pipeline.assess.detection.simulate_smears`), judged as its patients.
+
+    Returns:
+        The :func:`~malaria_pipeline.assess.patients.with_truth` table with ``fold``, ``healthy_below`` and
+        ``negative_below`` (the rule that called each fold); the judged smears with ``fold`` (None without
+        ``detection``); and the rule that all the patients (and smears) choose, the one to store in a model.
+    """
+    placeholder = PatientCall(healthy_below=0.0, negative_below=0.0)  # every call is made below
+    column = probability_column(positive)
+    tables, smears = [], []
+    for ref in fold_references(
+        predictions, positive=positive, count_at=count_at, healthy_range=healthy_range
+    ):
+        cells = predictions[ref.held_out]
+        tables.append(
+            judge_patients(
+                cells,
+                positive=positive,
+                threshold=ref.threshold,
+                rates=ref.rates,
+                rule=placeholder,
+                level=level,
+                spread=ref.spread,
+            ).assign(fold=ref.fold)
+        )
+        if detection is not None:
+            made = simulate_smears(
+                cells["patient_id"].to_numpy(),
+                (cells["label"] == positive).to_numpy(),
+                cells[column].to_numpy() >= ref.threshold,
+                parasitemia=detection["parasitemia"],
+                cells=detection["cells"],
+                smears=detection["smears"],
+                seed=detection["seed"] + ref.fold,
+            )
+            smears.append(judge_smears(made, ref.rates, placeholder, level, ref.spread).assign(fold=ref.fold))
+    grid = (choose_from["healthy_below"], choose_from["negative_below"], min_fraction, max_review, min_cells)
+    table, judged = call_out_of_fold(
+        pd.concat(tables, ignore_index=True),
+        *grid,
+        smears=pd.concat(smears, ignore_index=True) if smears else None,
+    )
+    recommended, _ = choose_call(table, *grid, smears=judged)
+    return table, judged, recommended
+
+
+def call_out_of_fold(
+    table: pd.DataFrame, *grid, smears: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Each fold's patients (a :func:`~malaria_pipeline.assess.patients.with_truth` table with ``fold``)
+    and smears called by the rule that the *other* folds' patients and smears choose
+    (:func:`~malaria_pipeline.assess.patients.choose_call` with ``grid``), never by one chosen on
+    themselves: both with ``call``, ``healthy_below`` and ``negative_below``."""
+    table = table.copy()
+    smears = smears.copy() if smears is not None else None
+    for fold in table["fold"].unique():
+        mine = (table["fold"] == fold).to_numpy()
+        others_smears = smears[smears["fold"] != fold] if smears is not None else None
+        rule, _ = choose_call(table[~mine] if (~mine).any() else table, *grid, smears=others_smears)
+        frames = [(table, mine)] + (
+            [(smears, (smears["fold"] == fold).to_numpy())] if smears is not None else []
+        )
+        for frame, rows in frames:
+            frame.loc[rows, "call"] = rule.calls(frame[rows])
+            frame.loc[rows, "healthy_below"] = rule.healthy_below
+            frame.loc[rows, "negative_below"] = rule.negative_below
+    return table, smears
