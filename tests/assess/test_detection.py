@@ -41,7 +41,10 @@ def test_the_limits_of_a_set_whose_answer_is_known():
     assert limits["healthy_positive"] == 0 and limits["healthy_smears"] == 20
     by_level = {row["parasitemia"]: row for row in limits["by_parasitemia"]}
     assert by_level[0.005]["positive"] == 0.9 and by_level[0.005]["within_tolerance"] == 0.85
+    assert by_level[0.005]["review"] == pytest.approx(0.1) and by_level[0.005]["negative"] == 0.0
     assert by_level[0.0]["within_tolerance"] is None and by_level[0.0]["review"] == 0.05
+    assert by_level[0.0]["negative"] == 0.95 and by_level[0.0]["positive"] == 0.0
+    assert by_level[0.0]["smears"] == 20 and by_level[0.0]["coverage"] == 1.0
     assert by_level[0.001]["median_fraction"] == pytest.approx(0.001 * 1.5)
     assert by_level[0.001]["median_low"] == 0.0 and by_level[0.001]["median_high"] == 1.0
 

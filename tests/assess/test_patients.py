@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from scipy.stats import betabinom, binom
 
+from malaria_pipeline.assess.out_of_fold import call_out_of_fold, cross_validated_patients
 from malaria_pipeline.assess.patients import (
     CellRates,
     PatientCall,
@@ -12,12 +13,13 @@ from malaria_pipeline.assess.patients import (
     choose_call,
     corrected_fraction,
     count_thresholds,
+    fit_patient_settings,
+    judge_patients,
     model_patient_settings,
     patient_metrics,
     patient_table,
     rates_of,
 )
-from malaria_pipeline.assess.out_of_fold import call_out_of_fold, cross_validated_patients
 from malaria_pipeline.assess.spread import PatientSpread, RateSpread, fit_rate_spread
 from tests.helpers import interval_by_hand
 
@@ -504,3 +506,74 @@ def test_a_healthy_smear_called_positive_counts_as_an_error_of_the_rule():
     assert (rule.healthy_below, rule.negative_below) == (0.001, 0.01) and not metrics["meets"]
     assert metrics["healthy_smears_positive"] == 0
     assert choose_call(table, [0.01], [0.05], 0.05, 0.0, smears=smears)[1]["healthy_smears_positive"] == 1
+
+
+def test_a_cell_at_the_counting_threshold_exactly_is_counted_parasitized():
+    # 0.5 and 0.25 are exact in binary: the cell at 0.5 is counted (P >= threshold), in the patient's count
+    # and among the reference cells alike
+    predictions = pd.DataFrame(
+        {
+            "patient_id": "P",
+            "label": ["Parasitized", "Uninfected", "Uninfected"],
+            "p_parasitized": [0.5, 0.25, 0.5],
+        }
+    )
+    table = judge_patients(
+        predictions,
+        positive="Parasitized",
+        threshold=0.5,
+        rates=rates(90, 100, 95, 100),
+        rule=PatientCall(healthy_below=0.001, negative_below=0.02, min_cells=1),
+        level=0.95,
+    )
+    assert table.loc[0, "parasitized"] == 2
+    reference = ReferenceCells.of(np.array([True, False, False]), np.array([0.5, 0.25, 0.5]), "hand").at(0.5)
+    assert (reference.found, reference.passed) == (1, 1)
+
+
+def test_an_infected_patient_labelled_at_min_fraction_exactly_and_called_negative_is_a_miss():
+    # 5 of 100 cells labelled parasitized: 5 / 100 is the same double as 0.05, so the patient is held to
+    # the rule; 4 of 100 is below it
+    table = _truth_table([0.01, 0.01], [0.0, 0.0], [5 / 100, 4 / 100], calls=["negative", "negative"])
+    assert patient_metrics(table, min_fraction=0.05)["missed_from_min_fraction"] == 1
+
+
+def test_a_model_stores_its_counting_threshold_resolved_on_its_reference_cells_and_the_spread_there():
+    # Reference cells of two patients: at specificity 0.9 the threshold is 0.91 (as in the test above),
+    # where P1's uninfected cells show 1 false alarm of 5 and P2's none of 5; parasitized 5 and 5 found.
+    reference = _labelled(
+        np.r_[np.arange(10) / 10 + 0.05, np.full(5, 0.91), np.full(5, 0.99)], np.r_[np.zeros(10), np.ones(10)]
+    ).assign(patient_id=["P1"] * 5 + ["P2"] * 5 + ["P1"] * 5 + ["P2"] * 5)
+    saved = fit_patient_settings(
+        reference, positive="Parasitized", count_at={"specificity": 0.9}, quantifier="ACC", source="hand"
+    )
+    assert saved["count_threshold"] == 0.91 and saved["quantifier"] == "ACC"
+    spread = PatientSpread.from_dict(saved["patient_spread"])
+    assert spread.false_alarm == fit_rate_spread(np.array([0, 1]), np.array([5, 5]))
+    assert spread.detection == fit_rate_spread(np.array([5, 5]), np.array([5, 5]))
+    with pytest.raises(ValueError, match="patients.quantifier is 'EMQ': the patient table uses ACC"):
+        fit_patient_settings(reference, positive="Parasitized", count_at=0.5, quantifier="EMQ", source="hand")
+
+
+def test_each_folds_smears_are_called_by_the_rule_the_other_folds_patients_and_smears_choose():
+    # Each fold: A, infected (20%), whose count a healthy patient reaches with chance 0.003, and B, a
+    # control. At most 25% to review: healthy_below 0.001 sends A to review (half of them), 0.01 calls A
+    # positive. Fold 1's healthy smear reaches a chance of 0.005: positive under 0.01.
+    # - folds 2 and 3 choose with fold 1's smear: 0.01 errs on it, so 0.001 (no error, over the workload);
+    # - fold 1 chooses with the other folds' smears only: 0.01, which calls its own smear positive.
+    table = _truth_table([0.2, 0.0] * 3, [0.1, 0.0] * 3, [0.2, 0.0] * 3, chances=[0.003, 0.5] * 3).assign(
+        fold=[1, 1, 2, 2, 3, 3]
+    )
+    smears = pd.DataFrame(
+        {
+            "fold": [1, 2, 3],
+            "parasitemia": 0.0,
+            "cells": 1000,
+            "fraction": 0.0,
+            "healthy_chance": [0.005, 0.5, 0.5],
+        }
+    )
+    called, judged = call_out_of_fold(table, [0.01, 0.001], [0.01], 0.05, 0.25, 50, smears=smears)
+    assert called.groupby("fold")["healthy_below"].first().tolist() == [0.01, 0.001, 0.001]
+    assert judged["call"].tolist() == ["positive", "negative", "negative"]
+    assert judged["healthy_below"].tolist() == [0.01, 0.001, 0.001]

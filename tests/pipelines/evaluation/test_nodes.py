@@ -456,3 +456,44 @@ def test_a_model_without_reference_cells_estimates_no_fraction_and_sends_every_p
     table = judge_patient_subsets(PREDICTIONS, {}, PARAMS)
     assert table["fraction"].isna().all() and (table["call"] == "review").all()
     assert (table["rates_from"] == "none").all()
+
+
+def test_the_test_patients_smears_are_judged_with_the_models_counting_threshold_spread_and_rule():
+    from malaria_pipeline.assess.detection import detection_limits, judge_smears, simulate_smears
+    from malaria_pipeline.assess.patients import PatientCall
+    from malaria_pipeline.assess.spread import PatientSpread, RateSpread
+
+    spread = PatientSpread(
+        threshold=0.5,
+        false_alarm=RateSpread(mean=0.05, rho=0.05, patients=20, cells=2000, events=100),
+        detection=RateSpread(mean=0.9, rho=0.05, patients=20, cells=2000, events=1800),
+        source="hand",
+    )
+    rule = {"healthy_below": 0.01, "negative_below": 0.1, "min_cells": 1}
+    model = {
+        "reference_cells": HAND_REFERENCE.as_dict(),
+        "patient_call": rule,
+        "count_threshold": 0.5,
+        "patient_spread": spread.as_dict(),
+    }
+    report, scores = _metrics(PREDICTIONS, model, PARAMS)
+    # C's three test cells (one parasitized, called; two uninfected, neither called): smears of them,
+    # judged here with the rates at 0.5 (Se 0.9, Sp 0.95), the spread and the rule written out
+    test = PREDICTIONS[PREDICTIONS["subset"] == "test"]
+    detection = PARAMS["patients"]["detection"]
+    smears = simulate_smears(
+        test["patient_id"].to_numpy(),
+        (test["label"] == "Parasitized").to_numpy(),
+        test["p_parasitized"].to_numpy() >= 0.5,
+        parasitemia=detection["parasitemia"],
+        cells=detection["cells"],
+        smears=detection["smears"],
+        seed=detection["seed"],
+    )
+    expected = detection_limits(
+        judge_smears(smears, HAND_REFERENCE.at(0.5), PatientCall(**rule), 0.95, spread)
+    )
+    got = report["test"]["detection"]
+    assert {k: got[k] for k in expected} == expected and got["cells"] == 100
+    assert scores["test.detection.lob"]["value"] == expected["lob"]
+    assert "validation" not in report or "detection" not in report["validation"]
