@@ -262,7 +262,8 @@ def _patients(facts):
     if table is not None and len(table):
         source = table["rates_from"].iloc[0]
         lines += [
-            f"\nThe test subset's {len(table)} patients (cells called at P ≥ {facts['evaluation']['threshold']}; "
+            f"\nThe test subset's {len(table)} patients (cells counted at P ≥ "
+            f"{model.get('count_threshold', facts['evaluation']['threshold'])}; "
             f"rates from {source}):\n",
             "| patient | cells | called Parasitized | labelled fraction | estimated fraction [95% interval] | call |",
             "|---|---:|---:|---:|---|---|",

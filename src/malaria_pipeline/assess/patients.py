@@ -407,7 +407,8 @@ def _rates_from(rates: CellRates | None, spread: PatientSpread | None, usable: b
     fa, det = spread.false_alarm, spread.detection
     return (
         f"{text}; spread between patients: false alarms {fa.mean:.4f} (rho {fa.rho:.4f}, {fa.patients} patients), "
-        f"detection {det.mean:.4f} (rho {det.rho:.4f}, {det.patients} patients), from {spread.source}"
+        f"detection {det.mean:.4f} (rho {det.rho:.4f}, {det.patients} patients), from "
+        + ("the same cells" if spread.source == rates.source else spread.source)
     )
 
 
@@ -525,9 +526,9 @@ def choose_call(
             )
             review = metrics["review_share"] or 0.0
             meets = faults == 0 and review <= max_review
-            candidates.append(
-                ((not meets, faults, below if not meets else 0.0, review if not meets else 0.0, healthy, below), rule, metrics, meets)
-            )
+            # meeting all: the most cautious; else the fewest errors, the lowest negative_below, the least review
+            fallback = (below, review) if not meets else (0.0, 0.0)
+            candidates.append(((not meets, faults, *fallback, healthy, below), rule, metrics, meets))
     _, rule, metrics, meets = min(candidates, key=lambda c: c[0])
     return rule, {**metrics, "meets": meets}
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
+# Imported at run time, not only for type checkers: Kedro reads each node's type hints when it builds the
+# pipeline, and warned on every run that it could not resolve DataFrame (0.1 s of import, no JVM).
+from pyspark.sql import DataFrame
+
 from malaria_pipeline.assess.columns import probability_column
 from malaria_pipeline.framework.datasets import registered_version
-
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
 
 logger = logging.getLogger(__name__)
 
