@@ -224,41 +224,19 @@ def _patients(facts):
     table, model = facts.get("test_patients"), facts["model"]
     cv = ((facts.get("cross_validation") or {}).get("metrics")) or {}
     folds = [name for name in PATIENT_METRICS if f"cv.patients.{name}.mean" in cv]
-    if (table is None or not len(table)) and not folds:
+    if (
+        (table is None or not len(table))
+        and not folds
+        and not (facts["evaluation"].get("test") or {}).get("detection")
+    ):
         return None
     rule = model.get("patient_call") or {}
     if "healthy_below" not in rule:  # a model saved before the healthy range
         rule = facts["parameters"].get("evaluation", {}).get("patients", {}).get("call") or {}
     if "healthy_below" not in rule:
         return None
-    lines = [
-        "## Patients\n",
-        "A clinic decides per patient. For each patient, the share of its cells called Parasitized is corrected for "
-        "the classifier's errors (Rogan–Gladen, with the sensitivity and specificity of the model's reference cells) "
-        "and given a 95% interval that counts the patient's cells, the uncertainty of those rates (Lang & "
-        "Reiczigel 2014) and how much they vary between patients (a beta-binomial fitted to the reference "
-        "patients). The call is **positive** when a healthy patient with as many cells would show as many called "
-        f"Parasitized with a chance below {rule['healthy_below']:g} (the healthy range), else **negative** when the "
-        f"estimate is below {rule['negative_below']:g}, else **review**: a microscopist reads the smear. Review "
-        "is where doubt goes: the best automated microscopes reach 99% specificity per patient (Parasight, Eshel "
-        "et al. 2017: 98.9–100%; Noul miLab: 98.8% on 2,201 febrile patients), and miLab's fell to 66.7% in "
-        "automated mode alone until an operator reviewed its suspected calls. The archive's cells were cropped, "
-        "not counted in a field of view: the labelled fraction is the truth for these cells, not the smear's "
-        "parasitemia (docs/patients.md).",
-    ]
-    detection = (facts["evaluation"].get("test") or {}).get("detection")
-    if detection:
-        lines.append(
-            f"\n**Detection capability** (CLSI EP17-A2; smears of {detection['cells']:,} cells simulated from the "
-            f"test patients' cells): {detection['sentence']} LoB {detection['lob']:.4f}, LoD "
-            f"{_or_none(detection['lod'])}, LoQ {_or_none(detection['loq'])}."
-        )
-    if "cv.pooled.detection.lob" in cv:
-        lines.append(
-            "\nCross-validation, smears of out-of-fold cells: LoB "
-            f"{cv['cv.pooled.detection.lob']:.4f}, LoD {_or_none(cv.get('cv.pooled.detection.lod'))}, LoQ "
-            f"{_or_none(cv.get('cv.pooled.detection.loq'))}."
-        )
+    lines = ["## Patients\n", _call_paragraph(rule)]
+    lines += _detection_lines(facts, cv)
     if table is not None and len(table):
         source = table["rates_from"].iloc[0]
         lines += [
@@ -291,6 +269,44 @@ def _patients(facts):
             + "."
         )
     return "\n".join(lines)
+
+
+def _call_paragraph(rule) -> str:
+    """How a patient's fraction, interval and call are made, and what review means."""
+    return (
+        "A clinic decides per patient. For each patient, the share of its cells called Parasitized is corrected for "
+        "the classifier's errors (Rogan–Gladen, with the sensitivity and specificity of the model's reference cells) "
+        "and given a 95% interval that counts the patient's cells, the uncertainty of those rates (Lang & "
+        "Reiczigel 2014) and how much they vary between patients (a beta-binomial fitted to the reference "
+        "patients). The call is **positive** when a healthy patient with as many cells would show as many called "
+        f"Parasitized with a chance below {rule['healthy_below']:g} (the healthy range), else **negative** when the "
+        f"estimate is below {rule['negative_below']:g}, else **review**: a microscopist reads the smear. Review "
+        "is where doubt goes: the best automated microscopes reach 99% specificity per patient (Parasight, Eshel "
+        "et al. 2017: 98.9–100%; Noul miLab: 98.8% on 2,201 febrile patients), and miLab's fell to 66.7% in "
+        "automated mode alone until an operator reviewed its suspected calls. The archive's cells were cropped, "
+        "not counted in a field of view: the labelled fraction is the truth for these cells, not the smear's "
+        "parasitemia (docs/patients.md)."
+    )
+
+
+def _detection_lines(facts, cv) -> list[str]:
+    """The detection limits of the test patients' smears (the sentence a clinician reads), and those of the
+    cross-validation run the model claims."""
+    lines = []
+    detection = (facts["evaluation"].get("test") or {}).get("detection")
+    if detection:
+        lines.append(
+            f"\n**Detection capability** (CLSI EP17-A2; smears of {detection['cells']:,} cells simulated from the "
+            f"test patients' cells): {detection['sentence']} LoB {detection['lob']:.4f}, LoD "
+            f"{_or_none(detection['lod'])}, LoQ {_or_none(detection['loq'])}."
+        )
+    if "cv.pooled.detection.lob" in cv:
+        lines.append(
+            "\nCross-validation, smears of out-of-fold cells: LoB "
+            f"{cv['cv.pooled.detection.lob']:.4f}, LoD {_or_none(cv.get('cv.pooled.detection.lod'))}, LoQ "
+            f"{_or_none(cv.get('cv.pooled.detection.loq'))}."
+        )
+    return lines
 
 
 def _or_none(value) -> str:

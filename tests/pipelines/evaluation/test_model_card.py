@@ -291,3 +291,19 @@ def test_a_poor_operating_point_or_one_chosen_on_few_cells_is_flagged_with_its_i
         "specificity 0.566 (95% interval 0.544 to 0.588) where it was chosen, below evaluation.operating_point_checks.min_rate (0.8)"
         in text
     )
+
+
+def test_the_card_states_the_detection_limits_in_one_sentence_a_clinician_can_read():
+    sentence = (
+        "On smears of patients it never saw, this model detects 20.00% parasitemia on 95% of 1,000-cell "
+        "smears, and counts no parasitemia of the grid within ±25% on 90% of them; a healthy smear reads at "
+        "most 0.97% on 95% of smears, and 0 of 400 healthy smears were called positive."
+    )
+    detection = {"cells": 1000, "lob": 0.0097, "lod": 0.2, "loq": None, "sentence": sentence}
+    evaluation = {**EVALUATION, "test": {**EVALUATION["test"], "patients": None, "detection": detection}}
+    tensors, index, split, _ = tiny_tables(count=24)
+    model = {**bundle(), "patient_call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 50}}
+    patients = pd.DataFrame(columns=["patient", "subset"])
+    text = write_model_card(model, evaluation, patients, INGESTION, index, split, tensors, parameters())
+    section = text.split("## Patients")[1].split("\n## ")[0]
+    assert sentence in section and "LoB 0.0097, LoD 0.2000, LoQ none of the grid." in section

@@ -115,6 +115,26 @@ def predict_subsets(
     )
 
 
+def _test_detection(
+    cells: pd.DataFrame, model: dict[str, Any], params: dict[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The detection limits of smears of the test patients' cells as the model judges them
+    (:func:`~malaria_pipeline.assess.detection.detection_of_cells`), and their MLflow metrics."""
+    detection = detection_of_cells(
+        cells,
+        model_patient_settings(model, params["threshold"], params["patients"]["call"]),
+        positive=params["positive_class"],
+        level=params["patients"]["level"],
+        detection=params["patients"]["detection"],
+    )
+    scores = {
+        f"test.detection.{name}": {"value": detection[name], "step": 0}
+        for name in ("lob", "lod", "loq", "healthy_positive", "coverage")
+        if detection and detection[name] is not None
+    }
+    return detection, scores
+
+
 def judge_patient_subsets(
     predictions: pd.DataFrame, model: dict[str, Any], params: dict[str, Any]
 ) -> pd.DataFrame:
@@ -200,23 +220,9 @@ def compute_metrics(
                 if metrics["patients"][name] is not None
             }
         )
-        if (
-            subset == "test"
-        ):  # the patients that chose nothing: smears of their cells, as the model judges them
-            metrics["detection"] = detection_of_cells(
-                cells,
-                model_patient_settings(model, threshold, params["patients"]["call"]),
-                positive=positive,
-                level=params["patients"]["level"],
-                detection=params["patients"]["detection"],
-            )
-            scores.update(
-                {
-                    f"test.detection.{name}": {"value": metrics["detection"][name], "step": 0}
-                    for name in ("lob", "lod", "loq", "healthy_positive", "coverage")
-                    if metrics["detection"] and metrics["detection"][name] is not None
-                }
-            )
+        if subset == "test":  # the patients that chose nothing: smears of their cells, as the model judges
+            metrics["detection"], detection_scores = _test_detection(cells, model, params)
+            scores.update(detection_scores)
         if point and point["positive_class"] == positive:
             report["operating_point"][subset] = _at_operating_point(is_positive, cells[column], point)
             scores.update(
