@@ -468,7 +468,11 @@ def _per_fold_and_pooled(table: pd.DataFrame, smears: pd.DataFrame, min_fraction
 
     rows = [figures(patients, smears[smears["fold"] == fold]) for fold, patients in table.groupby("fold")]
     pooled = figures(table, smears)
-    return {"mean_std": mean_and_std(rows, COMPARED), "pooled": {name: pooled[name] for name in COMPARED}}
+    return {
+        "per_fold": [{name: row[name] for name in COMPARED} for row in rows],
+        "mean_std": mean_and_std(rows, COMPARED),
+        "pooled": {name: pooled[name] for name in COMPARED},
+    }
 
 
 def _quantifier_figures(estimates: pd.DataFrame) -> dict[str, Any]:
@@ -487,7 +491,7 @@ def _quantifier_figures(estimates: pd.DataFrame) -> dict[str, Any]:
 
     per_fold = [figures(rows) for _, rows in estimates.groupby("fold")]
     names = ("fraction_mae", "interval_coverage", "patient_roc_auc")
-    return {"mean_std": mean_and_std(per_fold, names), "pooled": figures(estimates)}
+    return {"per_fold": per_fold, "mean_std": mean_and_std(per_fold, names), "pooled": figures(estimates)}
 
 
 def patient_fractions_figure(cv_patients: pd.DataFrame) -> Figure:
@@ -786,6 +790,7 @@ def _comparison_lines(methods: dict[str, Any]) -> list[str]:
             lines.append(f"{str(row['count_at']):<22} n/a: {row['error']}")
             continue
         lines.append(f"{str(row['count_at']):<22}" + "".join(f"{cell(row, n):>27}" for n in COMPARED))
+        lines.append(_per_fold_line(row, COMPARED))
     names = ("fraction_mae", "interval_coverage", "patient_roc_auc")
     lines += [
         f"Quantifiers (mlquantify) at {methods['count_at']}, bootstrap intervals (mean ± std over folds, pooled):",
@@ -793,7 +798,18 @@ def _comparison_lines(methods: dict[str, Any]) -> list[str]:
     ]
     for row in methods["quantifiers"]:
         lines.append(f"{row['method']:<22}" + "".join(f"{cell(row, n):>27}" for n in names))
+        lines.append(_per_fold_line(row, names))
     return lines
+
+
+def _per_fold_line(row: dict[str, Any], names: tuple[str, ...]) -> str:
+    """The figures of each fold, in fold order: ``  folds 1-5: name a/b/c/d/e; …``."""
+    folds = row["per_fold"]
+    shown = "; ".join(
+        f"{name} " + "/".join("n/a" if fold[name] is None else f"{fold[name]:.4g}" for fold in folds)
+        for name in names
+    )
+    return f"  folds 1-{len(folds)}: {shown}"
 
 
 def _detection_lines(detection: dict[str, Any]) -> list[str]:
