@@ -368,6 +368,22 @@ def _brute_force_at_specificity(truth, p, target):
     return best
 
 
+def _out_of_fold(fold, paths, patients, truth, p):
+    """Out-of-fold predictions of one fold as cross_validate writes them (T = 1, operating threshold 0.5)."""
+    return pd.DataFrame(
+        {
+            "path": paths,
+            "patient_id": patients,
+            "label": np.where(truth, "Parasitized", "Uninfected"),
+            "fold": fold,
+            "p_parasitized": p,
+            "p_parasitized_uncalibrated": p,
+            "operating_threshold": 0.5,
+            "temperature": 1.0,
+        }
+    )
+
+
 def test_the_sensitivity_at_each_specificity_is_read_per_fold_and_pooled():
     rng = np.random.default_rng(7)
     rows = []
@@ -375,17 +391,12 @@ def test_the_sensitivity_at_each_specificity_is_read_per_fold_and_pooled():
         truth = rng.random(300) < 0.4
         p = np.clip(np.where(truth, rng.normal(0.75, 0.2, 300), rng.normal(0.3, 0.2, 300)), 0, 1)
         rows.append(
-            pd.DataFrame(
-                {
-                    "path": [f"f{fold}_{i}.png" for i in range(300)],
-                    "patient_id": [f"P{fold}{i % 10}" for i in range(300)],
-                    "label": np.where(truth, "Parasitized", "Uninfected"),
-                    "fold": fold,
-                    "p_parasitized": p,
-                    "p_parasitized_uncalibrated": p,
-                    "operating_threshold": 0.5,
-                    "temperature": 1.0,
-                }
+            _out_of_fold(
+                fold,
+                [f"f{fold}_{i}.png" for i in range(300)],
+                [f"P{fold}{i % 10}" for i in range(300)],
+                truth,
+                p,
             )
         )
     predictions = pd.concat(rows, ignore_index=True)
@@ -423,18 +434,7 @@ def _noisy_predictions(seed=11, folds=3, patients_per_fold=6, cells=80):
             alarm = rng.uniform(0.0, 0.08)  # this patient's own false-alarm rate
             p = np.where(truth, rng.uniform(0.3, 1.0, cells), np.where(rng.random(cells) < alarm, 0.8, 0.1))
             rows.append(
-                pd.DataFrame(
-                    {
-                        "path": [f"f{fold}p{k}_{i}.png" for i in range(cells)],
-                        "patient_id": f"F{fold}P{k}",
-                        "label": np.where(truth, "Parasitized", "Uninfected"),
-                        "fold": fold,
-                        "p_parasitized": p,
-                        "p_parasitized_uncalibrated": p,
-                        "operating_threshold": 0.5,
-                        "temperature": 1.0,
-                    }
-                )
+                _out_of_fold(fold, [f"f{fold}p{k}_{i}.png" for i in range(cells)], f"F{fold}P{k}", truth, p)
             )
     return pd.concat(rows, ignore_index=True)
 
