@@ -39,6 +39,7 @@ def test_the_limits_of_a_set_whose_answer_is_known():
     assert limits["lod"] == 0.01  # 19 of 20 is 0.95: detected
     assert limits["loq"] == 0.01  # 18 of 20 is 0.90: quantified
     assert limits["healthy_positive"] == 0 and limits["healthy_smears"] == 20
+    assert limits["resampled"] == 0.0 and limits["coverage"] == 1.0
     by_level = {row["parasitemia"]: row for row in limits["by_parasitemia"]}
     assert by_level[0.005]["positive"] == 0.9 and by_level[0.005]["within_tolerance"] == 0.85
     assert by_level[0.005]["review"] == pytest.approx(0.1) and by_level[0.005]["negative"] == 0.0
