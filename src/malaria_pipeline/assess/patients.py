@@ -223,7 +223,7 @@ def corrected_fraction(
     youden_ = se_ + sp_ - 1
     centre = (ap_ + sp_ - 1) / youden_
     shift = 2 * z**2 * (centre * se_ * (1 - se_) / n_se - (1 - centre) * sp_ * (1 - sp_) / n_sp)
-    spread_ = (
+    half_width = (
         z
         * np.sqrt(
             ap_ * (1 - ap_) / n_ap
@@ -232,7 +232,7 @@ def corrected_fraction(
         )
         / youden_
     )
-    low, high = np.clip([centre + shift - spread_, centre + shift + spread_], 0, 1)
+    low, high = np.clip([centre + shift - half_width, centre + shift + half_width], 0, 1)
     return fraction, float(low), float(high)
 
 
