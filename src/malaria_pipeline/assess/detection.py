@@ -109,6 +109,28 @@ def simulate_smears(
     return pd.DataFrame(rows)
 
 
+def smears_of_cells(
+    cells: pd.DataFrame,
+    *,
+    positive: str,
+    threshold: float | np.ndarray,
+    detection: dict[str, Any],
+    seed_offset: int = 0,
+) -> pd.DataFrame:
+    """:func:`simulate_smears` of labelled cells (``patient_id``, ``label``, the probability column of
+    ``positive``) counted Parasitized at ``threshold``, with ``detection``'s ``parasitemia``, ``cells``,
+    ``smears`` and ``seed`` (plus ``seed_offset``: each fold draws its own)."""
+    return simulate_smears(
+        cells["patient_id"].to_numpy(),
+        (cells["label"] == positive).to_numpy(),
+        cells[probability_column(positive)].to_numpy() >= threshold,
+        parasitemia=detection["parasitemia"],
+        cells=detection["cells"],
+        smears=detection["smears"],
+        seed=detection["seed"] + seed_offset,
+    )
+
+
 def judge_smears(
     smears: pd.DataFrame,
     rates: CellRates,
@@ -216,14 +238,6 @@ def detection_of_cells(
     truth = (cells["label"] == positive).to_numpy()
     if settings.rates is None or truth.all() or not truth.any():
         return None
-    smears = simulate_smears(
-        cells["patient_id"].to_numpy(),
-        truth,
-        cells[probability_column(positive)].to_numpy() >= settings.threshold,
-        parasitemia=detection["parasitemia"],
-        cells=detection["cells"],
-        smears=detection["smears"],
-        seed=detection["seed"],
-    )
+    smears = smears_of_cells(cells, positive=positive, threshold=settings.threshold, detection=detection)
     limits = detection_limits(judge_smears(smears, settings.rates, settings.rule, level, settings.spread))
     return {**limits, "cells": detection["cells"], "sentence": plain_sentence(limits, detection["cells"])}

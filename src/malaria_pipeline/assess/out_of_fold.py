@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from malaria_pipeline.assess.columns import probability_column
-from malaria_pipeline.assess.detection import judge_smears, simulate_smears
+from malaria_pipeline.assess.detection import judge_smears, smears_of_cells
 from malaria_pipeline.assess.patients import (
     CellRates,
     PatientCall,
@@ -108,7 +108,6 @@ def cross_validated_patients(
         ``detection``); and the rule that all the patients (and smears) choose, the one to store in a model.
     """
     placeholder = PatientCall(healthy_below=0.0, negative_below=0.0)  # every call is made below
-    column = probability_column(positive)
     tables, smears = [], []
     for ref in fold_references(
         predictions, positive=positive, count_at=count_at, healthy_range=healthy_range
@@ -126,14 +125,8 @@ def cross_validated_patients(
             ).assign(fold=ref.fold)
         )
         if detection is not None:
-            made = simulate_smears(
-                cells["patient_id"].to_numpy(),
-                (cells["label"] == positive).to_numpy(),
-                cells[column].to_numpy() >= ref.threshold,
-                parasitemia=detection["parasitemia"],
-                cells=detection["cells"],
-                smears=detection["smears"],
-                seed=detection["seed"] + ref.fold,
+            made = smears_of_cells(
+                cells, positive=positive, threshold=ref.threshold, detection=detection, seed_offset=ref.fold
             )
             smears.append(judge_smears(made, ref.rates, placeholder, level, ref.spread).assign(fold=ref.fold))
     grid = (choose_from["healthy_below"], choose_from["negative_below"], min_fraction, max_review, min_cells)
