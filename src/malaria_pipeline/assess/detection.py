@@ -164,8 +164,11 @@ def detection_limits(smears: pd.DataFrame) -> dict[str, Any]:
         interval holds their true fraction) and ``by_parasitemia``: per parasitemia, the share of each call,
         the share within ±25%, the coverage, and the median estimate and interval.
     """
+    covered = (smears["fraction_low"] <= smears["parasitemia"]) & (
+        smears["parasitemia"] <= smears["fraction_high"]
+    )
     levels = []
-    for fraction, group in smears.groupby("parasitemia", sort=True):
+    for fraction, group in smears.assign(covered=covered).groupby("parasitemia", sort=True):
         estimate = group["fraction"].to_numpy(float)
         levels.append(
             {
@@ -177,9 +180,7 @@ def detection_limits(smears: pd.DataFrame) -> dict[str, Any]:
                 "within_tolerance": float((np.abs(estimate - fraction) <= LOQ_TOLERANCE * fraction).mean())
                 if fraction > 0
                 else None,
-                "coverage": float(
-                    ((group["fraction_low"] <= fraction) & (fraction <= group["fraction_high"])).mean()
-                ),
+                "coverage": float(group["covered"].mean()),
                 "median_fraction": float(np.median(estimate)),
                 "median_low": float(group["fraction_low"].median()),
                 "median_high": float(group["fraction_high"].median()),
@@ -194,9 +195,6 @@ def detection_limits(smears: pd.DataFrame) -> dict[str, Any]:
         for row in levels
         if row["parasitemia"] > 0 and row["within_tolerance"] >= LOQ_WITHIN
     ]
-    covered = (smears["fraction_low"] <= smears["parasitemia"]) & (
-        smears["parasitemia"] <= smears["fraction_high"]
-    )
     return {
         "lob": float(np.percentile(healthy["fraction"], LOB_PERCENTILE)) if len(healthy) else None,
         "lod": min(detected) if detected else None,
