@@ -280,14 +280,13 @@ class PatientCall:
 @dataclass(frozen=True, kw_only=True)
 class PatientSettings:
     """What a patient table needs of a model: the counting threshold, the rates there (None: the model
-    keeps no reference cells), the spread between patients (None: it keeps none), the call and the
-    quantifier."""
+    keeps no reference cells), the spread between patients (None: it keeps none) and the call. The
+    quantifier is ACC's: a training run refuses to store another (:func:`fit_patient_settings`)."""
 
     threshold: float
     rates: CellRates | None
     spread: PatientSpread | None
     rule: PatientCall
-    quantifier: str = "ACC"
 
 
 def model_patient_settings(
@@ -316,7 +315,6 @@ def model_patient_settings(
         rates=rates,
         spread=spread,
         rule=PatientCall(**rule),
-        quantifier=bundle.get("quantifier", "ACC"),
     )
 
 
