@@ -585,3 +585,45 @@ def interval_by_hand(called, cells, se, sp, level, between_se=0.0, between_sp=0.
     )
     half = z * variance**0.5 / (se_ + sp_ - 1)
     return max(centre + shift - half, 0.0), min(centre + shift + half, 1.0)
+
+
+def patients_folder(folder: Path) -> list[Path]:
+    """Cells of three patients (``<patient>_IMG_<n>.png``, 60 to 70 each, enough to be called), and one
+    truncated file of the second: the ``errors`` of its patient."""
+    write_cells(
+        folder,
+        {
+            "PA": {"Parasitized": 30, "Uninfected": 30},
+            "PB": {"Uninfected": 70},
+            "PC": {"Parasitized": 5, "Uninfected": 60},
+        },
+        size=16,
+        prefix="",
+    )
+    (folder / "Uninfected" / cell_name("PB", 999)).write_bytes(image_bytes(16, 16)[:60])
+    return sorted(folder.rglob("*.png"))
+
+
+def log_rated_model(project: KedroProject, folder: Path) -> str:
+    """The id of a new MLflow run of ``project``'s experiment whose served model is the project's latest
+    ``model`` with reference cells that tell the classes apart (Se and Sp about 0.83 at 0.5, by
+    construction): a tiny model's own validation cells give Se + Sp <= 1, which leaves the corrected
+    fraction missing. MLflow's tracking URI must point at the project's store."""
+    import mlflow
+    import torch
+
+    from malaria_pipeline.assess.patients import ReferenceCells
+    from malaria_pipeline.pipelines.inference.served_model import log_served_model
+
+    rng = np.random.default_rng(0)
+    reference = ReferenceCells.of(
+        np.r_[np.ones(300, bool), np.zeros(300, bool)],
+        np.r_[rng.uniform(0.4, 1.0, 300), rng.uniform(0.0, 0.6, 300)],
+        "hand-made reference cells",
+    )
+    bundle = {**project.load("model"), "reference_cells": reference.as_dict(), "count_threshold": 0.5}
+    torch.save(bundle, folder / "model.pt")
+    experiment = mlflow.MlflowClient().get_experiment_by_name("malaria-pipeline").experiment_id
+    with mlflow.start_run(experiment_id=experiment) as run:
+        log_served_model(folder / "model.pt", project.context().params["inference"])
+    return run.info.run_id

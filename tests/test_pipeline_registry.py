@@ -18,6 +18,7 @@ DATASETS = {
         "params:preprocessing.split",
     },
     "model_training": {
+        "claimed_cv_patient_settings",
         "data_split",
         "image_index",
         "image_tensors",
@@ -76,6 +77,7 @@ DATASETS = {
     "promote": {"params:promote", "promotion_report"},
     "training": {
         "cell_images",
+        "claimed_cv_patient_settings",
         "confusion_matrix_plot",
         "data_split",
         "evaluation_metrics",
@@ -129,18 +131,6 @@ def test_the_other_pipelines_have_their_own_namespace(name):
 def test_the_namespaces_leave_every_dataset_and_parameter_name_as_it_was(name):
     pipeline = register_pipelines()[name]
     assert pipeline.datasets() == pipeline.all_inputs() | pipeline.all_outputs() == DATASETS[name]
-
-
-def test_the_served_pipeline_keeps_its_input_name():
-    training = register_pipelines()["training"]
-    assert training.input_name == "served_images"
-    assert training.inference.datasets() == {
-        "served_images",
-        "model",
-        "params:inference",
-        "served_predictions",
-    }
-    assert {node.namespace for node in training.inference.nodes} == {"inference"}
 
 
 def test_registry_names_the_pipelines_and_training_is_the_default():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from malaria_pipeline.framework.staged import StagedPipelineML
 from malaria_pipeline.pipelines import (
     batch_inference,
     cross_validation,
@@ -16,7 +15,6 @@ from malaria_pipeline.pipelines import (
     preprocessing,
     promote,
 )
-from malaria_pipeline.pipelines.inference import served_model
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -32,11 +30,11 @@ def register_pipelines() -> dict[str, Pipeline]:
         scored on Spark by a registered MLflow model), ``promote`` (the registered
         model's champion alias to the challenger when it is not worse), ``cross_validation`` (ingestion, then
         patient-grouped k-fold cross-validation of the training configuration and a label audit), and ``training``: the whole chain from
-        the archive to an evaluated model, also ``__default__``. ``training`` is bound to the served
-        pipeline (:mod:`malaria_pipeline.pipelines.inference.served_model`): each run logs an MLflow model that takes
-        raw image files. Its stages also run alone, in turn, as an orchestrator runs them
+        the archive to an evaluated model, also ``__default__``. Each ``training`` run logs an MLflow model that
+        takes raw image files (:mod:`malaria_pipeline.pipelines.inference.served_model`, logged by the hook
+        ``LogServedModel``). Its stages also run alone, in turn, as an orchestrator runs them
         (``--namespaces ingestion``, then ``preprocessing``, ``model_training``, ``evaluation``): only the
-        evaluation stage logs the MLflow model (:mod:`malaria_pipeline.framework.staged`).
+        evaluation stage, which packages the model, logs the MLflow model.
 
         Each folder's nodes are in the Kedro namespace of its name (``ingestion.index_images_node``),
         which kedro-viz draws as a group that opens on click; the datasets and parameters keep their
@@ -52,13 +50,6 @@ def register_pipelines() -> dict[str, Pipeline]:
         "batch_inference": batch_inference.create_pipeline(),
         "promote": promote.create_pipeline(),
     }
-    training = StagedPipelineML(
-        nodes=(
-            parts["ingestion"] + parts["preprocessing"] + parts["model_training"] + parts["evaluation"]
-        ).nodes,
-        inference=inference.create_served_pipeline(),
-        input_name=inference.SERVED_INPUT,
-        log_model_kwargs=served_model.log_model_kwargs(),
-    )
+    training = parts["ingestion"] + parts["preprocessing"] + parts["model_training"] + parts["evaluation"]
     cv = parts["ingestion"] + cross_validation.create_pipeline()
     return {**parts, "cross_validation": cv, "training": training, "__default__": training}

@@ -13,18 +13,19 @@ from malaria_pipeline.framework.hooks import (  # noqa: E402 - after the warning
     EndInterruptedMlflowRun,
     LogArtifactsToMlflow,
     LogHardwareProfile,
+    LogServedModel,
     MarkDeadMlflowRunsKilled,
-    PinVersionsForPipelineModel,
     RegisterModelVersion,
     TagAccuracyClaim,
 )
 from malaria_pipeline.framework.profiles import by_profile  # noqa: E402
 from malaria_pipeline.framework.spark import SparkHooks  # noqa: E402
+from malaria_pipeline.pipelines.inference.served_model import log_served_model  # noqa: E402
 
 HOOKS = (
     EndInterruptedMlflowRun(),
     LogArtifactsToMlflow(),
-    PinVersionsForPipelineModel(),
+    LogServedModel(log_served_model),
     MarkDeadMlflowRunsKilled(),
     LogHardwareProfile(),
     CheckTrainingParameters(),

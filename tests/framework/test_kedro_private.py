@@ -7,14 +7,12 @@ from __future__ import annotations
 import ast
 import contextlib
 import importlib.metadata
-import shutil
 from pathlib import Path, PurePosixPath
 
 import pytest
 from kedro.framework.hooks import hook_impl
-from kedro.io import DataCatalog, MemoryDataset
+from kedro.io import MemoryDataset
 from kedro.io.core import DatasetError, Version
-from kedro.pipeline import Pipeline, node
 from kedro_datasets.json import JSONDataset
 from kedro_datasets.pickle import PickleDataset
 
@@ -89,68 +87,6 @@ def test_save_path_is_the_new_version_and_an_existing_one_is_refused(versioned):
         make().save({"a": 1})
         with pytest.raises(DatasetError, match="must not exist"):
             kedro_private.save_path(make())
-
-
-def test_versioned_path_is_the_file_of_that_version(versioned):
-    make, path = versioned
-    with private("AbstractVersionedDataset._get_versioned_path"):
-        assert kedro_private.versioned_path(make(), OTHER_VERSION) == PurePosixPath(
-            path / OTHER_VERSION / path.name
-        )
-
-
-def test_path_exists_asks_the_file_system_of_the_dataset(versioned):
-    make, path = versioned
-    dataset = make()
-    with private("AbstractVersionedDataset._exists_function"):
-        assert not kedro_private.path_exists(dataset, path / VERSION / path.name)
-        dataset.save({"a": 1})
-        assert kedro_private.path_exists(dataset, path / VERSION / path.name)
-        assert kedro_private.path_exists(dataset, PurePosixPath(path / VERSION / path.name))
-
-
-def test_an_unversioned_copy_reads_the_one_file_and_leaves_the_dataset_alone(versioned):
-    make, path = versioned
-    make(save=OTHER_VERSION).save({"a": 1})
-    dataset = make()
-    dataset.save({"a": 2})
-    with private("AbstractVersionedDataset._filepath and ._version (set on a copy)"):
-        pinned = kedro_private.unversioned_copy(dataset, PurePosixPath(path / OTHER_VERSION / path.name))
-        assert pinned.load() == {"a": 1}
-        assert not kedro_private.is_versioned(pinned)
-        assert kedro_private.load_path(pinned) == PurePosixPath(path / OTHER_VERSION / path.name)
-        assert dataset.load() == {"a": 2} and kedro_private.filepath(dataset) == PurePosixPath(path)
-
-
-def _predict(model, data):
-    return {"model": model, "data": data}
-
-
-def test_kedro_mlflow_packs_and_reloads_the_filepath_of_an_unversioned_copy(tmp_path):
-    # What PinVersionsForPipelineModel relies on: kedro-mlflow's KedroPipelineModel logs the file at
-    # `_filepath` of each input and, when the MLflow model loads, points `_filepath` at the logged copy.
-    from kedro_mlflow.mlflow import KedroPipelineModel
-
-    model = PickleDataset(filepath=str(tmp_path / "model.pkl"), version=Version(None, VERSION))
-    model.save({"weights": 1})
-    saved = tmp_path / "model.pkl" / VERSION / "model.pkl"
-    catalog = DataCatalog(
-        {"model": kedro_private.unversioned_copy(model, PurePosixPath(saved)), "data": MemoryDataset()}
-    )
-    pipeline = Pipeline([node(_predict, ["model", "data"], "prediction")])
-    with private("kedro-mlflow's use of AbstractVersionedDataset._filepath (KedroPipelineModel)"):
-        packed = KedroPipelineModel(pipeline=pipeline, catalog=catalog, input_name="data")
-        assert packed.extract_pipeline_artifacts(tmp_path / "params") == {"model": saved.resolve().as_uri()}
-        logged = tmp_path / "artifacts" / "model.pkl"
-        logged.parent.mkdir()
-        shutil.copy(saved, logged)
-        saved.unlink()  # the MLflow model must read its own copy
-
-        class Context:
-            artifacts = {"model": logged.as_uri()}
-
-        packed.load_context(Context())
-        assert packed.loaded_catalog.load("model") == {"weights": 1}
 
 
 class _Noted:

@@ -5,8 +5,8 @@ methods are in libraries (mlquantify, QuaPy), and this module only feeds them. E
 reference cells (labelled, with their P(Parasitized)) and applied to a patient's cells:
 
 - ``ACC`` (adjusted classify and count, Forman 2005): the share called Parasitized at a threshold,
-  corrected with the reference cells' sensitivity and specificity; the Rogan–Gladen estimator of
-  epidemiology, which the patient tables use with its Lang & Reiczigel interval;
+  corrected with the reference cells' sensitivity and specificity: the correction that the patient
+  tables make, with its interval, in :mod:`malaria_pipeline.assess.patients`;
 - ``PACC`` (probabilistic ACC, Bella et al. 2010; mlquantify's ``GPACC``): the same with the mean
   probabilities instead of counts;
 - ``EMQ`` (Saerens, Latinne & Decaestecker 2002, "SLD"): the class prior that, by expectation-

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import atexit
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from kedro.framework.hooks import hook_impl
-from kedro_mlflow.pipeline.pipeline_ml import PipelineML
 
 from malaria_pipeline.framework import kedro_private, registry, tracking
 from malaria_pipeline.framework.parameters import training_config
@@ -155,38 +156,40 @@ class LogArtifactsToMlflow:
             mlflow.log_artifact(str(path), folder or None)
 
 
-class PinVersionsForPipelineModel:
-    """Hands kedro-mlflow the one version of each file that a run's MLflow model packs.
+# The dataset of the node that packages the trained network for MLflow (the evaluation stage's): a run
+# whose pipeline writes it logs the served MLflow model too, and registers it.
+PACKAGED_MODEL = "mlflow_model"
 
-    At the end of a ``pipeline_ml_factory`` run, kedro-mlflow logs the file at ``_filepath`` of each
-    dataset that the served pipeline reads, and when the MLflow model loads it points ``_filepath``
-    at that copy and loads it. For a versioned dataset ``_filepath`` is the folder of every version:
-    each MLflow model would carry all earlier models, and on loading would look for versions inside
-    its copy. So, just before kedro-mlflow (``tryfirst``), this hook puts into the run's catalog an
-    unversioned copy of each such dataset that names the version this run saved (or, if the run
-    saved none, the one it would load).
+
+class LogServedModel:
+    """Logs the served MLflow model ``model`` of each run whose pipeline packages the trained model
+    (``mlflow_model``: a ``training`` run, or its ``evaluation`` stage run alone), before kedro-mlflow
+    ends the run (``tryfirst``).
+
+    ``log_model(bundle_path, inference_params)`` logs it
+    (:func:`malaria_pipeline.pipelines.inference.served_model.log_served_model`, given in ``settings.py``):
+    the version of ``model`` that the run wrote or, for a stage run alone, read (the latest), and the
+    run's ``inference`` parameters.
     """
+
+    def __init__(self, log_model: Callable[[Any, dict[str, Any]], None]) -> None:
+        self._log_model = log_model
 
     @hook_impl(tryfirst=True)
     def after_pipeline_run(self, pipeline, catalog) -> None:
-        if not isinstance(pipeline, PipelineML):
+        if PACKAGED_MODEL not in pipeline.all_outputs() or mlflow.active_run() is None:
             return
-        for name in pipeline.inference.inputs():
-            dataset = catalog.get(name)
-            if not kedro_private.is_versioned(dataset):
-                continue
-            saved = kedro_private.versioned_path(dataset, dataset.resolve_save_version())
-            path = saved if kedro_private.path_exists(dataset, saved) else kedro_private.load_path(dataset)
-            catalog[name] = kedro_private.unversioned_copy(dataset, path)
-            logger.info("The MLflow model packs %s of %s", path, name)
+        bundle = kedro_private.load_path(catalog.get("model"))
+        self._log_model(bundle, catalog.load("params:inference"))
+        logger.info("Logged the MLflow model 'model' of this run, with %s", bundle)
 
 
 class RegisterModelVersion:
     """Registers the served MLflow model of each ``training`` run as a new version of ``registry.model_name``
     with the alias ``registry.challenger_alias``, and the run's model card as the version's description.
 
-    kedro-mlflow logs that model, and ends the run, in its own ``after_pipeline_run``: this one runs
-    after it (``trylast``) and registers by run id. ``kedro run --pipelines promote`` then decides whether
+    :class:`LogServedModel` logs that model, and kedro-mlflow ends the run, in ``after_pipeline_run``: this
+    one runs after both (``trylast``) and registers by run id. ``kedro run --pipelines promote`` then decides whether
     the challenger becomes champion.
     """
 
@@ -195,7 +198,7 @@ class RegisterModelVersion:
 
     @hook_impl
     def before_pipeline_run(self, pipeline) -> None:
-        self._run_id = tracking.active_run_id() if isinstance(pipeline, PipelineML) else None
+        self._run_id = tracking.active_run_id() if PACKAGED_MODEL in pipeline.all_outputs() else None
 
     @hook_impl(trylast=True)
     def after_pipeline_run(self, pipeline, catalog) -> None:

@@ -8,13 +8,9 @@ Written against kedro 1.7.0, kedro-datasets 9.6.0 and kedro-mlflow 2.0.3. The pr
 file datasets extend:
 
 - ``_filepath``: the path given to the dataset; for a versioned one, the folder of its versions.
-  kedro-mlflow 2.0.3 also reads it (``KedroPipelineModel``) as the file to log into an MLflow model,
-  and sets it to that copy when the model loads: :func:`unversioned_copy` relies on both.
 - ``_version``: the ``Version(load, save)`` given to the dataset, ``None`` when it is not versioned.
 - ``_get_load_path()``: the file that ``load`` reads (the latest version, or the pinned one).
 - ``_get_save_path()``: the file that ``save`` writes (raises if that version exists).
-- ``_get_versioned_path(version)``: ``_filepath / version / _filepath.name``.
-- ``_exists_function``: the ``exists`` of the dataset's file system, given to its ``__init__``.
 
 ``KedroSession`` (``kedro.framework.session``):
 
@@ -32,7 +28,6 @@ dataset, not a use of private API, and is not fenced here.
 
 from __future__ import annotations
 
-import copy
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
@@ -67,25 +62,6 @@ def load_path(dataset: Any) -> PurePosixPath:
 def save_path(dataset: AbstractVersionedDataset) -> PurePosixPath:
     """The file that ``dataset.save()`` writes; raises ``DatasetError`` if that version exists."""
     return dataset._get_save_path()
-
-
-def versioned_path(dataset: AbstractVersionedDataset, version_string: str) -> PurePosixPath:
-    """The file of version ``version_string`` of ``dataset``, whether or not it exists."""
-    return dataset._get_versioned_path(version_string)
-
-
-def path_exists(dataset: AbstractVersionedDataset, path: PurePosixPath | str) -> bool:
-    """Whether ``path`` exists on the file system of ``dataset``."""
-    return bool(dataset._exists_function(str(path)))
-
-
-def unversioned_copy(dataset: _D, path: PurePosixPath) -> _D:
-    """A shallow copy of ``dataset`` that reads and writes ``path`` itself, with versioning off: what
-    kedro-mlflow (which logs and then replaces ``_filepath``) needs to pack one version of a file."""
-    pinned = copy.copy(dataset)
-    pinned._filepath = path
-    pinned._version = None
-    return pinned
 
 
 def register_session_hook(session: Any, hook: Any) -> None:

@@ -17,7 +17,7 @@ from malaria_pipeline.framework.tracking import CROSS_VALIDATION_RUN_TAG
 
 logger = logging.getLogger(__name__)
 
-# The served MLflow model that pipeline_ml_factory logs in every training run (served_model.MODEL_NAME).
+# The served MLflow model that every training run logs (hooks.LogServedModel, served_model.MODEL_NAME).
 SERVED_MODEL = "model"
 # Version tags: where the version came from, and why the champion alias moved to it.
 PROMOTED_TAG = "promotion"

@@ -21,6 +21,8 @@ from tests.helpers import (
     bomb_png,
     free_port,
     image_bytes,
+    log_rated_model,
+    patients_folder,
     restored_mlflow_state,
     train_champion,
 )
@@ -125,7 +127,32 @@ def test_batch_inference_gives_the_inference_pipelines_answers_and_a_summary_per
         max_results=1,
     )[0]
     assert Path(run.data.tags["batch_predictions"]) == written / "batch_predictions.parquet"
-    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["batch_summary.csv"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == [
+        "batch_patients.csv",
+        "batch_summary.csv",
+    ]
+
+
+@pytest.mark.parametrize("group_by", ["prefix", "folder"])
+def test_batch_patients_equal_the_inference_pipelines_patient_predictions(trained, tmp_path, group_by):
+    # a model whose reference cells give a corrected fraction (the tiny champion's don't), cells of three
+    # patients in two folders, one truncated file, and one file without a prefix at the top
+    model = log_rated_model(trained, tmp_path)
+    source = tmp_path / "patients"
+    patients_folder(source)
+    (source / "plain_1.png").write_bytes(image_bytes(16, 16, "L", seed=5))
+    trained.run("inference", inference={"source": str(source), "mlflow_run_id": model, "group_by": group_by})
+    expected = trained.load("patient_predictions")
+    trained.run(
+        "batch_inference",
+        batch_inference={"source": str(source), "model_uri": f"runs:/{model}/model", "group_by": group_by},
+    )
+    batch = trained.load("batch_patients")
+    names = {"prefix": ["(no prefix)", "PA", "PB", "PC"], "folder": [".", "Parasitized", "Uninfected"]}
+    assert batch["patient"].tolist() == expected["patient"].tolist() == names[group_by]
+    assert list(batch.columns) == list(expected.columns)
+    assert batch["errors"].sum() == 1 and expected["fraction"].notna().sum() >= 3
+    pd.testing.assert_frame_equal(batch, expected, check_exact=False, atol=1e-9, rtol=0)
 
 
 def test_hostile_files_get_error_rows_and_the_other_files_their_answers(trained, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -23,6 +24,8 @@ from tests.helpers import (
     bomb_png,
     free_port,
     image_bytes,
+    log_rated_model,
+    patients_folder,
     restored_mlflow_state,
     train_champion,
 )
@@ -65,7 +68,10 @@ def encoded(paths: list[Path]) -> list[str]:
 
 def test_the_run_logs_a_model_with_its_signature_and_code(trained):
     info = mlflow.models.get_model_info(f"runs:/{trained.run_id}/model")
-    assert info.signature.inputs.input_names() == ["image"]
+    assert info.signature.inputs.input_names() == ["image", "patient"]
+    assert info.signature.params.to_dict() == [
+        {"name": "per", "type": "string", "default": "cell", "shape": None}
+    ]
     assert info.signature.outputs.input_names() == ["label", "p_parasitized", "error"]
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/model"))
     assert (local / "code" / "malaria_pipeline" / "pipelines" / "inference" / "nodes.py").exists()
@@ -236,23 +242,26 @@ def post(port: int, payload: dict) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
-@pytest.fixture
-def server(trained, tmp_path):
+@contextlib.contextmanager
+def serving(model_uri: str, root: Path, tmp_path: Path):
+    """``mlflow models serve`` of ``model_uri`` (from the store of the project at ``root``) on a free port
+    of 127.0.0.1, answering ``/ping``; stopped on leaving."""
     port = free_port()
     # mlflow starts `uvicorn` from PATH: the one of this environment, as in an activated virtualenv
     env = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{trained.root / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    log = (tmp_path / "server.log").open("w")
+    log_path = tmp_path / f"server-{port}.log"
+    log = log_path.open("w")
     process = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "mlflow"),
             "models",
             "serve",
             "-m",
-            "models:/malaria-cell-classifier@champion",
+            model_uri,
             "--env-manager",
             "local",
             "--host",
@@ -268,7 +277,7 @@ def server(trained, tmp_path):
     try:
         deadline = time.monotonic() + 180
         while True:
-            assert process.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert process.poll() is None, log_path.read_text()[-3000:]
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
                     if response.status == 200:
@@ -282,6 +291,12 @@ def server(trained, tmp_path):
         process.terminate()
         process.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture
+def server(trained, tmp_path):
+    with serving("models:/malaria-cell-classifier@champion", trained.root, tmp_path) as port:
+        yield port
 
 
 def test_the_served_model_answers_and_names_an_undecodable_row(server, trained, tmp_path):
@@ -340,6 +355,61 @@ def test_the_served_model_answers_a_bomb_row_and_refuses_too_many_rows_without_a
     assert status == 400
     assert "The request has 4097 rows, more than inference.max_rows (4096)" in body["message"]
     assert "stack_trace" not in body and "Traceback" not in json.dumps(body)
+
+
+@pytest.fixture
+def rated_run(trained, tmp_path):
+    return log_rated_model(trained, tmp_path)
+
+
+def test_the_served_model_answers_per_patient_as_the_inference_pipeline_and_per_cell_without_params(
+    rated_run, trained, tmp_path
+):
+    paths = patients_folder(tmp_path / "patients")
+    trained.run("inference", inference={"source": str(tmp_path / "patients"), "mlflow_run_id": rated_run})
+    expected = trained.load("patient_predictions").set_index("patient")
+    assert sorted(expected.index) == ["PA", "PB", "PC"] and expected.loc["PB", "errors"] == 1
+    assert expected["fraction"].notna().all() and expected["rates_from"].str.startswith("hand-made").all()
+    rows = [[image, path.name.split("_IMG_")[0]] for image, path in zip(encoded(paths), paths)]
+    split = {"columns": ["image", "patient"], "data": rows}
+    with serving(f"runs:/{rated_run}/model", trained.root, tmp_path) as server:
+        answer_per_patient_and_per_cell(server, split, expected)
+
+
+def answer_per_patient_and_per_cell(server: int, split: dict, expected: pd.DataFrame) -> None:
+    rows = split["data"]
+
+    status, body = post(server, {"dataframe_split": split, "params": {"per": "patient"}})
+    assert status == 200, body
+    served = pd.DataFrame(body["predictions"]).set_index("patient")
+    assert list(served.columns) == list(expected.columns)
+    for column in ("cells", "parasitized", "errors", "call", "rates_from", "method"):
+        assert served[column].tolist() == expected[column].tolist(), column
+    for column in ("fraction", "fraction_low", "fraction_high", "healthy_chance", "observed"):
+        assert np.allclose(served[column].astype(float), expected[column], atol=1e-9, rtol=0), column
+
+    # without params: per cell, as before (one row per image, the truncated one with its error)
+    status, body = post(server, {"dataframe_split": split})
+    assert status == 200 and len(body["predictions"]) == len(rows)
+    cells = pd.DataFrame(body["predictions"])
+    assert list(cells.columns) == ["label", "p_parasitized", "error"]
+    assert cells["error"].notna().sum() == 1
+
+    # without a patient column, every row is one patient
+    status, body = post(
+        server,
+        {
+            "dataframe_split": {"columns": ["image"], "data": [[r[0]] for r in rows]},
+            "params": {"per": "patient"},
+        },
+    )
+    assert status == 200, body
+    (one,) = body["predictions"]
+    assert one["patient"] == "(all rows)" and one["cells"] == expected["cells"].sum() and one["errors"] == 1
+
+    status, body = post(server, {"dataframe_split": split, "params": {"per": "smear"}})
+    assert status == 400
+    assert "params per is 'smear': give one of cell, patient" in body["message"]
 
 
 @pytest.mark.slow

@@ -19,7 +19,9 @@ import pandas as pd
 from pyspark.sql import DataFrame
 
 from malaria_pipeline.assess.columns import probability_column
+from malaria_pipeline.assess.patients import PATIENT_COLUMNS, table_of_counts
 from malaria_pipeline.framework.datasets import registered_version
+from malaria_pipeline.pipelines.inference.nodes import GROUPS, NO_PREFIX, log_patient_rows
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ def score_images(images: DataFrame, params: dict[str, Any]) -> DataFrame:
     Args:
         images: Spark's ``binaryFile`` rows (``path``, ``content``, ...) of the image files.
         params: ``batch_inference``: ``source`` (the folder read), ``model_uri`` (``models:/...`` or
-            ``runs:/...``) and ``positive_class``.
+            ``runs:/...``), ``positive_class`` and ``torch_threads`` (torch's threads in each of Spark's
+            Python workers; null: torch's default, every core, in each).
 
     Returns:
         A lazy DataFrame of ``path``, ``folder`` (relative to the source, ``.`` at its top), ``patient``
@@ -50,11 +53,14 @@ def score_images(images: DataFrame, params: dict[str, Any]) -> DataFrame:
     uri = params["model_uri"]
     model = describe_model(uri)
     column = probability_column(params["positive_class"])
+    threads = params["torch_threads"]
     predict = mlflow.pyfunc.spark_udf(
         images.sparkSession,
         uri,
         env_manager="local",
         result_type=f"label string, {column} double, error string",
+        # each Python worker runs one task: as many torch threads as the cores Spark gives a task
+        extra_env={"OMP_NUM_THREADS": str(threads)} if threads else None,
     )
     root = re.escape(source_root(params["source"]))
     logger.info(
@@ -134,6 +140,71 @@ def summarize_folders(predictions: DataFrame, params: dict[str, Any]) -> pd.Data
         summary["errors"].sum(),
     )
     return summary
+
+
+def summarize_patients(predictions: DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """``batch_patients``: the patient table of ``batch_predictions``, one row per patient (the file-name
+    prefix, ``(no prefix)`` without one) or per folder (``batch_inference.group_by``), with the columns
+    and numbers of the ``inference`` pipeline's ``patient_predictions`` for the same files.
+
+    Spark counts each group's classified cells, those at or above the model's counting threshold and the
+    files it could not classify; the driver makes the table of those counts with the one function that
+    every patient table comes from (:func:`~malaria_pipeline.assess.patients.table_of_counts`), the
+    model's rates, spread and call rule (read from the MLflow model, as the served model reads them) and
+    ``batch_inference.patients.level``. ``group_by: null``: an empty table.
+    """
+    from pyspark.sql import functions as F
+
+    group_by = params["group_by"]
+    if group_by is None:
+        logger.info("batch_inference.group_by is null: no patient table")
+        return pd.DataFrame(columns=PATIENT_COLUMNS)
+    if group_by not in GROUPS:
+        raise ValueError(
+            f"batch_inference.group_by is {group_by!r}: give prefix (the file-name prefix before _IMG_), "
+            "folder (the folder a file is in) or null (no patient table)"
+        )
+    settings = served_model(params["model_uri"]).patient_settings(params["patients"]["call"])
+    group = F.coalesce("patient", F.lit(NO_PREFIX)) if group_by == "prefix" else F.col("folder")
+    classified = F.col("error").isNull()
+    called = classified & (F.col(probability_column(params["positive_class"])) >= settings.threshold)
+    counts = (
+        predictions.groupBy(group.alias("patient"))
+        .agg(
+            F.sum(classified.cast("int")).alias("cells"),
+            F.sum(called.cast("int")).alias("parasitized"),
+            F.sum((~classified).cast("int")).alias("errors"),
+        )
+        .orderBy("patient")
+        .toPandas()
+        .astype({"cells": int, "parasitized": int, "errors": int})
+    )
+    table = table_of_counts(
+        counts, settings.rates, settings.rule, params["patients"]["level"], settings.spread
+    )
+    log_patient_rows(table, group_by, params["positive_class"])
+    return table
+
+
+def served_model(uri: str):
+    """The Python model of the MLflow model ``uri`` (:class:`~malaria_pipeline.pipelines.inference.served_model.ServedModel`),
+    loaded on the driver for its patient settings.
+
+    Raises:
+        ValueError: a model logged before models answered per patient (kedro-mlflow's pipeline model).
+    """
+    import mlflow
+
+    from malaria_pipeline.pipelines.inference.served_model import ServedModel
+
+    model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    if not isinstance(model, ServedModel):
+        raise ValueError(
+            f"batch_inference.model_uri {uri} is a model of an older training run ({type(model).__name__}), "
+            "which keeps no patient settings that Spark can read: retrain it with `kedro run --pipelines "
+            "training`, or set batch_inference.group_by to null for no patient table"
+        )
+    return model
 
 
 def describe_model(uri: str) -> dict[str, str | None]:

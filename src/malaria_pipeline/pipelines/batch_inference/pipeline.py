@@ -4,7 +4,7 @@ from kedro.pipeline import Node, Pipeline
 
 from malaria_pipeline.framework.spark import SPARK_TAG
 
-from .nodes import score_images, summarize_folders
+from .nodes import score_images, summarize_folders, summarize_patients
 
 NAMESPACE = "batch_inference"
 
@@ -12,7 +12,7 @@ NAMESPACE = "batch_inference"
 def create_pipeline(**kwargs) -> Pipeline:
     """The image files of ``batch_inference.source`` (Spark's binaryFile source), scored by the MLflow
     model ``batch_inference.model_uri`` in Spark's Python workers, written as Parquet partitioned by
-    folder, then a summary per folder. Its nodes are tagged ``spark``: SparkHooks starts the session
+    folder, then a summary per folder and the patient table. Its nodes are tagged ``spark``: SparkHooks starts the session
     of ``conf/base/spark.yml`` before they run."""
     return Pipeline(
         [
@@ -28,6 +28,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["batch_predictions", "params:batch_inference"],
                 outputs="batch_summary",
                 name="summarize_folders_node",
+                tags=[SPARK_TAG],
+            ),
+            Node(
+                func=summarize_patients,
+                inputs=["batch_predictions", "params:batch_inference"],
+                outputs="batch_patients",
+                name="summarize_patients_node",
                 tags=[SPARK_TAG],
             ),
         ],

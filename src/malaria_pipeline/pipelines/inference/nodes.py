@@ -14,7 +14,12 @@ import pandas as pd
 import torch
 
 from malaria_pipeline.assess.columns import probability_column
-from malaria_pipeline.assess.patients import PATIENT_COLUMNS, model_patient_settings, patient_table
+from malaria_pipeline.assess.patients import (
+    PATIENT_COLUMNS,
+    PatientSettings,
+    model_patient_settings,
+    patient_table,
+)
 from malaria_pipeline.cells.archive import (
     IMAGE_SUFFIXES,
     ArchiveError,
@@ -102,6 +107,8 @@ def predict_images(
 
 
 GROUPS = ("prefix", "folder")
+# The patient of a file without a prefix, when the patients are the file-name prefixes.
+NO_PREFIX = "(no prefix)"
 
 
 def predict_patients(
@@ -131,14 +138,7 @@ def predict_patients(
             f"inference.group_by is {group_by!r}: give prefix (the file-name prefix before _IMG_), folder "
             "(the folder a file is in) or null (no patient table)"
         )
-    settings = model_patient_settings(
-        inference_model, inference_summary["threshold"], params["patients"]["call"]
-    )
-    if settings.rates is None:
-        logger.warning(
-            "This model keeps no reference cells (it was trained without validation images, or before they "
-            "were kept): the patient table gives no corrected fraction, and every call is review"
-        )
+    settings = served_settings(inference_model, inference_summary["threshold"], params)
     failed = pd.Series(  # image files that could not be classified; a README beside the cells is no error
         [row["path"] for row in inference_summary["skipped"] if row["path"].lower().endswith(IMAGE_SUFFIXES)],
         dtype=object,
@@ -152,6 +152,25 @@ def predict_patients(
         errors=_groups(failed, group_by),
         spread=settings.spread,
     )
+    log_patient_rows(table, group_by, params["positive_class"])
+    return table
+
+
+def served_settings(model: dict[str, Any], threshold: float, params: dict[str, Any]) -> PatientSettings:
+    """The patient settings of a model bundle (:func:`model_patient_settings`), with a warning where the
+    model keeps no reference cells: its tables give no fraction and call everyone ``review``."""
+    settings = model_patient_settings(model, threshold, params["patients"]["call"])
+    if settings.rates is None:
+        logger.warning(
+            "This model keeps no reference cells (it was trained without validation images and without a "
+            "cross-validation run to take them from, or before they were kept): the patient table gives "
+            "no corrected fraction, and every call is review"
+        )
+    return settings
+
+
+def log_patient_rows(table: pd.DataFrame, group_by: str, positive_class: str) -> None:
+    """One log line per row of a patient table."""
     for row in table.itertuples():
         logger.info(
             "%s %s: %d cells, %d called %s, %d errors; parasitized %s; %s",
@@ -159,21 +178,20 @@ def predict_patients(
             row.patient,
             row.cells,
             row.parasitized,
-            params["positive_class"],
+            positive_class,
             row.errors,
             "n/a"
             if np.isnan(row.fraction)
             else f"{row.fraction:.2%} ({row.fraction_low:.2%} to {row.fraction_high:.2%})",
             row.call,
         )
-    return table
 
 
 def _groups(files: pd.Series, group_by: str) -> pd.Series:
     """The patient of each file: its prefix before ``_IMG_`` (``(no prefix)`` without one), or its folder."""
     if group_by == "folder":
         return files.map(lambda file: str(PurePosixPath(file).parent))
-    return files.map(lambda file: patient_id(file) or "(no prefix)")
+    return files.map(lambda file: patient_id(file) or NO_PREFIX)
 
 
 def explain_positives(
@@ -221,7 +239,7 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 def predict_encoded_images(
     served_images: pd.DataFrame, model: dict[str, Any], params: dict[str, Any]
 ) -> pd.DataFrame:
-    """The node of the MLflow model: image files encoded in base64 in, one answer per row out.
+    """The MLflow model's answer per cell: image files encoded in base64 in, one answer per row out.
 
     Any number of rows, from Python (``mlflow.pyfunc.load_model(uri).predict``) or Spark
     (``mlflow.pyfunc.spark_udf``): the rows are decoded and classified ``batch_size`` at a time, so memory
@@ -274,6 +292,50 @@ def predict_encoded_images(
     return _answer_table(
         served_images.index, labels, p_positive, errors, probability_column(params["positive_class"])
     )
+
+
+# What the MLflow model answers per (its param ``per``): one row per input row, or per patient.
+PER = ("cell", "patient")
+# The patient of the rows of a request without a column ``patient``, and of a row whose patient is empty.
+ONE_PATIENT, NO_PATIENT = "(all rows)", "(no patient)"
+
+
+def served_patients(
+    served_images: pd.DataFrame, cells: pd.DataFrame, model: dict[str, Any], params: dict[str, Any]
+) -> pd.DataFrame:
+    """The MLflow model's answer per patient: the patient table (the columns of ``patient_predictions``)
+    of the cells answered by :func:`predict_encoded_images`, grouped by the column ``patient`` (without
+    one, every row is one patient, ``(all rows)``). A row that could not be classified counts in its
+    patient's ``errors``, as a file that can't be read does in the ``inference`` pipeline's table.
+
+    The cells are counted, and the table made, as :func:`predict_patients` makes it: the model's counting
+    threshold, rates, spread and rule, and ``params["patients"]["level"]``. Missing numbers (a patient
+    without a classified cell, a model without rates) are None, so that the served JSON stays valid.
+    """
+    if "patient" in served_images.columns:
+        patients = served_images["patient"].map(lambda p: str(p) if isinstance(p, str) and p else NO_PATIENT)
+    else:
+        patients = pd.Series(ONE_PATIENT, index=served_images.index, dtype=object)
+    settings = served_settings(model, operating_threshold(model, params), params)
+    failed = cells["error"].notna().to_numpy()
+    p_positive = cells[probability_column(params["positive_class"])].astype(float).to_numpy()
+    table = patient_table(
+        patients[~failed],
+        p_positive[~failed] >= settings.threshold,
+        settings.rates,
+        settings.rule,
+        params["patients"]["level"],
+        errors=patients[failed],
+        spread=settings.spread,
+    )
+    logger.info(
+        "Answered %d rows as %d patients: %s",
+        len(served_images),
+        len(table),
+        dict(table["call"].value_counts()),
+    )
+    gaps = table.columns[table.isna().any()]
+    return table.astype({name: object for name in gaps}).where(table.notna(), None)
 
 
 def _decode_rows(

@@ -1,61 +1,132 @@
-"""The MLflow model that every ``training`` run logs: raw image files in, labels out.
+"""The MLflow model that every ``training`` run logs: raw image files in, one answer per cell or per
+patient out.
 
-kedro-mlflow's ``pipeline_ml_factory`` binds the ``training`` pipeline to the served pipeline
-(``pipelines/inference/pipeline.py``); at the end of each run its hook logs, as the run's pyfunc model
-``model``, that pipeline with the run's ``model`` bundle and ``inference`` parameters. The MLflow
-model also carries this package's code (``code_paths``), so loading it needs no project checkout:
+A ``PythonModel`` logged from code (MLflow's models-from-code: :mod:`.mlflow_model` is the file MLflow
+runs to build it; nothing is pickled). It holds two artifacts, the run's ``model`` bundle and its
+``inference`` parameters, and calls the ``inference`` pipeline's node functions: per cell
+:func:`~.nodes.predict_encoded_images`, per patient :func:`~.nodes.served_patients`, which ends in the
+same patient table as ``kedro run --pipelines inference``. No Kedro run per call: from Spark's
+``spark_udf`` the model is built once per Python worker and answers each Arrow batch directly.
+
+The model also carries this package's code (``code_paths``), so loading it needs no project checkout:
 only the packages of :func:`pip_requirements`.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import json
+import logging
+import os
+import tempfile
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import pandas as pd
+import torch
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 import malaria_pipeline
 from malaria_pipeline.assess.columns import probability_column
+from malaria_pipeline.assess.patients import PatientSettings
+
+from .nodes import PER, operating_threshold, predict_encoded_images, served_patients, served_settings
+
+logger = logging.getLogger(__name__)
 
 MODEL_NAME = "model"
+# The artifacts of the MLflow model: the bundle keeps this name, which TrainedModelDataset reads.
+BUNDLE_ARTIFACT = "model"
+PARAMETERS_ARTIFACT = "parameters"
 
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "image")]),  # base64-encoded PNG or JPEG file bytes
-    outputs=Schema(
+    inputs=Schema(
+        [
+            ColSpec("string", "image"),  # base64-encoded PNG or JPEG file bytes
+            ColSpec("string", "patient", required=False),  # per patient: whose cell it is
+        ]
+    ),
+    outputs=Schema(  # per cell; per patient, the columns of patient_predictions (docs/serving.md)
         [
             ColSpec("string", "label", required=False),  # Parasitized | Uninfected; None where error is set
             ColSpec("double", probability_column("Parasitized"), required=False),
             ColSpec("string", "error", required=False),  # None, or "row <index>: <why it was not classified>"
         ]
     ),
+    params=ParamSchema([ParamSpec("per", "string", PER[0])]),  # cell | patient
 )
 
-# What the served pipeline imports, pinned to the versions that trained the model.
-REQUIREMENTS = (
-    "kedro",
-    "kedro-datasets",
-    "kedro-mlflow",
-    "torch",
-    "torchvision",
-    "numpy",
-    "pandas",
-    "pillow",
-    "tqdm",
-    "fsspec",
-)
+# What the model imports, pinned to the versions that trained it.
+REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow", "scipy", "scikit-learn", "tqdm")
+
+
+class ServedModel(mlflow.pyfunc.PythonModel):
+    """The run's classifier and its ``inference`` parameters, answering per cell or per patient."""
+
+    def load_context(self, context) -> None:
+        # Spark's Python workers are started once and reused, torch already imported: the threads that
+        # batch_inference gives each (spark_udf's extra_env) are set here, where the model is loaded.
+        if (threads := os.environ.get("OMP_NUM_THREADS", "")).isdigit() and int(threads) > 0:
+            torch.set_num_threads(int(threads))
+        self.bundle = torch.load(context.artifacts[BUNDLE_ARTIFACT], weights_only=True, map_location="cpu")
+        self.params = json.loads(Path(context.artifacts[PARAMETERS_ARTIFACT]).read_text())
+
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """``params={"per": "cell"}`` (the default): one row per input row; ``"patient"``: one row per
+        patient (the ``patient`` column; without one, every row is one patient)."""
+        per = (params or {}).get("per", PER[0])
+        if per not in PER:
+            from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+            raise MlflowException(  # the scoring server answers it as HTTP 400, message alone
+                f"params per is {per!r}: give one of {', '.join(PER)} (one answer per cell, or per patient)",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        cells = predict_encoded_images(model_input, self.bundle, self.params)
+        if per == "cell":
+            return cells
+        return served_patients(model_input, cells, self.bundle, self.params)
+
+    def patient_settings(self, default_call: dict[str, Any] | None = None) -> PatientSettings:
+        """What the patient tables of this model take (counting threshold, rates, spread, rule);
+        ``default_call`` for a bundle that keeps no rule (else the one of its parameters)."""
+        params = self.params if default_call is None else {**self.params, "patients": {"call": default_call}}
+        return served_settings(self.bundle, operating_threshold(self.bundle, self.params), params)
 
 
 def pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in REQUIREMENTS]
 
 
-def log_model_kwargs() -> dict[str, Any]:
-    """The arguments of ``mlflow.pyfunc.log_model`` for ``pipeline_ml_factory``."""
-    return {
-        "name": MODEL_NAME,
-        "signature": SIGNATURE,
-        "code_paths": [str(Path(malaria_pipeline.__file__).resolve().parent)],  # the whole package
-        "pip_requirements": pip_requirements(),
-    }
+def log_served_model(bundle_path: str | Path, inference_params: dict[str, Any]) -> None:
+    """Logs the MLflow model ``model`` of the active run: the bundle at ``bundle_path`` and
+    ``inference_params`` (the run's ``params:inference``) as its artifacts, :mod:`.mlflow_model` as its
+    code, with the signature and an input example of one cell of one patient, asked per patient."""
+    with tempfile.TemporaryDirectory() as folder:
+        parameters = Path(folder) / "parameters.json"
+        parameters.write_text(json.dumps(inference_params, indent=2))
+        mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(Path(__file__).with_name("mlflow_model.py")),
+            artifacts={BUNDLE_ARTIFACT: str(bundle_path), PARAMETERS_ARTIFACT: str(parameters)},
+            signature=SIGNATURE,
+            input_example=(_example_input(), {"per": "patient"}),
+            code_paths=[str(Path(malaria_pipeline.__file__).resolve().parent)],  # the whole package
+            pip_requirements=pip_requirements(),
+        )
+
+
+def _example_input() -> pd.DataFrame:
+    """One grey 50×50 PNG (the archive's smallest cells are about that size) of patient ``C1P1``: the
+    shape of a request, not a cell."""
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("L", (50, 50), 128).save(png, format="PNG")
+    return pd.DataFrame({"image": [base64.b64encode(png.getvalue()).decode("ascii")], "patient": ["C1P1"]})
