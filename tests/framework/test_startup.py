@@ -9,7 +9,9 @@ import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
+import mlflow.pytorch
 import pytest
 
 from malaria_pipeline.framework import startup
@@ -119,3 +121,19 @@ def test_the_known_warning_filters_match_the_libraries_messages():
         warnings.warn("register_new_resolver() is deprecated and will be removed", UserWarning)
         warnings.warn("something else", UserWarning)
     assert [str(w.message) for w in caught] == ["something else"]
+
+
+def test_mlflow_pytorchs_pickle_notice_is_dropped_from_the_log_and_its_other_records_kept(caplog):
+    # The notice as mlflow.pytorch logs it (its source holds the text), and another record of that logger.
+    source = Path(mlflow.pytorch.__file__).read_text()
+    assert "Saving pytorch model by Pickle or CloudPickle format requires exercising" in source
+    startup.filter_known_warnings()
+    pytorch_logger = logging.getLogger("mlflow.pytorch")
+    with caplog.at_level(logging.INFO, logger="mlflow.pytorch"):
+        pytorch_logger.warning(
+            "Saving pytorch model by Pickle or CloudPickle format requires exercising caution"
+        )
+        pytorch_logger.warning("Something else about a pytorch model")
+    assert [r.getMessage() for r in caplog.records if r.name == "mlflow.pytorch"] == [
+        "Something else about a pytorch model"
+    ]

@@ -27,6 +27,12 @@ KNOWN_WARNINGS = (
     (r"PySpark does not yet fully support pandas", FutureWarning),
 )
 
+# Log records of libraries that a user cannot act on either, by logger and message. mlflow.pytorch warns
+# on every training run that the network is pickled: it is, on purpose (conf/base/catalog.yml,
+# mlflow_model: MLflow's pt2 format needs an input example of the profile's image size at logging time),
+# and the served model does not load it.
+KNOWN_LOG_RECORDS = (("mlflow.pytorch", r"Saving pytorch model by Pickle or CloudPickle format"),)
+
 TERMINAL_HANDLERS = "terminal_handlers"
 
 
@@ -43,9 +49,25 @@ def init() -> None:
 
 
 def filter_known_warnings() -> None:
-    """Ignores the warnings of :data:`KNOWN_WARNINGS`, each by its message."""
+    """Ignores the warnings of :data:`KNOWN_WARNINGS`, each by its message, and drops the log records of
+    :data:`KNOWN_LOG_RECORDS`."""
     for message, category in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    for name, message in KNOWN_LOG_RECORDS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, KnownRecords) for f in logger.filters):
+            logger.addFilter(KnownRecords(message))
+
+
+class KnownRecords(logging.Filter):
+    """Drops the records whose message matches ``message``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = re.compile(message)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.message.search(record.getMessage())
 
 
 class WarningRecords(logging.Filter):
