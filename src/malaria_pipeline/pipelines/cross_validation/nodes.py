@@ -869,7 +869,8 @@ def label_issues_figure(
     label_issues: pd.DataFrame, image_tensors: torch.Tensor, image_index: pd.DataFrame, params: dict[str, Any]
 ) -> Figure:
     """The most suspect cells: given → suggested label, label quality, patient."""
-    worst = label_issues.nsmallest(params["label_audit"]["figure_cells"], "rank")
+    # an audit that flags nothing reads back from its CSV as a table of no rows and untyped columns
+    worst = label_issues.astype({"rank": "int64"}).nsmallest(params["label_audit"]["figure_cells"], "rank")
     rows = pd.Series(np.arange(len(image_index)), index=image_index["path"])[worst["path"]].to_numpy()
     titles = [
         f"{r.given_label[:5]}→{r.suggested_label[:5]} q={r.label_quality:.2f}\n{r.patient_id}"
