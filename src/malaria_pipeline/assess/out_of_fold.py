@@ -15,8 +15,10 @@ from malaria_pipeline.assess.detection import judge_smears, smears_of_cells
 from malaria_pipeline.assess.patients import (
     CellRates,
     PatientCall,
+    ReferenceCells,
     choose_call,
     count_thresholds,
+    fit_patient_settings,
     judge_patients,
     rates_of,
 )
@@ -160,3 +162,49 @@ def call_out_of_fold(
             frame.loc[rows, "healthy_below"] = rule.healthy_below
             frame.loc[rows, "negative_below"] = rule.negative_below
     return table, smears
+
+
+def pooled_source(cells: int, patients: int, run_id: str | None) -> str:
+    """Where the rates of a model that takes them from cross-validation come from, as patient tables show it
+    (their ``rates_from``)."""
+    run = f"cross-validation run {run_id}" if run_id else "cross-validation"
+    return f"the pooled out-of-fold cells of {run} ({cells:,} cells of {patients} patients)"
+
+
+def pooled_patient_settings(
+    predictions: pd.DataFrame,
+    *,
+    positive: str,
+    count_at: float | str | dict[str, float],
+    quantifier: str,
+    healthy_range: str,
+    rule: PatientCall,
+    operating_threshold: float | None,
+    run_id: str | None,
+) -> dict[str, Any]:
+    """What a model trained on every patient stores for its patient tables, from the out-of-fold predictions
+    of the cross-validation that claims its accuracy (``fold``, ``patient_id``, ``label``, the probability
+    column, ``operating_threshold``), all folds pooled: the keys that a training run stores from its
+    validation subset (``reference_cells``, ``count_threshold``, ``patient_spread``, ``quantifier``,
+    ``patient_call``), with ``rule`` the call rule that cross-validation recommends.
+
+    ``count_at: operating`` counts every cell at ``operating_threshold`` (the median over the folds, the
+    model's own: ``evaluation.without_validation``), not at the threshold of the fold that predicted it.
+    """
+    if count_at == "operating" and operating_threshold is not None:
+        predictions = predictions.assign(operating_threshold=float(operating_threshold))
+    source = pooled_source(len(predictions), predictions["patient_id"].nunique(), run_id)
+    reference = ReferenceCells.of(
+        (predictions["label"] == positive).to_numpy(),
+        predictions[probability_column(positive)].to_numpy(),
+        source,
+    )
+    settings = fit_patient_settings(
+        predictions,
+        positive=positive,
+        count_at=count_at,
+        quantifier=quantifier,
+        source=source,
+        healthy_range=healthy_range,
+    )
+    return {"reference_cells": reference.as_dict(), **settings, "patient_call": rule.as_dict()}
