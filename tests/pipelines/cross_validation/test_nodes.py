@@ -476,3 +476,25 @@ def test_the_smears_of_each_fold_are_judged_by_its_rule_and_the_report_holds_the
     lines = nodes.format_table(report)
     assert any(line.startswith("lob ") for line in lines) and detection["sentence"] in lines
     assert any(line.startswith("PACC ") for line in lines)
+
+
+def test_the_deployable_settings_are_the_pooled_cells_and_the_rule_the_report_recommends():
+    predictions = _noisy_predictions()
+    report = {
+        "mlflow_run_id": "cv-run-7",
+        "recommended_operating_threshold": 0.5,
+        "patients": {"recommended_call": {"healthy_below": 0.01, "negative_below": 0.02, "min_cells": 1}},
+    }
+    settings = nodes.deployable_patient_settings(predictions, report, CV_PARAMS)
+    assert settings["patient_call"] == report["patients"]["recommended_call"]
+    assert settings["count_threshold"] == 0.5 and settings["quantifier"] == "ACC"
+    truth = (predictions["label"] == "Parasitized").to_numpy()
+    called = predictions["p_parasitized"].to_numpy() >= 0.5
+    reference = settings["reference_cells"]
+    assert (reference["positives"], reference["negatives"]) == (truth.sum(), (~truth).sum())
+    alarms = settings["patient_spread"]["false_alarm"]
+    assert (alarms["events"], alarms["cells"]) == ((called & ~truth).sum(), (~truth).sum())
+    assert reference["source"] == (
+        f"the pooled out-of-fold cells of cross-validation run cv-run-7 ({len(predictions):,} cells of "
+        f"{predictions['patient_id'].nunique()} patients)"
+    )

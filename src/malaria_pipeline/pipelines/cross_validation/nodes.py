@@ -26,8 +26,14 @@ from malaria_pipeline.assess.metrics import (
     threshold_for_sensitivity,
 )
 from malaria_pipeline.assess.operating_point import calibrate
-from malaria_pipeline.assess.out_of_fold import cross_validated_patients
-from malaria_pipeline.assess.patients import PATIENT_METRICS, choose_call, patient_metrics
+from malaria_pipeline.assess.out_of_fold import cross_validated_patients, pooled_patient_settings
+from malaria_pipeline.assess.patients import (
+    PATIENT_METRICS,
+    PatientCall,
+    ReferenceCells,
+    choose_call,
+    patient_metrics,
+)
 from malaria_pipeline.assess.plots import (
     plot_fold_roc_curves,
     plot_image_grid,
@@ -452,6 +458,42 @@ COMPARED = (
     "smear_coverage",
     "lod",
 )
+
+
+def deployable_patient_settings(
+    cv_predictions: pd.DataFrame, cv_metrics: dict[str, Any], params: dict[str, Any]
+) -> dict[str, Any]:
+    """``cv_patient_settings``: what a model trained on every patient (``conf/all_patients``), which has no
+    validation patients, stores for its patient tables, from all the out-of-fold cells of this
+    cross-validation pooled (:func:`~malaria_pipeline.assess.out_of_fold.pooled_patient_settings`): their
+    reference counts, the spread between their patients, the counting threshold ``patients.count_at``
+    resolved on them, and the call rule this cross-validation recommends (``cv_metrics``:
+    ``patients.recommended_call``). The sources name this run (``mlflow_run_id``), whose artifact it is: the
+    training run that claims this cross-validation reads it there (``claimed_cv_patient_settings``).
+    """
+    patients = params["patients"]
+    settings = pooled_patient_settings(
+        cv_predictions,
+        positive=params["positive_class"],
+        count_at=patients["count_at"],
+        quantifier=patients["quantifier"],
+        healthy_range=patients["healthy_range"],
+        rule=PatientCall(**cv_metrics["patients"]["recommended_call"]),
+        operating_threshold=cv_metrics.get("recommended_operating_threshold"),
+        run_id=cv_metrics.get("mlflow_run_id"),
+    )
+    rates = ReferenceCells.from_dict(settings["reference_cells"]).at(settings["count_threshold"])
+    logger.info(
+        "For a model trained on every patient: cells counted at %.4g, sensitivity %.4f and specificity %.4f "
+        "there, the call positive below a healthy chance of %g, negative below %g (%s)",
+        settings["count_threshold"],
+        rates.sensitivity,
+        rates.specificity,
+        settings["patient_call"]["healthy_below"],
+        settings["patient_call"]["negative_below"],
+        rates.source,
+    )
+    return settings
 
 
 def _per_fold_and_pooled(table: pd.DataFrame, smears: pd.DataFrame, min_fraction: float) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from .nodes import (
     audit_labels,
     compare_patient_methods,
     cross_validate,
+    deployable_patient_settings,
     judge_patients_out_of_fold,
     label_issues_figure,
     patient_fractions_figure,
@@ -43,18 +44,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=["cv_predictions", "cv_history", "cv_operating_points"],
                 name="cross_validate_node",
             ),
-            Node(
-                func=judge_patients_out_of_fold,
-                inputs=["cv_predictions", params],
-                outputs=["cv_patients", "cv_smears"],
-                name="judge_patients_node",
-            ),
-            Node(
-                func=compare_patient_methods,
-                inputs=["cv_predictions", params],
-                outputs="cv_patient_methods",
-                name="compare_patient_methods_node",
-            ),
+            *_patient_nodes(params),
             Node(
                 func=summarize,
                 inputs=[
@@ -80,6 +70,31 @@ def create_pipeline(**kwargs) -> Pipeline:
         namespace=NAMESPACE,
         prefix_datasets_with_namespace=False,
     )
+
+
+def _patient_nodes(params: str) -> list[Node]:
+    """The patients out of fold, the counting thresholds and quantifiers compared, and what a model trained
+    on every patient takes for its patient tables (``cv_patient_settings``)."""
+    return [
+        Node(
+            func=judge_patients_out_of_fold,
+            inputs=["cv_predictions", params],
+            outputs=["cv_patients", "cv_smears"],
+            name="judge_patients_node",
+        ),
+        Node(
+            func=compare_patient_methods,
+            inputs=["cv_predictions", params],
+            outputs="cv_patient_methods",
+            name="compare_patient_methods_node",
+        ),
+        Node(
+            func=deployable_patient_settings,
+            inputs=["cv_predictions", "cv_metrics", params],
+            outputs="cv_patient_settings",
+            name="store_patient_settings_node",
+        ),
+    ]
 
 
 def _figure_nodes(params: str) -> list[Node]:
