@@ -15,6 +15,7 @@ from malaria_pipeline.cells.archive import ImageArchive
 from malaria_pipeline.framework.datasets import (
     CellImageSourceDataset,
     CheckpointStoreDataset,
+    CrossValidationArtifactDataset,
     ImageFolderDataset,
     OptionalCSVDataset,
     TorchDataset,
@@ -144,3 +145,62 @@ def test_an_image_folder_version_holds_its_pngs_and_refuses_a_name_that_leaves_i
         with pytest.raises(DatasetError, match=r"is not a plain \.png file name"):
             dataset.save({name: pixels["00002_cell.png"]})
     assert not (tmp_path / "escape.png").exists()
+
+
+@pytest.fixture
+def cv_experiment(tmp_path):
+    """An MLflow store and experiment of this test's own (the autouse fixture restores MLflow's state)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("cv", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment(experiment_id=experiment)
+    return experiment
+
+
+def _finished_cv_run(settings: dict | None) -> str:
+    """A run that tracking.cross_validation_run takes for a cross-validation one, with the settings artifact."""
+    import mlflow
+
+    with mlflow.start_run() as run:
+        mlflow.log_metric("cv.accuracy.mean", 0.9)
+        if settings is not None:
+            mlflow.log_dict(settings, "cv_patient_settings.json")
+    return run.info.run_id
+
+
+def _claimed(run_id):
+    return CrossValidationArtifactDataset(run_id=run_id, artifact_path="cv_patient_settings.json")
+
+
+def test_the_claimed_settings_are_the_artifact_of_the_named_or_the_latest_run_with_its_id(cv_experiment):
+    import mlflow
+
+    assert _claimed(None).load() is None
+    with pytest.raises(DatasetError, match="read-only"):
+        _claimed(None).save({})
+    older = _finished_cv_run({"count_threshold": 0.4})
+    newer = _finished_cv_run({"count_threshold": 0.6})
+    assert _claimed(older).load() == {"count_threshold": 0.4, "cross_validation_run_id": older}
+    with pytest.raises(DatasetError, match="latest.*none is active"):
+        _claimed("latest").load()
+    with mlflow.start_run():  # a training run of the same experiment: latest is the newest CV run
+        assert _claimed("latest").load() == {"count_threshold": 0.6, "cross_validation_run_id": newer}
+
+
+def test_a_claimed_run_without_the_artifact_or_not_a_cross_validation_fails_by_name(cv_experiment):
+    import mlflow
+
+    old = _finished_cv_run(None)
+    with pytest.raises(
+        DatasetError,
+        match=f"Cross-validation run {old} .*has no artifact cv_patient_settings.json.*"
+        r"kedro run --pipelines cross_validation` again",
+    ):
+        _claimed(old).load()
+    with mlflow.start_run() as other:
+        pass
+    with pytest.raises(
+        DatasetError, match=f"MLflow run {other.info.run_id} .* is not a finished cross-validation"
+    ):
+        _claimed(other.info.run_id).load()

@@ -7,6 +7,7 @@ In ``catalog.yml`` they are named by their full import path, e.g.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -369,3 +370,76 @@ class OptionalCSVDataset(CSVDataset):
         if not self.exists():
             return pd.DataFrame({name: pd.Series(dtype="object") for name in self._columns})
         return super().load()
+
+
+class CrossValidationArtifactDataset(AbstractDataset[None, dict[str, Any] | None]):
+    """A JSON artifact of the cross-validation run that a training run claims, read from MLflow
+    (read-only): the artifact's dict with one more key, ``cross_validation_run_id``; None when no run is
+    claimed (``run_id`` null).
+
+    ``run_id`` is an MLflow run id, or ``latest``: the newest finished ``cross_validation`` run of the active
+    run's experiment, as :func:`~malaria_pipeline.framework.tracking.cross_validation_run` resolves it for
+    the run's tag. A run without the artifact (one made before cross-validation wrote it) fails by name.
+
+    Example ``catalog.yml`` entry:
+
+    .. code-block:: yaml
+
+        claimed_cv_patient_settings:
+          type: malaria_pipeline.framework.datasets.CrossValidationArtifactDataset
+          run_id: ${runtime_params:cross_validation_run_id, ${globals:cross_validation_run_id}}
+          artifact_path: cv_patient_settings.json
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str | None,
+        artifact_path: str,
+        parameter: str = "cross_validation_run_id",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._run_id = str(run_id) if run_id else None
+        self._artifact = artifact_path
+        self._parameter = parameter
+        self.metadata = metadata
+
+    def load(self) -> dict[str, Any] | None:
+        if not self._run_id:
+            return None
+        import mlflow  # only when a run is claimed: the tracking URI is the one kedro-mlflow set
+
+        from malaria_pipeline.framework import tracking
+
+        active = mlflow.active_run()
+        if active is None and self._run_id == "latest":
+            raise DatasetError(
+                f"{self._parameter} is latest, which is looked up in the experiment of the active MLflow run, "
+                "and none is active: run through `kedro run` (kedro-mlflow opens one), or give the run's id"
+            )
+        try:
+            run = tracking.cross_validation_run(self._run_id, active.info.experiment_id if active else None)
+        except ValueError as error:
+            raise DatasetError(str(error)) from error
+        run_id = run.info.run_id
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=self._artifact)
+        except (mlflow.exceptions.MlflowException, OSError) as error:
+            raise DatasetError(
+                f"Cross-validation run {run_id} ({self._parameter}={self._run_id}) has no artifact {self._artifact}: "
+                "it ran before cross-validation stored what a model trained on every patient takes from it. "
+                "Run `kedro run --pipelines cross_validation` again with the same parameters, and claim the new "
+                f"run ({self._parameter}=latest or its id)."
+            ) from error
+        return {**json.loads(Path(local).read_text()), "cross_validation_run_id": run_id}
+
+    def save(self, data: None) -> None:
+        raise DatasetError(
+            f"{type(self).__name__} is read-only: the cross_validation pipeline logs {self._artifact} to its run"
+        )
+
+    def _describe(self) -> dict[str, Any]:
+        return {"run_id": self._run_id, "artifact_path": self._artifact}
+
+    def _exists(self) -> bool:
+        return True

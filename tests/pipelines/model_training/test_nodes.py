@@ -322,3 +322,46 @@ def test_without_validation_cells_the_model_takes_the_temperature_and_threshold_
     assert calibrate_model(bundle, images, index, split, TRAIN_PARAMS, given) == calibrate_model(
         bundle, images, index, split, TRAIN_PARAMS, EVALUATION
     )
+
+
+def test_without_validation_cells_the_model_takes_the_patient_settings_of_its_cross_validation_run(trained):
+    from malaria_pipeline.pipelines.model_training.nodes import calibrate_model
+
+    bundle, images, index, split = trained
+    no_validation = split.assign(subset=split["subset"].replace("validation", "train"))
+    claimed = {
+        "reference_cells": {
+            "thresholds": [0.9, 0.4],
+            "found": [8, 10],
+            "false_alarms": [1, 30],
+            "positives": 10,
+            "negatives": 40,
+            "source": "the pooled out-of-fold cells of cross-validation run r1 (50 cells of 5 patients)",
+        },
+        "count_threshold": 0.5,
+        "patient_spread": {"threshold": 0.5, "source": "the same"},
+        "quantifier": "ACC",
+        "patient_call": {"healthy_below": 0.01, "negative_below": 0.04, "min_cells": 3},
+        "cross_validation_run_id": "r1",
+    }
+    model = calibrate_model(bundle, images, index, no_validation, TRAIN_PARAMS, EVALUATION, claimed)
+    for key in ("reference_cells", "count_threshold", "patient_spread", "quantifier", "patient_call"):
+        assert model[key] == claimed[key]
+    assert model["patient_settings_from"] == "r1" and model["temperature"] == 1.0
+    # none claimed: no reference cells, as before; with validation cells, the claimed ones are ignored
+    alone = calibrate_model(bundle, images, index, no_validation, TRAIN_PARAMS, EVALUATION, None)
+    assert not {"reference_cells", "patient_settings_from", "patient_spread"} & alone.keys()
+    assert alone["patient_call"] == {**EVALUATION["patients"]["call"], "min_cells": 50}
+    validated = calibrate_model(bundle, images, index, split, TRAIN_PARAMS, EVALUATION, claimed)
+    assert validated == calibrate_model(bundle, images, index, split, TRAIN_PARAMS, EVALUATION)
+    assert "patient_settings_from" not in validated
+    with pytest.raises(ValueError, match="cross-validation run r1 lack patient_spread: run"):
+        calibrate_model(
+            bundle,
+            images,
+            index,
+            no_validation,
+            TRAIN_PARAMS,
+            EVALUATION,
+            {key: value for key, value in claimed.items() if key != "patient_spread"},
+        )

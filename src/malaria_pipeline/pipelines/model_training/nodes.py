@@ -121,6 +121,7 @@ def calibrate_model(
     data_split: pd.DataFrame,
     training_params: dict[str, Any],
     evaluation_params: dict[str, Any],
+    claimed_patient_settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fits temperature scaling and chooses the clinical operating threshold, both on the validation
     subset (never the test subset), and keeps them in the model bundle.
@@ -131,6 +132,9 @@ def calibrate_model(
         training_params: ``calibrate`` (false: T stays 1).
         evaluation_params: ``positive_class``, ``target_sensitivity``, ``target_specificity``, ``tta``,
             ``batch_size``, ``device``.
+        claimed_patient_settings: ``cv_patient_settings`` of the cross-validation run that the training run
+            claims, with its ``cross_validation_run_id`` (None: none claimed); read only without
+            validation images.
 
     Returns:
         ``model``: the bundle with ``temperature``; where the validation subset holds both classes,
@@ -139,12 +143,14 @@ def calibrate_model(
         finds it chosen on too few cells or poor) and ``reference_cells`` (the validation cells' counts
         that give the sensitivity and specificity of any threshold, for the patient tables); and
         ``patient_call``, the rule of ``evaluation.patients.call``. Without validation images (a model
-        trained on every image): :func:`without_validation`.
+        trained on every image): :func:`without_validation`, with the patient-table settings of the
+        cross-validation run it claims (:func:`with_cross_validation_settings`).
     """
     rule = PatientCall(**evaluation_params["patients"]["call"]).as_dict()
     rows = torch.from_numpy(subset_rows(image_index, data_split, "validation", n_images=len(image_tensors)))
     if len(rows) == 0:
-        return {**without_validation(trained_model, evaluation_params), "patient_call": rule}
+        bundle = {**without_validation(trained_model, evaluation_params), "patient_call": rule}
+        return with_cross_validation_settings(bundle, claimed_patient_settings)
     classifier = load_model(trained_model, device=pick_device(evaluation_params["device"]))
     labels = class_codes(image_index["label"].to_numpy()[rows.numpy()], classifier.class_names)
     fit = training_params["calibrate"]  # the whole group was checked when the session started
@@ -206,6 +212,48 @@ def _log_patient_settings(settings: dict[str, Any]) -> None:
         spread["detection"]["rho"],
         settings["quantifier"],
     )
+
+
+# What a model keeps for its patient tables (calibrate_model, from its validation subset), and what the
+# cross-validation pipeline stores for a model trained on every patient (cv_patient_settings).
+PATIENT_SETTINGS = ("reference_cells", "count_threshold", "patient_spread", "quantifier", "patient_call")
+
+
+def with_cross_validation_settings(bundle: dict[str, Any], claimed: dict[str, Any] | None) -> dict[str, Any]:
+    """The bundle of a model trained without validation images with the patient-table settings of the
+    cross-validation run it claims (``claimed_cv_patient_settings``: the pooled out-of-fold reference
+    cells, the spread between their patients, the counting threshold and the recommended call rule), and
+    that run's id in ``patient_settings_from``. None claimed: the bundle as it is, whose patient tables
+    give no fraction and call every patient review (a warning says so).
+
+    Raises:
+        ValueError: the claimed settings lack one of :data:`PATIENT_SETTINGS`.
+    """
+    if claimed is None:
+        logger.warning(
+            "No validation images and no cross-validation run claimed (cross_validation_run_id is null): this "
+            "model keeps no reference cells, and its patient tables will call every patient review. Set "
+            "cross_validation_run_id (conf/all_patients/globals.yml) to take them from cross-validation"
+        )
+        return bundle
+    run_id = claimed["cross_validation_run_id"]
+    missing = [key for key in PATIENT_SETTINGS if key not in claimed]
+    if missing:
+        raise ValueError(
+            f"The patient settings of cross-validation run {run_id} lack {', '.join(missing)}: run "
+            "`kedro run --pipelines cross_validation` again with this version, and claim the new run"
+        )
+    rates = ReferenceCells.from_dict(claimed["reference_cells"]).at(claimed["count_threshold"])
+    logger.info(
+        "No validation images: the patient tables take %s, at threshold %.4g (sensitivity %.4f, "
+        "specificity %.4f), with its spread between patients and its call rule %s",
+        rates.source,
+        rates.threshold,
+        rates.sensitivity,
+        rates.specificity,
+        claimed["patient_call"],
+    )
+    return {**bundle, **{key: claimed[key] for key in PATIENT_SETTINGS}, "patient_settings_from": run_id}
 
 
 def without_validation(trained_model: dict[str, Any], evaluation_params: dict[str, Any]) -> dict[str, Any]:

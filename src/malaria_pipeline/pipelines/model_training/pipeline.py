@@ -35,6 +35,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "data_split",
                     "params:training",
                     "params:evaluation",
+                    "claimed_cv_patient_settings",
                 ],
                 outputs="model",
                 name="calibrate_model_node",
