@@ -228,6 +228,7 @@ def _patients(facts):
         (table is None or not len(table))
         and not folds
         and not (facts["evaluation"].get("test") or {}).get("detection")
+        and not model.get("patient_settings_from")
     ):
         return None
     rule = model.get("patient_call") or {}
@@ -235,7 +236,7 @@ def _patients(facts):
         rule = facts["parameters"].get("evaluation", {}).get("patients", {}).get("call") or {}
     if "healthy_below" not in rule:
         return None
-    lines = ["## Patients\n", _call_paragraph(rule)]
+    lines = ["## Patients\n", _call_paragraph(rule), *_rates_origin(model)]
     lines += _detection_lines(facts, cv)
     if table is not None and len(table):
         source = table["rates_from"].iloc[0]
@@ -269,6 +270,21 @@ def _patients(facts):
             + "."
         )
     return "\n".join(lines)
+
+
+def _rates_origin(model) -> list[str]:
+    """Where the patient tables' rates and rule come from, for a model that took them from
+    cross-validation (trained on every patient: no validation patients of its own)."""
+    run_id = model.get("patient_settings_from")
+    if not run_id:
+        return []
+    source = (model.get("reference_cells") or {}).get("source", f"cross-validation run {run_id}")
+    return [
+        f"\n**Where the rates come from: cross-validation run `{run_id}`.** This model has no validation "
+        "patients: the sensitivity and specificity behind its corrected fractions, the spread between patients "
+        f"(the healthy range), the counting threshold (P ≥ {model['count_threshold']:.4g}) and the call rule "
+        f"above are those of {source}, the rule being the one cross-validation recommends."
+    ]
 
 
 def _call_paragraph(rule) -> str:

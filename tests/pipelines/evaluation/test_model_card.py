@@ -307,3 +307,20 @@ def test_the_card_states_the_detection_limits_in_one_sentence_a_clinician_can_re
     text = write_model_card(model, evaluation, patients, INGESTION, index, split, tensors, parameters())
     section = text.split("## Patients")[1].split("\n## ")[0]
     assert sentence in section and "LoB 0.0097, LoD 0.2000, LoQ none of the grid." in section
+
+
+def test_a_model_that_took_its_rates_from_cross_validation_names_the_run_in_its_patients_section():
+    tensors, index, split, _ = tiny_tables(count=24)
+    source = "the pooled out-of-fold cells of cross-validation run cv42 (2,000 cells of 12 patients)"
+    taken = {
+        **bundle(),
+        "patient_settings_from": "cv42",
+        "count_threshold": 0.5,
+        "patient_call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 50},
+        "reference_cells": {"source": source},
+    }
+    text = write_model_card(taken, EVALUATION, pd.DataFrame(), INGESTION, index, split, tensors, parameters())
+    patients = text.split("## Patients", 1)[1]
+    assert "**Where the rates come from: cross-validation run `cv42`.**" in patients
+    assert f"(P ≥ 0.5) and the call rule above are those of {source}" in patients
+    assert "Where the rates come from" not in card()
