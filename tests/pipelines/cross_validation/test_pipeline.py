@@ -3,6 +3,7 @@ six patients of real PNG files, 3 folds, a ResNet-9 of width 4 for one epoch."""
 
 import numpy as np
 import pytest
+from PIL import Image
 
 TINY_CV = {
     "ingestion": {"image_size": 16},
@@ -129,3 +130,90 @@ def test_a_claimed_run_that_is_not_a_cross_validation_fails_the_training_run_at_
         cv_run.run("training", env="all_patients", cross_validation_run_id=fold.info.run_id)
     (failed,) = client.search_runs([experiment], filter_string="attributes.status = 'FAILED'")
     assert failed.data.tags["mlflow.runName"] == "training"
+
+
+# Training that learns the separable cells below in a few epochs (the tiny runs above learn nothing of
+# random pixels, and a model that tells no class apart gives no corrected fraction).
+LEARNS = {"width": 4, "epochs": 4, "batch_size": 8, "pad": 2, "max_lr": 0.05}
+
+
+def write_separable_cells(root, patients, prefix="cell_images"):
+    """As :func:`tests.helpers.write_cells` (``<patient>_IMG_..._cell_<n>.png``), with parasitized cells
+    dark (pixels 20-109) and uninfected ones bright (150-239)."""
+    from tests.helpers import cell_name
+
+    number = 0
+    for patient, counts in patients.items():
+        for label, count in counts.items():
+            folder = root / prefix / label if prefix else root / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for _ in range(count):
+                number += 1
+                low, high = (20, 110) if label == "Parasitized" else (150, 240)
+                pixels = np.random.default_rng(number).integers(low, high, size=(20, 20, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / cell_name(patient, number))
+
+
+@pytest.mark.slow
+def test_the_model_on_every_patient_calls_patients_with_the_pooled_rates_of_its_cross_validation_run(
+    kedro_project, tmp_path
+):
+    from tests.helpers import SMALL_PATIENTS
+
+    write_separable_cells(tmp_path / "cells", SMALL_PATIENTS)
+    source = {"source": str(tmp_path / "cells"), "image_size": 16}
+    kedro_project.run(  # patients of 5 to 8 cells: the rule it recommends must not review them for that
+        "cross_validation",
+        ingestion=source,
+        cross_validation={"folds": 3, "validation_folds": 2},
+        training=LEARNS,
+        evaluation={"patients": {"call": {"min_cells": 1}}},
+    )
+    # all_patients replaces conf/local, whose mlflow.yml names this project's store: without it the
+    # relative sqlite:///mlflow.db would be the store MLflow cached first in this process, another test's
+    conf = kedro_project.root / "conf"
+    (conf / "all_patients" / "mlflow.yml").write_text((conf / "local" / "mlflow.yml").read_text())
+    kedro_project.run(
+        "training",
+        env="all_patients",  # cross_validation_run_id: latest
+        ingestion=source,
+        preprocessing={"split": {"folds": 2}},
+        training=LEARNS,
+        evaluation={"without_validation": {"temperature": 1.0, "operating_threshold": 0.5}},
+    )
+    write_separable_cells(tmp_path / "new_cells", SMALL_PATIENTS, prefix="")
+    kedro_project.run("inference", inference={"source": str(tmp_path / "new_cells"), "threshold": 0.5})
+
+    client = kedro_project.mlflow_client()
+    experiment = client.get_experiment_by_name("malaria-pipeline").experiment_id
+    (cv,) = client.search_runs([experiment], filter_string="tags.`mlflow.runName` = 'cross_validation'")
+    cv_id = cv.info.run_id
+    assert "cv_patient_settings.json" in {a.path for a in client.list_artifacts(cv_id)}
+    catalog = kedro_project.context().catalog
+    bundle, card, table = (
+        catalog.load("model"),
+        catalog.load("model_card"),
+        catalog.load("patient_predictions"),
+    )
+    predictions, metrics = catalog.load("cv_predictions"), catalog.load("cv_metrics")
+    assert bundle["patient_settings_from"] == cv_id
+    assert bundle["patient_call"] == metrics["patients"]["recommended_call"]
+    # the rates of every out-of-fold cell pooled, counted at 0.5 (patients.count_at), worked out with numpy
+    truth = (predictions["label"] == "Parasitized").to_numpy()
+    called = predictions["p_parasitized"].to_numpy() >= 0.5
+    se, sp = (called & truth).sum() / truth.sum(), (~called & ~truth).sum() / (~truth).sum()
+    assert se + sp > 1
+    reference = bundle["reference_cells"]  # every fold's cells, not one fold's
+    assert (reference["positives"], reference["negatives"]) == (truth.sum(), (~truth).sum())
+    assert sorted(table["patient"]) == sorted(SMALL_PATIENTS) and (table["count_threshold"] == 0.5).all()
+    assert table["sensitivity"].to_numpy() == pytest.approx([se] * len(table))
+    assert table["specificity"].to_numpy() == pytest.approx([sp] * len(table))
+    rogan_gladen = np.clip((table["parasitized"] / table["cells"] + sp - 1) / (se + sp - 1), 0, 1)
+    assert table["fraction"].to_numpy() == pytest.approx(rogan_gladen.to_numpy())
+    assert set(table["call"]) - {"review"}, table[["patient", "cells", "parasitized", "fraction", "call"]]
+    pooled = (
+        f"the pooled out-of-fold cells of cross-validation run {cv_id} "
+        f"({len(predictions)} cells of {predictions['patient_id'].nunique()} patients)"
+    )
+    assert table["rates_from"].str.startswith(pooled).all()
+    assert f"**Where the rates come from: cross-validation run `{cv_id}`.**" in card
