@@ -14,6 +14,7 @@ from malaria_pipeline.pipelines.inference.nodes import (
     predict_encoded_images,
     predict_images,
     predict_patients,
+    served_patients,
 )
 from tests.helpers import (
     base_image_limits,
@@ -512,3 +513,61 @@ def test_a_model_without_reference_cells_gives_counts_but_no_fraction_and_sends_
     assert table["cells"].tolist() == [50, 40] and table["fraction"].isna().all()
     assert (table["call"] == "review").all()
     assert "keeps no reference cells" in caplog.text
+
+
+def _served_cells(p_positive: list[float | None]) -> pd.DataFrame:
+    """The per-cell answer of the served model: None where the row could not be classified."""
+    return pd.DataFrame(
+        {
+            "label": [
+                None if p is None else ("Parasitized" if p >= 0.5 else "Uninfected") for p in p_positive
+            ],
+            "p_parasitized": p_positive,
+            "error": [f"row {i}: truncated" if p is None else None for i, p in enumerate(p_positive)],
+        }
+    )
+
+
+def test_the_served_answer_per_patient_counts_each_patients_cells_and_errors_and_corrects_by_hand():
+    # P1: 10 of 50 at or above 0.5; P2: 1 of 40, and one row that could not be classified
+    p = [0.6] * 5 + [0.97] * 5 + [0.1] * 40 + [0.6] + [0.1] * 39 + [None]
+    request = pd.DataFrame({"image": ["..."] * 91, "patient": ["P1"] * 50 + ["P2"] * 41})
+    model = {
+        "reference_cells": REFERENCE,
+        "patient_call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 40},
+    }
+    params = {
+        "threshold": 0.5,
+        "positive_class": "Parasitized",
+        "patients": {"level": 0.9, "call": {"healthy_below": 0.5, "negative_below": 0.5, "min_cells": 50}},
+    }
+    table = served_patients(request, _served_cells(p), model, params).set_index("patient")
+    assert table["cells"].tolist() == [50, 40] and table["parasitized"].tolist() == [10, 1]
+    assert table["errors"].tolist() == [0, 1]
+    # Se 90/100 and Sp 95/100 at 0.5 (REFERENCE): Rogan-Gladen (0.2 + 0.95 - 1) / (0.9 + 0.95 - 1)
+    assert table.loc["P1", "fraction"] == pytest.approx(0.15 / 0.85, abs=1e-12)
+    assert [table.loc["P1", "fraction_low"], table.loc["P1", "fraction_high"]] == pytest.approx(
+        interval_by_hand(10, 50, (90, 100), (95, 100), 0.9), abs=1e-12
+    )
+    # P2's one cell in 40 is no more than a healthy patient shows (Sp 0.95): not positive; its fraction
+    # clips to 0, below negative_below 0.02: negative
+    assert table["call"].tolist() == ["positive", "negative"]
+    assert table.loc["P2", "fraction"] == 0.0 and table.loc["P2", "healthy_chance"] == pytest.approx(
+        binom.sf(0, 40, 0.05), abs=1e-12
+    )
+
+
+def test_the_served_answer_per_patient_without_a_patient_column_is_one_patient_and_gaps_are_none():
+    p = [0.97] * 10 + [0.1] * 40 + [None]
+    model = {"patient_call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 40}}  # no rates
+    params = {
+        "threshold": 0.5,
+        "positive_class": "Parasitized",
+        "patients": {"level": 0.95, "call": {"healthy_below": 0.5, "negative_below": 0.5, "min_cells": 50}},
+    }
+    (row,) = served_patients(pd.DataFrame({"image": ["..."] * 51}), _served_cells(p), model, params).to_dict(
+        orient="records"
+    )
+    assert (row["patient"], row["cells"], row["parasitized"], row["errors"]) == ("(all rows)", 50, 10, 1)
+    # a model without rates: no fraction, as None (valid JSON), and review
+    assert row["fraction"] is None and row["fraction_low"] is None and row["call"] == "review"
