@@ -291,7 +291,8 @@ def _call_paragraph(rule) -> str:
     """How a patient's fraction, interval and call are made, and what review means."""
     return (
         "A clinic decides per patient. For each patient, the share of its cells called Parasitized is corrected for "
-        "the classifier's errors (Rogan–Gladen, with the sensitivity and specificity of the model's reference cells) "
+        "the classifier's errors (with the sensitivity and specificity of the model's reference cells: the method "
+        "of docs/patients.md) "
         "and given a 95% interval that counts the patient's cells, the uncertainty of those rates (Lang & "
         "Reiczigel 2014) and how much they vary between patients (a beta-binomial fitted to the reference "
         "patients). The call is **positive** when a healthy patient with as many cells would show as many called "

@@ -70,7 +70,8 @@ def test_the_run_logs_a_model_with_its_signature_and_code(trained):
     info = mlflow.models.get_model_info(f"runs:/{trained.run_id}/model")
     assert info.signature.inputs.input_names() == ["image", "patient"]
     assert info.signature.params.to_dict() == [
-        {"name": "per", "type": "string", "default": "cell", "shape": None}
+        {"name": "per", "type": "string", "default": "cell", "shape": None},
+        {"name": "batch_size", "type": "long", "default": 256, "shape": None},
     ]
     assert info.signature.outputs.input_names() == ["label", "p_parasitized", "error"]
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/model"))
@@ -410,6 +411,20 @@ def answer_per_patient_and_per_cell(server: int, split: dict, expected: pd.DataF
     status, body = post(server, {"dataframe_split": split, "params": {"per": "smear"}})
     assert status == 400
     assert "params per is 'smear': give one of cell, patient" in body["message"]
+
+    # another batch size gives the same answers (Spark's workers ask for 64); 0 rows at once is refused
+    status, body = post(server, {"dataframe_split": split, "params": {"batch_size": 7}})
+    assert status == 200
+    in_sevens = pd.DataFrame(body["predictions"])
+    assert in_sevens["label"].tolist() == cells["label"].tolist()
+    assert np.allclose(
+        in_sevens["p_parasitized"].astype(float),
+        cells["p_parasitized"].astype(float),
+        atol=1e-6,
+        equal_nan=True,
+    )
+    status, body = post(server, {"dataframe_split": split, "params": {"batch_size": 0}})
+    assert status == 400 and "params batch_size is 0: give a number of rows" in body["message"]
 
 
 @pytest.mark.slow

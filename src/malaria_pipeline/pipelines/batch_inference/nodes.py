@@ -38,8 +38,9 @@ def score_images(images: DataFrame, params: dict[str, Any]) -> DataFrame:
     Args:
         images: Spark's ``binaryFile`` rows (``path``, ``content``, ...) of the image files.
         params: ``batch_inference``: ``source`` (the folder read), ``model_uri`` (``models:/...`` or
-            ``runs:/...``), ``positive_class`` and ``torch_threads`` (torch's threads in each of Spark's
-            Python workers; null: torch's default, every core, in each).
+            ``runs:/...``), ``positive_class``, ``torch_threads`` (torch's threads in each of Spark's
+            Python workers; null: ``spark.task.cpus``, the cores Spark gives each task) and ``batch_size`` (the rows each
+            worker classifies at once; null: the model's ``inference.batch_size``).
 
     Returns:
         A lazy DataFrame of ``path``, ``folder`` (relative to the source, ``.`` at its top), ``patient``
@@ -53,14 +54,16 @@ def score_images(images: DataFrame, params: dict[str, Any]) -> DataFrame:
     uri = params["model_uri"]
     model = describe_model(uri)
     column = probability_column(params["positive_class"])
-    threads = params["torch_threads"]
+    # each Python worker runs one task at a time: torch gets the cores Spark gives a task
+    threads = params["torch_threads"] or int(images.sparkSession.conf.get("spark.task.cpus", "1"))
     predict = mlflow.pyfunc.spark_udf(
         images.sparkSession,
         uri,
         env_manager="local",
         result_type=f"label string, {column} double, error string",
-        # each Python worker runs one task: as many torch threads as the cores Spark gives a task
-        extra_env={"OMP_NUM_THREADS": str(threads)} if threads else None,
+        # the threads, and the batch that is fastest on them (docs/batch-inference.md)
+        extra_env={"OMP_NUM_THREADS": str(threads)},
+        params={"batch_size": params["batch_size"]} if params["batch_size"] else None,
     )
     root = re.escape(source_root(params["source"]))
     logger.info(

@@ -123,10 +123,12 @@ def predict_patients(
     (:func:`~malaria_pipeline.assess.patients.patient_table`).
 
     The cells are counted Parasitized at the model's counting threshold (else the threshold the cells were
-    called at); the sensitivity and specificity come from the model's reference cells (its validation
-    subset) there, the healthy range from the spread between its reference patients, and the call is the
-    rule stored in the model (else ``inference.patients.call``). A model without reference cells (trained on every patient, or before
-    they were kept) gives no fraction and calls every patient ``review``, with a warning.
+    called at); the sensitivity and specificity come from the model's reference cells there (its
+    validation subset; for a model trained on every patient, the pooled out-of-fold cells of the
+    cross-validation run it claims), the healthy range from the spread between its reference patients,
+    and the call is the rule stored in the model (else ``inference.patients.call``). A model without
+    reference cells (trained before they were kept, or on every patient without a cross-validation run to
+    take them from) gives no fraction and calls every patient ``review``, with a warning.
     ``group_by: null``: an empty table.
     """
     group_by = params["group_by"]

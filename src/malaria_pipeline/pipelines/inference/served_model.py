@@ -43,22 +43,31 @@ MODEL_NAME = "model"
 BUNDLE_ARTIFACT = "model"
 PARAMETERS_ARTIFACT = "parameters"
 
-SIGNATURE = ModelSignature(
-    inputs=Schema(
-        [
-            ColSpec("string", "image"),  # base64-encoded PNG or JPEG file bytes
-            ColSpec("string", "patient", required=False),  # per patient: whose cell it is
-        ]
-    ),
-    outputs=Schema(  # per cell; per patient, the columns of patient_predictions (docs/serving.md)
-        [
-            ColSpec("string", "label", required=False),  # Parasitized | Uninfected; None where error is set
-            ColSpec("double", probability_column("Parasitized"), required=False),
-            ColSpec("string", "error", required=False),  # None, or "row <index>: <why it was not classified>"
-        ]
-    ),
-    params=ParamSchema([ParamSpec("per", "string", PER[0])]),  # cell | patient
+INPUTS = Schema(
+    [
+        ColSpec("string", "image"),  # base64-encoded PNG or JPEG file bytes
+        ColSpec("string", "patient", required=False),  # per patient: whose cell it is
+    ]
 )
+OUTPUTS = Schema(  # per cell; per patient, the columns of patient_predictions (docs/serving.md)
+    [
+        ColSpec("string", "label", required=False),  # Parasitized | Uninfected; None where error is set
+        ColSpec("double", probability_column("Parasitized"), required=False),
+        ColSpec("string", "error", required=False),  # None, or "row <index>: <why it was not classified>"
+    ]
+)
+
+
+def signature(batch_size: int) -> ModelSignature:
+    """The inputs, outputs and params of the model: ``per`` (``cell`` or ``patient``) and ``batch_size``
+    (the rows decoded and classified at once, by default ``inference.batch_size`` of the training run:
+    Spark's workers, one thread each, ask for their own)."""
+    return ModelSignature(
+        inputs=INPUTS,
+        outputs=OUTPUTS,
+        params=ParamSchema([ParamSpec("per", "string", PER[0]), ParamSpec("batch_size", "long", batch_size)]),
+    )
+
 
 # What the model imports, pinned to the versions that trained it.
 REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow", "scipy", "scikit-learn", "tqdm")
@@ -79,25 +88,34 @@ class ServedModel(mlflow.pyfunc.PythonModel):
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         """``params={"per": "cell"}`` (the default): one row per input row; ``"patient"``: one row per
-        patient (the ``patient`` column; without one, every row is one patient)."""
-        per = (params or {}).get("per", PER[0])
+        patient (the ``patient`` column; without one, every row is one patient). ``batch_size``: the rows
+        decoded and classified at once (the answers do not depend on it)."""
+        params = params or {}
+        per, batch_size = params.get("per", PER[0]), params.get("batch_size", self.params["batch_size"])
         if per not in PER:
-            from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
-
-            raise MlflowException(  # the scoring server answers it as HTTP 400, message alone
-                f"params per is {per!r}: give one of {', '.join(PER)} (one answer per cell, or per patient)",
-                error_code=INVALID_PARAMETER_VALUE,
+            _refuse(
+                f"params per is {per!r}: give one of {', '.join(PER)} (one answer per cell, or per patient)"
             )
-        cells = predict_encoded_images(model_input, self.bundle, self.params)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            _refuse(f"params batch_size is {batch_size!r}: give a number of rows, e.g. 64")
+        inference = {**self.params, "batch_size": batch_size}
+        cells = predict_encoded_images(model_input, self.bundle, inference)
         if per == "cell":
             return cells
-        return served_patients(model_input, cells, self.bundle, self.params)
+        return served_patients(model_input, cells, self.bundle, inference)
 
     def patient_settings(self, default_call: dict[str, Any] | None = None) -> PatientSettings:
         """What the patient tables of this model take (counting threshold, rates, spread, rule);
         ``default_call`` for a bundle that keeps no rule (else the one of its parameters)."""
         params = self.params if default_call is None else {**self.params, "patients": {"call": default_call}}
         return served_settings(self.bundle, operating_threshold(self.bundle, self.params), params)
+
+
+def _refuse(message: str) -> None:
+    from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+
+    # the scoring server answers an MlflowException as HTTP 400, with its message alone
+    raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def pip_requirements() -> list[str]:
@@ -115,7 +133,7 @@ def log_served_model(bundle_path: str | Path, inference_params: dict[str, Any]) 
             name=MODEL_NAME,
             python_model=str(Path(__file__).with_name("mlflow_model.py")),
             artifacts={BUNDLE_ARTIFACT: str(bundle_path), PARAMETERS_ARTIFACT: str(parameters)},
-            signature=SIGNATURE,
+            signature=signature(int(inference_params["batch_size"])),
             input_example=(_example_input(), {"per": "patient"}),
             code_paths=[str(Path(malaria_pipeline.__file__).resolve().parent)],  # the whole package
             pip_requirements=pip_requirements(),
