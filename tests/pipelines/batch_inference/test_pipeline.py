@@ -283,7 +283,7 @@ def test_a_standalone_cluster_runs_the_same_pipeline(trained, standalone_cluster
     source = tmp_path / "cells"
     files = new_cells(source)
     local = batch_predictions(trained, source)
-    # the worker has 1 core: tasks of 1 core (conf/base/spark.yml asks 2)
+    # the worker has 1 core: tasks of 1 core, whatever spark.yml asks
     spark_settings(
         trained, {**LOCAL, "spark.master": master, "spark.executor.memory": "512m", "spark.task.cpus": "1"}
     )
