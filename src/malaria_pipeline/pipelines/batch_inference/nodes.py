@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame
 from malaria_pipeline.assess.columns import probability_column
 from malaria_pipeline.assess.patients import PATIENT_COLUMNS, table_of_counts
 from malaria_pipeline.framework.datasets import registered_version
-from malaria_pipeline.pipelines.inference.nodes import GROUPS, NO_PREFIX, log_patient_rows
+from malaria_pipeline.pipelines.inference.nodes import NO_PREFIX, log_patient_rows, wants_patient_table
 
 logger = logging.getLogger(__name__)
 
@@ -159,14 +159,8 @@ def summarize_patients(predictions: DataFrame, params: dict[str, Any]) -> pd.Dat
     from pyspark.sql import functions as F
 
     group_by = params["group_by"]
-    if group_by is None:
-        logger.info("batch_inference.group_by is null: no patient table")
+    if not wants_patient_table(group_by, "batch_inference.group_by"):
         return pd.DataFrame(columns=PATIENT_COLUMNS)
-    if group_by not in GROUPS:
-        raise ValueError(
-            f"batch_inference.group_by is {group_by!r}: give prefix (the file-name prefix before _IMG_), "
-            "folder (the folder a file is in) or null (no patient table)"
-        )
     settings = served_model(params["model_uri"]).patient_settings(params["patients"]["call"])
     group = F.coalesce("patient", F.lit(NO_PREFIX)) if group_by == "prefix" else F.col("folder")
     classified = F.col("error").isNull()

@@ -132,14 +132,8 @@ def predict_patients(
     ``group_by: null``: an empty table.
     """
     group_by = params["group_by"]
-    if group_by is None:
-        logger.info("inference.group_by is null: no patient table")
+    if not wants_patient_table(group_by, "inference.group_by"):
         return pd.DataFrame(columns=PATIENT_COLUMNS)
-    if group_by not in GROUPS:
-        raise ValueError(
-            f"inference.group_by is {group_by!r}: give prefix (the file-name prefix before _IMG_), folder "
-            "(the folder a file is in) or null (no patient table)"
-        )
     settings = served_settings(inference_model, inference_summary["threshold"], params)
     failed = pd.Series(  # image files that could not be classified; a README beside the cells is no error
         [row["path"] for row in inference_summary["skipped"] if row["path"].lower().endswith(IMAGE_SUFFIXES)],
@@ -156,6 +150,23 @@ def predict_patients(
     )
     log_patient_rows(table, group_by, params["positive_class"])
     return table
+
+
+def wants_patient_table(group_by: str | None, parameter: str) -> bool:
+    """Whether ``group_by``, the value of ``parameter``, asks for a patient table (null: no, logged).
+
+    Raises:
+        ValueError: a value other than prefix, folder or null.
+    """
+    if group_by is None:
+        logger.info("%s is null: no patient table", parameter)
+        return False
+    if group_by not in GROUPS:
+        raise ValueError(
+            f"{parameter} is {group_by!r}: give prefix (the file-name prefix before _IMG_), folder "
+            "(the folder a file is in) or null (no patient table)"
+        )
+    return True
 
 
 def served_settings(model: dict[str, Any], threshold: float, params: dict[str, Any]) -> PatientSettings:
