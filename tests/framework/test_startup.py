@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import mlflow.pyfunc
 import mlflow.pytorch
 import pytest
 
@@ -137,3 +138,14 @@ def test_mlflow_pytorchs_pickle_notice_is_dropped_from_the_log_and_its_other_rec
     assert [r.getMessage() for r in caplog.records if r.name == "mlflow.pytorch"] == [
         "Something else about a pytorch model"
     ]
+
+
+def test_mlflow_pyfuncs_notice_on_spark_udfs_local_environment_is_dropped(caplog):
+    source = Path(mlflow.pyfunc.__file__).read_text()
+    notice = 'Calling `spark_udf()` with `env_manager="local"` does not recreate the same '
+    assert notice in source  # MLflow's own words (the message goes on in the next string literal)
+    startup.filter_known_warnings()
+    with caplog.at_level(logging.INFO, logger="mlflow.pyfunc"):
+        logging.getLogger("mlflow.pyfunc").warning(notice + "environment that was used during training")
+        logging.getLogger("mlflow.pyfunc").warning("Another notice")
+    assert [r.getMessage() for r in caplog.records if r.name == "mlflow.pyfunc"] == ["Another notice"]

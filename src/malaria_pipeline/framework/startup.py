@@ -30,8 +30,13 @@ KNOWN_WARNINGS = (
 # Log records of libraries that a user cannot act on either, by logger and message. mlflow.pytorch warns
 # on every training run that the network is pickled: it is, on purpose (conf/base/catalog.yml,
 # mlflow_model: MLflow's pt2 format needs an input example of the profile's image size at logging time),
-# and the served model does not load it.
-KNOWN_LOG_RECORDS = (("mlflow.pytorch", r"Saving pytorch model by Pickle or CloudPickle format"),)
+# and the served model does not load it. mlflow.pyfunc warns on every batch_inference run that spark_udf's
+# env_manager="local" does not rebuild the training environment: on purpose, the workers run the project's
+# .venv (spark.pyspark.python), which has the model's pinned requirements.
+KNOWN_LOG_RECORDS = (
+    ("mlflow.pytorch", r"Saving pytorch model by Pickle or CloudPickle format"),
+    ("mlflow.pyfunc", r'Calling `spark_udf\(\)` with `env_manager="local"` does not recreate'),
+)
 
 TERMINAL_HANDLERS = "terminal_handlers"
 
