@@ -6,7 +6,8 @@ runs to build it; nothing is pickled). It holds two artifacts, the run's ``model
 ``inference`` parameters, and calls the ``inference`` pipeline's node functions: per cell
 :func:`~.nodes.predict_encoded_images`, per patient :func:`~.nodes.served_patients`, which ends in the
 same patient table as ``kedro run --pipelines inference``. No Kedro run per call: from Spark's
-``spark_udf`` the model is built once per Python worker and answers each Arrow batch directly.
+``spark_udf`` each Python worker loads it for a partition (a bundle of about 2 MB and a JSON file) and
+answers each Arrow batch directly.
 
 The model also carries this package's code (``code_paths``), so loading it needs no project checkout:
 only the packages of :func:`pip_requirements`.
