@@ -8,13 +8,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
 # Kedro's telemetry never asks and never sends from this project.
 export DO_NOT_TRACK := 1
 # The project's logging: one plain line per record in a file, a pipe or CI; rich on a terminal.
 export KEDRO_LOGGING_CONFIG := $(CURDIR)/conf/logging.yml
 
-.PHONY: install train test test-slow java clean-venv
+.PHONY: install train test test-slow java clean-venv airflow-install dags
 
 install: $(STAMP)
 
@@ -40,8 +42,24 @@ test: $(STAMP) java
 	$(BIN)/ruff check
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
-test-slow: $(STAMP) java
+test-slow: $(STAMP) java $(AIRFLOW_STAMP)
 	$(BIN)/python -m pytest -m slow $(ARGS)
+
+# Airflow 3 in an environment of its own (.venv-airflow; its fastapi pin clashes with the project's): its
+# DAGs run each task with the project's .venv (docs/orchestration.md). Only make test-slow and a user of
+# Airflow install it.
+airflow-install: $(AIRFLOW_STAMP)
+$(AIRFLOW_STAMP): airflow/requirements.lock
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --constraint airflow/requirements.lock apache-airflow
+	touch $(AIRFLOW_STAMP)
+
+# The DAGs of airflow/dags/, written anew by kedro-airflow from airflow/dag_template.j2 (then formatted).
+dags: $(STAMP)
+	$(BIN)/kedro airflow create --pipelines training --group-by namespace --env local \
+		--jinja-file airflow/dag_template.j2 --target-dir airflow/dags
+	$(BIN)/ruff format --quiet airflow/dags
+	$(BIN)/ruff check --fix --quiet airflow/dags
 
 # Spark (batch_inference and its tests) runs on a JVM.
 java:

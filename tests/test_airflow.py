@@ -1,0 +1,111 @@
+"""The committed Airflow DAG of the training pipeline, run by Airflow 3 (`airflow dags test`, its own
+environment: make airflow-install) on tiny data in a project of its own, with a SQLite metadata database
+in a temporary folder: every task succeeds, and the DAG run is one MLflow run with one logged model and
+one registered version."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import PROJECT_ROOT, SMALL_PATIENTS, restored_mlflow_state, write_cells
+
+AIRFLOW = PROJECT_ROOT / ".venv-airflow" / "bin" / "airflow"
+DAGS = PROJECT_ROOT / "airflow" / "dags"
+
+pytestmark = pytest.mark.slow
+
+
+def airflow(args: list[str], home: Path, project: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AIRFLOW"))},
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "MALARIA_PIPELINE_ROOT": str(project),
+        "MALARIA_PIPELINE_PYTHON": sys.executable,
+    }
+    return subprocess.run(
+        [str(AIRFLOW), *args], env=env, cwd=home, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_the_committed_dag_is_what_make_dags_writes(tmp_path):
+    # kedro-airflow renders airflow/dag_template.j2 for the training pipeline, ruff formats it
+    target = tmp_path / "dags"
+    env = {**os.environ, "DO_NOT_TRACK": "1", "KEDRO_DISABLE_TELEMETRY": "true"}
+    bin_ = Path(sys.executable).parent
+    subprocess.run(
+        [
+            str(bin_ / "kedro"),
+            "airflow",
+            "create",
+            "--pipelines",
+            "training",
+            "--group-by",
+            "namespace",
+            "--env",
+            "local",
+            "--jinja-file",
+            "airflow/dag_template.j2",
+            "--target-dir",
+            str(target),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    subprocess.run([str(bin_ / "ruff"), "format", "--quiet", str(target)], cwd=PROJECT_ROOT, check=True)
+    subprocess.run(
+        [str(bin_ / "ruff"), "check", "--fix", "--quiet", str(target)], cwd=PROJECT_ROOT, check=True
+    )
+    written = target / "malaria_pipeline_training_dag.py"
+    assert written.read_text() == (DAGS / written.name).read_text(), "airflow/dags is stale: run make dags"
+
+
+def test_the_training_dag_runs_every_stage_into_one_mlflow_run_with_one_model_and_one_version(
+    kedro_project, tmp_path
+):
+    if not AIRFLOW.exists():
+        pytest.skip(f"no Airflow environment at {AIRFLOW.parent.parent}: run make airflow-install")
+    cells = tmp_path / "cells"
+    write_cells(cells, SMALL_PATIENTS)
+    params = (
+        f"ingestion.source={cells},ingestion.image_size=16,preprocessing.split.strategy=stratified,"
+        "preprocessing.split.fractions.train=0.5,preprocessing.split.fractions.validation=0.25,"
+        "preprocessing.split.fractions.test=0.25,training.width=4,training.epochs=1,training.batch_size=8"
+    )
+    home = tmp_path / "airflow"
+    home.mkdir()
+    migrated = airflow(["db", "migrate"], home, kedro_project.root)
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    done = airflow(
+        ["dags", "test", "malaria-pipeline-training", "-c", json.dumps({"params": params})],
+        home,
+        kedro_project.root,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-5000:]
+    assert "state=success" in output, output[-5000:]
+    for task in ("start-mlflow-run", "ingestion", "preprocessing", "model-training", "evaluation"):
+        assert f"task_id={task}" in output or f"'{task}'" in output, task
+
+    with restored_mlflow_state():
+        client = kedro_project.mlflow_client()
+        experiment = client.get_experiment_by_name("malaria-pipeline")
+        runs = client.search_runs([experiment.experiment_id])
+        (run,) = runs  # the four stages, one run
+        assert run.info.status == "FINISHED"
+        assert {"training.epochs", "ingestion.image_size"} <= set(run.data.params)
+        assert "test.accuracy" in run.data.metrics and "train_loss" in run.data.metrics
+        models = client.search_logged_models([experiment.experiment_id])
+        assert [m.name for m in models if m.name == "model"] == ["model"]
+        (version,) = client.search_model_versions("name = 'malaria-cell-classifier'")
+        assert version.run_id == run.info.run_id
