@@ -149,3 +149,17 @@ def test_mlflow_pyfuncs_notice_on_spark_udfs_local_environment_is_dropped(caplog
         logging.getLogger("mlflow.pyfunc").warning(notice + "environment that was used during training")
         logging.getLogger("mlflow.pyfunc").warning("Another notice")
     assert [r.getMessage() for r in caplog.records if r.name == "mlflow.pyfunc"] == ["Another notice"]
+
+
+def test_each_known_record_of_a_logger_gets_its_filter_once(monkeypatch):
+    # two notices of one logger: both dropped, and filtering again adds no second copy of either
+    name = "tests.known_records"
+    monkeypatch.setattr(startup, "KNOWN_LOG_RECORDS", ((name, "first notice"), (name, "second notice")))
+    logger = logging.getLogger(name)
+    try:
+        startup.filter_known_warnings()
+        startup.filter_known_warnings()
+        assert sorted(f.message.pattern for f in logger.filters) == ["first notice", "second notice"]
+    finally:
+        for known in list(logger.filters):
+            logger.removeFilter(known)

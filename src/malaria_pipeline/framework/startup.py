@@ -60,7 +60,7 @@ def filter_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=message, category=category)
     for name, message in KNOWN_LOG_RECORDS:
         logger = logging.getLogger(name)
-        if not any(isinstance(f, KnownRecords) for f in logger.filters):
+        if not any(isinstance(f, KnownRecords) and f.message.pattern == message for f in logger.filters):
             logger.addFilter(KnownRecords(message))
 
 
