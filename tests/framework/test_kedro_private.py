@@ -11,7 +11,6 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 from kedro.framework.hooks import hook_impl
-from kedro.io import MemoryDataset
 from kedro.io.core import DatasetError, Version
 from kedro_datasets.json import JSONDataset
 from kedro_datasets.pickle import PickleDataset
@@ -60,10 +59,8 @@ def test_filepath_is_the_path_given_and_version_the_version_given(versioned, tmp
         assert kedro_private.filepath(dataset) == PurePosixPath(path)
     with private("AbstractVersionedDataset._version"):
         assert kedro_private.version(dataset) == Version(None, VERSION)
-        assert kedro_private.is_versioned(dataset)
         plain = PickleDataset(filepath=str(tmp_path / "plain.pkl"))
-        assert kedro_private.version(plain) is None and not kedro_private.is_versioned(plain)
-        assert not kedro_private.is_versioned(MemoryDataset())
+        assert kedro_private.version(plain) is None
 
 
 def test_load_path_is_the_version_just_saved_or_the_pinned_one(versioned, tmp_path):

@@ -31,8 +31,7 @@ def start_run(project: Path, pipeline: str, env: str | None = None) -> str:
 
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env) as session:
-        context = session.load_context()  # kedro-mlflow's hook sets the tracking URI here
-        config = context.mlflow
+        config = session.load_context().mlflow  # conf/<env>/mlflow.yml, as kedro-mlflow reads it
         mlflow.set_tracking_uri(config.server.mlflow_tracking_uri)
         experiment = mlflow.set_experiment(config.tracking.experiment.name)
         run = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name=pipeline)

@@ -29,11 +29,9 @@ dataset, not a use of private API, and is not fenced here.
 from __future__ import annotations
 
 from pathlib import PurePosixPath
-from typing import Any, TypeVar
+from typing import Any
 
 from kedro.io.core import AbstractVersionedDataset, Version
-
-_D = TypeVar("_D", bound=AbstractVersionedDataset)
 
 
 def filepath(dataset: AbstractVersionedDataset) -> PurePosixPath:
@@ -44,11 +42,6 @@ def filepath(dataset: AbstractVersionedDataset) -> PurePosixPath:
 def version(dataset: AbstractVersionedDataset) -> Version | None:
     """The ``Version(load, save)`` the dataset was given, ``None`` when it is not versioned."""
     return dataset._version
-
-
-def is_versioned(dataset: Any) -> bool:
-    """Whether ``dataset`` is a Kedro dataset with versioning on."""
-    return isinstance(dataset, AbstractVersionedDataset) and bool(dataset._version)
 
 
 def load_path(dataset: Any) -> PurePosixPath:
