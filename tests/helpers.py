@@ -62,12 +62,16 @@ def cell_name(patient: str, number: int) -> str:
 
 
 def write_cells(
-    root: Path, patients: dict[str, dict[str, int]], size: int = 20, prefix: str = "cell_images"
+    root: Path,
+    patients: dict[str, dict[str, int]],
+    size: int = 20,
+    prefix: str = "cell_images",
+    separable: bool = False,
 ) -> list[str]:
-    """Writes ``{patient: {class: count}}`` PNG files under ``root/prefix/<class>/``.
-
-    Parasitized cells are brighter than uninfected ones, so that statistics and splits have something
-    to tell apart. Returns the archive paths written, sorted.
+    """Writes ``{patient: {class: count}}`` PNG files under ``root/prefix/<class>/``, named
+    ``<patient>_IMG_..._cell_<n>.png``: random pixels, or with ``separable`` parasitized cells dark
+    (pixels 20-109) and uninfected ones bright (150-239), which a tiny model learns in a few epochs.
+    Returns the archive paths written, sorted.
     """
     written = []
     number = 0
@@ -77,8 +81,16 @@ def write_cells(
             folder.mkdir(parents=True, exist_ok=True)
             for _ in range(count):
                 number += 1
-                (folder / cell_name(patient, number)).write_bytes(image_bytes(size, size, "RGB", seed=number))
-                written.append((folder / cell_name(patient, number)).relative_to(root).as_posix())
+                path = folder / cell_name(patient, number)
+                if separable:
+                    low, high = (20, 110) if label == "Parasitized" else (150, 240)
+                    pixels = np.random.default_rng(number).integers(
+                        low, high, size=(size, size, 3), dtype=np.uint8
+                    )
+                    Image.fromarray(pixels).save(path)
+                else:
+                    path.write_bytes(image_bytes(size, size, "RGB", seed=number))
+                written.append(path.relative_to(root).as_posix())
     return sorted(written)
 
 

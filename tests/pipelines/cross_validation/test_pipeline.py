@@ -3,7 +3,6 @@ six patients of real PNG files, 3 folds, a ResNet-9 of width 4 for one epoch."""
 
 import numpy as np
 import pytest
-from PIL import Image
 
 TINY_CV = {
     "ingestion": {"image_size": 16},
@@ -137,30 +136,13 @@ def test_a_claimed_run_that_is_not_a_cross_validation_fails_the_training_run_at_
 LEARNS = {"width": 4, "epochs": 4, "batch_size": 8, "pad": 2, "max_lr": 0.05}
 
 
-def write_separable_cells(root, patients, prefix="cell_images"):
-    """As :func:`tests.helpers.write_cells` (``<patient>_IMG_..._cell_<n>.png``), with parasitized cells
-    dark (pixels 20-109) and uninfected ones bright (150-239)."""
-    from tests.helpers import cell_name
-
-    number = 0
-    for patient, counts in patients.items():
-        for label, count in counts.items():
-            folder = root / prefix / label if prefix else root / label
-            folder.mkdir(parents=True, exist_ok=True)
-            for _ in range(count):
-                number += 1
-                low, high = (20, 110) if label == "Parasitized" else (150, 240)
-                pixels = np.random.default_rng(number).integers(low, high, size=(20, 20, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / cell_name(patient, number))
-
-
 @pytest.mark.slow
 def test_the_model_on_every_patient_calls_patients_with_the_pooled_rates_of_its_cross_validation_run(
     kedro_project, tmp_path
 ):
-    from tests.helpers import SMALL_PATIENTS
+    from tests.helpers import SMALL_PATIENTS, write_cells
 
-    write_separable_cells(tmp_path / "cells", SMALL_PATIENTS)
+    write_cells(tmp_path / "cells", SMALL_PATIENTS, separable=True)
     source = {"source": str(tmp_path / "cells"), "image_size": 16}
     kedro_project.run(  # patients of 5 to 8 cells: the rule it recommends must not review them for that
         "cross_validation",
@@ -181,7 +163,7 @@ def test_the_model_on_every_patient_calls_patients_with_the_pooled_rates_of_its_
         training=LEARNS,
         evaluation={"without_validation": {"temperature": 1.0, "operating_threshold": 0.5}},
     )
-    write_separable_cells(tmp_path / "new_cells", SMALL_PATIENTS, prefix="")
+    write_cells(tmp_path / "new_cells", SMALL_PATIENTS, prefix="", separable=True)
     kedro_project.run("inference", inference={"source": str(tmp_path / "new_cells"), "threshold": 0.5})
 
     client = kedro_project.mlflow_client()
