@@ -548,6 +548,9 @@ def test_a_model_stores_its_counting_threshold_resolved_on_its_reference_cells_a
         reference, positive="Parasitized", count_at={"specificity": 0.9}, quantifier="ACC", source="hand"
     )
     assert saved["count_threshold"] == 0.91 and saved["quantifier"] == "ACC"
+    # the reference cells' counts: at 0.91 every parasitized cell found, one uninfected (0.95) of 10 an alarm
+    rates = ReferenceCells.from_dict(saved["reference_cells"]).at(0.91)
+    assert (rates.sensitivity, rates.specificity, rates.source) == (1.0, 0.9, "hand")
     spread = PatientSpread.from_dict(saved["patient_spread"])
     assert spread.false_alarm == fit_rate_spread(np.array([0, 1]), np.array([5, 5]))
     assert spread.detection == fit_rate_spread(np.array([5, 5]), np.array([5, 5]))

@@ -15,7 +15,6 @@ from malaria_pipeline.assess.detection import judge_smears, smears_of_cells
 from malaria_pipeline.assess.patients import (
     CellRates,
     PatientCall,
-    ReferenceCells,
     choose_call,
     count_thresholds,
     fit_patient_settings,
@@ -194,11 +193,6 @@ def pooled_patient_settings(
     if count_at == "operating" and operating_threshold is not None:
         predictions = predictions.assign(operating_threshold=float(operating_threshold))
     source = pooled_source(len(predictions), predictions["patient_id"].nunique(), run_id)
-    reference = ReferenceCells.of(
-        (predictions["label"] == positive).to_numpy(),
-        predictions[probability_column(positive)].to_numpy(),
-        source,
-    )
     settings = fit_patient_settings(
         predictions,
         positive=positive,
@@ -207,4 +201,4 @@ def pooled_patient_settings(
         source=source,
         healthy_range=healthy_range,
     )
-    return {"reference_cells": reference.as_dict(), **settings, "patient_call": rule.as_dict()}
+    return {**settings, "patient_call": rule.as_dict()}

@@ -602,8 +602,9 @@ def fit_patient_settings(
     healthy_range: str = "all",
 ) -> dict[str, Any]:
     """What a model stores for its patient tables, from its reference cells (``patient_id``, ``label``, the
-    probability column and ``operating_threshold``): ``count_threshold`` (``patients.count_at`` resolved on
-    them), ``patient_spread`` (the rates' spread between their patients there) and ``quantifier``.
+    probability column and ``operating_threshold``): ``reference_cells`` (their counts at every threshold,
+    :class:`ReferenceCells`), ``count_threshold`` (``patients.count_at`` resolved on them),
+    ``patient_spread`` (the rates' spread between their patients there) and ``quantifier``.
 
     Raises:
         ValueError: a quantifier the patient table does not use (:data:`TABLE_QUANTIFIERS`).
@@ -616,12 +617,19 @@ def fit_patient_settings(
         )
     at, _ = count_thresholds(count_at, reference, reference, probability_column(positive), positive)
     threshold = float(at[0])
+    is_positive = (reference["label"] == positive).to_numpy()
+    p_positive = reference[probability_column(positive)].to_numpy()
     spread = PatientSpread.of(
         reference["patient_id"].to_numpy(),
-        (reference["label"] == positive).to_numpy(),
-        reference[probability_column(positive)].to_numpy() >= threshold,
+        is_positive,
+        p_positive >= threshold,
         threshold,
         source,
         healthy_range,
     )
-    return {"count_threshold": threshold, "patient_spread": spread.as_dict(), "quantifier": quantifier}
+    return {
+        "reference_cells": ReferenceCells.of(is_positive, p_positive, source).as_dict(),
+        "count_threshold": threshold,
+        "patient_spread": spread.as_dict(),
+        "quantifier": quantifier,
+    }

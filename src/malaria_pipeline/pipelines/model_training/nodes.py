@@ -179,7 +179,6 @@ def calibrate_model(
     source = (
         f"the validation subset of the training run ({len(rows):,} cells of {len(set(patients))} patients)"
     )
-    reference = ReferenceCells.of(labels.numpy() == positive, p_positive, source)
     settings = fit_patient_settings(
         pd.DataFrame(
             {
@@ -196,7 +195,7 @@ def calibrate_model(
         healthy_range=evaluation_params["patients"]["healthy_range"],
     )
     _log_patient_settings(settings)
-    return {**bundle, "operating_point": point, "reference_cells": reference.as_dict(), **settings}
+    return {**bundle, "operating_point": point, **settings}
 
 
 def _log_patient_settings(settings: dict[str, Any]) -> None:
