@@ -57,6 +57,15 @@ def test_the_configured_level_sets_the_interval():
     assert (low, high) == pytest.approx(interval_by_hand(10, 50, (90, 100), (95, 100), 0.9), abs=1e-12)
 
 
+def test_reference_cells_barely_above_chance_give_the_whole_interval_not_an_error():
+    # Se 1 of 1, Sp 1 of 10: Se + Sp = 1.1 > 1, so Rogan-Gladen's estimate exists, (0.5 + 0.1 - 1) / 0.1
+    # clipped to 0; the adjusted rates (1 + 1) / 3 and (1 + 1) / 12 sum to 0.83 < 1: no interval to narrow
+    assert corrected_fraction(5, 10, rates(1, 1, 1, 10)) == (0.0, 0.0, 1.0)
+    # adjusted rates summing to exactly 1 (Se 1 of 2 -> 2/4, Sp 1 of 2 -> 2/4) are refused raw (Se + Sp = 1)
+    with pytest.raises(ValueError, match="no better than chance"):
+        corrected_fraction(5, 10, rates(1, 2, 1, 2))
+
+
 def test_a_group_of_one_cell_gets_a_wide_interval_not_an_error():
     fraction, low, high = corrected_fraction(1, 1, rates(90, 100, 95, 100))
     assert fraction == 1.0

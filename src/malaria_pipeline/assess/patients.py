@@ -193,7 +193,8 @@ def corrected_fraction(
     holds on a new patient, not only on counting error. Without it, the interval is Lang & Reiczigel's.
 
     Returns:
-        ``(fraction, low, high)``; NaN three times without cells.
+        ``(fraction, low, high)``; NaN three times without cells; the interval [0, 1] where the adjusted rates
+        tell the classes apart no better than chance (Se + Sp just above 1 on a few reference cells).
 
     Raises:
         ValueError: ``Se + Sp <= 1`` (the classifier calls no more parasitized cells positive than
@@ -221,6 +222,8 @@ def corrected_fraction(
     sp_ = (rates.negatives * sp + 1) / n_sp
     ap_ = (cells * observed + z**2 / 2) / n_ap
     youden_ = se_ + sp_ - 1
+    if youden_ <= 0:  # few reference cells barely above chance: their adjusted rates are not, and say nothing
+        return fraction, 0.0, 1.0
     centre = (ap_ + sp_ - 1) / youden_
     shift = 2 * z**2 * (centre * se_ * (1 - se_) / n_se - (1 - centre) * sp_ * (1 - sp_) / n_sp)
     half_width = (
