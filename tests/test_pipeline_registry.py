@@ -147,3 +147,63 @@ def test_registry_names_the_pipelines_and_training_is_the_default():
     assert pipelines["__default__"] is pipelines["training"]
     parts = ("ingestion", "preprocessing", "model_training", "evaluation")
     assert set(pipelines["training"].nodes) == {n for part in parts for n in pipelines[part].nodes}
+
+
+def test_each_cross_validation_fold_is_a_namespace_of_the_training_pipelines_own_node_functions():
+    from malaria_pipeline.pipelines.cross_validation import nodes as cv_nodes
+    from malaria_pipeline.pipelines.cross_validation.pipeline import create_pipeline
+
+    training_functions = {node.func for node in register_pipelines()["training"].nodes}
+    pipeline = create_pipeline(folds=3)
+    tops = {node.namespace.split(".")[0] for node in pipeline.nodes}
+    assert tops == {"cv_folds", "cv_fold_1", "cv_fold_2", "cv_fold_3", "cross_validation"}
+    for fold in (1, 2, 3):
+        nodes = pipeline.only_nodes_with_namespaces([f"cv_fold_{fold}"]).nodes
+        shared = {node.func for node in nodes} & training_functions
+        assert {f.__name__ for f in shared} == {
+            "compute_normalization_stats",
+            "train_model",
+            "calibrate_model",
+            "predict_subsets",
+        }
+        own = [node.func for node in nodes if node.func not in training_functions]
+        assert [(f.func, f.keywords) for f in own] == [  # the fold's split and score, for this fold
+            (cv_nodes.split_fold, {"fold": fold}),
+            (cv_nodes.score_fold, {"fold": fold}),
+        ]
+        # each fold writes datasets of its own, and reads the ingestion's and the parameters as they are
+        outputs = {o for node in nodes for o in node.outputs}
+        assert outputs and all(o.startswith(f"cv_fold_{fold}.") for o in outputs)
+        assert {"image_tensors", "image_index", "cv_folds", "params:training", "params:evaluation"} <= {
+            i for node in nodes for i in node.inputs
+        }
+
+
+def test_the_fold_count_of_the_registered_cross_validation_is_that_of_the_parameters(tmp_path, monkeypatch):
+    from malaria_pipeline.framework import parameters
+
+    monkeypatch.setattr(parameters, "_folds", {"session": None, "built": None})
+    folds = {n.namespace.split(".")[0] for n in register_pipelines()["cross_validation"].nodes}
+    assert sorted(f for f in folds if f.startswith("cv_fold_")) == [f"cv_fold_{k}" for k in range(1, 6)]
+    parameters.remember_folds({"cross_validation": {"folds": 2}})  # what the hook does for --params
+    folds = {n.namespace.split(".")[0] for n in register_pipelines()["cross_validation"].nodes}
+    assert sorted(f for f in folds if f.startswith("cv_fold_")) == ["cv_fold_1", "cv_fold_2"]
+
+
+def test_only_model_training_trains_a_model():
+    import subprocess
+
+    from tests.helpers import PROJECT_ROOT
+
+    found = subprocess.run(
+        ["git", "grep", "-l", "train_classifier", "--", "src/"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    assert found and all(
+        path.startswith("src/malaria_pipeline/ml/")
+        or path == "src/malaria_pipeline/pipelines/model_training/nodes.py"
+        for path in found
+    ), found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
+from malaria_pipeline.framework.parameters import cross_validation_folds
 from malaria_pipeline.pipelines import (
     batch_inference,
     cross_validation,
@@ -29,7 +30,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         before), ``inference`` (new images, the latest model), ``batch_inference`` (a folder tree of images
         scored on Spark by a registered MLflow model), ``promote`` (the registered
         model's champion alias to the challenger when it is not worse), ``cross_validation`` (ingestion, then
-        patient-grouped k-fold cross-validation of the training configuration and a label audit), and ``training``: the whole chain from
+        patient-grouped k-fold cross-validation of the training configuration and a label audit: one namespace
+        ``cv_fold_<k>`` per fold, ``cross_validation.folds`` of them, each the training stages' own nodes), and ``training``: the whole chain from
         the archive to an evaluated model, also ``__default__``. Each ``training`` run logs an MLflow model that
         takes raw image files (:mod:`malaria_pipeline.pipelines.inference.served_model`, logged by the hook
         ``LogServedModel``). Its stages also run alone, in turn, as an orchestrator runs them
@@ -51,5 +53,5 @@ def register_pipelines() -> dict[str, Pipeline]:
         "promote": promote.create_pipeline(),
     }
     training = parts["ingestion"] + parts["preprocessing"] + parts["model_training"] + parts["evaluation"]
-    cv = parts["ingestion"] + cross_validation.create_pipeline()
+    cv = parts["ingestion"] + cross_validation.create_pipeline(folds=cross_validation_folds())
     return {**parts, "cross_validation": cv, "training": training, "__default__": training}

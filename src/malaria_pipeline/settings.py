@@ -9,13 +9,16 @@ filter_known_warnings()
 
 # Instantiated project hooks. Hooks are executed in a Last-In-First-Out (LIFO) order.
 from malaria_pipeline.framework.hooks import (  # noqa: E402 - after the warning filter
+    BuildFoldsFromParameters,
     CheckTrainingParameters,
     EndInterruptedMlflowRun,
     LogArtifactsToMlflow,
     LogHardwareProfile,
     LogServedModel,
     MarkDeadMlflowRunsKilled,
+    NestFoldRuns,
     RegisterModelVersion,
+    StartCheckpointsAfresh,
     TagAccuracyClaim,
 )
 from malaria_pipeline.framework.profiles import by_profile  # noqa: E402
@@ -23,12 +26,15 @@ from malaria_pipeline.framework.spark import SparkHooks  # noqa: E402
 from malaria_pipeline.pipelines.inference.served_model import log_served_model  # noqa: E402
 
 HOOKS = (
+    BuildFoldsFromParameters(),
     EndInterruptedMlflowRun(),
+    NestFoldRuns(),
     LogArtifactsToMlflow(),
     LogServedModel(log_served_model),
     MarkDeadMlflowRunsKilled(),
     LogHardwareProfile(),
     CheckTrainingParameters(),
+    StartCheckpointsAfresh(),
     TagAccuracyClaim(),
     RegisterModelVersion(),
     SparkHooks(),

@@ -88,37 +88,78 @@ def own_tracking_store(tmp_path):
     mlflow.set_tracking_uri(None)
 
 
-def test_a_fold_runs_nested_under_the_active_run_and_ends_finished_failed_or_killed(own_tracking_store):
-    client = mlflow.MlflowClient()
-    outcomes = {}
+def test_the_fold_of_a_namespace_is_its_top_level_cv_fold_number():
+    assert [
+        tracking.fold_of(n)
+        for n in ("cv_fold_3", "cv_fold_3.model_training", "cv_fold_12", "cv_folds", "cross_validation", None)
+    ] == [3, 3, 12, None, None, None]
+
+
+def _node(namespace):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(namespace=namespace)
+
+
+def test_each_folds_nodes_log_into_one_nested_run_that_ends_with_each_node(own_tracking_store):
+    from malaria_pipeline.framework.hooks import NestFoldRuns
+
+    client, hook = mlflow.MlflowClient(), NestFoldRuns()
+    training = {"params:training": {"epochs": 2, "max_lr": 0.01}, "image_index": "not a parameter"}
     with mlflow.start_run() as parent:
-        with tracking.child_run(
-            "fold 1 of 3", {"training": {"epochs": 2, "max_lr": 0.01}}, {tracking.FOLD_TAG: 1}
-        ) as run_id:
-            tracking.log_metrics({"test.accuracy": 0.9, "test.roc_auc": None})
-            outcomes["finished"] = run_id
-        for name, error in (("failed", RuntimeError("out of memory")), ("killed", KeyboardInterrupt())):
-            with pytest.raises(type(error)), tracking.child_run(name, {}, {}) as run_id:
-                outcomes[name] = run_id
-                raise error
-        assert mlflow.active_run().info.run_id == parent.info.run_id  # the parent is active again
-    runs = {name: client.get_run(run_id) for name, run_id in outcomes.items()}
-    assert {name: run.info.status for name, run in runs.items()} == {
-        "finished": "FINISHED",
-        "failed": "FAILED",
-        "killed": "KILLED",
-    }
-    finished = runs["finished"].data
-    assert (
-        finished.tags["mlflow.parentRunId"] == parent.info.run_id and finished.tags[tracking.FOLD_TAG] == "1"
+        hook.before_pipeline_run()
+        hook.before_node_run(_node("cv_fold_1.model_training"), training)
+        first = mlflow.active_run().info.run_id
+        tracking.log_metrics({"training.temperature": 1.5})
+        hook.after_node_run(_node("cv_fold_1.model_training"))
+        assert mlflow.active_run().info.run_id == parent.info.run_id  # before the node's outputs are saved
+        hook.before_node_run(_node("cv_fold_2"), {})
+        second = mlflow.active_run().info.run_id
+        hook.on_node_error(_node("cv_fold_2"))
+        hook.before_node_run(_node("cross_validation"), {"params:cross_validation": {"folds": 2}})
+        assert mlflow.active_run().info.run_id == parent.info.run_id  # the pooling logs into the parent
+        hook.after_node_run(_node("cross_validation"))
+        # another process (an Airflow task, a fold run alone) finds fold 1's run by its tag
+        other = NestFoldRuns()
+        other.before_pipeline_run()
+        other.before_node_run(_node("cv_fold_1"), {})
+        assert mlflow.active_run().info.run_id == first
+        tracking.log_metrics({"test.accuracy": 0.9, "test.roc_auc": None})
+        other.after_node_run(_node("cv_fold_1"))
+    runs = {run_id: client.get_run(run_id) for run_id in (first, second)}
+    assert [runs[first].info.status, runs[second].info.status] == ["FINISHED", "FAILED"]
+    data = runs[first].data
+    assert data.tags["mlflow.parentRunId"] == parent.info.run_id and data.tags[tracking.FOLD_TAG] == "1"
+    assert data.params == {"training.epochs": "2", "training.max_lr": "0.01"}
+    assert data.metrics == {"training.temperature": 1.5, "test.accuracy": 0.9}
+    assert data.tags[tracking.PID_TAG] == str(os.getpid())  # so a killed process's folds are swept too
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
-    assert finished.params == {"training.epochs": "2", "training.max_lr": "0.01"}
-    assert finished.metrics == {"test.accuracy": 0.9}
-    assert finished.tags[tracking.PID_TAG] == str(os.getpid())  # so a killed process's folds are swept too
+    assert len(children) == 2
+
+
+def test_ctrl_c_in_a_fold_ends_its_run_and_the_parent_killed(own_tracking_store):
+    from malaria_pipeline.framework.hooks import EndInterruptedMlflowRun, NestFoldRuns
+
+    client, folds, interrupted = mlflow.MlflowClient(), NestFoldRuns(), EndInterruptedMlflowRun()
+    parent = mlflow.start_run()
+    interrupted.before_pipeline_run()
+    folds.before_pipeline_run()
+    folds.before_node_run(_node("cv_fold_1"), {})
+    child = mlflow.active_run().info.run_id
+    interrupted._end_interrupted_run()  # what the next session, or the exit handler, does after Ctrl-C
+    assert mlflow.active_run() is None
+    assert [client.get_run(r).info.status for r in (child, parent.info.run_id)] == ["KILLED", "KILLED"]
 
 
 def test_without_an_active_run_a_fold_logs_nothing():
+    from malaria_pipeline.framework.hooks import NestFoldRuns
+
+    hook = NestFoldRuns()
     assert mlflow.active_run() is None
-    with tracking.child_run("fold 1 of 3", {"a": 1}, {}) as run_id:
-        tracking.log_metrics({"test.accuracy": 0.9})
-    assert run_id is None and mlflow.active_run() is None
+    hook.before_pipeline_run()
+    hook.before_node_run(_node("cv_fold_1"), {"params:training": {"epochs": 2}})
+    tracking.log_metrics({"test.accuracy": 0.9})
+    hook.after_node_run(_node("cv_fold_1"))
+    assert mlflow.active_run() is None

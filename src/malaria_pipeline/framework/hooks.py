@@ -12,7 +12,7 @@ import mlflow
 from kedro.framework.hooks import hook_impl
 
 from malaria_pipeline.framework import kedro_private, registry, tracking
-from malaria_pipeline.framework.parameters import training_config
+from malaria_pipeline.framework.parameters import remember_folds, training_config
 from malaria_pipeline.framework.profiles import choose_profile
 from malaria_pipeline.ml.distributed import DistributedConfig
 
@@ -47,6 +47,85 @@ class CheckTrainingParameters:
         training = context.params.get("training", {})
         training_config(training)
         DistributedConfig.from_params(training["distributed"])
+
+
+class BuildFoldsFromParameters:
+    """Builds the cross-validation pipeline with the session's ``cross_validation.folds``, ``conf/<env>`` and
+    ``--params`` included: the registry builds one namespace per fold, and Kedro reads the pipelines once the
+    context exists (``kedro run``, ``kedro viz``, ``kedro airflow create``). Pipelines built earlier in the
+    process with another count (a notebook, a test) are built again (``tryfirst``: before the hooks that read
+    the parameters, which load the pipelines to check them)."""
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context) -> None:
+        if remember_folds(context.config_loader["parameters"]):
+            from kedro.framework.project import PACKAGE_NAME, pipelines
+
+            pipelines.configure(f"{PACKAGE_NAME}.pipeline_registry")
+
+
+class NestFoldRuns:
+    """Runs the nodes of each cross-validation fold (namespace ``cv_fold_<k>``) in a nested MLflow run of
+    their own, under the run of ``kedro run`` (kedro-mlflow's, or the ``MLFLOW_RUN_ID`` an Airflow DAG run
+    shares): the fold's parameters, per-epoch history and held-out metrics, tagged ``fold``. Every node of a
+    fold logs into the same nested run, found by its tag, also from another process (a fold run alone, an
+    Airflow task, a resumed run).
+
+    Opened after kedro-mlflow reopens the parent for the node (``trylast``), ended when the node ends, before
+    its outputs are saved (a fold's datasets are not MLflow artifacts); on Ctrl-C, by
+    :class:`EndInterruptedMlflowRun`.
+    """
+
+    def __init__(self) -> None:
+        self._parent: str | None = None
+        self._runs: dict[int, str] = {}
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        self._parent, self._runs = tracking.active_run_id(), {}
+
+    @hook_impl(trylast=True)
+    def before_node_run(self, node, inputs: dict[str, Any]) -> None:
+        fold = tracking.fold_of(node.namespace)
+        if fold is None or self._parent is None or tracking.active_run_id() != self._parent:
+            return
+        params = {
+            name.removeprefix("params:"): value
+            for name, value in inputs.items()
+            if name.startswith("params:")
+        }
+        self._runs[fold] = tracking.start_fold_run(self._parent, fold, params, self._runs.get(fold))
+
+    @hook_impl
+    def after_node_run(self, node) -> None:
+        self._end(node, "FINISHED")
+
+    @hook_impl
+    def on_node_error(self, node) -> None:
+        self._end(node, "FAILED")
+
+    def _end(self, node, status: str) -> None:
+        fold = tracking.fold_of(node.namespace)
+        if fold is not None and fold in self._runs and tracking.active_run_id() == self._runs[fold]:
+            mlflow.end_run(status=status)
+
+
+class StartCheckpointsAfresh:
+    """Removes, when a run that does not resume (``training.resume: false``) starts, the checkpoints of the
+    training nodes it runs (every ``…training_checkpoint`` it reads): each fold of a cross-validation has one
+    (``cv_fold_<k>.training_checkpoint``), and a run killed in fold 3 would otherwise leave folds 4 and 5 the
+    checkpoints of an earlier run, which its resume (``training.resume=true``) would take for its own."""
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline, catalog) -> None:
+        names = sorted(name for name in pipeline.inputs() if name.endswith("training_checkpoint"))
+        if not names or catalog.load("params:training")["resume"]:
+            return
+        removed = [name for name in names if catalog.load(name).clear()]
+        if removed:
+            logger.info(
+                "Not resuming (training.resume is false): removed the checkpoints of %s", ", ".join(removed)
+            )
 
 
 class LogHardwareProfile:
@@ -107,6 +186,13 @@ class EndInterruptedMlflowRun:
 
     def _end_interrupted_run(self) -> None:
         run = mlflow.active_run()
+        while (
+            run is not None
+            and self._open_run_id is not None
+            and run.data.tags.get("mlflow.parentRunId") == self._open_run_id
+        ):
+            mlflow.end_run(status="KILLED")  # a fold's nested run (NestFoldRuns), open when Ctrl-C came
+            run = mlflow.active_run()
         if run is not None and run.info.run_id == self._open_run_id:
             logger.warning(
                 "Ending MLflow run %s, left open by an interrupted kedro run, as KILLED", run.info.run_id

@@ -7,6 +7,7 @@ the group through :func:`training_config`, so a typo of any key fails, naming th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,44 @@ def _dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in tree.items():
         flat.update(_dotted(value, f"{prefix}{key}."))
     return {key.rstrip("."): value for key, value in flat.items()}
+
+
+# cross_validation.folds, which the pipeline registry reads to build one namespace per fold: that of the
+# session's parameters (conf/<env> and --params) once a session has created its context (the hook
+# BuildFoldsFromParameters), else that of the configuration on disk.
+_folds = {"session": None, "built": None}
+
+
+def remember_folds(parameters: dict[str, Any]) -> bool:
+    """Keeps ``cross_validation.folds`` of a session's parameters for :func:`cross_validation_folds`.
+
+    Returns:
+        True when the pipelines were built with another fold count (the registry must build them again).
+    """
+    folds = (parameters.get("cross_validation") or {}).get("folds")
+    _folds["session"] = None if folds is None else int(folds)
+    return _folds["built"] is not None and _folds["session"] not in (None, _folds["built"])
+
+
+def cross_validation_folds() -> int:
+    """``cross_validation.folds`` of the session (:func:`remember_folds`); before any session has created its
+    context (``kedro registry``, a notebook), that of ``conf/base`` and ``conf/$KEDRO_ENV`` (``local`` by
+    default), read with the project's config loader settings. Recorded as the count the pipelines are built with.
+    """
+    folds = _folds["session"]
+    if folds is None:
+        from kedro.config import OmegaConfigLoader
+        from kedro.utils import find_kedro_project
+
+        from malaria_pipeline import settings  # the project's, also where Kedro has not configured them
+
+        project = find_kedro_project(Path.cwd())
+        if project is None:
+            folds = 5
+        else:
+            loader = OmegaConfigLoader(
+                str(Path(project) / "conf"), env=os.environ.get("KEDRO_ENV"), **settings.CONFIG_LOADER_ARGS
+            )
+            folds = int(loader["parameters"]["cross_validation"]["folds"])
+    _folds["built"] = folds
+    return folds

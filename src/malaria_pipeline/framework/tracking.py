@@ -10,10 +10,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -152,30 +151,41 @@ def _process_started(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-@contextmanager
-def child_run(name: str, params: dict[str, Any], tags: dict[str, Any]) -> Iterator[str | None]:
-    """A nested MLflow run under the active one, for one part of a pipeline run (a cross-validation fold).
+# The namespace of cross-validation fold k (malaria_pipeline.pipelines.cross_validation.pipeline).
+FOLD_NAMESPACE = re.compile(r"cv_fold_(\d+)")
 
-    Logs ``params`` (flattened ``a.b`` keys) and ``tags`` with the owner tags, so a killed process's
-    child runs are marked KILLED as its parent is. Ends ``FINISHED``, or ``FAILED`` on an exception and
-    ``KILLED`` on Ctrl-C (re-raised). Yields the child's run id; without an active run it does nothing
-    and yields None.
+
+def fold_of(namespace: str | None) -> int | None:
+    """The fold whose nodes a namespace holds (``cv_fold_3`` and ``cv_fold_3.model_training``: 3), or None."""
+    match = FOLD_NAMESPACE.fullmatch((namespace or "").split(".")[0])
+    return int(match.group(1)) if match else None
+
+
+def start_fold_run(parent_id: str, fold: int, params: dict[str, Any], run_id: str | None = None) -> str:
+    """Starts, nested under the active run ``parent_id``, the run of cross-validation fold ``fold``: ``run_id``,
+    else the parent's child tagged ``fold`` (another process's: an Airflow task, a fold run alone), else a new
+    one named ``fold <k>``. Logs ``params`` (flattened ``a.b`` keys) and the owner tags, so that a killed
+    process's fold runs are marked KILLED as its parent is.
+
+    Returns:
+        The fold run's id.
     """
-    if mlflow.active_run() is None:
-        yield None
-        return
-    run = mlflow.start_run(run_name=name, nested=True)
-    try:
-        mlflow.log_params(_flatten(params))
-        set_tags({**owner_tags(), **tags})
-        yield run.info.run_id
-    except KeyboardInterrupt:
-        mlflow.end_run(status="KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    mlflow.end_run(status="FINISHED")
+    if run_id is None:
+        experiment = mlflow.active_run().info.experiment_id
+        found = mlflow.MlflowClient().search_runs(
+            [experiment],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.{FOLD_TAG} = '{fold}'",
+            max_results=1,
+        )
+        run_id = found[0].info.run_id if found else None
+    if run_id is None:
+        run = mlflow.start_run(run_name=f"fold {fold}", nested=True, tags={FOLD_TAG: str(fold)})
+        logger.info("Cross-validation fold %d logs into the nested MLflow run %s", fold, run.info.run_id)
+    else:
+        run = mlflow.start_run(run_id=run_id, nested=True)
+    mlflow.log_params(_flatten(params))
+    set_tags(owner_tags())
+    return run.info.run_id
 
 
 def log_metrics(metrics: dict[str, Any]) -> None:

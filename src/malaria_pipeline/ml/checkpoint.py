@@ -36,6 +36,13 @@ class CheckpointStore:
         torch.save({**state, "metadata": dict(self.metadata)}, partial)
         os.replace(partial, self.path)  # a crash while saving never leaves half a checkpoint
 
+    def clear(self) -> bool:
+        """Removes the checkpoint; returns whether there was one."""
+        if not self.path.exists():
+            return False
+        self.path.unlink()
+        return True
+
     def load(self) -> dict[str, Any] | None:
         """The last checkpoint, or None when there is none."""
         if not self.path.exists():

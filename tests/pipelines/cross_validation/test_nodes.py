@@ -1,5 +1,6 @@
-"""The cross-validation nodes on tables and tensors made by hand: which images each fold's model sees,
-the label audit on an easy set with planted label flips, and what exclude_label_issues leaves out."""
+"""The cross-validation nodes on tables and tensors made by hand: which images each fold's model sees (the
+folds run as the pipeline's namespaced training nodes, on an in-memory catalog), the label audit on an easy
+set with planted label flips, and what exclude_label_issues leaves out."""
 
 import hashlib
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from malaria_pipeline.pipelines.cross_validation import nodes
+from malaria_pipeline.pipelines.model_training import nodes as training_nodes
 from tests.helpers import TRAIN_PARAMS
 
 CV_PARAMS = {
@@ -17,13 +19,9 @@ CV_PARAMS = {
     "validation_folds": 3,
     "positive_class": "Parasitized",
     "threshold": 0.5,
-    "target_sensitivity": 0.9,
-    "target_specificity": None,
     "target_sensitivities": [0.9, 0.95],
-    "tta": False,
     "calibration_bins": 10,
     "specificity_targets": [0.9, 0.99],
-    "batch_size": 64,
     "worst_patients": 5,
     "label_audit": {"filter_by": "prune_by_noise_rate", "figure_cells": 8},
     "patients": {
@@ -42,6 +40,58 @@ CV_PARAMS = {
         "quantifiers": {"methods": ["ACC", "PACC"], "resamples": 5, "seed": 0},
     },
 }
+
+
+# What the folds read of the evaluation parameters (calibrate_model and predict_subsets), as in
+# parameters_evaluation.yml: the cross-validation parameters' patients and positive class.
+EVALUATION = {
+    "positive_class": "Parasitized",
+    "target_sensitivity": 0.9,
+    "target_specificity": None,
+    "tta": False,
+    "batch_size": 64,
+    "device": "cpu",
+    "operating_point_checks": {"min_cells_per_class": 300, "min_rate": 0.8},
+    "patients": CV_PARAMS["patients"],
+}
+
+
+def run_folds(images, index, training, evaluation=EVALUATION, params=CV_PARAMS, audit=None, tmp_path=None):
+    """The cross-validation pipeline up to the pooled out-of-fold tables, on an in-memory catalog, as
+    ``kedro run`` runs it (SequentialRunner): ``cv_folds`` (as assign_folds deals them), ``cv_predictions``,
+    ``cv_history``, ``cv_operating_points``."""
+    import tempfile
+    from pathlib import Path
+
+    from kedro.io import DataCatalog, MemoryDataset
+    from kedro.runner import SequentialRunner
+
+    from malaria_pipeline.ml.checkpoint import CheckpointStore
+    from malaria_pipeline.pipelines.cross_validation.pipeline import create_pipeline
+
+    outputs = ("cv_predictions", "cv_history", "cv_operating_points")
+    pipeline = create_pipeline(folds=params["folds"]).to_outputs(*outputs)
+    folder = Path(tmp_path or tempfile.mkdtemp())
+    catalog = DataCatalog(
+        {
+            "image_tensors": MemoryDataset(images, copy_mode="assign"),
+            "image_index": MemoryDataset(index),
+            "label_issues_to_exclude": MemoryDataset(NO_AUDIT if audit is None else audit),
+            "claimed_cv_patient_settings": MemoryDataset({}),
+            "params:cross_validation": MemoryDataset(params),
+            "params:training": MemoryDataset(training),
+            "params:evaluation": MemoryDataset(evaluation),
+            **{
+                f"cv_fold_{k}.training_checkpoint": MemoryDataset(
+                    CheckpointStore(folder / f"fold_{k}"), copy_mode="assign"
+                )
+                for k in range(1, params["folds"] + 1)
+            },
+            **{name: MemoryDataset() for name in outputs},
+        }
+    )
+    SequentialRunner().run(pipeline, catalog)
+    return (nodes.assign_folds(index, params), *(catalog.load(name) for name in outputs))
 
 
 def summarize_all(predictions, history, points, params):
@@ -82,18 +132,15 @@ NO_AUDIT = pd.DataFrame({"path": pd.Series(dtype="object")})
 
 def test_each_image_is_predicted_by_the_one_model_that_never_saw_it(monkeypatch):
     images, index = easy_cells()
-    folds = nodes.assign_folds(index, CV_PARAMS)
     seen = []
-    real = nodes.train_classifier
+    real = training_nodes.train_classifier
 
     def spy(data, config, **kwargs):
         seen.append({digest(image) for image in torch.cat([data.train_images, data.valid_images])})
         return real(data, config, **kwargs)
 
-    monkeypatch.setattr(nodes, "train_classifier", spy)
-    predictions, history, _ = nodes.cross_validate(
-        images, index, folds, NO_AUDIT, CV_PARAMS, {**TRAIN_PARAMS, "epochs": 1}
-    )
+    monkeypatch.setattr(training_nodes, "train_classifier", spy)
+    folds, predictions, history, _ = run_folds(images, index, {**TRAIN_PARAMS, "epochs": 1})
 
     assert len(seen) == 4 and sorted(predictions["path"]) == sorted(index["path"])
     by_path = dict(zip(index["path"], images))
@@ -105,7 +152,7 @@ def test_each_image_is_predicted_by_the_one_model_that_never_saw_it(monkeypatch)
         )  # the other folds' models trained on it
     # Train and validation of a fold are whole patients of the other folds, never of the held-out one.
     for fold in range(1, 5):
-        split = nodes.fold_split(index, folds, fold, CV_PARAMS, set())
+        split = nodes.split_fold(index, folds, CV_PARAMS, fold=fold)
         held_out = set(index["patient_id"][folds["fold"] == fold])
         by_subset = {
             s: set(index["patient_id"][split["subset"] == s]) for s in ("train", "validation", "test")
@@ -131,10 +178,7 @@ def test_planted_label_flips_in_an_easy_set_are_found():
     index.loc[flipped, "label"] = np.where(
         index.loc[flipped, "label"] == "Parasitized", "Uninfected", "Parasitized"
     )
-    folds = nodes.assign_folds(index, CV_PARAMS)
-    predictions, _, _ = nodes.cross_validate(
-        images, index, folds, NO_AUDIT, CV_PARAMS, {**TRAIN_PARAMS, "epochs": 4}
-    )
+    _, predictions, _, _ = run_folds(images, index, {**TRAIN_PARAMS, "epochs": 4})
     issues, summary = nodes.audit_labels(predictions, CV_PARAMS)
 
     found = set(issues["path"]) & set(index["path"][flipped])
@@ -150,19 +194,29 @@ def test_planted_label_flips_in_an_easy_set_are_found():
     assert sum(c["flagged"] for c in summary["by_given_label"].values()) == len(issues)
 
 
-def test_exclude_label_issues_leaves_suspects_out_of_the_training_images_only():
+def test_exclude_label_issues_leaves_suspects_out_of_each_folds_training_images_only(monkeypatch):
     images, index = easy_cells()
-    folds = nodes.assign_folds(index, CV_PARAMS)
-    suspects = set(index["path"].iloc[::7])
+    suspects = index.iloc[::7][["path"]]
+    trained_on = []
+    real = training_nodes.train_classifier
+
+    def spy(data, config, **kwargs):
+        trained_on.append((len(data.train_images), len(data.valid_images)))
+        return real(data, config, **kwargs)
+
+    monkeypatch.setattr(training_nodes, "train_classifier", spy)
+    training = {**TRAIN_PARAMS, "epochs": 1, "exclude_label_issues": True}
+    folds, predictions, _, _ = run_folds(images, index, training, audit=suspects)
+
+    expected, without_exclusion = [], []
     for fold in range(1, 5):
-        kept = nodes.fold_split(index, folds, fold, CV_PARAMS, set())
-        excluded = nodes.fold_split(index, folds, fold, CV_PARAMS, suspects)
-        moved = kept["subset"] != excluded["subset"]
-        assert (excluded["subset"][moved] == "excluded").all()
-        assert set(kept["path"][moved]) == {
-            p for p, s in zip(kept["path"], kept["subset"]) if s == "train" and p in suspects
-        }
-        assert (kept["subset"][~moved] == excluded["subset"][~moved]).all()  # validation and test keep theirs
+        split = nodes.split_fold(index, folds, CV_PARAMS, fold=fold)
+        train, validation = split["subset"] == "train", int((split["subset"] == "validation").sum())
+        expected.append((int((train & ~split["path"].isin(suspects["path"])).sum()), validation))
+        without_exclusion.append((int(train.sum()), validation))
+    assert trained_on == expected and expected != without_exclusion
+    # the suspects are still predicted, out of fold
+    assert sorted(predictions["path"]) == sorted(index["path"])
 
 
 def test_folds_of_other_images_are_refused_by_name():
@@ -171,9 +225,30 @@ def test_folds_of_other_images_are_refused_by_name():
     images, index = easy_cells()
     folds = nodes.assign_folds(index, CV_PARAMS)
     with pytest.raises(
-        SplitError, match=r"cv_folds \(239 rows\), image_index \(240\) .* run the whole cross_validation"
+        SplitError, match=r"cv_folds \(239 rows\) and image_index \(240\) come from different runs"
     ):
-        nodes.cross_validate(images, index, folds.iloc[1:], NO_AUDIT, CV_PARAMS, TRAIN_PARAMS)
+        nodes.split_fold(index, folds.iloc[1:], CV_PARAMS, fold=1)
+
+
+def test_a_folds_predictions_of_another_assignment_are_refused_when_pooled():
+    from malaria_pipeline.cells.splitting import SplitError
+
+    _, index = easy_cells()
+    folds = nodes.assign_folds(index, CV_PARAMS)
+    other = nodes.assign_folds(index, {**CV_PARAMS, "seed": 1})
+    outputs = {}
+    for fold in range(1, 5):
+        held_out = (other if fold == 3 else folds).query("fold == @fold")
+        outputs[f"out_of_fold_{fold}"] = held_out[["path", "patient_id", "label"]].assign(fold=fold)
+        outputs[f"choices_{fold}"] = {"kept_epoch": 1, "operating_points": []}
+        outputs[f"history_{fold}"] = pd.DataFrame({"epoch": [1]})
+    with pytest.raises(
+        SplitError, match=r"The predictions of cv_fold_3 .* not of the \d+ images that cv_folds holds out"
+    ):
+        nodes.pool_folds(index, folds, **outputs)
+    outputs["out_of_fold_3"] = folds.query("fold == 3")[["path", "patient_id", "label"]].assign(fold=3)
+    predictions, history, _ = nodes.pool_folds(index, folds, **outputs)
+    assert predictions["path"].tolist() == index["path"].tolist() and history["kept"].all()
 
 
 def _threshold_by_brute_force(scores, truth, target):
@@ -223,9 +298,8 @@ def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_he
     images, index = easy_cells(
         seed=3, spot=120
     )  # hard: the thresholds differ from fold to fold and target to target
-    folds = nodes.assign_folds(index, CV_PARAMS)
     calls = []
-    real = nodes.calibrate
+    real = training_nodes.calibrate
 
     def spy(classifier, views, labels, **kwargs):
         point = real(classifier, views, labels, **kwargs)
@@ -240,15 +314,14 @@ def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_he
         )
         return point
 
-    monkeypatch.setattr(nodes, "calibrate", spy)
-    params = {**CV_PARAMS, "tta": True, "target_sensitivity": 0.95}
-    predictions, _, points = nodes.cross_validate(
-        images, index, folds, NO_AUDIT, params, {**TRAIN_PARAMS, "epochs": 1}
-    )
+    monkeypatch.setattr(training_nodes, "calibrate", spy)
+    params = CV_PARAMS
+    evaluation = {**EVALUATION, "tta": True, "target_sensitivity": 0.95}
+    folds, predictions, _, points = run_folds(images, index, {**TRAIN_PARAMS, "epochs": 1}, evaluation)
 
     assert len(calls) == 4
     for fold, call in enumerate(calls, start=1):
-        split = nodes.fold_split(index, folds, fold, params, set())
+        split = nodes.split_fold(index, folds, params, fold=fold)
         valid_rows = torch.from_numpy(np.flatnonzero((split["subset"] == "validation").to_numpy()))
         # The views it chose on are those of the validation images (never the held-out fold, never the training
         # patients): their TTA probabilities at T = 1, written out, are the softmax of the mean of the views'.

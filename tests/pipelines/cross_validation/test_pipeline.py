@@ -199,3 +199,39 @@ def test_the_model_on_every_patient_calls_patients_with_the_pooled_rates_of_its_
     )
     assert table["rates_from"].str.startswith(pooled).all()
     assert f"**Where the rates come from: cross-validation run `{cv_id}`.**" in card
+
+
+@pytest.mark.slow
+def test_a_cross_validation_stopped_in_fold_2_resumes_without_training_fold_1_again(
+    kedro_project, tmp_path, monkeypatch
+):
+    import malaria_pipeline.ml.train as train
+    from tests.helpers import SMALL_PATIENTS, write_cells
+
+    write_cells(tmp_path / "cells", SMALL_PATIENTS)
+    params = {**TINY_CV, "ingestion": {**TINY_CV["ingestion"], "source": str(tmp_path / "cells")}}
+    kedro_project.run("cross_validation", **params)  # uninterrupted, for the answers
+    catalog = kedro_project.context().catalog
+    uninterrupted = catalog.load("cv_predictions")
+
+    epochs, real = [], train.run_epoch
+
+    def dies_in_fold_2s_second_epoch(run, *args, **kwargs):
+        epochs.append(len(run.loader.images))
+        if len(epochs) == 4:  # fold 1 trains epochs 1 and 2, then fold 2 epoch 1, then this
+            raise RuntimeError("killed")
+        return real(run, *args, **kwargs)
+
+    monkeypatch.setattr(train, "run_epoch", dies_in_fold_2s_second_epoch)
+    with pytest.raises(RuntimeError, match="killed"):
+        kedro_project.run("cross_validation", **params)
+    epochs.clear()
+    kedro_project.run("cross_validation", **{**params, "training": {**TINY_CV["training"], "resume": True}})
+
+    # fold 1 is not trained again, fold 2 trains its second epoch only, fold 3 both
+    assert len(epochs) == 3
+    resumed = kedro_project.context().catalog.load("cv_predictions")
+    assert resumed["path"].tolist() == uninterrupted["path"].tolist()
+    assert resumed["p_parasitized"].to_numpy() == pytest.approx(
+        uninterrupted["p_parasitized"].to_numpy(), abs=1e-6
+    )

@@ -1,9 +1,10 @@
-"""Nodes of the cross-validation pipeline: folds, out-of-fold predictions, metrics, label audit."""
+"""The cross-validation pipeline's own nodes: the folds dealt and split, each fold's held-out predictions
+scored, the folds pooled, and the out-of-fold reports, label audit and figures. The folds train, calibrate
+and predict with the training pipeline's own nodes (:mod:`.pipeline`)."""
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -12,9 +13,9 @@ import torch
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
-from malaria_pipeline.assess.columns import probability_column
+from malaria_pipeline.assess.columns import WITHOUT_TTA, probability_column, without_tta_column
 from malaria_pipeline.assess.detection import detection_limits, plain_sentence
-from malaria_pipeline.assess.label_audit import excluded_paths, find_issues, summarize_issues
+from malaria_pipeline.assess.label_audit import find_issues, summarize_issues
 from malaria_pipeline.assess.metrics import (
     at_specificity_name,
     calibration_errors,
@@ -25,7 +26,6 @@ from malaria_pipeline.assess.metrics import (
     sensitivity_specificity,
     threshold_for_sensitivity,
 )
-from malaria_pipeline.assess.operating_point import calibrate
 from malaria_pipeline.assess.out_of_fold import cross_validated_patients, pooled_patient_settings
 from malaria_pipeline.assess.patients import (
     PATIENT_METRICS,
@@ -47,15 +47,8 @@ from malaria_pipeline.cells.splitting import (
     check_patient_ids,
     cross_validation_subsets,
     patient_folds,
-    subset_rows,
 )
-from malaria_pipeline.cells.tensors import class_codes, train_data
 from malaria_pipeline.framework import tracking
-from malaria_pipeline.framework.parameters import training_config
-from malaria_pipeline.ml.config import TrainConfig
-from malaria_pipeline.ml.models import CellClassifier, probabilities
-from malaria_pipeline.ml.normalization import channel_mean_std
-from malaria_pipeline.ml.train import TrainResult, train_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +61,6 @@ AT_OPERATING_POINT = (
     "specificity_at_operating_point",
 )
 FOLD_CHOICES = ("operating_threshold", "temperature")
-# With tta, the held-out predictions also without it (same models): what test-time augmentation changed.
-WITHOUT_TTA = "without_tta"
 TTA_COMPARED = ("accuracy", "sensitivity", "specificity", "roc_auc")
 OPERATING_POINT_COLUMNS = ("fold", "tta", "target_sensitivity", "threshold", "sensitivity", "specificity")
 FOLD_METRICS = (
@@ -112,96 +103,26 @@ def assign_folds(image_index: pd.DataFrame, params: dict[str, Any]) -> pd.DataFr
     return folds
 
 
-def cross_validate(
-    image_tensors: torch.Tensor,
-    image_index: pd.DataFrame,
-    cv_folds: pd.DataFrame,
-    label_issues_to_exclude: pd.DataFrame,
-    params: dict[str, Any],
-    training: dict[str, Any],
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """For each fold: trains with the ``training`` parameters on the other folds and predicts this one.
-
-    The patients of the other folds are dealt again: ``1 / validation_folds`` of them choose the epoch
-    (``training.keep``), then fit the temperature (``training.calibrate``) and the operating threshold
-    (``target_sensitivity``) as the training pipeline does; the held-out fold chooses nothing, and is
-    predicted as evaluation predicts (the temperature, ``tta``). Each fold is a nested MLflow run (its
-    parameters, per-epoch history and held-out metrics). With ``training.exclude_label_issues`` the
-    audit's suspects leave the training images only.
-
-    Returns:
-        ``cv_predictions``: path, patient_id, label and fold of every image, with P(positive class) from the
-        model of the fold that held it out (calibrated, and ``…_uncalibrated`` with T = 1), and that fold's
-        ``operating_threshold`` (NaN when its validation patients were of one class) and ``temperature``;
-        ``cv_history``: each fold's epochs, the kept one marked; ``cv_operating_points``: for each fold and
-        each of ``target_sensitivities`` (with and without TTA when ``tta`` is on), the threshold chosen on
-        its validation patients and the sensitivity and specificity it gives on the held-out fold.
-    """
-    config = training_config(training)
-    _check_same_images(image_tensors, image_index, cv_folds)
-    excluded = excluded_paths(label_issues_to_exclude, image_index["path"], training["exclude_label_issues"])
-    folds = int(cv_folds["fold"].max())
-    predictions, histories, points, started = [], [], [], time.perf_counter()
-    for fold in range(1, folds + 1):
-        split = fold_split(image_index, cv_folds, fold, params, excluded)
-        _log_fold_start(fold, folds, started, image_index, split)
-        with tracking.child_run(
-            f"fold {fold} of {folds}",
-            {"training": training, "cross_validation": params},
-            {tracking.FOLD_TAG: fold},
-        ):
-            result = _train_fold(image_tensors, image_index, split, config)
-            point, validation = _calibrate_fold(
-                result.classifier, image_tensors, image_index, split, params, training["calibrate"]
-            )
-            held_out, held_out_views = _predict_held_out(
-                result.classifier, point, image_tensors, image_index, split, params
-            )
-            held_out = held_out.assign(fold=fold)
-            _log_fold_metrics(held_out, params)
-        points.extend(
-            dict(fold=fold, **row)
-            for row in _operating_points(
-                result.classifier,
-                validation,
-                (held_out_views, (held_out["label"] == params["positive_class"]).to_numpy()),
-                params,
-            )
-        )
-        predictions.append(held_out)
-        histories.append(
-            pd.DataFrame(result.history).assign(fold=fold, kept=lambda h: h["epoch"] == result.best_epoch)
-        )
-    logger.info("Cross-validation: %d folds in %.1f min", folds, (time.perf_counter() - started) / 60)
-    order = pd.Series(np.arange(len(image_index)), index=image_index["path"])
-    cv_predictions = (
-        pd.concat(predictions).sort_values("path", key=lambda p: p.map(order)).reset_index(drop=True)
-    )
-    return (
-        cv_predictions,
-        pd.concat(histories, ignore_index=True),
-        pd.DataFrame(points, columns=OPERATING_POINT_COLUMNS),
-    )
-
-
-def _check_same_images(
-    image_tensors: torch.Tensor, image_index: pd.DataFrame, cv_folds: pd.DataFrame
-) -> None:
-    same = (
-        len(image_tensors) == len(image_index) == len(cv_folds)
-        and (cv_folds["path"].to_numpy() == image_index["path"].to_numpy()).all()
-    )
-    if not same:
-        raise SplitError(
-            f"cv_folds ({len(cv_folds)} rows), image_index ({len(image_index)}) and image_tensors ({len(image_tensors)}) "
-            "come from different runs: run the whole cross_validation pipeline again."
-        )
-
-
-def fold_split(
-    image_index: pd.DataFrame, cv_folds: pd.DataFrame, fold: int, params: dict[str, Any], excluded: set[str]
+def split_fold(
+    image_index: pd.DataFrame, cv_folds: pd.DataFrame, params: dict[str, Any], fold: int
 ) -> pd.DataFrame:
-    """``path`` and ``subset`` (train, validation, test: the held-out fold, or excluded) of one fold."""
+    """``data_split`` of fold ``fold``: ``path`` and ``subset`` of every image, as the training pipeline's split.
+
+    ``test`` is the held-out fold; the patients of the other folds are dealt again, ``1 / validation_folds``
+    of them to ``validation`` (they choose the epoch, the temperature and the operating threshold, as in the
+    training pipeline) and the rest to ``train``. The held-out fold chooses nothing.
+
+    Raises:
+        SplitError: ``cv_folds`` is of other images than ``image_index`` (another run's).
+    """
+    if (
+        len(cv_folds) != len(image_index)
+        or (cv_folds["path"].to_numpy() != image_index["path"].to_numpy()).any()
+    ):
+        raise SplitError(
+            f"cv_folds ({len(cv_folds)} rows) and image_index ({len(image_index)}) come from different runs: "
+            "run the cv_folds namespace again (kedro run --pipelines cross_validation --namespaces ingestion,cv_folds)."
+        )
     subset = cross_validation_subsets(
         image_index["label"].to_numpy(),
         image_index["patient_id"].to_numpy(),
@@ -210,48 +131,84 @@ def fold_split(
         params["validation_folds"],
         params["seed"],
     )
-    leave_out = (subset == "train") & image_index["path"].isin(excluded).to_numpy()
-    subset[leave_out] = "excluded"
-    return pd.DataFrame({"path": image_index["path"], "subset": subset})
-
-
-def _train_fold(image_tensors, image_index, split, config: TrainConfig) -> TrainResult:
-    train = torch.from_numpy(subset_rows(image_index, split, "train"))
-    mean, std = channel_mean_std(image_tensors, train)
-    data = train_data(image_tensors, image_index, split, {"mean": mean, "std": std})
-    return train_classifier(data, config, on_epoch_end=tracking.log_epoch)
-
-
-def _calibrate_fold(classifier: CellClassifier, image_tensors, image_index, split, params, fit: bool):
-    """The fold's operating point (:func:`calibrate`, which sets the temperature when ``fit``), and its validation
-    images' view logits and truth (is positive)."""
-    rows = subset_rows(image_index, split, "validation")
-    labels = class_codes(image_index["label"].to_numpy()[rows], classifier.class_names)
-    views = classifier.view_logits(image_tensors[torch.from_numpy(rows)], params["batch_size"], params["tta"])
-    point = calibrate(
-        classifier,
-        views,
-        labels,
-        fit=fit,
-        positive_class=params["positive_class"],
-        target_sensitivity=params["target_sensitivity"],
-        target_specificity=params["target_specificity"],
+    split = pd.DataFrame({"path": image_index["path"], "subset": pd.Series(subset, dtype="string")})
+    counts = {
+        name: (int((subset == name).sum()), image_index["patient_id"][subset == name].nunique())
+        for name in ("train", "validation", "test")
+    }
+    logger.info(
+        "Cross-validation fold %d of %d: training on %d images of %d patients, choosing the epoch on %d of %d, "
+        "predicting the held-out %d of %d",
+        fold,
+        int(cv_folds["fold"].max()),
+        *counts["train"],
+        *counts["validation"],
+        *counts["test"],
     )
-    return point, (views, labels.numpy() == classifier.class_names.index(params["positive_class"]))
+    return split
 
 
-def _operating_points(classifier: CellClassifier, validation, held_out, params) -> list[dict[str, Any]]:
-    """For each of ``params["target_sensitivities"]``, the threshold chosen on the validation images and what
-    it gives on the held-out ones; with ``tta`` also without it (the first view). None of each where the
-    validation images are of one class."""
-    positive, rows = classifier.class_names.index(params["positive_class"]), []
-    (valid_views, valid_truth), (test_views, test_truth) = validation, held_out
-    for tta in (True, False) if params["tta"] else (False,):
-        keep = slice(None) if tta else slice(0, 1)
-        p_valid = (
-            probabilities(valid_views[keep], classifier.temperature)[:, positive].numpy().astype(np.float64)
+def score_fold(
+    evaluation_predictions: pd.DataFrame, model: dict[str, Any], params: dict[str, Any], fold: int
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The held-out fold's predictions (evaluation's ``predict_subsets`` of the fold's calibrated model), its
+    metrics (logged to the fold's MLflow run), and what the fold chose.
+
+    Returns:
+        ``out_of_fold``: path, patient_id and label of each held-out image, P(positive class) calibrated and
+        ``…_uncalibrated`` (T = 1), with TTA also ``…_without_tta`` (the first view alone), the fold's
+        ``operating_threshold`` (NaN when its validation patients were of one class), ``temperature`` and
+        ``fold``; ``fold_choices``: the kept epoch, the temperature, the operating threshold, and for each of
+        ``target_sensitivities`` (with and without TTA when evaluation predicts with it) the threshold chosen
+        on the validation patients and the sensitivity and specificity it gives on the held-out fold.
+    """
+    column = probability_column(params["positive_class"])
+    point = model.get("operating_point")
+    held_out = evaluation_predictions[evaluation_predictions["subset"] == "test"]
+    kept = [
+        "path",
+        "patient_id",
+        "label",
+        column,
+        f"{column}_uncalibrated",
+        without_tta_column(params["positive_class"]),
+    ]
+    out_of_fold = (
+        held_out[[name for name in kept if name in held_out.columns]]
+        .reset_index(drop=True)
+        .assign(
+            operating_threshold=point["threshold"] if point else np.nan,
+            temperature=float(model.get("temperature", 1.0)),
+            fold=fold,
         )
-        p_test = probabilities(test_views[keep], classifier.temperature)[:, positive].numpy()
+    )
+    _log_fold_metrics(out_of_fold, params)
+    validation = evaluation_predictions[evaluation_predictions["subset"] == "validation"]
+    choices = {
+        "fold": fold,
+        "kept_epoch": model.get("best_epoch"),
+        **_fold_choices(out_of_fold),
+        "operating_points": _operating_points(validation, held_out, params),
+    }
+    return out_of_fold, choices
+
+
+def _operating_points(
+    validation: pd.DataFrame, held_out: pd.DataFrame, params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """For each of ``params["target_sensitivities"]``, the threshold chosen on the validation images and what
+    it gives on the held-out ones; with TTA also without it (the first view). None of each where the
+    validation images are of one class."""
+    positive, rows = params["positive_class"], []
+    column = probability_column(positive)
+    valid_truth, test_truth = (
+        (validation["label"] == positive).to_numpy(),
+        (held_out["label"] == positive).to_numpy(),
+    )
+    with_tta = without_tta_column(positive) in held_out.columns
+    for tta in (True, False) if with_tta else (False,):
+        name = column if tta or not with_tta else without_tta_column(positive)
+        p_valid, p_test = validation[name].to_numpy(dtype=np.float64), held_out[name].to_numpy()
         for target in params["target_sensitivities"]:
             row = {
                 "tta": tta,
@@ -269,30 +226,45 @@ def _operating_points(classifier: CellClassifier, validation, held_out, params) 
     return rows
 
 
-def _predict_held_out(
-    classifier: CellClassifier, point: dict | None, image_tensors, image_index, split, params
-) -> pd.DataFrame:
-    rows = subset_rows(image_index, split, "test")
-    views = classifier.view_logits(image_tensors[torch.from_numpy(rows)], params["batch_size"], params["tta"])
-    positive = classifier.class_names.index(params["positive_class"])
-    column = probability_column(params["positive_class"])
-    held_out = (
-        image_index.iloc[rows][["path", "patient_id", "label"]]
-        .reset_index(drop=True)
-        .assign(
-            **{
-                column: probabilities(views, classifier.temperature)[:, positive].numpy(),
-                f"{column}_uncalibrated": probabilities(views)[:, positive].numpy(),
-                "operating_threshold": point["threshold"] if point else np.nan,
-                "temperature": classifier.temperature,
-            }
-        )
+def pool_folds(
+    image_index: pd.DataFrame, cv_folds: pd.DataFrame, **folds: Any
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The folds' outputs pooled: ``out_of_fold_<k>``, ``choices_<k>`` (``fold_choices``) and ``history_<k>``
+    (``training_history``) of each fold k of ``cv_folds``.
+
+    Raises:
+        SplitError: a fold's predictions are not of the images ``cv_folds`` holds out in it (a fold run of
+            another assignment: run that fold's namespace again).
+
+    Returns:
+        ``cv_predictions``: every image's out-of-fold row, in index order; ``cv_history``: each fold's epochs,
+        the kept one marked; ``cv_operating_points``: each fold's row per target sensitivity (and TTA).
+    """
+    count = int(cv_folds["fold"].max())
+    predictions, histories, points = [], [], []
+    for fold in range(1, count + 1):
+        out_of_fold, choices = folds[f"out_of_fold_{fold}"], folds[f"choices_{fold}"]
+        expected = set(cv_folds.loc[cv_folds["fold"] == fold, "path"])
+        if set(out_of_fold["path"]) != expected or len(out_of_fold) != len(expected):
+            raise SplitError(
+                f"The predictions of cv_fold_{fold} ({len(out_of_fold)} images) are not of the {len(expected)} "
+                f"images that cv_folds holds out in fold {fold}: they come from another run. Run that fold again "
+                f"(kedro run --pipelines cross_validation --namespaces cv_fold_{fold},cross_validation)."
+            )
+        predictions.append(out_of_fold)
+        history = folds[f"history_{fold}"]
+        histories.append(history.assign(fold=fold, kept=history["epoch"] == choices["kept_epoch"]))
+        points.extend(dict(fold=fold, **row) for row in choices["operating_points"])
+    order = pd.Series(np.arange(len(image_index)), index=image_index["path"])
+    cv_predictions = (
+        pd.concat(predictions).sort_values("path", key=lambda p: p.map(order)).reset_index(drop=True)
     )
-    if params["tta"]:  # the first view is the image as it is: what the same model gives without TTA, for free
-        held_out[f"{column}_{WITHOUT_TTA}"] = probabilities(views[:1], classifier.temperature)[
-            :, positive
-        ].numpy()
-    return held_out, views
+    logger.info("Pooled the out-of-fold predictions of %d folds: %d images", count, len(cv_predictions))
+    return (
+        cv_predictions,
+        pd.concat(histories, ignore_index=True),
+        pd.DataFrame(points, columns=OPERATING_POINT_COLUMNS),
+    )
 
 
 def _fold_metrics(cells: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
@@ -339,33 +311,6 @@ def _log_fold_metrics(held_out: pd.DataFrame, params: dict[str, Any]) -> None:
     logger.info(
         "Held-out fold: %s",
         ", ".join(f"{n} {metrics[n]:.4f}" for n in names if metrics[n] is not None),
-    )
-
-
-def _log_fold_start(
-    fold: int, folds: int, started: float, image_index: pd.DataFrame, split: pd.DataFrame
-) -> None:
-    elapsed = time.perf_counter() - started
-    left = f", about {elapsed / (fold - 1) * (folds - fold + 1) / 60:.0f} min left" if fold > 1 else ""
-    counts = {
-        name: (
-            int((split["subset"] == name).sum()),
-            image_index["patient_id"][split["subset"] == name].nunique(),
-        )
-        for name in ("train", "validation", "test", "excluded")
-    }
-    logger.info(
-        "Cross-validation fold %d of %d%s: training on %d images of %d patients, choosing the epoch on %d of %d, "
-        "predicting the held-out %d of %d%s",
-        fold,
-        folds,
-        left,
-        *counts["train"],
-        *counts["validation"],
-        *counts["test"],
-        f"; {counts['excluded'][0]} suspected label errors left out of training"
-        if counts["excluded"][0]
-        else "",
     )
 
 
@@ -627,7 +572,7 @@ def summarize(
         **{f"recommended_{name}": _median(row[name] for row in per_fold) for name in FOLD_CHOICES},
         "mlflow_run_id": tracking.active_run_id(),
     }
-    if params["tta"]:
+    if without_tta_column(params["positive_class"]) in cv_predictions.columns:
         report[WITHOUT_TTA] = _without_tta(cv_predictions, params)
     report["target_sensitivities"] = _by_target(cv_operating_points)
     report["patients"] = _patient_report(cv_patients, cv_smears, cv_patient_methods, params)

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from malaria_pipeline.assess.columns import probability_column
+from malaria_pipeline.assess.columns import probability_column, without_tta_column
 from malaria_pipeline.assess.detection import detection_of_cells
 from malaria_pipeline.assess.metrics import (
     at_specificity_name,
@@ -88,7 +88,8 @@ def predict_subsets(
     Returns:
         One row per image: path, subset, label, patient_id, the probability of the positive class
         (:func:`~malaria_pipeline.assess.metrics.probability_column`: ``p_parasitized``), predicted label,
-        loss (cross-entropy of the true class), row, and ``p_parasitized_uncalibrated`` (T = 1).
+        loss (cross-entropy of the true class), row, ``p_parasitized_uncalibrated`` (T = 1), and with ``tta``
+        ``p_parasitized_without_tta`` (the first view alone: the image as it is).
     """
     classifier = load_model(model, device=pick_device(params["device"]))
     positive = classifier.class_names.index(params["positive_class"])
@@ -100,7 +101,7 @@ def predict_subsets(
     true_class = class_codes(labels, classifier.class_names)
     p_true = probabilities.gather(1, true_class[:, None]).squeeze(1) if len(rows) else torch.empty(0)
     column = probability_column(params["positive_class"])
-    return pd.DataFrame(
+    predictions = pd.DataFrame(
         {
             "path": image_index["path"].to_numpy()[rows],
             "subset": data_split["subset"].to_numpy()[rows],
@@ -113,6 +114,11 @@ def predict_subsets(
             f"{column}_uncalibrated": uncalibrated[:, positive].numpy(),
         }
     )
+    if params["tta"]:  # the first view is the image as it is: the same model without TTA, for free
+        predictions[without_tta_column(params["positive_class"])] = probabilities_of(
+            views[:1], classifier.temperature
+        )[:, positive].numpy()
+    return predictions
 
 
 def _test_detection(
