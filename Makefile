@@ -54,9 +54,10 @@ $(AIRFLOW_STAMP): airflow/requirements.lock
 	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --constraint airflow/requirements.lock apache-airflow
 	touch $(AIRFLOW_STAMP)
 
-# The DAGs of airflow/dags/, written anew by kedro-airflow from airflow/dag_template.j2 (then formatted).
+# The DAGs of airflow/dags/, written anew by kedro-airflow from airflow/dag_template.j2 (then formatted):
+# training (a task per stage) and cross_validation (a task per fold, cross_validation.folds of conf/local).
 dags: $(STAMP)
-	$(BIN)/kedro airflow create --pipelines training --group-by namespace --env local \
+	$(BIN)/kedro airflow create --pipelines training,cross_validation --group-by namespace --env local \
 		--jinja-file airflow/dag_template.j2 --target-dir airflow/dags
 	$(BIN)/ruff format --quiet airflow/dags
 	$(BIN)/ruff check --fix --quiet airflow/dags

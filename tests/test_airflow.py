@@ -1,7 +1,7 @@
-"""The committed Airflow DAG of the training pipeline, run by Airflow 3 (`airflow dags test`, its own
-environment: make airflow-install) on tiny data in a project of its own, with a SQLite metadata database
-in a temporary folder: every task succeeds, and the DAG run is one MLflow run with one logged model and
-one registered version."""
+"""The Airflow DAGs of the training and cross-validation pipelines, run by Airflow 3 (`airflow dags test`,
+its own environment: make airflow-install) on tiny data in a project of their own, with a SQLite metadata
+database in a temporary folder: every task succeeds; a training DAG run is one MLflow run with one logged
+model and one registered version, a cross-validation DAG run one run with a nested run per fold."""
 
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ DAGS = PROJECT_ROOT / "airflow" / "dags"
 pytestmark = pytest.mark.slow
 
 
-def airflow(args: list[str], home: Path, project: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+def airflow(
+    args: list[str], home: Path, project: Path, timeout: int = 900, dags: Path = DAGS
+) -> subprocess.CompletedProcess:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AIRFLOW"))},
         "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "MALARIA_PIPELINE_ROOT": str(project),
         "MALARIA_PIPELINE_PYTHON": sys.executable,
@@ -35,9 +37,8 @@ def airflow(args: list[str], home: Path, project: Path, timeout: int = 900) -> s
     )
 
 
-def test_the_committed_dag_is_what_make_dags_writes(tmp_path):
-    # kedro-airflow renders airflow/dag_template.j2 for the training pipeline, ruff formats it
-    target = tmp_path / "dags"
+def create_dags(project: Path, target: Path, pipelines: str) -> None:
+    """``make dags``: kedro-airflow renders airflow/dag_template.j2 for ``pipelines`` of ``project``, ruff formats it."""
     env = {**os.environ, "DO_NOT_TRACK": "1", "KEDRO_DISABLE_TELEMETRY": "true"}
     bin_ = Path(sys.executable).parent
     subprocess.run(
@@ -46,17 +47,17 @@ def test_the_committed_dag_is_what_make_dags_writes(tmp_path):
             "airflow",
             "create",
             "--pipelines",
-            "training",
+            pipelines,
             "--group-by",
             "namespace",
             "--env",
             "local",
             "--jinja-file",
-            "airflow/dag_template.j2",
+            str(PROJECT_ROOT / "airflow" / "dag_template.j2"),
             "--target-dir",
             str(target),
         ],
-        cwd=PROJECT_ROOT,
+        cwd=project,
         env=env,
         check=True,
         capture_output=True,
@@ -66,8 +67,15 @@ def test_the_committed_dag_is_what_make_dags_writes(tmp_path):
     subprocess.run(
         [str(bin_ / "ruff"), "check", "--fix", "--quiet", str(target)], cwd=PROJECT_ROOT, check=True
     )
-    written = target / "malaria_pipeline_training_dag.py"
-    assert written.read_text() == (DAGS / written.name).read_text(), "airflow/dags is stale: run make dags"
+
+
+def test_the_committed_dags_are_what_make_dags_writes(tmp_path):
+    create_dags(PROJECT_ROOT, tmp_path / "dags", "training,cross_validation")
+    for name in ("malaria_pipeline_training_dag.py", "malaria_pipeline_cross_validation_dag.py"):
+        written = tmp_path / "dags" / name
+        assert written.read_text() == (DAGS / name).read_text(), (
+            f"airflow/dags/{name} is stale: run make dags"
+        )
 
 
 def test_the_training_dag_runs_every_stage_into_one_mlflow_run_with_one_model_and_one_version(
@@ -109,3 +117,51 @@ def test_the_training_dag_runs_every_stage_into_one_mlflow_run_with_one_model_an
         assert [m.name for m in models if m.name == "model"] == ["model"]
         (version,) = client.search_model_versions("name = 'malaria-cell-classifier'")
         assert version.run_id == run.info.run_id
+
+
+def test_the_cross_validation_dag_runs_each_fold_as_a_task_into_one_run_with_a_nested_run_per_fold(
+    kedro_project, tmp_path
+):
+    if not AIRFLOW.exists():
+        pytest.skip(f"no Airflow environment at {AIRFLOW.parent.parent}: run make airflow-install")
+    cells = tmp_path / "cells"
+    write_cells(cells, SMALL_PATIENTS)
+    # K = 2 in the project's conf/local, where kedro-airflow and each task's kedro run read it
+    (kedro_project.root / "conf" / "local" / "parameters.yml").write_text(
+        "cross_validation:\n  folds: 2\n  validation_folds: 2\n"
+    )
+    dags = tmp_path / "dags"
+    create_dags(kedro_project.root, dags, "cross_validation")
+    params = (
+        f"ingestion.source={cells},ingestion.image_size=16,training.width=4,training.epochs=1,"
+        "training.batch_size=8"
+    )
+    home = tmp_path / "airflow"
+    home.mkdir()
+    migrated = airflow(["db", "migrate"], home, kedro_project.root, dags=dags)
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    done = airflow(
+        ["dags", "test", "malaria-pipeline-cross-validation", "-c", json.dumps({"params": params})],
+        home,
+        kedro_project.root,
+        dags=dags,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-5000:]
+    assert "state=success" in output, output[-5000:]
+    for task in ("start-mlflow-run", "ingestion", "cv-folds", "cv-fold-1", "cv-fold-2", "cross-validation"):
+        assert f"task_id={task}" in output or f"'{task}'" in output, task
+    assert "cv-fold-3" not in output
+
+    with restored_mlflow_state():
+        client = kedro_project.mlflow_client()
+        experiment = client.get_experiment_by_name("malaria-pipeline")
+        runs = client.search_runs([experiment.experiment_id])
+        (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+        folds = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(runs) == 3 and sorted(run.data.tags["fold"] for run in folds) == ["1", "2"]
+        assert all(run.info.status == "FINISHED" for run in runs)
+        assert {"cv.accuracy.mean", "cv.pooled.roc_auc"} <= set(parent.data.metrics)
+        for fold in folds:
+            assert "test.accuracy" in fold.data.metrics and fold.data.params["training.epochs"] == "1"
+            assert [m.step for m in client.get_metric_history(fold.info.run_id, "valid_loss")] == [1]

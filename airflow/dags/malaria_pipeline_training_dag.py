@@ -1,6 +1,7 @@
 """The `training` pipeline of malaria_pipeline as an Airflow DAG: one task per Kedro namespace,
 each a `kedro run --pipelines training --namespaces <namespace>` in the project's own
-environment, all logging into one MLflow run that the first task creates.
+environment, all logging into one MLflow run that the first task creates (a cross-validation fold's
+task into a run nested under it, tagged with its fold).
 
 Written by kedro-airflow from airflow/dag_template.j2 (`make dags`): edit the template, not this file.
 Airflow runs in an environment of its own (`make airflow-install`, docs/orchestration.md).
