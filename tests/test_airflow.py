@@ -37,6 +37,22 @@ def airflow(
     )
 
 
+def run_dag(dag_id: str, params: str, tmp_path: Path, project: Path, dags: Path = DAGS) -> str:
+    """``airflow dags test`` of ``dag_id`` with ``{"params": params}`` on a new SQLite metadata database in
+    ``tmp_path``; its output, once every task succeeded."""
+    if not AIRFLOW.exists():
+        pytest.skip(f"no Airflow environment at {AIRFLOW.parent.parent}: run make airflow-install")
+    home = tmp_path / "airflow"
+    home.mkdir()
+    migrated = airflow(["db", "migrate"], home, project, dags=dags)
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    done = airflow(["dags", "test", dag_id, "-c", json.dumps({"params": params})], home, project, dags=dags)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-5000:]
+    assert "state=success" in output, output[-5000:]
+    return output
+
+
 def create_dags(project: Path, target: Path, pipelines: str) -> None:
     """``make dags``: kedro-airflow renders airflow/dag_template.j2 for ``pipelines`` of ``project``, ruff formats it."""
     env = {**os.environ, "DO_NOT_TRACK": "1", "KEDRO_DISABLE_TELEMETRY": "true"}
@@ -81,8 +97,6 @@ def test_the_committed_dags_are_what_make_dags_writes(tmp_path):
 def test_the_training_dag_runs_every_stage_into_one_mlflow_run_with_one_model_and_one_version(
     kedro_project, tmp_path
 ):
-    if not AIRFLOW.exists():
-        pytest.skip(f"no Airflow environment at {AIRFLOW.parent.parent}: run make airflow-install")
     cells = tmp_path / "cells"
     write_cells(cells, SMALL_PATIENTS)
     params = (
@@ -90,18 +104,7 @@ def test_the_training_dag_runs_every_stage_into_one_mlflow_run_with_one_model_an
         "preprocessing.split.fractions.train=0.5,preprocessing.split.fractions.validation=0.25,"
         "preprocessing.split.fractions.test=0.25,training.width=4,training.epochs=1,training.batch_size=8"
     )
-    home = tmp_path / "airflow"
-    home.mkdir()
-    migrated = airflow(["db", "migrate"], home, kedro_project.root)
-    assert migrated.returncode == 0, migrated.stderr[-3000:]
-    done = airflow(
-        ["dags", "test", "malaria-pipeline-training", "-c", json.dumps({"params": params})],
-        home,
-        kedro_project.root,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-5000:]
-    assert "state=success" in output, output[-5000:]
+    output = run_dag("malaria-pipeline-training", params, tmp_path, kedro_project.root)
     for task in ("start-mlflow-run", "ingestion", "preprocessing", "model-training", "evaluation"):
         assert f"task_id={task}" in output or f"'{task}'" in output, task
 
@@ -122,8 +125,6 @@ def test_the_training_dag_runs_every_stage_into_one_mlflow_run_with_one_model_an
 def test_the_cross_validation_dag_runs_each_fold_as_a_task_into_one_run_with_a_nested_run_per_fold(
     kedro_project, tmp_path
 ):
-    if not AIRFLOW.exists():
-        pytest.skip(f"no Airflow environment at {AIRFLOW.parent.parent}: run make airflow-install")
     cells = tmp_path / "cells"
     write_cells(cells, SMALL_PATIENTS)
     # K = 2 in the project's conf/local, where kedro-airflow and each task's kedro run read it
@@ -136,19 +137,7 @@ def test_the_cross_validation_dag_runs_each_fold_as_a_task_into_one_run_with_a_n
         f"ingestion.source={cells},ingestion.image_size=16,training.width=4,training.epochs=1,"
         "training.batch_size=8"
     )
-    home = tmp_path / "airflow"
-    home.mkdir()
-    migrated = airflow(["db", "migrate"], home, kedro_project.root, dags=dags)
-    assert migrated.returncode == 0, migrated.stderr[-3000:]
-    done = airflow(
-        ["dags", "test", "malaria-pipeline-cross-validation", "-c", json.dumps({"params": params})],
-        home,
-        kedro_project.root,
-        dags=dags,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-5000:]
-    assert "state=success" in output, output[-5000:]
+    output = run_dag("malaria-pipeline-cross-validation", params, tmp_path, kedro_project.root, dags)
     for task in ("start-mlflow-run", "ingestion", "cv-folds", "cv-fold-1", "cv-fold-2", "cross-validation"):
         assert f"task_id={task}" in output or f"'{task}'" in output, task
     assert "cv-fold-3" not in output
