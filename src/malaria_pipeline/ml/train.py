@@ -446,7 +446,8 @@ def _restore(run: _Run, generator: torch.Generator) -> dict[str, Any] | None:
     if run.parallel is not None:
         saved = run.parallel.share(saved)  # the other processes (other machines too) need no copy of the file
     if saved is None:
-        logger.warning(
+        # not a warning: a resumed cross-validation's folds that had not started have none, as they should
+        logger.info(
             "training.resume is true but %s holds no checkpoint: starting afresh", run.checkpoint.path
         )
         return None

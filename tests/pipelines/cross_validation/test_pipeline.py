@@ -205,7 +205,7 @@ def test_the_model_on_every_patient_calls_patients_with_the_pooled_rates_of_its_
 def test_a_cross_validation_stopped_in_fold_2_resumes_without_training_fold_1_again(
     kedro_project, tmp_path, monkeypatch
 ):
-    import malaria_pipeline.ml.train as train
+    from malaria_pipeline.ml import train
     from tests.helpers import SMALL_PATIENTS, write_cells
 
     write_cells(tmp_path / "cells", SMALL_PATIENTS)
