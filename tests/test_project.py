@@ -238,6 +238,14 @@ def test_kedro_viz_build_works_offline_and_shows_every_training_node_in_the_grou
         node.name: [node.namespace] for node in register_pipelines()["training"].nodes
     }.items() <= shown.items()
     assert {"ingestion", "preprocessing", "model_training", "evaluation"} <= main["modular_pipelines"].keys()
+    # cross_validation: a group per fold, holding the training stages' groups
+    cv = json.loads((kedro_project.root / "build" / "api" / "pipelines" / "cross_validation").read_text())
+    folds = {f"cv_fold_{k}" for k in range(1, 6)}
+    assert (
+        folds | {"cv_folds", "cross_validation", "cv_fold_3.model_training"} <= cv["modular_pipelines"].keys()
+    )
+    shown = {node["full_name"]: node["modular_pipelines"] for node in cv["nodes"] if node["type"] == "task"}
+    assert shown["cv_fold_3.model_training.train_model_node"] == ["cv_fold_3.model_training"]
 
 
 def test_a_typo_in_a_training_parameter_stops_the_session_before_any_run(kedro_project, cell_folder):
