@@ -442,7 +442,7 @@ def _brute_force_at_specificity(truth, p, target):
 
 
 def _out_of_fold(fold, paths, patients, truth, p):
-    """Out-of-fold predictions of one fold as cross_validate writes them (T = 1, operating threshold 0.5)."""
+    """Out-of-fold predictions of one fold as pool_folds writes them (T = 1, operating threshold 0.5)."""
     return pd.DataFrame(
         {
             "path": paths,
