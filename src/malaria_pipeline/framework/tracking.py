@@ -151,8 +151,10 @@ def _process_started(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-# The namespace of cross-validation fold k (malaria_pipeline.pipelines.cross_validation.pipeline).
-FOLD_NAMESPACE = re.compile(r"cv_fold_(\d+)")
+# The namespace of cross-validation fold k, cv_fold_<k> (malaria_pipeline.pipelines.cross_validation.pipeline
+# names its folds with this prefix; fold_of reads them back).
+FOLD_PREFIX = "cv_fold_"
+FOLD_NAMESPACE = re.compile(rf"{FOLD_PREFIX}(\d+)")
 
 
 def fold_of(namespace: str | None) -> int | None:

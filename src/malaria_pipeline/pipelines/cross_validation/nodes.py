@@ -639,7 +639,7 @@ def _scores(report: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
 def _without_tta(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
     """Mean ± std over the folds of :data:`TTA_COMPARED` of the same models' predictions without TTA."""
     column = probability_column(params["positive_class"])
-    plain = cv_predictions.assign(**{column: cv_predictions[f"{column}_{WITHOUT_TTA}"]})
+    plain = cv_predictions.assign(**{column: cv_predictions[without_tta_column(params["positive_class"])]})
     per_fold = [
         classification_metrics(
             (cells["label"] == params["positive_class"]).to_numpy(),

@@ -23,6 +23,7 @@ import functools
 
 from kedro.pipeline import Node, Pipeline
 
+from malaria_pipeline.framework.tracking import FOLD_PREFIX
 from malaria_pipeline.pipelines import evaluation, model_training, preprocessing
 
 from .nodes import (
@@ -44,7 +45,6 @@ from .nodes import (
 # The groups that kedro-viz draws and kedro-airflow makes tasks of (--group-by namespace): the folds'
 # assignment, each fold, and what pools them. Node names become f"{namespace}.{name}".
 FOLDS_NAMESPACE = "cv_folds"
-FOLD_PREFIX = "cv_fold_"
 NAMESPACE = "cross_validation"
 PARAMS = "params:cross_validation"
 # What every fold reads as it is (the rest of a fold's datasets are prefixed with its namespace).
