@@ -37,27 +37,36 @@ def differing_from_base(parameters: dict[str, Any], env: str | None = None) -> d
     Returns:
         ``{"training.epochs": 6, …}``, sorted; empty outside a Kedro project.
     """
-    from kedro.config import OmegaConfigLoader
-    from kedro.framework.project import settings
-    from kedro.utils import find_kedro_project
-
-    from malaria_pipeline.framework.profiles import by_profile
-
-    project = find_kedro_project(Path.cwd())
-    if project is None:
+    conf = _project_conf()
+    if conf is None:
         return {}
-    conf = Path(project) / settings.CONF_SOURCE
-    loader = OmegaConfigLoader(
-        str(conf),
-        base_env="base",
+    loader = _config_loader(
+        conf,
         default_run_env=env if env and (conf / env).is_dir() else "base",
         runtime_params={"profile": parameters.get("profile", "auto")},
-        merge_strategy={"parameters": "soft", "globals": "soft"},
-        custom_resolvers={"by_profile": by_profile},
     )
     base = _dotted(loader["parameters"])
     run = _dotted(parameters)
     return {key: value for key, value in sorted(run.items()) if key not in base or base[key] != value}
+
+
+def _project_conf() -> Path | None:
+    """The ``conf`` folder of the Kedro project around the working directory; None outside one."""
+    from kedro.utils import find_kedro_project
+
+    project = find_kedro_project(Path.cwd())
+    return None if project is None else Path(project) / "conf"
+
+
+def _config_loader(conf: Path, **overrides: Any):
+    """Kedro's ``OmegaConfigLoader`` of ``conf`` with the project's settings (``settings.CONFIG_LOADER_ARGS``:
+    the soft merge of an environment, ``${by_profile:…}``), also where Kedro has not configured them, and
+    ``overrides``."""
+    from kedro.config import OmegaConfigLoader
+
+    from malaria_pipeline import settings
+
+    return OmegaConfigLoader(str(conf), **{**settings.CONFIG_LOADER_ARGS, **overrides})
 
 
 def _dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -93,18 +102,11 @@ def cross_validation_folds() -> int:
     """
     folds = _folds["session"]
     if folds is None:
-        from kedro.config import OmegaConfigLoader
-        from kedro.utils import find_kedro_project
-
-        from malaria_pipeline import settings  # the project's, also where Kedro has not configured them
-
-        project = find_kedro_project(Path.cwd())
-        if project is None:
+        conf = _project_conf()
+        if conf is None:
             folds = 5
         else:
-            loader = OmegaConfigLoader(
-                str(Path(project) / "conf"), env=os.environ.get("KEDRO_ENV"), **settings.CONFIG_LOADER_ARGS
-            )
-            folds = int(loader["parameters"]["cross_validation"]["folds"])
+            parameters = _config_loader(conf, env=os.environ.get("KEDRO_ENV"))["parameters"]
+            folds = int(parameters["cross_validation"]["folds"])
     _folds["built"] = folds
     return folds
