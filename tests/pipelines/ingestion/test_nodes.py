@@ -29,7 +29,20 @@ PARAMS = {"image_size": 16, "workers": 1, "image_limits": base_image_limits()}
 def test_indexes_every_valid_image_and_packs_it_in_index_order(cell_folder: Path):
     index, tensors, report = index_images(ImageArchive.open(cell_folder), PARAMS)
     assert len(index) == 42 and tensors.shape == (42, 3, 16, 16) and tensors.dtype == torch.uint8
-    assert list(index.columns) == ["path", "label", "patient_id", "width", "height", "mode", "sha1"]
+    assert list(index.columns) == [
+        "path",
+        "label",
+        "patient_id",
+        "width",
+        "height",
+        "mode",
+        "sha1",
+        "label_source",
+        "archive_label",
+        "review_task",
+        "reviewers",
+    ]
+    assert (index["label_source"] == "archive").all() and (index["archive_label"] == index["label"]).all()
     assert index["path"].is_monotonic_increasing
     assert index["label"].value_counts().to_dict() == {"Uninfected": 26, "Parasitized": 16}
     assert (

@@ -9,6 +9,8 @@ import pandas as pd
 import torch
 
 from malaria_pipeline.cells.archive import ArchiveError, ImageArchive, check_source, patient_id, sort_members
+from malaria_pipeline.cells.corrections import apply_label_corrections, with_provenance
+from malaria_pipeline.framework import tracking
 from malaria_pipeline.ml.images import ImageLimits
 from malaria_pipeline.ml.packing import PackedImages, pack_images
 
@@ -16,9 +18,10 @@ logger = logging.getLogger(__name__)
 
 
 def index_images(
-    cell_images: ImageArchive, params: dict[str, Any]
+    cell_images: ImageArchive, params: dict[str, Any], label_corrections: pd.DataFrame | None = None
 ) -> tuple[pd.DataFrame, torch.Tensor, dict[str, Any]]:
-    """Validates every file of the archive, indexes the images and packs them into one tensor.
+    """Validates every file of the archive, indexes the images and packs them into one tensor, with the
+    reviewers' label corrections applied.
 
     A file that is not a decodable image inside a class folder is skipped and listed with its reason;
     it never stops the run.
@@ -26,12 +29,17 @@ def index_images(
     Args:
         cell_images: the archive (zip or folder) of ``cell_images/<class>/<file>`` images.
         params: ``image_size`` (side S of the packed images), ``image_limits`` (what a file must be
-            to be decoded) and ``workers`` (processes; null: all cores).
+            to be decoded), ``workers`` (processes; null: all cores) and ``label_corrections`` (false:
+            the archive's labels as they are).
+        label_corrections: the latest ``label_corrections`` of ``collect_reviews`` (empty or None while
+            there is none): a reviewed cell's verdict replaces the archive's label, and a reviewed cell
+            that is not in the archive joins it (:func:`~malaria_pipeline.cells.corrections.apply_label_corrections`).
 
     Returns:
-        ``image_index``: one row per valid image (path, label, patient_id, width, height, mode, sha1);
+        ``image_index``: one row per valid image (path, label, patient_id, width, height, mode, sha1, and
+        where its label comes from: label_source, archive_label, review_task, reviewers);
         ``image_tensors``: ``uint8, N×3×S×S`` in index order; ``ingestion_report``: counts, skipped
-        files with their reasons, and groups of byte-identical images.
+        files with their reasons, groups of byte-identical images, and the corrections applied.
 
     Raises:
         ArchiveError: the source holds no valid image, or images of one class only, or
@@ -48,6 +56,7 @@ def index_images(
     skipped = sorted(skipped + packed.skipped)
     image_index = _build_index(packed, label_of)
     _check_classes(image_index, cell_images.source, len(members), skipped)
+    images, image_index, corrected = _corrected(packed.images, image_index, label_corrections, limits, params)
 
     report = {
         "source": cell_images.source,
@@ -59,6 +68,7 @@ def index_images(
         "images_without_patient_id": int(image_index["patient_id"].isna().sum()),
         "skipped": [{"path": member, "reason": reason} for member, reason in skipped],
         "duplicates": _duplicate_groups(image_index),
+        "label_corrections": corrected,
     }
     logger.info(
         "Indexed %d images of %d patients from %s (%s); skipped %d of %d files; %d groups of identical images",
@@ -72,7 +82,50 @@ def index_images(
     )
     for member, reason in skipped:
         logger.warning("Skipped %s: %s", member, reason)
-    return image_index, packed.images, report
+    return image_index, images, report
+
+
+def _corrected(
+    images: torch.Tensor,
+    image_index: pd.DataFrame,
+    corrections: pd.DataFrame | None,
+    limits: ImageLimits,
+    params: dict[str, Any],
+) -> tuple[torch.Tensor, pd.DataFrame, dict[str, Any]]:
+    """The images and index with ``label_corrections`` applied (unless ``params["label_corrections"]`` is
+    false), what was done (logged, in the report and in MLflow: ``ingestion.label_corrections.*``)."""
+    if corrections is None or corrections.empty or not params["label_corrections"]:
+        reason = (
+            "none collected yet"
+            if corrections is None or corrections.empty
+            else "ingestion.label_corrections is false"
+        )
+        logger.info("Label corrections: none applied (%s)", reason)
+        return images, with_provenance(image_index), {"applied": False, "reason": reason}
+    done = apply_label_corrections(
+        image_index,
+        images,
+        corrections,
+        classes=sorted(image_index["label"].unique()),
+        size=params["image_size"],
+        limits=limits,
+    )
+    report = {"applied": True, **done.report}
+    logger.info(
+        "Label corrections: %d reviewed cells, %d relabelled, %d confirmed the archive's label, %d added "
+        "to the images, %d skipped",
+        report["corrections"],
+        report["relabelled"],
+        report["confirmed"],
+        report["added"],
+        len(report["skipped"]),
+    )
+    for row in report["skipped"]:
+        logger.warning("Label correction of %s skipped: %s", row["file"], row["reason"])
+    tracking.log_metrics(
+        {f"ingestion.label_corrections.{name}": report[name] for name in ("relabelled", "confirmed", "added")}
+    )
+    return done.images, done.image_index, report
 
 
 def _build_index(packed: PackedImages, label_of: dict[str, str]) -> pd.DataFrame:

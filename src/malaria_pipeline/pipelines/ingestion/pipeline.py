@@ -14,7 +14,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 func=index_images,
-                inputs=["cell_images", "params:ingestion"],
+                inputs=["cell_images", "params:ingestion", "label_corrections_to_apply"],
                 outputs=["image_index", "image_tensors", "ingestion_report"],
                 name="index_images_node",
             ),
