@@ -10,13 +10,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+LABEL_STUDIO_VENV := .venv-label-studio
+LABEL_STUDIO_STAMP := $(LABEL_STUDIO_VENV)/.installed
+LABEL_STUDIO_PORT ?= 8080
 
 # Kedro's telemetry never asks and never sends from this project.
 export DO_NOT_TRACK := 1
 # The project's logging: one plain line per record in a file, a pipe or CI; rich on a terminal.
 export KEDRO_LOGGING_CONFIG := $(CURDIR)/conf/logging.yml
 
-.PHONY: install train test test-slow java clean-venv airflow-install dags
+.PHONY: install train test test-slow java chromium clean-venv airflow-install dags label-studio-install label-studio
 
 install: $(STAMP)
 
@@ -42,7 +45,7 @@ test: $(STAMP) java
 	$(BIN)/ruff check
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
-test-slow: $(STAMP) java $(AIRFLOW_STAMP)
+test-slow: $(STAMP) java $(AIRFLOW_STAMP) $(LABEL_STUDIO_STAMP) chromium
 	$(BIN)/python -m pytest -m slow $(ARGS)
 
 # Airflow 3 in an environment of its own (.venv-airflow; its fastapi pin clashes with the project's): its
@@ -61,6 +64,25 @@ dags: $(STAMP)
 		--jinja-file airflow/dag_template.j2 --target-dir airflow/dags
 	$(BIN)/ruff format --quiet airflow/dags
 	$(BIN)/ruff check --fix --quiet airflow/dags
+
+# Label Studio, where a microscopist reviews the queue of the review pipeline (docs/review.md), in an
+# environment of its own (.venv-label-studio: its pins are not the project's; about 1 GB). The pipelines
+# talk to it through its SDK, run by that environment's interpreter.
+label-studio-install: $(LABEL_STUDIO_STAMP)
+$(LABEL_STUDIO_STAMP): label_studio/requirements.lock
+	test -x $(LABEL_STUDIO_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_STUDIO_VENV)
+	$(LABEL_STUDIO_VENV)/bin/python -m pip install --quiet --constraint label_studio/requirements.lock label-studio
+	touch $(LABEL_STUDIO_STAMP)
+
+# Starts it on http://127.0.0.1:$(LABEL_STUDIO_PORT), its data in .label-studio/ (SQLite; PostgreSQL with its
+# DJANGO_DB and POSTGRE_* variables), with the account and token of conf/local/credentials.yml or the
+# environment (LABEL_STUDIO_USERNAME, LABEL_STUDIO_PASSWORD, LABEL_STUDIO_API_KEY). Ctrl-C stops it.
+label-studio: $(STAMP) $(LABEL_STUDIO_STAMP)
+	$(BIN)/python -m malaria_pipeline.framework.label_studio_server --port $(LABEL_STUDIO_PORT)
+
+# The browser test of the review queue drives Debian's Chromium (headless) with Playwright.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null; } || { echo "The browser test needs Chromium at /usr/bin/chromium: apt install chromium (Debian/Ubuntu)"; exit 1; }
 
 # Spark (batch_inference and its tests) runs on a JVM.
 java:

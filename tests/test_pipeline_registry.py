@@ -9,7 +9,14 @@ STAGES = ("ingestion", "preprocessing", "model_training", "evaluation")
 # The catalog names and parameters of each pipeline as they were before the namespaces: a user's
 # catalog.load("image_index") or --params "training.epochs=1" must keep working.
 DATASETS = {
-    "ingestion": {"cell_images", "image_index", "image_tensors", "ingestion_report", "params:ingestion"},
+    "ingestion": {
+        "cell_images",
+        "image_index",
+        "image_tensors",
+        "ingestion_report",
+        "label_corrections_to_apply",
+        "params:ingestion",
+    },
     "preprocessing": {
         "data_split",
         "image_index",
@@ -75,6 +82,35 @@ DATASETS = {
         "predictions",
     },
     "promote": {"params:promote", "promotion_report"},
+    "review": {
+        "inference_model",
+        "inference_summary",
+        "label_issues_to_exclude",
+        "params:review",
+        "patient_predictions",
+        "predictions",
+        "review_archive_images",
+        "review_archive_index",
+        "review_images",
+        "review_label_issue_cells",
+        "review_label_issue_overlays",
+        "review_overlays",
+        "review_patient_cells",
+        "review_patient_overlays",
+        "review_queue",
+        "review_tasks",
+    },
+    "collect_reviews": {
+        "final_calls",
+        "label_corrections",
+        "label_corrections_to_apply",
+        "patient_predictions",
+        "previous_reviewed_cells",
+        "review_queue",
+        "review_report",
+        "review_tasks",
+        "reviewed_cells",
+    },
     "training": {
         "cell_images",
         "claimed_cv_patient_settings",
@@ -89,6 +125,7 @@ DATASETS = {
         "image_index",
         "image_tensors",
         "ingestion_report",
+        "label_corrections_to_apply",
         "label_issues_to_exclude",
         "mlflow_model",
         "model",
@@ -122,7 +159,7 @@ def test_every_training_node_is_in_the_namespace_of_its_stage():
     assert all(node.name == f"{node.namespace}.{node._name}" for node in training.nodes)
 
 
-@pytest.mark.parametrize("name", ["lr_finder", "inference", "promote"])
+@pytest.mark.parametrize("name", ["lr_finder", "inference", "promote", "review", "collect_reviews"])
 def test_the_other_pipelines_have_their_own_namespace(name):
     assert {node.namespace for node in register_pipelines()[name].nodes} == {name}
 

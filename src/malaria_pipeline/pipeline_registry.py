@@ -7,6 +7,7 @@ from kedro.pipeline import Pipeline
 from malaria_pipeline.framework.parameters import cross_validation_folds
 from malaria_pipeline.pipelines import (
     batch_inference,
+    collect_reviews,
     cross_validation,
     evaluation,
     inference,
@@ -15,6 +16,7 @@ from malaria_pipeline.pipelines import (
     model_training,
     preprocessing,
     promote,
+    review,
 )
 
 
@@ -28,7 +30,9 @@ def register_pipelines() -> dict[str, Pipeline]:
         A mapping from pipeline names to ``Pipeline`` objects: ``ingestion``, ``preprocessing``,
         ``model_training``, ``evaluation`` and ``lr_finder`` (each on the latest outputs of the one
         before), ``inference`` (new images, the latest model), ``batch_inference`` (a folder tree of images
-        scored on Spark by a registered MLflow model), ``promote`` (the registered
+        scored on Spark by a registered MLflow model), ``review`` (the patients that inference sent to review,
+        queued in Label Studio), ``collect_reviews`` (the reviewers' verdicts back: final calls and label
+        corrections), ``promote`` (the registered
         model's champion alias to the challenger when it is not worse), ``cross_validation`` (ingestion, then
         patient-grouped k-fold cross-validation of the training configuration and a label audit: one namespace
         ``cv_fold_<k>`` per fold, ``cross_validation.folds`` of them, each the training stages' own nodes), and ``training``: the whole chain from
@@ -51,6 +55,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         "inference": inference.create_pipeline(),
         "batch_inference": batch_inference.create_pipeline(),
         "promote": promote.create_pipeline(),
+        "review": review.create_pipeline(),
+        "collect_reviews": collect_reviews.create_pipeline(),
     }
     training = parts["ingestion"] + parts["preprocessing"] + parts["model_training"] + parts["evaluation"]
     cv = parts["ingestion"] + cross_validation.create_pipeline(folds=cross_validation_folds())

@@ -23,7 +23,7 @@ from kedro.io.core import (
     get_filepath_str,
     get_protocol_and_path,
 )
-from kedro_datasets.pandas import CSVDataset
+from kedro_datasets.pandas import CSVDataset, ParquetDataset
 
 from malaria_pipeline.cells.archive import ImageArchive
 from malaria_pipeline.cells.download import download_archive, is_url
@@ -91,6 +91,48 @@ class CellImageSourceDataset(AbstractDataset[None, ImageArchive]):
 
     def _exists(self) -> bool:
         return is_url(self._source) or Path(self._source).expanduser().exists()
+
+
+class ClassifiedImagesDataset(AbstractDataset[None, ImageArchive]):
+    """The images that the latest ``inference`` run classified (read-only): the source its
+    ``inference_summary`` names, so that the review shows exactly the files that were classified, without
+    the user naming them again.
+
+    Example ``catalog.yml`` entry:
+
+    .. code-block:: yaml
+
+        review_images:
+          type: malaria_pipeline.framework.datasets.ClassifiedImagesDataset
+          summary: data/08_reporting/inference_summary.json
+    """
+
+    def __init__(self, *, summary: str, metadata: dict[str, Any] | None = None) -> None:
+        from kedro_datasets.json import JSONDataset
+
+        self._summary = JSONDataset(filepath=summary, version=Version(None, None))
+        self.metadata = metadata
+
+    def load(self) -> ImageArchive:
+        try:
+            source = self._summary.load()["source"]
+        except DatasetError as error:
+            raise DatasetError(
+                f"No inference run to review ({kedro_private.filepath(self._summary)} has no version): run "
+                "`kedro run --pipelines inference` first"
+            ) from error
+        return ImageArchive.open(source, parameter="inference.source")
+
+    def save(self, data: None) -> None:
+        raise DatasetError(
+            f"{type(self).__name__} is read-only: it reads the images that inference classified"
+        )
+
+    def _describe(self) -> dict[str, Any]:
+        return {"summary": kedro_private.filepath(self._summary)}
+
+    def _exists(self) -> bool:
+        return self._summary.exists()
 
 
 class TorchDataset(AbstractVersionedDataset[Any, Any]):
@@ -354,13 +396,8 @@ class ImageFolderDataset(AbstractVersionedDataset[dict[str, Any], dict[str, Any]
             return False
 
 
-class OptionalCSVDataset(CSVDataset):
-    """A versioned CSV file that loads as an empty table of ``columns`` while no version of it exists.
-
-    For a pipeline input that another pipeline writes and that a run may not have yet: training reads
-    the latest label audit of ``cross_validation`` this way (``label_issues_to_exclude``), and uses it
-    only when ``training.exclude_label_issues`` is true, which then refuses an empty audit by name.
-    """
+class _EmptyWhileAbsent:
+    """A versioned table that loads as an empty table of ``columns`` while no version of it exists."""
 
     def __init__(self, *, columns: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -370,6 +407,21 @@ class OptionalCSVDataset(CSVDataset):
         if not self.exists():
             return pd.DataFrame({name: pd.Series(dtype="object") for name in self._columns})
         return super().load()
+
+
+class OptionalCSVDataset(_EmptyWhileAbsent, CSVDataset):
+    """A versioned CSV file that loads as an empty table of ``columns`` while no version of it exists.
+
+    For a pipeline input that another pipeline writes and that a run may not have yet: training reads
+    the latest label audit of ``cross_validation`` this way (``label_issues_to_exclude``), and uses it
+    only when ``training.exclude_label_issues`` is true, which then refuses an empty audit by name.
+    """
+
+
+class OptionalParquetDataset(_EmptyWhileAbsent, ParquetDataset):
+    """A versioned Parquet file that loads as an empty table of ``columns`` while no version of it exists:
+    ingestion reads the latest ``label_corrections`` of ``collect_reviews`` this way
+    (``label_corrections_to_apply``), and ``collect_reviews`` its own previous ``reviewed_cells``."""
 
 
 class CrossValidationArtifactDataset(AbstractDataset[None, dict[str, Any] | None]):
@@ -440,6 +492,42 @@ class CrossValidationArtifactDataset(AbstractDataset[None, dict[str, Any] | None
 
     def _describe(self) -> dict[str, Any]:
         return {"run_id": self._run_id, "artifact_path": self._artifact}
+
+    def _exists(self) -> bool:
+        return True
+
+
+class OptionalDataset(AbstractDataset[None, Any]):
+    """The latest version of another dataset, or None while it has none (read-only).
+
+    For an input that a node needs only when a parameter asks for it, and that a run may not have: the
+    ``review`` pipeline reads the archive's packed images this way, which it shows only with
+    ``review.include_label_issues``.
+
+    Example ``catalog.yml`` entry:
+
+    .. code-block:: yaml
+
+        review_archive_index:
+          type: malaria_pipeline.framework.datasets.OptionalDataset
+          dataset:
+            type: pandas.ParquetDataset
+            filepath: data/02_intermediate/image_index.parquet
+            versioned: true
+    """
+
+    def __init__(self, *, dataset: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
+        self._dataset = AbstractDataset.from_config("optional", dict(dataset))
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        return self._dataset.load() if self._dataset.exists() else None
+
+    def save(self, data: None) -> None:
+        raise DatasetError(f"{type(self).__name__} is read-only: it reads {self._dataset}")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"dataset": str(self._dataset)}
 
     def _exists(self) -> bool:
         return True

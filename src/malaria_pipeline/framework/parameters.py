@@ -40,7 +40,7 @@ def differing_from_base(parameters: dict[str, Any], env: str | None = None) -> d
     conf = _project_conf()
     if conf is None:
         return {}
-    loader = _config_loader(
+    loader = config_loader(
         conf,
         default_run_env=env if env and (conf / env).is_dir() else "base",
         runtime_params={"profile": parameters.get("profile", "auto")},
@@ -58,7 +58,7 @@ def _project_conf() -> Path | None:
     return None if project is None else Path(project) / "conf"
 
 
-def _config_loader(conf: Path, **overrides: Any):
+def config_loader(conf: Path, **overrides: Any):
     """Kedro's ``OmegaConfigLoader`` of ``conf`` with the project's settings (``settings.CONFIG_LOADER_ARGS``:
     the soft merge of an environment, ``${by_profile:…}``), also where Kedro has not configured them, and
     ``overrides``."""
@@ -106,7 +106,7 @@ def cross_validation_folds() -> int:
         if conf is None:
             folds = 5
         else:
-            parameters = _config_loader(conf, env=os.environ.get("KEDRO_ENV"))["parameters"]
+            parameters = config_loader(conf, env=os.environ.get("KEDRO_ENV"))["parameters"]
             folds = int(parameters["cross_validation"]["folds"])
     _folds["built"] = folds
     return folds

@@ -140,12 +140,12 @@ def predict_patients(
         dtype=object,
     )
     table = patient_table(
-        _groups(predictions["file"], group_by),
+        patients_of_files(predictions["file"], group_by),
         predictions[probability_column(params["positive_class"])].to_numpy() >= settings.threshold,
         settings.rates,
         settings.rule,
         params["patients"]["level"],
-        errors=_groups(failed, group_by),
+        errors=patients_of_files(failed, group_by),
         spread=settings.spread,
     )
     log_patient_rows(table, group_by, params["positive_class"])
@@ -200,7 +200,7 @@ def log_patient_rows(table: pd.DataFrame, group_by: str, positive_class: str) ->
         )
 
 
-def _groups(files: pd.Series, group_by: str) -> pd.Series:
+def patients_of_files(files: pd.Series, group_by: str) -> pd.Series:
     """The patient of each file: its prefix before ``_IMG_`` (``(no prefix)`` without one), or its folder."""
     if group_by == "folder":
         return files.map(lambda file: str(PurePosixPath(file).parent))
@@ -220,22 +220,18 @@ def explain_positives(
     """
     if not params["explain"]:
         return {}, None
-    from malaria_pipeline.assess.plots import (
-        cell_and_overlay,  # matplotlib: not among the served model's requirements
-    )
-
     positive, column = params["positive_class"], probability_column(params["positive_class"])
     chosen = predictions[predictions["label"] == positive].sort_values(column, ascending=False, kind="stable")
     if params["explain_max"] is not None:
         chosen = chosen.head(params["explain_max"])
     rows = torch.as_tensor(chosen.index.to_numpy(copy=True))
-    heatmaps = grad_cam(
-        classifier, images[rows], classifier.class_names.index(positive), params["batch_size"]
+    pictures = explained_cells(
+        classifier, images[rows], positive, params["batch_size"], params["explain_scale"]
     )
     overlays, listing = {}, []
-    for rank, (row, p, heatmap) in enumerate(zip(chosen.itertuples(), chosen[column], heatmaps), start=1):
-        name = f"{rank:05d}_{_SAFE_NAME.sub('_', PurePosixPath(row.file).stem)[:100]}.png"
-        overlays[name] = cell_and_overlay(images[row.Index], heatmap, params["explain_scale"])
+    for rank, (row, p, picture) in enumerate(zip(chosen.itertuples(), chosen[column], pictures), start=1):
+        name = overlay_name(rank, row.file)
+        overlays[name] = picture
         listing.append({"file": row.file, "overlay": name, column: float(p)})
     logger.info(
         "Explained %d of the %d cells predicted %s (Grad-CAM overlays, explanation_overlays)",
@@ -244,6 +240,28 @@ def explain_positives(
         positive,
     )
     return overlays, listing
+
+
+def explained_cells(
+    classifier: CellClassifier, images: torch.Tensor, positive: str, batch_size: int, scale: int
+) -> list[np.ndarray]:
+    """Each cell of ``uint8, N×3×S×S`` beside its Grad-CAM heatmap of ``positive`` (where the network found
+    the evidence for it), ``scale`` times enlarged: ``uint8, sS×2sS×3`` each
+    (:func:`~malaria_pipeline.assess.plots.cell_and_overlay`). What ``inference.explain`` writes, and what a
+    reviewer sees beside each cell."""
+    from malaria_pipeline.assess.plots import (
+        cell_and_overlay,  # matplotlib: not among the served model's requirements
+    )
+
+    if not len(images):
+        return []
+    heatmaps = grad_cam(classifier, images, classifier.class_names.index(positive), batch_size)
+    return [cell_and_overlay(image, heatmap, scale) for image, heatmap in zip(images, heatmaps)]
+
+
+def overlay_name(rank: int, file: str) -> str:
+    """The file name of a cell's overlay: its rank, then its own name made safe (``00001_cell_3.png``)."""
+    return f"{rank:05d}_{_SAFE_NAME.sub('_', PurePosixPath(file).stem)[:100]}.png"
 
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
