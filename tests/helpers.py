@@ -639,3 +639,101 @@ def log_rated_model(project: KedroProject, folder: Path) -> str:
     with mlflow.start_run(experiment_id=experiment) as run:
         log_served_model(folder / "model.pt", project.context().params["inference"])
     return run.info.run_id
+
+
+LABEL_STUDIO_PYTHON = PROJECT_ROOT / ".venv-label-studio" / "bin" / "python"
+
+
+@contextlib.contextmanager
+def label_studio_server(data_dir: Path, timeout: float = 240.0):
+    """The real Label Studio (``make label-studio-install``) on a free port of 127.0.0.1, as ``make
+    label-studio`` starts it, its data in ``data_dir``, with the account ``ann@example.org`` and a fresh
+    legacy token; stopped on leaving. Yields ``{"url", "username", "password", "token"}``."""
+    import secrets
+    import subprocess
+    import urllib.request
+
+    from malaria_pipeline.framework.label_studio_server import server_environment
+
+    if not LABEL_STUDIO_PYTHON.exists():
+        pytest.skip(
+            f"no Label Studio environment at {LABEL_STUDIO_PYTHON.parent.parent}: run make label-studio-install"
+        )
+    account = {
+        "username": "ann@example.org",
+        "password": secrets.token_hex(8),
+        "api_key": secrets.token_hex(20),
+    }
+    port = free_port()
+    environment = server_environment(account, data_dir.parent)
+    environment["LABEL_STUDIO_BASE_DATA_DIR"] = str(data_dir)
+    log = (data_dir.parent / "label-studio.log").open("w")
+    server = subprocess.Popen(
+        [
+            str(LABEL_STUDIO_PYTHON.parent / "label-studio"),
+            "start",
+            "--internal-host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-browser",
+        ],
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise RuntimeError(
+                    f"Label Studio did not start at {url}: "
+                    + (data_dir.parent / "label-studio.log").read_text()[-3000:]
+                )
+            time.sleep(1)
+        yield {
+            "url": url,
+            "username": account["username"],
+            "password": account["password"],
+            "token": account["api_key"],
+        }
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def label_studio_sdk(server: dict, code: str, request: dict):
+    """Runs ``code`` with Label Studio's SDK in its own environment, as a reviewer's script would: ``ls``
+    (a client of ``server`` with its token) and ``request`` are given, ``answer`` is returned (JSON)."""
+    import json
+    import subprocess
+
+    script = (
+        "import json, sys\n"
+        "from label_studio_sdk import LabelStudio\n"
+        f"ls = LabelStudio(base_url={server['url']!r}, api_key={server['token']!r})\n"
+        "request = json.load(sys.stdin)\n"
+        "answer = None\n" + code + "\njson.dump(answer, sys.stdout, default=str)\n"
+    )
+    done = subprocess.run(
+        [str(LABEL_STUDIO_PYTHON), "-c", script],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
