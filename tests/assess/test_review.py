@@ -238,3 +238,27 @@ def test_a_review_patient_without_a_classified_cell_stays_undecided():
     after = after_review(called, 6)
     assert after["final_call"].tolist()[:2] == ["positive", "review"] and after["cells_read"].sum() == 0
     assert review_workload(called, [6])[0]["undecided"] == 1
+
+
+def test_out_of_fold_each_fold_is_called_by_the_reviewer_rule_the_other_fold_chooses():
+    from malaria_pipeline.assess.out_of_fold import call_out_of_fold
+
+    # Fold 1: P1, P2, U1; fold 2: P3, U2, U3. Worked by hand at 1 cell per patient, reading 4:
+    #  fold 2 chooses for fold 1: negative_below 0.002 reads 8 cells of 3 patients, over; 0.005 and 0.01
+    #    read none and miss P3 alike: the lower, 0.005 (healthy_below 0.0001: both safe, the lower);
+    #  fold 1 chooses for fold 2: 0.001 calls U1 positive; 0.002 and 0.005 read 6 of 3, over; 0.01.
+    table = TABLE.assign(fold=[1, 1, 2, 1, 2, 2])
+    called, _ = call_out_of_fold(
+        table, *GRID, 0.05, 0.1, 50, reviewer={"cells_per_patient": 4, "max_cells_per_patient": 1.0}
+    )
+    called = called.set_index("patient")
+    assert called.loc[["P1", "P2", "U1"], "negative_below"].tolist() == [0.005] * 3
+    assert called.loc[["P3", "U2", "U3"], "negative_below"].tolist() == [0.01] * 3
+    assert called["call"].to_dict() == {
+        "P1": "positive",
+        "P2": "review",
+        "P3": "negative",
+        "U1": "review",
+        "U2": "negative",
+        "U3": "negative",
+    }

@@ -21,6 +21,7 @@ from malaria_pipeline.assess.patients import (
     judge_patients,
     rates_of,
 )
+from malaria_pipeline.assess.review import choose_call_for_reviewer, with_first_ranks
 from malaria_pipeline.assess.spread import PatientSpread
 
 
@@ -91,6 +92,7 @@ def cross_validated_patients(
     min_cells: int = 50,
     detection: dict[str, Any] | None = None,
     healthy_range: str = "all",
+    reviewer: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, PatientCall]:
     """The patient table of out-of-fold predictions (``fold``, ``patient_id``, ``label``, the probability
     column and ``operating_threshold``), each fold held out twice over:
@@ -98,14 +100,17 @@ def cross_validated_patients(
     - its patients are corrected with the sensitivity and specificity of the *other* folds' out-of-fold
       cells, and judged against the spread between the *other* folds' patients (the healthy range);
     - they are called by the rule that the other folds' patients (and, with ``detection``, the other
-      folds' simulated smears) choose (:func:`~malaria_pipeline.assess.patients.choose_call`).
+      folds' simulated smears) choose (:func:`~malaria_pipeline.assess.patients.choose_call`; with
+      ``reviewer``, ``cells_per_patient`` and ``max_cells_per_patient``, the rule for a reviewer within that
+      budget of cells: :func:`~malaria_pipeline.assess.review.choose_call_for_reviewer`).
 
     With ``detection`` (``cells``, ``parasitemia``, ``smears``, ``seed``), each fold's cells also make
     simulated smears (:func:`~malaria_pipeline.assess.detection.simulate_smears`), judged as its patients.
 
     Returns:
         The :func:`~malaria_pipeline.assess.patients.with_truth` table with ``fold``, ``healthy_below`` and
-        ``negative_below`` (the rule that called each fold); the judged smears with ``fold`` (None without
+        ``negative_below`` (the rule that called each fold) and the rank of each patient's first
+        parasitized cell (:data:`~malaria_pipeline.assess.review.FIRST_RANK`); the judged smears with ``fold`` (None without
         ``detection``); and the rule that all the patients (and smears) choose, the one to store in a model.
     """
     placeholder = PatientCall(healthy_below=0.0, negative_below=0.0)  # every call is made below
@@ -131,28 +136,56 @@ def cross_validated_patients(
             )
             smears.append(judge_smears(made, ref.rates, placeholder, level, ref.spread).assign(fold=ref.fold))
     grid = (choose_from["healthy_below"], choose_from["negative_below"], min_fraction, max_review, min_cells)
-    table, judged = call_out_of_fold(
+    column = probability_column(positive)
+    table = with_first_ranks(
         pd.concat(tables, ignore_index=True),
-        *grid,
-        smears=pd.concat(smears, ignore_index=True) if smears else None,
+        predictions,
+        patient="patient_id",
+        column=column,
+        is_positive=(predictions["label"] == positive).to_numpy(),
     )
-    recommended, _ = choose_call(table, *grid, smears=judged)
+    table, judged = call_out_of_fold(
+        table, *grid, smears=pd.concat(smears, ignore_index=True) if smears else None, reviewer=reviewer
+    )
+    recommended, _ = choose_rule(table, grid, judged, reviewer)
     return table, judged, recommended
 
 
+def choose_rule(
+    table: pd.DataFrame, grid: tuple, smears: pd.DataFrame | None, reviewer: dict[str, Any] | None
+) -> tuple[PatientCall, dict[str, Any]]:
+    """The rule of ``grid`` (``healthy_below``, ``negative_below``, ``min_fraction``, ``max_review``,
+    ``min_cells``) that these patients choose: for a clinic without a reviewer, within ``max_review`` of
+    the patients in review (:func:`~malaria_pipeline.assess.patients.choose_call`); with ``reviewer``
+    (``cells_per_patient``, ``max_cells_per_patient``), within that budget of cells looked at
+    (:func:`~malaria_pipeline.assess.review.choose_call_for_reviewer`)."""
+    if reviewer is None:
+        return choose_call(table, *grid, smears=smears)
+    healthy_below, negative_below, _, _, min_cells = grid
+    return choose_call_for_reviewer(
+        table,
+        healthy_below,
+        negative_below,
+        cells_per_patient=reviewer["cells_per_patient"],
+        max_cells_per_patient=reviewer["max_cells_per_patient"],
+        min_cells=min_cells,
+        smears=smears,
+    )
+
+
 def call_out_of_fold(
-    table: pd.DataFrame, *grid, smears: pd.DataFrame | None = None
+    table: pd.DataFrame, *grid, smears: pd.DataFrame | None = None, reviewer: dict[str, Any] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Each fold's patients (a :func:`~malaria_pipeline.assess.patients.with_truth` table with ``fold``)
-    and smears called by the rule that the *other* folds' patients and smears choose
-    (:func:`~malaria_pipeline.assess.patients.choose_call` with ``grid``), never by one chosen on
-    themselves: both with ``call``, ``healthy_below`` and ``negative_below``."""
+    and smears called by the rule that the *other* folds' patients and smears choose (:func:`choose_rule`
+    with ``grid`` and ``reviewer``), never by one chosen on themselves: both with ``call``,
+    ``healthy_below`` and ``negative_below``."""
     table = table.copy()
     smears = smears.copy() if smears is not None else None
     for fold in table["fold"].unique():
         mine = (table["fold"] == fold).to_numpy()
         others_smears = smears[smears["fold"] != fold] if smears is not None else None
-        rule, _ = choose_call(table[~mine] if (~mine).any() else table, *grid, smears=others_smears)
+        rule, _ = choose_rule(table[~mine] if (~mine).any() else table, grid, others_smears, reviewer)
         frames = [(table, mine)] + (
             [(smears, (smears["fold"] == fold).to_numpy())] if smears is not None else []
         )

@@ -39,11 +39,13 @@ FIRST_RANK = "first_parasitized_rank"
 def rank_cells(cells: pd.DataFrame, patient: str, column: str) -> pd.Series:
     """Each cell's rank within its patient (1: the highest ``column``, P(Parasitized)); ties in file order
     (``cells`` as given), so that a queue is made the same way twice."""
-    order = cells.assign(_position=np.arange(len(cells))).sort_values(
-        [patient, column, "_position"], ascending=[True, False, True], kind="stable"
+    plain = pd.DataFrame(
+        {"patient": cells[patient].astype(str).to_numpy(), "p": cells[column].to_numpy(dtype=float)}
     )
-    ranks = order.groupby(patient, sort=False).cumcount() + 1
-    return ranks.reindex(cells.index).astype(int)
+    order = plain.sort_values(["patient", "p"], ascending=[True, False], kind="stable")
+    ranks = np.empty(len(cells), dtype=int)
+    ranks[order.index.to_numpy()] = order.groupby("patient", sort=False).cumcount().to_numpy() + 1
+    return pd.Series(ranks, index=cells.index)
 
 
 def patients_to_review(patients: pd.DataFrame, confirm_positive: bool) -> pd.DataFrame:
@@ -133,9 +135,10 @@ def first_parasitized_rank(
 ) -> pd.Series:
     """Per patient, the rank (1: the highest ``column``) of its first cell labelled parasitized; NaN for a
     patient none of whose cells is."""
-    ranks = rank_cells(cells, patient, column)
-    positive = pd.Series(np.asarray(is_positive, dtype=bool), index=cells.index)
-    found = ranks[positive].groupby(cells.loc[positive, patient].astype(str)).min()
+    ranks = rank_cells(cells, patient, column).to_numpy()
+    positive = np.asarray(is_positive, dtype=bool)
+    patients = cells[patient].astype(str).to_numpy()
+    found = pd.Series(ranks[positive]).groupby(patients[positive]).min()
     every = pd.Index(sorted(cells[patient].astype(str).unique()), name=patient)
     return found.reindex(every).astype(float).rename(FIRST_RANK)
 
@@ -356,3 +359,63 @@ def final_calls(patients: pd.DataFrame, queue: pd.DataFrame, reviewed: pd.DataFr
             }
         )
     return pd.DataFrame(rows, columns=FINAL_CALL_COLUMNS)
+
+
+WORKLOAD_FIGURES = (
+    "call_sensitivity",
+    "call_specificity",
+    "undecided",
+    "missed",
+    "false_positives",
+    "cells_read_per_patient",
+    "cells_shown_per_patient",
+)
+
+
+def workload_report(table: pd.DataFrame, ks: list[int], min_fraction: float) -> dict[str, Any]:
+    """The review of a called patient table with the truth and :data:`FIRST_RANK`, for the docs and MLflow:
+    its figures before review (:func:`~malaria_pipeline.assess.patients.patient_metrics`), after a review
+    of the top ``k`` cells for each of ``ks`` (:func:`review_workload`), and each review patient's first
+    parasitized rank (:func:`review_ranks`)."""
+    return {
+        "before_review": patient_metrics(table, min_fraction),
+        "after_review": review_workload(table, ks),
+        "review_patients": review_ranks(table),
+    }
+
+
+def workload_lines(name: str, report: dict[str, Any]) -> list[str]:
+    """The log lines of a :func:`workload_report`: one per ``k``."""
+    before = report["before_review"]
+    lines = [
+        f"{name}: {before['patients']} patients ({before['infected']} infected), "
+        f"{sum(1 for _ in report['review_patients'])} in review; first parasitized rank of each infected one: "
+        + (
+            ", ".join(
+                str(row["first_parasitized_rank"]) for row in report["review_patients"] if row["infected"]
+            )
+            or "none"
+        )
+    ]
+    for row in report["after_review"]:
+        lines.append(
+            f"  top {row['k']} cells reviewed: call sensitivity {_text(row['call_sensitivity'])}, specificity "
+            f"{_text(row['call_specificity'])}, {row['undecided']} undecided, {row['missed']} infected called "
+            f"negative, {row['false_positives']} uninfected called positive; cells looked at per patient "
+            f"{_text(row['cells_read_per_patient'], 2)} (all {row['k']} read: "
+            f"{_text(row['cells_shown_per_patient'], 2)}), against {_text(row['manual_cells_per_patient'], 0)} "
+            "read by manual microscopy"
+        )
+    return lines
+
+
+def workload_scores(prefix: str, report: dict[str, Any]) -> dict[str, Any]:
+    """The MLflow metrics of a :func:`workload_report`: ``<prefix>.k<k>.<figure>`` and ``<prefix>.review_share``."""
+    scores = {f"{prefix}.review_share": report["before_review"]["review_share"]}
+    for row in report["after_review"]:
+        scores.update({f"{prefix}.k{row['k']}.{name}": row[name] for name in WORKLOAD_FIGURES})
+    return scores
+
+
+def _text(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

@@ -32,6 +32,8 @@ CV_PARAMS = {
         "call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 1},
         "min_fraction": 0.05,
         "max_review": 0.1,
+        "budget": "patients",
+        "reviewer": {"cells_per_patient": 6, "max_cells_per_patient": 3},
         "choose_from": {"healthy_below": [0.01, 0.001], "negative_below": [0.01, 0.02]},
         "detection": {"cells": 200, "parasitemia": [0.0, 0.05, 0.2], "smears": 20, "seed": 0},
     },

@@ -497,3 +497,64 @@ def test_the_test_patients_smears_are_judged_with_the_models_counting_threshold_
     assert {k: got[k] for k in expected} == expected and got["cells"] == 100
     assert scores["test.detection.lob"]["value"] == expected["lob"]
     assert "validation" not in report or "detection" not in report["validation"]
+
+
+def test_the_review_workload_of_the_test_patients_against_hand_worked_figures():
+    from malaria_pipeline.pipelines.evaluation.nodes import review_workload_of_test
+
+    # T1 (review, infected): P 0.9 (U), 0.8 (P), 0.1 (U): its first parasitized cell ranks 2. T2 (review,
+    # uninfected): 0.7, 0.2. T3 (positive, infected). A validation patient, not counted.
+    predictions = pd.DataFrame(
+        {
+            "subset": ["test"] * 6 + ["validation"],
+            "patient_id": ["T1", "T1", "T1", "T2", "T2", "T3", "V1"],
+            "label": [
+                "Uninfected",
+                "Parasitized",
+                "Uninfected",
+                "Uninfected",
+                "Uninfected",
+                "Parasitized",
+                "Parasitized",
+            ],
+            "p_parasitized": [0.9, 0.8, 0.1, 0.7, 0.2, 0.95, 0.9],
+        }
+    )
+    patients = pd.DataFrame(
+        {
+            "subset": ["test", "test", "test", "validation"],
+            "patient": ["T1", "T2", "T3", "V1"],
+            "cells": [3, 2, 1, 1],
+            "call": ["review", "review", "positive", "review"],
+            "infected": [True, False, True, True],
+            "labelled_fraction": [1 / 3, 0.0, 1.0, 1.0],
+            "fraction": [0.3, 0.0, 1.0, 1.0],
+            "observed": [0.33, 0.0, 1.0, 1.0],
+            "covered": [True] * 4,
+        }
+    )
+    report = review_workload_of_test(predictions, patients, PARAMS, {"workload_k": [1, 2]})
+    by_k = {row["k"]: row for row in report["after_review"]}
+    # top 1: T1's first cell is uninfected, so T1 is missed; one cell read of each review patient
+    assert (by_k[1]["call_sensitivity"], by_k[1]["call_specificity"], by_k[1]["missed"]) == (0.5, 1.0, 1)
+    assert by_k[1]["cells_read_per_patient"] == pytest.approx(2 / 3)
+    # top 2: T1's parasite found at rank 2; T2 read in full
+    assert (by_k[2]["call_sensitivity"], by_k[2]["missed"], by_k[2]["undecided"]) == (1.0, 0, 0)
+    assert by_k[2]["cells_read_per_patient"] == pytest.approx(4 / 3)
+    assert by_k[2]["manual_cells_per_patient"] == pytest.approx(2.0)
+    assert report["review_patients"] == [
+        {
+            "patient": "T1",
+            "cells": 3,
+            "infected": True,
+            "labelled_fraction": 1 / 3,
+            "first_parasitized_rank": 2,
+        },
+        {
+            "patient": "T2",
+            "cells": 2,
+            "infected": False,
+            "labelled_fraction": 0.0,
+            "first_parasitized_rank": None,
+        },
+    ]

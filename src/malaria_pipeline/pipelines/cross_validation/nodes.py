@@ -26,12 +26,16 @@ from malaria_pipeline.assess.metrics import (
     sensitivity_specificity,
     threshold_for_sensitivity,
 )
-from malaria_pipeline.assess.out_of_fold import cross_validated_patients, pooled_patient_settings
+from malaria_pipeline.assess.out_of_fold import (
+    call_out_of_fold,
+    choose_rule,
+    cross_validated_patients,
+    pooled_patient_settings,
+)
 from malaria_pipeline.assess.patients import (
     PATIENT_METRICS,
     PatientCall,
     ReferenceCells,
-    choose_call,
     patient_metrics,
 )
 from malaria_pipeline.assess.plots import (
@@ -41,6 +45,7 @@ from malaria_pipeline.assess.plots import (
     plot_per_patient_accuracy,
 )
 from malaria_pipeline.assess.quantifiers import compare_quantifiers
+from malaria_pipeline.assess.review import workload_lines, workload_report, workload_scores
 from malaria_pipeline.cells.splitting import (
     SplitError,
     check_patient_count,
@@ -326,7 +331,27 @@ def _patients_args(params: dict[str, Any], count_at: Any = None) -> dict[str, An
         "min_cells": patients["call"]["min_cells"],
         "detection": patients["detection"],
         "healthy_range": patients["healthy_range"],
+        "reviewer": reviewer_budget(patients),
     }
+
+
+BUDGETS = ("cells", "patients")
+
+
+def reviewer_budget(patients: dict[str, Any]) -> dict[str, Any] | None:
+    """The reviewer's budget of ``patients.budget``: ``patients.reviewer`` for ``cells``, None for
+    ``patients`` (the rule is then chosen within ``max_review``).
+
+    Raises:
+        ValueError: another budget.
+    """
+    budget = patients["budget"]
+    if budget not in BUDGETS:
+        raise ValueError(
+            f"patients.budget is {budget!r}: give cells (a reviewer reads the top-ranked cells of each review "
+            "patient: patients.reviewer.max_cells_per_patient) or patients (no reviewer: max_review)"
+        )
+    return patients["reviewer"] if budget == "cells" else None
 
 
 def judge_patients_out_of_fold(
@@ -350,6 +375,66 @@ def judge_patients_out_of_fold(
         100 * smears["resampled"].mean(),
     )
     return table, smears
+
+
+def review_workload_out_of_fold(
+    cv_patients: pd.DataFrame, cv_smears: pd.DataFrame, params: dict[str, Any], review: dict[str, Any]
+) -> dict[str, Any]:
+    """``cv_review_workload``: what a reviewer of each review patient's top ``k`` cells (``review.workload_k``)
+    gives and costs out of fold, the archive's label standing for the reviewer's eye
+    (:func:`~malaria_pipeline.assess.review.workload_report`), for each budget the rule can be chosen under
+    (``patients.budget``): ``cells`` (a reviewer: at most ``patients.reviewer.max_cells_per_patient`` cells
+    looked at per patient) and ``patients`` (none: at most ``max_review`` of the patients in review), each
+    fold called by the rule the other folds chose under it, with the rule all the patients choose. Also MLflow
+    metrics ``cv.review.<budget>.k<k>.<figure>``."""
+    patients = params["patients"]
+    grid = (
+        patients["choose_from"]["healthy_below"],
+        patients["choose_from"]["negative_below"],
+        patients["min_fraction"],
+        patients["max_review"],
+        patients["call"]["min_cells"],
+    )
+    report: dict[str, Any] = {"budget": patients["budget"], "k": list(review["workload_k"]), "by_budget": {}}
+    for budget in BUDGETS:
+        reviewer = reviewer_budget({**patients, "budget": budget})
+        table = (
+            cv_patients
+            if budget == patients["budget"]
+            else call_out_of_fold(cv_patients, *grid, smears=cv_smears, reviewer=reviewer)[0]
+        )
+        rule, chosen = choose_rule(table, grid, cv_smears, reviewer)
+        report["by_budget"][budget] = {
+            "bound": {"max_cells_per_patient": reviewer["max_cells_per_patient"]}
+            if reviewer
+            else {"max_review": patients["max_review"]},
+            "per_fold_rules": _fold_rules(table),
+            "recommended_call": rule.as_dict(),
+            "recommended_call_on_all": chosen,
+            "out_of_fold": workload_report(table, review["workload_k"], patients["min_fraction"]),
+        }
+        for line in workload_lines(
+            f"Review out of fold, the rule chosen within a budget of {budget}",
+            report["by_budget"][budget]["out_of_fold"],
+        ):
+            logger.info("%s", line)
+        tracking.log_metrics(
+            workload_scores(f"cv.review.{budget}", report["by_budget"][budget]["out_of_fold"])
+        )
+    return report
+
+
+def _fold_rules(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rule that called each fold (chosen on the other folds)."""
+    rules = table.groupby("fold")[["healthy_below", "negative_below"]].first().reset_index()
+    return [
+        {
+            "fold": int(row.fold),
+            "healthy_below": float(row.healthy_below),
+            "negative_below": float(row.negative_below),
+        }
+        for row in rules.itertuples()
+    ]
 
 
 def compare_patient_methods(cv_predictions: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
@@ -497,14 +582,13 @@ def _patient_report(
         row = {"fold": int(fold), **patient_metrics(table, patients["min_fraction"])}
         row["call"] = {name: float(table[name].iloc[0]) for name in ("healthy_below", "negative_below")}
         per_fold.append(row)
-    rule, chosen = choose_call(
-        cv_patients,
+    grid = (
         *(patients["choose_from"][k] for k in ("healthy_below", "negative_below")),
         patients["min_fraction"],
         patients["max_review"],
         patients["call"]["min_cells"],
-        smears=cv_smears,
     )
+    rule, chosen = choose_rule(cv_patients, grid, cv_smears, reviewer_budget(patients))
     limits_per_fold = [
         {"fold": int(fold), **detection_limits(smears)} for fold, smears in cv_smears.groupby("fold")
     ]

@@ -36,6 +36,7 @@ from .nodes import (
     patient_fractions_figure,
     per_patient_figure,
     pool_folds,
+    review_workload_out_of_fold,
     roc_curves_figure,
     score_fold,
     split_fold,
@@ -185,6 +186,12 @@ def _patient_nodes(params: str) -> list[Node]:
             inputs=["cv_predictions", params],
             outputs="cv_patient_methods",
             name="compare_patient_methods_node",
+        ),
+        Node(
+            func=review_workload_out_of_fold,
+            inputs=["cv_patients", "cv_smears", params, "params:review"],
+            outputs="cv_review_workload",
+            name="measure_review_workload_node",
         ),
         Node(
             func=deployable_patient_settings,

@@ -42,6 +42,12 @@ from malaria_pipeline.assess.plots import (
     plot_reliability_diagrams,
     plot_roc_curves,
 )
+from malaria_pipeline.assess.review import (
+    with_first_ranks,
+    workload_lines,
+    workload_report,
+    workload_scores,
+)
 from malaria_pipeline.cells.splitting import subset_rows
 from malaria_pipeline.cells.tensors import class_codes
 from malaria_pipeline.framework import tracking
@@ -166,6 +172,42 @@ def judge_patient_subsets(
     if not tables:  # a model trained on every image: a table of no patients, still readable as CSV
         return pd.DataFrame(columns=[*PATIENT_COLUMNS, *TRUTH_COLUMNS, "subset"])
     return pd.concat(tables, ignore_index=True)
+
+
+def review_workload_of_test(
+    evaluation_predictions: pd.DataFrame,
+    evaluation_patients: pd.DataFrame,
+    params: dict[str, Any],
+    review: dict[str, Any],
+) -> dict[str, Any]:
+    """``evaluation_review_workload``: what a reviewer of each test review patient's top ``k`` cells
+    (``review.workload_k``) gives and costs, the archive's label standing for the reviewer's eye, the
+    patients called by the model's rule (:func:`~malaria_pipeline.assess.review.workload_report`); also
+    MLflow metrics ``test.review.k<k>.<figure>``. Empty for a model trained on every image."""
+    patients = (
+        evaluation_patients[evaluation_patients["subset"] == "test"]
+        if len(evaluation_patients)
+        else evaluation_patients
+    )
+    if patients.empty:
+        return {"subset": "test", "patients": 0}
+    cells = evaluation_predictions[evaluation_predictions["subset"] == "test"]
+    positive = params["positive_class"]
+    table = with_first_ranks(
+        patients,
+        cells,
+        patient="patient_id",
+        column=probability_column(positive),
+        is_positive=(cells["label"] == positive).to_numpy(),
+    )
+    report = {
+        "subset": "test",
+        **workload_report(table, review["workload_k"], params["patients"]["min_fraction"]),
+    }
+    for line in workload_lines("Review of the test patients, called by the model's rule", report):
+        logger.info("%s", line)
+    tracking.log_metrics(workload_scores("test.review", report))
+    return report
 
 
 def patient_fractions_figure(evaluation_patients: pd.DataFrame) -> Figure:

@@ -13,6 +13,7 @@ from .nodes import (
     patient_fractions_figure,
     predict_subsets,
     reliability_diagram_figure,
+    review_workload_of_test,
     roc_curve_figure,
     sample_images_figure,
     top_losses_figure,
@@ -39,6 +40,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["evaluation_predictions", "model", params],
                 outputs="evaluation_patients",
                 name="judge_patient_subsets_node",
+            ),
+            Node(
+                func=review_workload_of_test,
+                inputs=["evaluation_predictions", "evaluation_patients", params, "params:review"],
+                outputs="evaluation_review_workload",
+                name="measure_review_workload_node",
             ),
             Node(
                 func=compute_metrics,
