@@ -31,7 +31,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         ``model_training``, ``evaluation`` and ``lr_finder`` (each on the latest outputs of the one
         before), ``inference`` (new images, the latest model), ``batch_inference`` (a folder tree of images
         scored on Spark by a registered MLflow model), ``review`` (the patients that inference sent to review,
-        queued in Label Studio), ``collect_reviews`` (the reviewers' verdicts back: final calls and label
+        queued in Label Studio; ``batch_review``: those of batch_inference), ``collect_reviews`` (the reviewers' verdicts back: final calls and label
         corrections), ``promote`` (the registered
         model's champion alias to the challenger when it is not worse), ``cross_validation`` (ingestion, then
         patient-grouped k-fold cross-validation of the training configuration and a label audit: one namespace
@@ -56,6 +56,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "batch_inference": batch_inference.create_pipeline(),
         "promote": promote.create_pipeline(),
         "review": review.create_pipeline(),
+        "batch_review": review.create_batch_pipeline(),
         "collect_reviews": collect_reviews.create_pipeline(),
     }
     training = parts["ingestion"] + parts["preprocessing"] + parts["model_training"] + parts["evaluation"]

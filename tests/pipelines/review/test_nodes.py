@@ -90,7 +90,7 @@ def top_by_hand(bundle, patient: str, k: int) -> list[str]:
 
 def test_the_queue_holds_each_review_patients_top_cells_beside_their_heatmaps(inferred):
     folder, bundle, predictions, summary, patients = inferred
-    queue, overlays = queue_patients(
+    queue, overlays, _ = queue_patients(
         predictions, patients, summary, ImageArchive.open(folder), bundle, PARAMS
     )
     assert queue["file"].tolist() == top_by_hand(
@@ -109,7 +109,7 @@ def test_the_queue_holds_each_review_patients_top_cells_beside_their_heatmaps(in
         assert (overlay.int() - hand_overlay(pixels, heatmap).int()).abs().max() <= 1
 
     confirm = {**PARAMS, "confirm_positive": True}
-    queue, _ = queue_patients(predictions, patients, summary, ImageArchive.open(folder), bundle, confirm)
+    queue, _, _ = queue_patients(predictions, patients, summary, ImageArchive.open(folder), bundle, confirm)
     assert queue.groupby("patient")["file"].apply(list).to_dict() == {
         "A": top_by_hand(bundle, "A", 3),
         "B": top_by_hand(bundle, "B", 3),
@@ -121,7 +121,7 @@ def test_a_file_gone_since_inference_is_left_out_and_the_others_stay(inferred, c
     folder, bundle, predictions, summary, patients = inferred
     first = top_by_hand(bundle, "A", 3)
     (folder / first[1]).unlink()
-    queue, overlays = queue_patients(
+    queue, overlays, _ = queue_patients(
         predictions, patients, summary, ImageArchive.open(folder), bundle, PARAMS
     )
     assert queue["file"].tolist() == [first[0], first[2]] and queue["rank"].tolist() == [1, 3]
@@ -141,7 +141,7 @@ def test_a_model_other_than_the_one_that_classified_is_refused(inferred):
 def test_the_tasks_carry_the_overlays_the_queue_drew(inferred):
     folder, bundle, predictions, summary, patients = inferred
     confirm = {**PARAMS, "confirm_positive": True}
-    cells, overlays = queue_patients(
+    cells, overlays, _ = queue_patients(
         predictions, patients, summary, ImageArchive.open(folder), bundle, confirm
     )
     queue, overlays = make_queue(
@@ -194,3 +194,42 @@ def test_the_label_audits_suspects_join_the_queue_when_asked(tmp_path):
     with pytest.raises(ValueError, match="the archive's images are not ingested"):
         queue_label_issues(issues, None, None, bundle, asked)
     assert queue_label_issues(issues, None, None, bundle, PARAMS)[0].empty
+
+
+def test_a_spark_runs_queue_is_the_inference_runs_for_the_same_files(inferred):
+    from malaria_pipeline.pipelines.review.nodes import queue_batch_patients
+
+    folder, bundle, predictions, summary, patients = inferred
+    confirm = {**PARAMS, "confirm_positive": True}
+    expected, expected_overlays, _ = queue_patients(
+        predictions, patients, summary, ImageArchive.open(folder), bundle, confirm
+    )
+    # batch_predictions as Spark writes them: file: URIs, the prefix, the model's run; one row it could not
+    # classify (no probability), which the queue leaves out
+    root = "file:" + folder.resolve().as_posix()
+    spark = pd.DataFrame(
+        {
+            "path": [f"{root}/{f}" for f in predictions["file"]] + [f"{root}/broken.png"],
+            "folder": ".",
+            "patient": [f.split("_IMG_")[0] for f in predictions["file"]] + [None],
+            "label": predictions["label"].tolist() + [None],
+            "p_parasitized": predictions["p_parasitized"].tolist() + [None],
+            "error": [None] * len(predictions) + ["not a PNG or JPEG image"],
+            "model_run_id": "abc123",
+        }
+    ).iloc[::-1]  # Spark's partitions come in any order
+    model = {**bundle, "registered_version": {"name": "m", "version": 1, "run_id": "abc123"}}
+    batch = {"source": str(folder), "group_by": "prefix"}
+    queue, overlays, table = queue_batch_patients(
+        spark, patients, ImageArchive.open(folder), model, confirm, batch
+    )
+    columns = ["patient", "rank", "file", "sha1", "p_parasitized", "model_label", "call"]
+    pd.testing.assert_frame_equal(queue[columns], expected[columns])
+    assert all(
+        np.array_equal(overlays[a], expected_overlays[b])
+        for a, b in zip(queue["overlay"], expected["overlay"])
+    )
+    assert table is patients
+    other = {**model, "registered_version": {"name": "m", "version": 2, "run_id": "fff999"}}
+    with pytest.raises(ValueError, match=r"scored by the model of run abc123, and the review would explain"):
+        queue_batch_patients(spark, patients, ImageArchive.open(folder), other, confirm, batch)

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 def collect_reviews(
     review_tasks: dict[str, Any],
     review_queue: pd.DataFrame,
-    patient_predictions: pd.DataFrame,
+    review_patients: pd.DataFrame,
     previous_reviewed_cells: pd.DataFrame,
     previous_label_corrections: pd.DataFrame,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
@@ -28,7 +28,8 @@ def collect_reviews(
     - ``reviewed_cells``: one row per verdict on a cell (``VERDICT_COLUMNS`` of :mod:`~malaria_pipeline.framework.label_studio`:
       cell, patient, verdict, reviewer, time, task), all the project's tasks (earlier queues' too). The
       project is read whole each time, so collecting again adds nothing twice;
-    - ``final_calls``: one row per patient of the latest ``patient_predictions``, with the model's call, the
+    - ``final_calls``: one row per patient of ``review_patients`` (the patient table that the latest queue
+      was made of: ``patient_predictions``, or ``batch_patients`` of a Spark run), with the model's call, the
       final call and who made it (:func:`~malaria_pipeline.assess.review.final_calls`, on the tasks of the
       latest ``review_queue``);
     - ``label_corrections``: one row per cell whose verdicts agree on Parasitized or Uninfected
@@ -46,7 +47,7 @@ def collect_reviews(
     existing = {(int(task["id"]), task["data"].get("task_key")) for task in review_tasks["tasks"]}
     vanished = _vanished(previous_reviewed_cells, existing)
     queue = review_queue[review_queue["kind"] == "patient"]
-    calls = final_calls(patient_predictions, queue, verdicts)
+    calls = final_calls(review_patients, queue, verdicts)
     corrections, unsettled = _corrections(verdicts, review_queue, previous_label_corrections)
 
     report = {

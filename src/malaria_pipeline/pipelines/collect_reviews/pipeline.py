@@ -11,7 +11,7 @@ NAMESPACE = "collect_reviews"
 
 def create_pipeline(**kwargs) -> Pipeline:
     """``kedro run --pipelines collect_reviews``: the verdicts of Label Studio's review project, the final
-    calls of the latest queue's patients, and the label corrections that the next ingestion applies."""
+    calls of the latest queue's patients (``review_patients``: the patient table it was made of), and the label corrections that the next ingestion applies."""
     return Pipeline(
         [
             Node(
@@ -19,7 +19,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=[
                     "review_tasks",
                     "review_queue",
-                    "patient_predictions",
+                    "review_patients",
                     "previous_reviewed_cells",
                     "label_corrections_to_apply",
                 ],

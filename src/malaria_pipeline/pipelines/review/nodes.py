@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,9 @@ from malaria_pipeline.assess.review import patients_to_review, review_cells
 from malaria_pipeline.cells.archive import ImageArchive
 from malaria_pipeline.framework import label_studio
 from malaria_pipeline.ml.images import ImageLimits, UnreadableImageError, decode_cell_image, one_line
+from malaria_pipeline.pipelines.batch_inference.nodes import source_root
 from malaria_pipeline.pipelines.inference.nodes import (
+    NO_PREFIX,
     _classifier,
     explained_cells,
     overlay_name,
@@ -58,7 +61,7 @@ def queue_patients(
     review_images: ImageArchive,
     inference_model: dict[str, Any],
     params: dict[str, Any],
-) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], pd.DataFrame]:
     """The cells of each patient that the model could not call, for a microscopist: every patient of the
     latest ``patient_predictions`` called ``review`` (with ``review.confirm_positive``, ``positive`` too),
     its ``review.cells_per_patient`` cells of highest P(Parasitized), each beside its Grad-CAM heatmap
@@ -69,29 +72,83 @@ def queue_patients(
     patient keeps its other cells.
 
     Returns:
-        One row per cell (:data:`QUEUE_COLUMNS`, ``kind`` ``patient``), and the overlays by file name.
+        One row per cell (:data:`QUEUE_COLUMNS`, ``kind`` ``patient``), the overlays by file name, and
+        ``review_patients``: the patient table the queue was made of, whose calls ``collect_reviews`` settles.
 
     Raises:
         ValueError: the model is not the one that made the predictions (``inference_summary``).
     """
     _check_model(inference_model, inference_summary)
-    column = probability_column(params["positive_class"])
     cells = predictions.assign(patient=patients_of_files(predictions["file"], params["group_by"]))
-    patients = patients_to_review(patient_predictions, params["confirm_positive"])
+    table, overlays = _queue(cells, patient_predictions, review_images, inference_model, params)
+    return table, overlays, patient_predictions
+
+
+def queue_batch_patients(
+    batch_predictions: pd.DataFrame,
+    batch_patients: pd.DataFrame,
+    batch_review_images: ImageArchive,
+    batch_model: dict[str, Any],
+    params: dict[str, Any],
+    batch_params: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], pd.DataFrame]:
+    """:func:`queue_patients` for a Spark run: the patients of the latest ``batch_patients`` and the cells
+    of the latest ``batch_predictions`` (read without Spark), grouped as ``batch_inference.group_by``
+    grouped them, the files read from ``batch_inference.source``, the heatmaps drawn by the model that
+    scored them (``batch_inference.model_uri``). Rows that Spark could not classify are not shown.
+
+    Raises:
+        ValueError: the model is not the one that scored the files, or a file is not under the source.
+    """
+    _check_batch_model(batch_model, batch_predictions)
+    root = source_root(batch_params["source"]) + "/"
+    scored = batch_predictions[batch_predictions["error"].isna()]
+    outside = scored.loc[~scored["path"].str.startswith(root), "path"]
+    if len(outside):
+        raise ValueError(
+            f"{outside.iloc[0]} (and {len(outside) - 1} more) is not under batch_inference.source "
+            f"({batch_params['source']}): give the source of the batch_inference run"
+        )
+    group = scored["folder"] if batch_params["group_by"] == "folder" else scored["patient"].fillna(NO_PREFIX)
+    cells = pd.DataFrame(
+        {
+            "file": scored["path"].str.slice(len(root)).to_numpy(),
+            "label": scored["label"].to_numpy(),
+            probability_column(params["positive_class"]): scored[
+                probability_column(params["positive_class"])
+            ].to_numpy(),
+            "patient": group.astype(str).to_numpy(),
+        }
+    ).sort_values("file", kind="stable", ignore_index=True)
+    table, overlays = _queue(cells, batch_patients, batch_review_images, batch_model, params)
+    return table, overlays, batch_patients
+
+
+def _queue(
+    cells: pd.DataFrame,
+    patient_table: pd.DataFrame,
+    images: ImageArchive,
+    model: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The queue's rows and overlays of classified ``cells`` (``file``, ``label``, the probability column,
+    ``patient``) of the patients of ``patient_table`` to review."""
+    column = probability_column(params["positive_class"])
+    patients = patients_to_review(patient_table, params["confirm_positive"])
     queue = review_cells(
         cells, patients, patient="patient", column=column, per_patient=params["cells_per_patient"]
     )
     logger.info(
         "Review queue: %d of %d patients (%s), %d cells (at most %d each)",
         len(patients),
-        len(patient_predictions),
+        len(patient_table),
         ", ".join(f"{call} {n}" for call, n in patients["call"].value_counts().sort_index().items())
         or "none",
         len(queue),
         params["cells_per_patient"],
     )
-    classifier = _classifier(inference_model, params)
-    queue, stacked, files = _read_cells(queue, review_images, classifier.image_size, params)
+    classifier = _classifier(model, params)
+    queue, stacked, files = _read_cells(queue, images, classifier.image_size, params)
     pictures = explained_cells(
         classifier, stacked, params["positive_class"], params["batch_size"], params["overlay_scale"]
     )
@@ -105,11 +162,11 @@ def queue_patients(
             "p_parasitized": queue[column].astype(float),
             "model_label": queue["label"],
             **{name: queue[name] for name in QUEUE_COLUMNS[8:14]},
-            "source": review_images.source,
+            "source": images.source,
             "image": files,
         }
     )
-    return _with_keys(table, inference_model, pictures)
+    return _with_keys(table, model, pictures)
 
 
 def _read_cells(
@@ -272,6 +329,23 @@ def _with_keys(
         for position, (kind, file) in enumerate(zip(table["kind"], table["file"]), start=1)
     ]
     return table, dict(zip(table["overlay"], pictures))
+
+
+def _check_batch_model(model: dict[str, Any], predictions: pd.DataFrame) -> None:
+    runs = set(predictions["model_run_id"].dropna())
+    registered = model.get("registered_version") or {}
+    run = registered.get("run_id") or _run_of(str(model.get("source")))
+    if runs and run not in runs:
+        raise ValueError(
+            f"The latest batch_predictions were scored by the model of run {', '.join(sorted(runs))}, and the "
+            f"review would explain them with {model.get('source')}: give the review the same "
+            "batch_inference.model_uri as the batch_inference run"
+        )
+
+
+def _run_of(source: str) -> str | None:
+    match = re.match(r"runs:/([0-9a-f]+)/", source)
+    return match.group(1) if match else None
 
 
 def _check_model(model: dict[str, Any], summary: dict[str, Any]) -> None:
