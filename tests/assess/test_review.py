@@ -196,6 +196,18 @@ def test_the_rule_for_a_reviewer_misses_fewest_infected_within_the_cell_budget(
     assert chosen["after_review"]["missed"] == missed
 
 
+def test_between_rules_that_miss_as_few_the_reviewer_rule_is_the_most_cautious_the_budget_allows():
+    # Without P3: negative_below 0.002 reviews P2, U1, U3 (2 + 4 + 4 = 10 cells of 5 patients, 2.0),
+    # 0.005 reviews P2 and U1 (1.2); both miss none. Within 3 cells: 0.002, the one that reviews more.
+    table = TABLE[TABLE["patient"] != "P3"]
+    rule, chosen = choose_call_for_reviewer(table, *GRID, cells_per_patient=4, max_cells_per_patient=3.0)
+    assert (rule.healthy_below, rule.negative_below) == (0.0001, 0.002)
+    assert chosen["after_review"]["cells_read_per_patient"] == pytest.approx(2.0)
+    # within 1.5 cells, 0.005 is the most cautious left
+    rule, _ = choose_call_for_reviewer(table, *GRID, cells_per_patient=4, max_cells_per_patient=1.5)
+    assert rule.negative_below == 0.005
+
+
 def test_without_a_safe_rule_the_reviewer_rule_calls_fewest_healthy_positive():
     # a simulated healthy smear that every rule calls positive: 0.001 errs twice (U1 and it), 0.0001 once
     smears = pd.DataFrame(

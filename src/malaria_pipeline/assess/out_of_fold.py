@@ -157,15 +157,15 @@ def choose_rule(
     """The rule of ``grid`` (``healthy_below``, ``negative_below``, ``min_fraction``, ``max_review``,
     ``min_cells``) that these patients choose: for a clinic without a reviewer, within ``max_review`` of
     the patients in review (:func:`~malaria_pipeline.assess.patients.choose_call`); with ``reviewer``
-    (``cells_per_patient``, ``max_cells_per_patient``), within that budget of cells looked at
-    (:func:`~malaria_pipeline.assess.review.choose_call_for_reviewer`)."""
+    (``cells_per_patient``, ``max_cells_per_patient``, and its own ``negative_below`` grid, if any), within
+    that budget of cells looked at (:func:`~malaria_pipeline.assess.review.choose_call_for_reviewer`)."""
     if reviewer is None:
         return choose_call(table, *grid, smears=smears)
     healthy_below, negative_below, _, _, min_cells = grid
     return choose_call_for_reviewer(
         table,
         healthy_below,
-        negative_below,
+        reviewer.get("negative_below", negative_below),
         cells_per_patient=reviewer["cells_per_patient"],
         max_cells_per_patient=reviewer["max_cells_per_patient"],
         min_cells=min_cells,

@@ -250,8 +250,11 @@ def choose_call_for_reviewer(
     smears with ``parasitemia``, ``fraction``, ``healthy_chance`` and ``cells``), and whose review patients
     cost at most ``max_cells_per_patient`` cells looked at per patient overall (a reviewer reading each
     review patient's top ``cells_per_patient`` cells, up to the first parasitized one), the one that leaves
-    the fewest infected patients negative after the review, whatever their fraction; then the fewest cells
-    looked at, then the lowest ``healthy_below``, then the lowest ``negative_below``.
+    the fewest infected patients negative after the review, whatever their fraction; then the most cautious
+    the budget allows, as :func:`~malaria_pipeline.assess.patients.choose_call` takes it: the lowest
+    ``healthy_below`` (the fewest positive calls), then the lowest ``negative_below`` (the most review; 0:
+    every patient not called positive goes to the reviewer). Not the one of fewest cells: a rule chosen
+    at the edge of the choosing patients errs on the next patient just past it.
 
     Where no rule meets them all: the fewest uninfected patients and healthy smears called positive, then
     the fewest cells over the budget, then the same order.
@@ -278,7 +281,7 @@ def choose_call_for_reviewer(
             cells = workload["cells_read_per_patient"] or 0.0
             over = max(cells - max_cells_per_patient, 0.0)
             meets = faults == 0 and over == 0
-            key = (not meets, faults, over, workload["missed"], cells, healthy, below)
+            key = (not meets, faults, over, workload["missed"], healthy, below)
             candidates.append((key, rule, {**metrics, "after_review": workload}, meets))
     _, rule, metrics, meets = min(candidates, key=lambda c: c[0])
     return rule, {**metrics, "meets": meets}
@@ -387,13 +390,14 @@ def workload_report(table: pd.DataFrame, ks: list[int], min_fraction: float) -> 
 def workload_lines(name: str, report: dict[str, Any]) -> list[str]:
     """The log lines of a :func:`workload_report`: one per ``k``."""
     before = report["before_review"]
+    ranks = pd.Series(
+        [row["first_parasitized_rank"] for row in report["review_patients"] if row["infected"]], dtype=object
+    ).value_counts()
     lines = [
         f"{name}: {before['patients']} patients ({before['infected']} infected), "
-        f"{sum(1 for _ in report['review_patients'])} in review; first parasitized rank of each infected one: "
+        f"{len(report['review_patients'])} in review; the first parasitized cell of the infected ones at rank "
         + (
-            ", ".join(
-                str(row["first_parasitized_rank"]) for row in report["review_patients"] if row["infected"]
-            )
+            ", ".join(f"{rank}: {n}" for rank, n in sorted(ranks.items(), key=lambda item: str(item[0])))
             or "none"
         )
     ]
