@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 # repeats the block for each entry of the task's "cells"; the choice of cell i is "verdict_<i>".
 LABEL_CONFIG = """<View>
   <Header value="$summary"/>
-  <Text name="about" value="$about"/>
+  <Header size="6" value="Left: the cell. Right: where the network found the evidence for Parasitized (Grad-CAM). Answer each cell: Parasitized, Uninfected or Unsure."/>
   <Repeater on="$cells" indexFlag="{{idx}}">
     <View style="display: flex; align-items: center; gap: 16px; border-bottom: 1px solid #ddd; padding: 6px 0">
       <View style="width: 410px; flex: none">
@@ -89,8 +89,6 @@ def task_of(cells: pd.DataFrame, overlays: dict[str, bytes], positive: str) -> d
             "kind": kind,
             "patient": patient,
             "summary": _summary(first, len(cells)),
-            "about": "Left: the cell. Right: where the network found the evidence for Parasitized (Grad-CAM). "
-            "Answer each cell: Parasitized, Uninfected or Unsure.",
             "cells": data_cells,
         },
         "predictions": [

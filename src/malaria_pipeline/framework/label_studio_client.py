@@ -8,7 +8,7 @@ The server and token come from the environment (``LABEL_STUDIO_URL``, ``LABEL_ST
 the command line. Commands:
 
 - ``import``: ``{"title", "label_config", "description", "tasks"}`` → the project is made with that
-  labelling interface if there is none of that title; the tasks whose ``data.task_key`` it does not hold
+  labelling interface if there is none of that title (an existing one is given it); the tasks whose ``data.task_key`` it does not hold
   yet are imported (with their predictions) → ``{"project_id", "imported", "held"}``;
 - ``export``: ``{"title"}`` → ``{"project_id", "tasks": [{"id", "data", "annotations"}], "users": {id: email}}``,
   the images of the tasks' cells left out (``project_id`` null: no such project).
@@ -49,6 +49,8 @@ def import_tasks(client, request):
         request["title"],
         create={"label_config": request["label_config"], "description": request["description"]},
     )
+    if project.label_config != request["label_config"]:  # a project made by an earlier version
+        client.projects.update(id=project.id, label_config=request["label_config"])
     held = {(t.data or {}).get("task_key") for t in client.tasks.list(project=project.id, fields="task_only")}
     new = [task for task in request["tasks"] if task["data"]["task_key"] not in held]
     if new:
