@@ -39,7 +39,9 @@ train: $(STAMP)
 # repeats it, ARGS='-p no:randomly' keeps the file order).
 # The end-to-end tests marked slow (20 s or more each: the shared images, the notebook, the benchmark,
 # two-machine training, a failing distributed run, a second registered run, logging into a pipe, two
-# training runs, the staged training) run in make test-slow; CI (.ci/run) runs both.
+# training runs, the staged training, Airflow, the review queue in Label Studio and in a browser) run in
+# make test-slow, which installs Airflow's and Label Studio's environments and Chromium first; CI
+# (.ci/run) runs both.
 test: $(STAMP) java
 	$(BIN)/ruff format --check
 	$(BIN)/ruff check
@@ -82,7 +84,7 @@ label-studio: $(STAMP) $(LABEL_STUDIO_STAMP)
 
 # The browser test of the review queue drives Debian's Chromium (headless) with Playwright.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null; } || { echo "The browser test needs Chromium at /usr/bin/chromium: apt install chromium (Debian/Ubuntu)"; exit 1; }
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null 2>&1 && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || { echo "The browser test needs Chromium at /usr/bin/chromium: apt install chromium (Debian/Ubuntu)"; exit 1; }
 
 # Spark (batch_inference and its tests) runs on a JVM.
 java:
