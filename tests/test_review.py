@@ -135,7 +135,7 @@ def test_verdicts_from_label_studio_become_final_calls_and_the_next_ingestions_l
     assert [row["task_id"] for row in gone] == [tasks["N3P3ThinF"]["id"]]
     assert "N3P3ThinF" not in set(project.load("reviewed_cells")["patient"])
     assert project.load("final_calls").set_index("patient").loc["N3P3ThinF", "reason"] == (
-        "0 of 3 cells judged Uninfected, 3 not reviewed yet"
+        "not reviewed yet: 3 cells shown"
     )
 
 

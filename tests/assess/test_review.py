@@ -116,6 +116,10 @@ def test_the_reasons_say_what_the_reviewers_did():
     assert final_call(3, verdicts((1, "Uninfected", ""), (3, "Parasitized", "")))[1] == (
         "cell 3 of 3 confirmed Parasitized"
     )
+    assert final_call(3, verdicts((1, "Parasitized", ""), (3, "Parasitized", "")))[1] == (
+        "cells 1, 3 of 3 confirmed Parasitized"
+    )
+    assert final_call(6, verdicts())[1] == "not reviewed yet: 6 cells shown"
 
 
 def test_final_calls_keep_the_models_call_unless_reviewed_and_name_who_decided():

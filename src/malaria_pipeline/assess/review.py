@@ -116,7 +116,12 @@ def final_call(shown: int, verdicts: pd.DataFrame) -> tuple[str, str]:
     confirmed = verdicts[verdicts["verdict"] == POSITIVE_VERDICT]
     if len(confirmed):
         ranks = ", ".join(str(int(r)) for r in confirmed["rank"])
-        return "positive", f"cell {ranks} of {shown} confirmed {POSITIVE_VERDICT}"
+        return (
+            "positive",
+            f"{'cells' if len(confirmed) > 1 else 'cell'} {ranks} of {shown} confirmed {POSITIVE_VERDICT}",
+        )
+    if verdicts.empty:
+        return "review", f"not reviewed yet: {shown} cells shown"
     uninfected = int((verdicts["verdict"] == NEGATIVE_VERDICT).sum())
     if uninfected == shown:
         return "negative", f"all {shown} cells shown judged {NEGATIVE_VERDICT}"
