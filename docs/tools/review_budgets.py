@@ -16,6 +16,7 @@ import argparse
 from malaria_pipeline.assess.out_of_fold import call_out_of_fold, choose_rule
 from malaria_pipeline.assess.patients import PatientCall
 from malaria_pipeline.assess.review import review_workload, with_first_ranks
+from malaria_pipeline.pipelines.cross_validation.nodes import call_grid
 
 
 def main() -> None:
@@ -34,13 +35,7 @@ def main() -> None:
         table, smears = context.catalog.load("cv_patients"), context.catalog.load("cv_smears")
         test_patients = context.catalog.load("evaluation_patients")
         test_cells = context.catalog.load("evaluation_predictions")
-    grid = (
-        patients["choose_from"]["healthy_below"],
-        patients["choose_from"]["negative_below"],
-        patients["min_fraction"],
-        patients["max_review"],
-        patients["call"]["min_cells"],
-    )
+    grid = call_grid(patients)
     print(
         f"{'budget':<24}{'rule (all patients)':<28}{'review':>8}{'model misses':>14}{'after review: misses':>22}"
         f"{'sensitivity':>13}{'specificity':>13}{'cells/patient':>15}"
@@ -57,13 +52,7 @@ def main() -> None:
         called, _ = call_out_of_fold(table, *grid, smears=smears, reviewer=reviewer)
         rule, _ = choose_rule(table, grid, smears, reviewer)
         rules[name] = rule
-        after = review_workload(called, [args.cells])[0]
-        model_missed = int(((called["call"] == "negative") & called["infected"]).sum())
-        print(
-            f"{name:<24}{f'{rule.healthy_below:g} / {rule.negative_below:g}':<28}"
-            f"{(called['call'] == 'review').mean():>8.1%}{model_missed:>14}{after['missed']:>22}"
-            f"{after['call_sensitivity']:>13.3f}{after['call_specificity']:>13.3f}{after['cells_read_per_patient']:>15.2f}"
-        )
+        print(_row(name, rule, called, args.cells))
     test = test_patients[test_patients["subset"] == "test"]
     cells = test_cells[test_cells["subset"] == "test"]
     test = with_first_ranks(
@@ -78,13 +67,18 @@ def main() -> None:
     )
     for name, rule in rules.items():
         called = test.assign(call=PatientCall(**rule.as_dict()).calls(test))
-        after = review_workload(called, [args.cells])[0]
-        model_missed = int(((called["call"] == "negative") & called["infected"]).sum())
-        print(
-            f"{name:<24}{f'{rule.healthy_below:g} / {rule.negative_below:g}':<28}"
-            f"{(called['call'] == 'review').mean():>8.1%}{model_missed:>14}{after['missed']:>22}"
-            f"{after['call_sensitivity']:>13.3f}{after['call_specificity']:>13.3f}{after['cells_read_per_patient']:>15.2f}"
-        )
+        print(_row(name, rule, called, args.cells))
+
+
+def _row(name: str, rule, called, cells: int) -> str:
+    """A line of the table: the rule, the patients it sends to review and misses, and the review of ``cells``."""
+    after = review_workload(called, [cells])[0]
+    model_missed = int(((called["call"] == "negative") & called["infected"]).sum())
+    return (
+        f"{name:<24}{f'{rule.healthy_below:g} / {rule.negative_below:g}':<28}"
+        f"{(called['call'] == 'review').mean():>8.1%}{model_missed:>14}{after['missed']:>22}"
+        f"{after['call_sensitivity']:>13.3f}{after['call_specificity']:>13.3f}{after['cells_read_per_patient']:>15.2f}"
+    )
 
 
 if __name__ == "__main__":

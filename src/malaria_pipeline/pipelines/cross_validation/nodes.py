@@ -338,6 +338,19 @@ def _patients_args(params: dict[str, Any], count_at: Any = None) -> dict[str, An
 BUDGETS = ("cells", "patients")
 
 
+def call_grid(patients: dict[str, Any]) -> tuple:
+    """The grid that the call rule is chosen from, and what bounds it, of the ``patients`` parameters:
+    ``(healthy_below, negative_below, min_fraction, max_review, min_cells)``
+    (:func:`~malaria_pipeline.assess.out_of_fold.choose_rule`)."""
+    return (
+        patients["choose_from"]["healthy_below"],
+        patients["choose_from"]["negative_below"],
+        patients["min_fraction"],
+        patients["max_review"],
+        patients["call"]["min_cells"],
+    )
+
+
 def reviewer_budget(patients: dict[str, Any]) -> dict[str, Any] | None:
     """The reviewer's budget of ``patients.budget``: ``patients.reviewer`` for ``cells``, None for
     ``patients`` (the rule is then chosen within ``max_review``).
@@ -388,13 +401,7 @@ def review_workload_out_of_fold(
     fold called by the rule the other folds chose under it, with the rule all the patients choose. Also MLflow
     metrics ``cv.review.<budget>.k<k>.<figure>``."""
     patients = params["patients"]
-    grid = (
-        patients["choose_from"]["healthy_below"],
-        patients["choose_from"]["negative_below"],
-        patients["min_fraction"],
-        patients["max_review"],
-        patients["call"]["min_cells"],
-    )
+    grid = call_grid(patients)
     report: dict[str, Any] = {"budget": patients["budget"], "k": list(review["workload_k"]), "by_budget": {}}
     for budget in BUDGETS:
         reviewer = reviewer_budget({**patients, "budget": budget})
@@ -582,12 +589,7 @@ def _patient_report(
         row = {"fold": int(fold), **patient_metrics(table, patients["min_fraction"])}
         row["call"] = {name: float(table[name].iloc[0]) for name in ("healthy_below", "negative_below")}
         per_fold.append(row)
-    grid = (
-        *(patients["choose_from"][k] for k in ("healthy_below", "negative_below")),
-        patients["min_fraction"],
-        patients["max_review"],
-        patients["call"]["min_cells"],
-    )
+    grid = call_grid(patients)
     rule, chosen = choose_rule(cv_patients, grid, cv_smears, reviewer_budget(patients))
     limits_per_fold = [
         {"fold": int(fold), **detection_limits(smears)} for fold, smears in cv_smears.groupby("fold")
