@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         "Label Studio at http://127.0.0.1:%d (data in %s, %s); %s",
         args.port,
         project / DATA_DIR,
-        "PostgreSQL" if environment.get("DJANGO_DB") == "default" else "SQLite",
+        "PostgreSQL" if environment.get("DJANGO_DB") in ("default", "postgresql") else "SQLite",
         f"log in as {given['username']}"
         if given.get("username")
         else "sign up in the browser at the first start",
