@@ -221,6 +221,7 @@ TRAIN_PARAMS = {
     "resume": False,
     "exclude_label_issues": False,
     "calibrate": True,
+    "onnx": {"tolerance": 1e-4, "check_cells": 2048},
     "distributed": {
         "nproc_per_node": 1,
         "nnodes": 1,

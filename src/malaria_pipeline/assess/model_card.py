@@ -22,7 +22,7 @@ HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
 def model_card(facts: dict[str, Any]) -> str:
     """The card as Markdown. ``facts``: what :func:`malaria_pipeline.pipelines.evaluation.nodes.write_model_card`
     gathers (``model``, ``ingestion``, ``subsets``, ``grayscale``, ``evaluation``, ``parameters``, ``profile``,
-    ``cross_validation``, ``run_id``, ``registered_model``)."""
+    ``cross_validation``, ``run_id``, ``registered_model``, ``onnx``: the ONNX check, None without one)."""
     sections = [
         _title(facts),
         _model(facts),
@@ -60,6 +60,20 @@ def _model(facts):
         f"pixels, 3 channels, normalized inside the model (mean {_numbers(model['mean'])}, std {_numbers(model['std'])}).\n"
         f"- Outputs: logits of {model['class_names']}; probabilities are softmax(logits / T), T = {model.get('temperature', 1.0):.4f}.\n"
         f"- Weights of epoch {model.get('best_epoch', '?')}; trained with torch {model.get('torch_version', '?')}."
+        + _onnx(facts.get("onnx"))
+    )
+
+
+def _onnx(check):
+    """The ONNX export and its check against PyTorch, as a line of the Model section."""
+    if not check:
+        return "\n- No ONNX graph: the run that trained it exported none."
+    return (
+        f"\n- Also one ONNX graph (opset {check['opset']}, {check['bytes']:,} bytes; `model.onnx` in the run's "
+        "`onnx/` artifacts): uint8 images in, probabilities out, normalization and T inside. Checked against "
+        f"PyTorch on {check['cells']:,} {check['checked_on']} cells with ONNX Runtime {check['onnxruntime']}: "
+        f"the probabilities differ by at most {check['max_abs_difference']:.2g} (the run fails above "
+        f"{check['tolerance']:g}), the labels {'are the same' if check['same_labels'] else 'are not all the same'}."
     )
 
 

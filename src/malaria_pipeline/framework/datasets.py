@@ -23,6 +23,7 @@ from kedro.io.core import (
     get_filepath_str,
     get_protocol_and_path,
 )
+from kedro_datasets.json import JSONDataset
 from kedro_datasets.pandas import CSVDataset, ParquetDataset
 
 from malaria_pipeline.cells.archive import ImageArchive
@@ -190,6 +191,50 @@ class TorchDataset(AbstractVersionedDataset[Any, Any]):
         except DatasetError:
             return False
         return self._fs.exists(path)
+
+
+class BytesDataset(AbstractVersionedDataset[bytes, bytes]):
+    """A versioned file of bytes, as they are (an ONNX graph).
+
+    Example ``catalog.yml`` entry:
+
+    .. code-block:: yaml
+
+        onnx_model:
+          type: malaria_pipeline.framework.datasets.BytesDataset
+          filepath: data/06_models/model.onnx
+          versioned: true
+    """
+
+    def __init__(
+        self, *, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None
+    ) -> None:
+        self._fs = fsspec.filesystem("file", auto_mkdir=True)
+        self.metadata = metadata
+        super().__init__(
+            filepath=PurePosixPath(filepath),
+            version=version,
+            exists_function=self._fs.exists,
+            glob_function=self._fs.glob,
+        )
+
+    def load(self) -> bytes:
+        return Path(kedro_private.load_path(self)).read_bytes()
+
+    def save(self, data: bytes) -> None:
+        path = Path(kedro_private.save_path(self))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        self._fs.invalidate_cache(str(path))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": kedro_private.filepath(self), "version": kedro_private.version(self)}
+
+    def _exists(self) -> bool:
+        try:
+            return self._fs.exists(str(kedro_private.load_path(self)))
+        except DatasetError:
+            return False
 
 
 class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
@@ -416,6 +461,14 @@ class OptionalCSVDataset(_EmptyWhileAbsent, CSVDataset):
     the latest label audit of ``cross_validation`` this way (``label_issues_to_exclude``), and uses it
     only when ``training.exclude_label_issues`` is true, which then refuses an empty audit by name.
     """
+
+
+class OptionalJSONDataset(JSONDataset):
+    """A versioned JSON file that loads as None while no version of it exists: the ONNX check, which the
+    model card of a model trained before models were exported reads as none (``onnx_check``)."""
+
+    def load(self) -> Any:
+        return super().load() if self.exists() else None
 
 
 class OptionalParquetDataset(_EmptyWhileAbsent, ParquetDataset):

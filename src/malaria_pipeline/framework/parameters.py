@@ -1,7 +1,7 @@
 """The ``training`` parameter group, read strictly: the loop's configuration and the pipelines' switches.
 
 The group holds the knobs of the training loop (:class:`~malaria_pipeline.ml.config.TrainConfig`) and
-three switches that the pipelines read around the loop, in the nodes that use them. Every caller reads
+four switches that the pipelines read around the loop, in the nodes that use them. Every caller reads
 the group through :func:`training_config`, so a typo of any key fails, naming the nearest one.
 """
 
@@ -16,7 +16,8 @@ from malaria_pipeline.ml.config import TrainConfig
 # exclude_label_issues: the training nodes leave the label audit's suspects out of the training images.
 # calibrate: calibrate_model (and each cross-validation fold) fits temperature scaling after training.
 # distributed: train_model starts malaria_pipeline.ml.distributed (DistributedConfig) for more than one process.
-PIPELINE_SWITCHES = ("exclude_label_issues", "calibrate", "distributed")
+# onnx: export_onnx_model's check of the exported graph (tolerance, check_cells).
+PIPELINE_SWITCHES = ("exclude_label_issues", "calibrate", "distributed", "onnx")
 
 
 def training_config(params: dict[str, Any]) -> TrainConfig:

@@ -365,3 +365,24 @@ def test_without_validation_cells_the_model_takes_the_patient_settings_of_its_cr
             EVALUATION,
             {key: value for key, value in claimed.items() if key != "patient_spread"},
         )
+
+
+def test_the_onnx_export_is_checked_on_the_validation_cells_or_the_training_ones_without_them():
+    from malaria_pipeline.ml.onnx_export import onnx_probabilities
+    from malaria_pipeline.pipelines.model_training.nodes import export_onnx_model
+    from tests.helpers import tiny_bundle
+
+    images, index, split, _ = tiny_tables()  # 12 train, 6 validation, 6 test
+    bundle = {**tiny_bundle(), "temperature": 1.3}
+    params = {"onnx": {"tolerance": 1e-4, "check_cells": 4}}
+    graph, report = export_onnx_model(bundle, images, index, split, params)
+    assert (report["cells"], report["checked_on"]) == (4, "validation")  # at most check_cells of the 6
+    assert report["max_abs_difference"] < 1e-5
+    expected = reference_proba(bundle, images, temperature=1.3).numpy()
+    assert np.abs(onnx_probabilities(graph, images.numpy()) - expected).max() < 1e-5
+
+    every_image = split.assign(subset=np.where(split["subset"] == "validation", "train", split["subset"]))
+    _, report = export_onnx_model(
+        bundle, images, index, every_image, {"onnx": {"tolerance": 1e-4, "check_cells": 100}}
+    )
+    assert (report["cells"], report["checked_on"]) == (18, "train (no validation images)")

@@ -106,7 +106,8 @@ def fold_pipeline(fold: int) -> Pipeline:
             ]
         )
         + preprocessing.create_pipeline().only_nodes_with_outputs("normalization_stats")
-        + model_training.create_pipeline()
+        # training and calibration; not the ONNX export, which a fold's model never serves
+        + model_training.create_pipeline().only_nodes_with_outputs("trained_model", "model")
         + evaluation.create_pipeline().only_nodes_with_outputs("evaluation_predictions")
         + Pipeline(
             [

@@ -360,10 +360,12 @@ def write_model_card(
     data_split: pd.DataFrame,
     image_tensors: torch.Tensor,
     parameters: dict[str, Any],
+    onnx_check: dict[str, Any] | None = None,
 ) -> str:
     """The model card (Markdown, :func:`malaria_pipeline.assess.model_card.model_card`) from this run's records;
-    a model trained on every patient gets the metrics of the cross-validation run that claims its accuracy.
-    The training hook logs it with the registered model version."""
+    a model trained on every patient gets the metrics of the cross-validation run that claims its accuracy,
+    and the ONNX export's check (None: a model of a run that exported none). The training hook logs it
+    with the registered model version."""
     subsets = image_index.merge(data_split, on="path").groupby("subset", sort=False)
     sample = image_tensors[:: max(1, len(image_tensors) // 512)]  # the same in every channel: grayscale
     facts = {
@@ -391,6 +393,7 @@ def write_model_card(
         "cross_validation": tracking.claimed_cross_validation(parameters.get("cross_validation_run_id")),
         "run_id": tracking.active_run_id(),
         "registered_model": parameters["registry"]["model_name"],
+        "onnx": onnx_check,
     }
     return model_card(facts)
 

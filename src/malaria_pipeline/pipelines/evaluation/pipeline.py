@@ -65,6 +65,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "data_split",
                     "image_tensors",
                     "parameters",
+                    "onnx_check",
                 ],
                 outputs="model_card",
                 name="write_model_card_node",

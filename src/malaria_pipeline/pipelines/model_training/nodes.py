@@ -299,3 +299,48 @@ def without_validation(trained_model: dict[str, Any], evaluation_params: dict[st
             "chosen_on": "cross-validation (evaluation.without_validation)",
         },
     }
+
+
+def export_onnx_model(
+    model: dict[str, Any],
+    image_tensors: torch.Tensor,
+    image_index: pd.DataFrame,
+    data_split: pd.DataFrame,
+    training_params: dict[str, Any],
+) -> tuple[bytes, dict[str, Any]]:
+    """The calibrated model as one ONNX graph (``onnx_model``: ``uint8, N×3×S×S`` images in, class
+    probabilities out, normalization and temperature inside; :func:`~malaria_pipeline.ml.onnx_export.export_onnx`),
+    checked against PyTorch on at most ``training.onnx.check_cells`` validation cells (training cells for a
+    model trained without validation images): ``onnx_check`` holds the largest |Δp| (also the MLflow metric
+    ``onnx.max_abs_difference``).
+
+    Raises:
+        OnnxMismatchError: a gap above ``training.onnx.tolerance``: the run fails, naming it.
+    """
+    from malaria_pipeline.ml.onnx_export import check_onnx, export_onnx
+
+    onnx = training_params["onnx"]
+    classifier = load_model(model)
+    checked_on = "validation"
+    rows = subset_rows(image_index, data_split, "validation", n_images=len(image_tensors))
+    if len(rows) == 0:
+        checked_on, rows = "train (no validation images)", subset_rows(image_index, data_split, "train")
+    rows = torch.from_numpy(rows[: onnx["check_cells"]])
+    graph = export_onnx(classifier)
+    report = {
+        **check_onnx(graph, classifier, image_tensors[rows], onnx["tolerance"]),
+        "checked_on": checked_on,
+    }
+    logger.info(
+        "ONNX graph of %d bytes (opset %d): its probabilities differ from PyTorch's by at most %.2g on %d %s "
+        "cells (tolerance %g), labels %s",
+        report["bytes"],
+        report["opset"],
+        report["max_abs_difference"],
+        report["cells"],
+        checked_on,
+        report["tolerance"],
+        "the same" if report["same_labels"] else "not all the same",
+    )
+    tracking.log_metrics({"onnx.max_abs_difference": report["max_abs_difference"]})
+    return graph, report
