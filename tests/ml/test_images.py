@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from malaria_pipeline.ml.images import ImageLimits, UnreadableImageError, decode_cell_image, fit_square
@@ -21,16 +20,16 @@ def _pixels(data: bytes) -> np.ndarray:
 def test_grayscale_is_repeated_on_three_channels():
     data = image_bytes(16, 16, "L")
     image, info = decode_cell_image(data, 16, ANY_IMAGE)
-    assert image.dtype == torch.uint8 and image.shape == (3, 16, 16)
-    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
-    assert np.array_equal(image[0].numpy(), np.asarray(Image.open(io.BytesIO(data))))
+    assert image.dtype == np.uint8 and image.shape == (3, 16, 16)
+    assert np.array_equal(image[0], image[1]) and np.array_equal(image[1], image[2])
+    assert np.array_equal(image[0], np.asarray(Image.open(io.BytesIO(data))))
     assert (info.width, info.height, info.mode) == (16, 16, "L")
 
 
 def test_rgb_pixels_are_kept_at_the_same_size():
     data = image_bytes(12, 12, "RGB")
     image, info = decode_cell_image(data, 12, ANY_IMAGE)
-    assert np.array_equal(image.permute(1, 2, 0).numpy(), _pixels(data))
+    assert np.array_equal(image.transpose(1, 2, 0), _pixels(data))
     assert info.mode == "RGB"
 
 
@@ -53,7 +52,7 @@ def test_sixteen_bit_png_is_scaled_to_uint8():
     buffer = io.BytesIO()
     Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)).save(buffer, "PNG")
     image, _ = decode_cell_image(buffer.getvalue(), 4, ANY_IMAGE)
-    assert image.dtype == torch.uint8 and int(image.min()) == 255
+    assert image.dtype == np.uint8 and int(image.min()) == 255
 
 
 def test_jpeg_is_decoded():
@@ -63,17 +62,17 @@ def test_jpeg_is_decoded():
 
 def test_fit_square_keeps_aspect_ratio_and_pads_with_black():
     # 40 wide, 20 high, all white: resized to 32×16 and padded by 8 rows above and below.
-    image = torch.full((3, 20, 40), 255, dtype=torch.uint8)
+    image = np.full((20, 40, 3), 255, dtype=np.uint8)
     square = fit_square(image, 32)
-    assert square.shape == (3, 32, 32)
-    assert int(square[:, :8].max()) == 0 and int(square[:, 24:].max()) == 0
-    assert int(square[:, 8:24].min()) == 255
+    assert square.shape == (32, 32, 3)
+    assert int(square[:8].max()) == 0 and int(square[24:].max()) == 0
+    assert int(square[8:24].min()) == 255
 
 
 def test_fit_square_of_a_tall_image_pads_the_sides():
-    square = fit_square(torch.full((3, 30, 10), 200, dtype=torch.uint8), 30)
-    assert int(square[:, :, :10].max()) == 0 and int(square[:, :, 20:].max()) == 0
-    assert int(square[:, :, 10:20].min()) == 200
+    square = fit_square(np.full((30, 10, 3), 200, dtype=np.uint8), 30)
+    assert int(square[:, :10].max()) == 0 and int(square[:, 20:].max()) == 0
+    assert int(square[:, 10:20].min()) == 200
 
 
 @pytest.mark.parametrize(
@@ -181,7 +180,7 @@ def test_sixteen_bit_grayscale_matches_pillows_samples_scaled_to_eight_bits():
     image, info = decode_cell_image(data, 24, ANY_IMAGE)
     assert info.mode == "I;16"
     # fitted: 24 wide, 20 high, so 2 black rows above and below
-    assert np.array_equal(image[:, 2:22].numpy(), np.broadcast_to(expected, (3, 20, 24)))
+    assert np.array_equal(image[:, 2:22], np.broadcast_to(expected, (3, 20, 24)))
 
 
 def test_sixteen_bit_rgb_matches_pillows_own_conversion():
@@ -190,7 +189,7 @@ def test_sixteen_bit_rgb_matches_pillows_own_conversion():
     data = raw_png(samples)
     expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))  # Pillow reads 16-bit RGB as 8-bit
     image, _ = decode_cell_image(data, 18, ANY_IMAGE)
-    assert np.array_equal(image.permute(1, 2, 0).numpy(), expected)
+    assert np.array_equal(image.transpose(1, 2, 0), expected)
 
 
 def test_limits_from_parameters_refuse_an_unknown_key():
@@ -280,15 +279,15 @@ def test_limits_from_parameters_take_exactly_the_known_keys():
 
 @pytest.mark.parametrize(("height", "width"), [(1, 64), (64, 1)])
 def test_a_strip_one_pixel_thin_stays_one_pixel_thin(height, width):
-    square = fit_square(torch.full((3, height, width), 200, dtype=torch.uint8), 16)
-    lit = square[0] > 0
-    assert (lit.any(dim=1).sum(), lit.any(dim=0).sum()) == ((1, 16) if height == 1 else (16, 1))
+    square = fit_square(np.full((height, width, 3), 200, dtype=np.uint8), 16)
+    lit = square[:, :, 0] > 0
+    assert (lit.any(axis=1).sum(), lit.any(axis=0).sum()) == ((1, 16) if height == 1 else (16, 1))
 
 
 def test_downscaling_averages_fine_detail_instead_of_skipping_it():
-    stripes = torch.zeros(3, 64, 64, dtype=torch.uint8)
-    stripes[:, :, 0::4] = 255  # one lit column in four: a quarter of the light
-    square = fit_square(stripes, 16).float()
+    stripes = np.zeros((64, 64, 3), dtype=np.uint8)
+    stripes[:, 0::4] = 255  # one lit column in four: a quarter of the light
+    square = fit_square(stripes, 16).astype(np.float64)
     assert 40 < square.mean() < 90 and square.std() < 40  # about 255 / 4 everywhere, not 0 or 255
 
 
@@ -308,3 +307,24 @@ def test_size_refusals_are_named_in_full():
         str(raised.value)
         == "image of 7 × 9 pixels is smaller than p.min_side (8 pixels a side): too small to be a cell crop"
     )
+
+
+def test_resizing_matches_torchvision_antialiased_resize_within_one_grey_level():
+    """Pillow resizes (no torch on the ONNX path); torchvision's ``antialias=True``, which training used
+    before, is the independent reference: at most one grey level apart, on the mean well under that."""
+    import torch
+    import torchvision.transforms.v2.functional as F
+
+    rng = np.random.default_rng(7)
+    for height, width, size in [(143, 131, 64), (61, 200, 50), (48, 46, 64), (394, 310, 50)]:
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        square = fit_square(pixels, size)
+        scale = size / max(height, width)
+        new_height, new_width = round(height * scale), round(width * scale)
+        reference = F.resize(
+            torch.from_numpy(pixels).permute(2, 0, 1), [new_height, new_width], antialias=True
+        )
+        top, left = (size - new_height) // 2, (size - new_width) // 2
+        ours = square[top : top + new_height, left : left + new_width].astype(int)
+        gap = np.abs(ours - reference.permute(1, 2, 0).numpy().astype(int))
+        assert gap.max() <= 1 and gap.mean() < 0.5

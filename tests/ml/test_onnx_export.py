@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from malaria_pipeline.ml import load_model
-from malaria_pipeline.ml.onnx_export import OnnxMismatchError, check_onnx, export_onnx, onnx_probabilities
+from malaria_pipeline.ml.onnx_export import OnnxMismatchError, check_onnx, export_onnx
+from malaria_pipeline.ml.onnx_runtime import OnnxClassifier
 from tests.helpers import reference_proba, tiny_bundle
 
 
 @pytest.fixture(scope="module")
 def calibrated():
     bundle = {**tiny_bundle(), "temperature": 0.8}
-    return bundle, load_model(bundle), export_onnx(load_model(bundle))
+    return bundle, load_model(bundle), export_onnx(load_model(bundle), bundle)
 
 
 @pytest.mark.parametrize("cells", [1, 5, 300])
@@ -23,7 +24,7 @@ def test_the_graph_answers_the_calibrated_probabilities_for_any_number_of_cells(
     images = torch.randint(
         0, 256, (cells, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(cells)
     )
-    answered = onnx_probabilities(graph, images.numpy(), batch_size=128)
+    answered = OnnxClassifier(graph, path="memory", run="test").predict_proba(images.numpy(), batch_size=128)
     expected = reference_proba(bundle, images, temperature=0.8).numpy()
     assert answered.shape == (cells, 2) and answered.dtype == np.float32
     assert np.abs(answered - expected).max() < 1e-5
@@ -39,7 +40,8 @@ def test_the_check_passes_the_models_own_graph_and_refuses_another_naming_the_ga
     assert classifier.channels_last  # the export put the classifier's speed switches back
 
     torch.manual_seed(1)
-    other = export_onnx(load_model({**tiny_bundle(), "temperature": 2.0}))  # the same weights, another T
+    hotter = {**tiny_bundle(), "temperature": 2.0}  # the same weights, another T
+    other = export_onnx(load_model(hotter), hotter)
     with pytest.raises(
         OnnxMismatchError, match=r"differ from PyTorch's by up to \d\.\d+e?-?\d* on 64 cells, more than"
     ):

@@ -1,4 +1,4 @@
-"""Check and decode one image file into a square ``uint8, 3×S×S`` tensor, as training and inference see it.
+"""Check and decode one image file into a square ``uint8, 3×S×S`` array, as training and inference see it.
 
 Every file goes through :func:`decode_cell_image`: the header alone (PNG ``IHDR``, JPEG ``SOF``, read by
 Pillow) gives the size, which :class:`ImageLimits` checks before a single pixel is decoded, so a decompression bomb
@@ -9,6 +9,9 @@ and the served model all call it.
 Cells are fitted, not cropped: the longer side is resized to S keeping the aspect ratio and the
 shorter side is padded with black (value 0) on both sides. The crops of the NIH data set already
 sit on a black background, and a crop could cut off a parasite at the cell's edge.
+
+Pillow and NumPy alone, no PyTorch: the served model and Spark's workers decode with this module on
+ONNX Runtime without importing torch, and every path decodes a file to the same pixels.
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-import torch
-import torchvision.transforms.v2.functional as F
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -110,7 +111,7 @@ class ImageLimits:
             )
 
 
-def decode_cell_image(data: bytes, size: int, limits: ImageLimits) -> tuple[torch.Tensor, ImageInfo]:
+def decode_cell_image(data: bytes, size: int, limits: ImageLimits) -> tuple[np.ndarray, ImageInfo]:
     """Checks a PNG or JPEG file against ``limits``, decodes it and fits it into a square.
 
     Args:
@@ -134,7 +135,7 @@ def decode_cell_image(data: bytes, size: int, limits: ImageLimits) -> tuple[torc
             pixels = _rgb_array(image)
         except DECODE_ERRORS as error:
             raise UnreadableImageError(f"truncated or corrupt image ({_reason(error)})") from error
-    return fit_square(torch.from_numpy(pixels).permute(2, 0, 1), size), info
+    return fit_square(pixels, size).transpose(2, 0, 1).copy(), info
 
 
 def _open(data: bytes) -> Image.Image:
@@ -165,22 +166,27 @@ def _rgb_array(image: Image.Image) -> np.ndarray:
     if image.mode in SIXTEEN_BIT_MODES:  # 16-bit grayscale: the high byte, as Pillow reads 16-bit RGB
         gray = (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
-    return np.array(image.convert("RGB"))  # a writable copy, as torch.from_numpy wants
+    return np.asarray(image.convert("RGB"))
 
 
-def fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resizes ``C×H×W`` so that its longer side is ``size``, then pads it to ``C×size×size`` with 0.
+def fit_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Resizes ``uint8, H×W×3`` so that its longer side is ``size``, then pads it to ``size×size×3`` with 0.
 
-    The image stays centred; an odd padding puts the extra pixel at the bottom or right.
+    The image stays centred; an odd padding puts the extra pixel at the bottom or right. Pillow's
+    antialiased bilinear filter resizes (what torchvision's ``antialias=True`` imitates; they differ by
+    at most one grey level).
     """
-    height, width = image.shape[-2:]
+    height, width = image.shape[:2]
     scale = size / max(height, width)
     new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
     if (new_height, new_width) != (height, width):
-        image = F.resize(image, [new_height, new_width], antialias=True)
+        resized = Image.fromarray(np.ascontiguousarray(image), "RGB").resize(
+            (new_width, new_height), Image.Resampling.BILINEAR
+        )
+        image = np.asarray(resized)
     top, left = (size - new_height) // 2, (size - new_width) // 2
-    square = image.new_zeros((image.shape[0], size, size))
-    square[:, top : top + new_height, left : left + new_width] = image
+    square = np.zeros((size, size, image.shape[2]), dtype=np.uint8)
+    square[top : top + new_height, left : left + new_width] = image
     return square
 
 

@@ -14,6 +14,7 @@ Optional keys, absent from bundles saved before they existed (such a bundle stil
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,16 @@ def model_bundle(
         "torch_version": str(torch.__version__),  # a plain str: TorchVersion is not weights_only-safe
         **(extra or {}),
     }
+
+
+def weights_sha256(bundle: dict[str, Any]) -> str:
+    """The SHA-256 of a bundle's weights: each tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(bundle["state_dict"]):
+        tensor = bundle["state_dict"][name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_model(source: str | Path | dict[str, Any], device: str | torch.device = "cpu") -> CellClassifier:

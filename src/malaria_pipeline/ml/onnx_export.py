@@ -3,11 +3,13 @@
 The graph is the calibrated classifier whole: ``uint8, N×3×S×S`` images in (any N), class probabilities
 ``float32, N×classes`` out, with the normalization and the temperature inside, so that ONNX Runtime (on a
 server, in Spark, on a phone) answers what :meth:`~malaria_pipeline.ml.models.CellClassifier.predict_proba`
-answers without PyTorch. Exported with ``torch.onnx`` (the ``torch.export``-based exporter).
+answers without PyTorch. Exported with ``torch.onnx`` (the ``torch.export``-based exporter). The graph's
+``metadata_props`` keep the bundle less its weights and their SHA-256 (:mod:`.onnx_runtime`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -15,11 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from malaria_pipeline.ml.model_io import weights_sha256
 from malaria_pipeline.ml.models import CellClassifier
+from malaria_pipeline.ml.onnx_runtime import INPUT, MODEL_KEY, OUTPUT, WEIGHTS_KEY, OnnxClassifier
 
 logger = logging.getLogger(__name__)
 
-INPUT, OUTPUT = "images", "probabilities"
 OPSET = 18
 
 
@@ -39,9 +42,11 @@ class CalibratedProbabilities(nn.Module):
         return torch.softmax(self.classifier(images) / self.temperature, dim=1)
 
 
-def export_onnx(classifier: CellClassifier) -> bytes:
+def export_onnx(classifier: CellClassifier, bundle: dict[str, Any]) -> bytes:
     """The ONNX graph (serialized ``ModelProto``) of ``classifier`` as :class:`CalibratedProbabilities`, on
-    the CPU in float32 and the contiguous memory layout, with a dynamic batch dimension."""
+    the CPU in float32 and the contiguous memory layout, with a dynamic batch dimension; its
+    ``metadata_props`` hold ``bundle`` (the one ``classifier`` was loaded from) less its weights, as JSON,
+    and the SHA-256 of the weights."""
     classifier = classifier.cpu().eval()
     speed = classifier.channels_last, classifier.bf16
     classifier.set_speed(channels_last=False, bf16=False)
@@ -57,21 +62,14 @@ def export_onnx(classifier: CellClassifier) -> bytes:
             dynamo=True,
             verbose=False,
         )
-        return program.model_proto.SerializeToString()
+        proto = program.model_proto
+        described = {key: value for key, value in bundle.items() if key != "state_dict"}
+        for key, value in {MODEL_KEY: json.dumps(described), WEIGHTS_KEY: weights_sha256(bundle)}.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        return proto.SerializeToString()
     finally:
         classifier.set_speed(*speed)
-
-
-def onnx_probabilities(graph: bytes, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities ``float32, N×classes`` of ``uint8, N×3×S×S`` images by ONNX Runtime (CPU)."""
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
-    parts = [
-        session.run([OUTPUT], {INPUT: np.ascontiguousarray(images[start : start + batch_size])})[0]
-        for start in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.float32)
 
 
 def check_onnx(
@@ -84,7 +82,8 @@ def check_onnx(
         OnnxMismatchError: a gap above ``tolerance``, named.
     """
     expected = classifier.predict_proba(images, batch_size=batch_size).numpy()
-    answered = onnx_probabilities(graph, images.numpy(), batch_size)
+    exported = OnnxClassifier(graph, path="the exported graph", run="this training run")
+    answered = exported.predict_proba(images.numpy(), batch_size)
     gap = float(np.abs(answered - expected).max()) if len(images) else 0.0
     report = {
         "cells": int(len(images)),

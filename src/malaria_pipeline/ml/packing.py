@@ -141,6 +141,6 @@ def _decode_chunk(
             skipped.append((member, f"unreadable file ({type(error).__name__}: {one_line(error)})"))
             continue
         decoded.append((member, info, hashlib.sha1(data).hexdigest()))
-        arrays.append(image.numpy())
+        arrays.append(image)
     array = np.stack(arrays) if arrays else np.empty((0, 3, size, size), dtype=np.uint8)
     return decoded, array, skipped

@@ -42,8 +42,8 @@ def test_inference_classifies_every_image_and_lists_the_broken_one(trained, tmp_
     # exactly the training preprocessing: decode, fit to the model's size, normalize inside the model
     model = load_model(trained.load("model"))
     files = predictions["file"].tolist()[:10]
-    images = torch.stack(
-        [decode_cell_image((new / f).read_bytes(), model.image_size, ANY_IMAGE)[0] for f in files]
+    images = torch.from_numpy(
+        np.stack([decode_cell_image((new / f).read_bytes(), model.image_size, ANY_IMAGE)[0] for f in files])
     )
     expected = model.predict_proba(images)[:, model.class_names.index("Parasitized")].numpy()
     # The pipeline ran on `device: auto`: a GPU's TF32 convolutions differ from the CPU's in the 4th digit.

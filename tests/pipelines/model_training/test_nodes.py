@@ -368,7 +368,7 @@ def test_without_validation_cells_the_model_takes_the_patient_settings_of_its_cr
 
 
 def test_the_onnx_export_is_checked_on_the_validation_cells_or_the_training_ones_without_them():
-    from malaria_pipeline.ml.onnx_export import onnx_probabilities
+    from malaria_pipeline.ml.onnx_runtime import OnnxClassifier
     from malaria_pipeline.pipelines.model_training.nodes import export_onnx_model
     from tests.helpers import tiny_bundle
 
@@ -379,7 +379,9 @@ def test_the_onnx_export_is_checked_on_the_validation_cells_or_the_training_ones
     assert (report["cells"], report["checked_on"]) == (4, "validation")  # at most check_cells of the 6
     assert report["max_abs_difference"] < 1e-5
     expected = reference_proba(bundle, images, temperature=1.3).numpy()
-    assert np.abs(onnx_probabilities(graph, images.numpy()) - expected).max() < 1e-5
+    exported = OnnxClassifier(graph, path="onnx_model", run="test")
+    assert np.abs(exported.predict_proba(images.numpy()) - expected).max() < 1e-5
+    assert exported.model == {key: value for key, value in bundle.items() if key != "state_dict"}
 
     every_image = split.assign(subset=np.where(split["subset"] == "validation", "train", split["subset"]))
     _, report = export_onnx_model(

@@ -326,7 +326,7 @@ def export_onnx_model(
     if len(rows) == 0:
         checked_on, rows = "train (no validation images)", subset_rows(image_index, data_split, "train")
     rows = torch.from_numpy(rows[: onnx["check_cells"]])
-    graph = export_onnx(classifier)
+    graph = export_onnx(classifier, model)
     report = {
         **check_onnx(graph, classifier, image_tensors[rows], onnx["tolerance"]),
         "checked_on": checked_on,

@@ -192,7 +192,9 @@ def _read_cells(
             continue
         files.append(data)
         kept.append(position)
-    stacked = torch.stack(decoded) if decoded else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    stacked = (
+        torch.from_numpy(np.stack(decoded)) if decoded else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    )
     return queue.iloc[kept].reset_index(drop=True), stacked, files
 
 
