@@ -311,6 +311,26 @@ def tiny_bundle(image_size: int = 16) -> dict:
     return model_bundle(classifier, architecture="resnet9", network_args={"width": 4})
 
 
+def with_onnx_graph(bundle: dict) -> dict:
+    """``bundle`` with its exported ONNX graph, as ``inference_model`` loads a model that training exported:
+    what answers on ``inference.runtime: onnx``."""
+    from malaria_pipeline.ml.model_io import load_model
+    from malaria_pipeline.ml.onnx_export import export_onnx
+
+    return {
+        **bundle,
+        "onnx_graph": export_onnx(load_model(bundle), bundle),
+        "onnx_graph_source": "model.onnx",
+    }
+
+
+def changed(bundle: dict, **keys) -> dict:
+    """``bundle`` with other ``keys`` (a temperature, an operating point), exported again where it had an
+    ONNX graph: a graph keeps the temperature it was exported with."""
+    plain = {key: value for key, value in bundle.items() if not key.startswith("onnx_graph")}
+    return with_onnx_graph({**plain, **keys}) if "onnx_graph" in bundle else {**plain, **keys}
+
+
 def reference_logits(bundle: dict, images) -> torch.Tensor:
     """Logits of ``uint8`` images under the training preprocessing, written out here rather than taken
     from the package: the bundle's network rebuilt from its weights, in float64, on

@@ -55,7 +55,7 @@ def test_the_graph_carries_its_bundle_less_the_weights_and_their_digest(exported
     classifier = OnnxClassifier(graph, path="model.onnx", run="r")
     assert classifier.model == {key: value for key, value in bundle.items() if key != "state_dict"}
     assert (classifier.class_names, classifier.image_size) == (["Parasitized", "Uninfected"], 16)
-    classifier.check_weights(weights_sha256(bundle))
+    classifier.check_model(bundle, weights_sha256(bundle))
     other = tiny_bundle()
     other["state_dict"] = {
         name: t + 1 if t.is_floating_point() else t for name, t in other["state_dict"].items()
@@ -63,7 +63,9 @@ def test_the_graph_carries_its_bundle_less_the_weights_and_their_digest(exported
     with pytest.raises(
         OnnxModelError, match=r"^model.onnx \(the ONNX graph of r\) was exported from other weights"
     ):
-        classifier.check_weights(weights_sha256(other))
+        classifier.check_model(bundle, weights_sha256(other))
+    with pytest.raises(OnnxModelError, match=r"has temperature 1.7 inside, and the model bundle 1.0"):
+        classifier.check_model({**bundle, "temperature": 1.0}, weights_sha256(bundle))
 
 
 def test_no_cells_no_answers(exported):

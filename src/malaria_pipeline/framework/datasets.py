@@ -30,6 +30,7 @@ from malaria_pipeline.cells.archive import ImageArchive
 from malaria_pipeline.cells.download import download_archive, is_url
 from malaria_pipeline.framework import kedro_private
 from malaria_pipeline.ml.checkpoint import CheckpointStore
+from malaria_pipeline.ml.onnx_runtime import GRAPH_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +243,10 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
     writes, or the copy packed inside an MLflow model (a run's, or a registered version's).
 
     The bundle is returned with one more key, ``source``: the file or MLflow URI it was read from, and,
-    for a registered model, ``registered_version``.
+    for a registered model, ``registered_version``. Where the same training run exported the model
+    (``onnx_filepath``: the version of the same name; an MLflow model: its ``onnx`` and ``onnx_int8``
+    artifacts), the graphs come with it: ``onnx_graph`` and ``onnx_int8_graph`` (bytes) and their files,
+    ``onnx_graph_source`` and ``onnx_int8_graph_source``, for ``inference.runtime``.
 
     Example ``catalog.yml`` entry:
 
@@ -254,6 +258,8 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
           load_version: null                      # null: the latest; or 2026-11-22T10.00.00.000Z
           model_uri: null                         # or models:/malaria-cell-classifier@champion, runs:/<id>/model
           mlflow_run_id: null                     # or a run id: the same as model_uri runs:/<id>/model
+          onnx_filepath: data/06_models/model.onnx  # the versioned files of the catalog's `onnx_model`
+          onnx_int8_filepath: data/06_models/model_int8.onnx
     """
 
     def __init__(
@@ -264,9 +270,12 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
         model_uri: str | None = None,
         mlflow_run_id: str | None = None,
         mlflow_model_name: str = "model",
+        onnx_filepath: str | None = None,
+        onnx_int8_filepath: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self._files = TorchDataset(filepath=filepath, version=Version(load_version or None, None))
+        self._graph_files = {"onnx": onnx_filepath, "onnx_int8": onnx_int8_filepath}
         self._version = load_version or None
         self._uri = model_uri or (f"runs:/{mlflow_run_id}/{mlflow_model_name}" if mlflow_run_id else None)
         self._parameter = "inference.model_uri" if model_uri else "inference.mlflow_run_id"
@@ -289,7 +298,19 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
                 "first, or set inference.model_version or inference.model_uri"
                 + (f" (the latest versions: {', '.join(versions)})" if versions else "")
             ) from error
-        return {**bundle, "source": str(path)}
+        return {**bundle, "source": str(path), **self._graphs_beside(PurePosixPath(path))}
+
+    def _graphs_beside(self, path: PurePosixPath) -> dict[str, Any]:
+        """The graphs of the same version as the bundle at ``path`` (``<filepath>/<version>/<name>``)."""
+        found = {}
+        for runtime, folder in self._graph_files.items():
+            if folder is None:
+                continue
+            graph = Path(folder) / path.parent.name / Path(folder).name
+            if graph.is_file():
+                found[f"{GRAPH_KEYS[runtime]}"] = graph.read_bytes()
+                found[f"{GRAPH_KEYS[runtime]}_source"] = str(graph)
+        return found
 
     def _load_from_mlflow(self) -> dict[str, Any]:
         import mlflow  # only when asked: the tracking URI is the one kedro-mlflow set from mlflow.yml
@@ -306,8 +327,14 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
                 "models:/<name>/<version> or runs:/<run id>/model (see `mlflow ui --backend-store-uri sqlite:///mlflow.db`)."
             ) from error
         bundle = torch.load(local / relative, weights_only=True, map_location="cpu")
+        graphs = {}
+        for runtime, key in GRAPH_KEYS.items():
+            if runtime in flavor["artifacts"]:
+                graph = flavor["artifacts"][runtime]["path"]
+                graphs.update({key: (local / graph).read_bytes(), f"{key}_source": f"{self._uri}/{graph}"})
         return {
             **bundle,
+            **graphs,
             "source": f"{self._uri}/{relative}",
             **({"registered_version": registered} if registered else {}),
         }

@@ -252,13 +252,16 @@ class LogServedModel:
     (``mlflow_model``: a ``training`` run, or its ``evaluation`` stage run alone), before kedro-mlflow
     ends the run (``tryfirst``).
 
-    ``log_model(bundle_path, inference_params)`` logs it
+    ``log_model(bundle_path, inference_params, graphs)`` logs it
     (:func:`malaria_pipeline.pipelines.inference.served_model.log_served_model`, given in ``settings.py``):
-    the version of ``model`` that the run wrote or, for a stage run alone, read (the latest), and the
-    run's ``inference`` parameters.
+    the version of ``model`` that the run wrote or, for a stage run alone, read (the latest), the latest
+    ONNX graphs (``onnx_model``, ``onnx_int8_model``; ``log_model`` keeps those of the bundle's weights),
+    and the run's ``inference`` parameters.
     """
 
-    def __init__(self, log_model: Callable[[Any, dict[str, Any]], None]) -> None:
+    GRAPHS = {"onnx": "onnx_model", "onnx_int8": "onnx_int8_model"}
+
+    def __init__(self, log_model: Callable[..., None]) -> None:
         self._log_model = log_model
 
     @hook_impl(tryfirst=True)
@@ -266,7 +269,12 @@ class LogServedModel:
         if PACKAGED_MODEL not in pipeline.all_outputs() or mlflow.active_run() is None:
             return
         bundle = kedro_private.load_path(catalog.get("model"))
-        self._log_model(bundle, catalog.load("params:inference"))
+        graphs = {
+            runtime: kedro_private.load_path(catalog.get(name))
+            for runtime, name in self.GRAPHS.items()
+            if name in catalog and catalog.get(name).exists()
+        }
+        self._log_model(bundle, catalog.load("params:inference"), graphs)
         logger.info("Logged the MLflow model 'model' of this run, with %s", bundle)
 
 

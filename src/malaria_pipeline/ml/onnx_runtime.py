@@ -29,6 +29,8 @@ WEIGHTS_KEY = "malaria_pipeline.weights_sha256"
 RUNTIMES = ("onnx", "torch", "onnx_int8")
 # Where each ONNX runtime finds its graph: the key of a loaded bundle, and the served model's artifact.
 GRAPH_KEYS = {"onnx": "onnx_graph", "onnx_int8": "onnx_int8_graph"}
+# What the graph holds inside besides the weights: a bundle that differs there is not the graph's model.
+BAKED_IN = ("class_names", "image_size", "mean", "std", "temperature")
 
 
 class OnnxModelError(ValueError):
@@ -125,13 +127,18 @@ class OnnxClassifier:
             f"training`, or set inference.runtime=torch"
         )
 
-    def check_weights(self, weights_sha256: str) -> None:
-        """Raises :class:`OnnxModelError` unless the graph was exported from weights of this SHA-256."""
+    def check_model(self, bundle: dict[str, Any], weights_sha256: str) -> None:
+        """Raises :class:`OnnxModelError` unless the graph was exported from ``bundle``: weights of this
+        SHA-256, and the same classes, image size, normalization and temperature (inside the graph)."""
         if self.weights_sha256 != weights_sha256:
             raise self._error(
                 f"was exported from other weights (SHA-256 {str(self.weights_sha256)[:12]}…) than the model "
                 f"bundle's ({weights_sha256[:12]}…)"
             )
+        for key in BAKED_IN:
+            ours, theirs = self.model.get(key), bundle.get(key)
+            if ours != theirs and not (key == "temperature" and (ours or 1.0) == (theirs or 1.0)):
+                raise self._error(f"has {key} {ours!r} inside, and the model bundle {theirs!r}")
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
         """Class probabilities ``float32, N×classes`` of ``uint8, N×3×S×S``, ``batch_size`` at a time; with

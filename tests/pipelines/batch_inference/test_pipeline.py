@@ -80,17 +80,36 @@ def batch_predictions(project, source: Path) -> pd.DataFrame:
     return table.set_index("file").sort_index()
 
 
+def spark_workers_with_torch() -> tuple[int, int]:
+    """Spark's Python workers (``pyspark.daemon`` and the workers it forks, kept for reuse), and how many
+    of them have PyTorch's library loaded, read from ``/proc/<pid>/maps``."""
+    workers = with_torch = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"pyspark.daemon" not in (proc / "cmdline").read_bytes():
+                continue
+            workers += 1
+            with_torch += "libtorch" in (proc / "maps").read_text()
+        except (OSError, ValueError):
+            continue
+    return workers, with_torch
+
+
 def test_batch_inference_gives_the_inference_pipelines_answers_and_a_summary_per_folder(trained, tmp_path):
     source = tmp_path / "cells"
     files = new_cells(source)
-    trained.run("inference", inference={"source": str(source), "model_uri": CHAMPION})
+    # the torch path in the pipeline; Spark's workers on ONNX Runtime (inference.runtime: onnx, the default)
+    trained.run("inference", inference={"source": str(source), "model_uri": CHAMPION, "runtime": "torch"})
     expected = trained.load("predictions").set_index("file").sort_index()
+    assert trained.load("inference_summary")["runtime"] == "torch"
     batch = batch_predictions(trained, source)
 
     assert batch.index.tolist() == sorted(files) == expected.index.tolist()
     assert batch["error"].isna().all()
     assert batch["label"].tolist() == expected["label"].tolist()
-    assert np.allclose(batch["p_parasitized"], expected["p_parasitized"], atol=1e-5, rtol=0)
+    assert np.allclose(batch["p_parasitized"], expected["p_parasitized"], atol=1e-4, rtol=0)
+    workers, with_torch = spark_workers_with_torch()
+    assert workers >= 1 and with_torch == 0  # the workers answered without importing torch
     version = mlflow.MlflowClient().get_model_version_by_alias("malaria-cell-classifier", "champion")
     assert set(batch["model_name"]) == {"malaria-cell-classifier"} and set(batch["model_version"]) == {"1"}
     assert set(batch["model_run_id"]) == {version.run_id}

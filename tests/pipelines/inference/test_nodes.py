@@ -19,6 +19,7 @@ from malaria_pipeline.pipelines.inference.nodes import (
 from tests.helpers import (
     base_image_limits,
     bomb_png,
+    changed,
     hand_overlay,
     image_bytes,
     interval_by_hand,
@@ -27,6 +28,7 @@ from tests.helpers import (
     reference_proba,
     reference_tta_proba,
     tiny_bundle,
+    with_onnx_graph,
 )
 
 
@@ -44,9 +46,11 @@ def params(
     }
 
 
-@pytest.fixture(scope="module")
-def bundle():
-    return tiny_bundle()
+@pytest.fixture(scope="module", params=["onnx", "torch"])
+def bundle(request):
+    """The model on each runtime: with its ONNX graph (inference.runtime onnx, the default), and a bundle
+    alone (trained before models were exported: PyTorch answers)."""
+    return with_onnx_graph(tiny_bundle()) if request.param == "onnx" else tiny_bundle()
 
 
 def b64(data: bytes) -> str:
@@ -195,9 +199,9 @@ def test_the_served_node_rebuilds_the_classifier_once_per_bundle_and_device(bund
     from malaria_pipeline.pipelines.inference import nodes
 
     built = []
-    real_load_model = nodes.load_model
+    real_make = nodes._make_classifier
     monkeypatch.setattr(
-        nodes, "load_model", lambda *args, **kwargs: built.append(1) or real_load_model(*args, **kwargs)
+        nodes, "_make_classifier", lambda *args, **kwargs: built.append(1) or real_make(*args, **kwargs)
     )
     monkeypatch.setattr(nodes, "_CLASSIFIERS", {})
     rows = pd.DataFrame({"image": [b64(image_bytes(20, 20))]})
@@ -298,7 +302,7 @@ def _with_operating_point(
         "sensitivity": 0.97,
         "specificity": 0.9,
     }
-    return {**bundle, "temperature": temperature, "operating_point": point}
+    return changed(bundle, temperature=temperature, operating_point=point)
 
 
 SPOTTED = [image_bytes(16, 16, "RGB", seed=i) for i in range(8)]
@@ -356,7 +360,7 @@ def test_tta_in_the_served_model_and_the_inference_pipeline_is_the_written_out_m
     bundle, tmp_path
 ):
     files = [image_bytes(16, 16, "RGB", seed=i) for i in range(5)]
-    model = {**bundle, "temperature": 1.5}
+    model = changed(bundle, temperature=1.5)
     expected = reference_tta_proba(model, torch.stack([png_pixels(f) for f in files]), 1.5)[:, 0].tolist()
     served = predict_encoded_images(
         pd.DataFrame({"image": [b64(f) for f in files]}), model, params(batch_size=8, tta=True)

@@ -38,8 +38,8 @@ def score_images(images: DataFrame, params: dict[str, Any]) -> DataFrame:
     Args:
         images: Spark's ``binaryFile`` rows (``path``, ``content``, ...) of the image files.
         params: ``batch_inference``: ``source`` (the folder read), ``model_uri`` (``models:/...`` or
-            ``runs:/...``), ``positive_class``, ``torch_threads`` (torch's threads in each of Spark's
-            Python workers; null: ``spark.task.cpus``, the cores Spark gives each task) and ``batch_size`` (the rows each
+            ``runs:/...``), ``positive_class``, ``runtime`` (``inference.runtime``: ONNX Runtime or torch in
+            Spark's workers), ``threads`` (the runtime's threads in each of Spark's Python workers; null: ``spark.task.cpus``, the cores Spark gives each task) and ``batch_size`` (the rows each
             worker classifies at once; null: the model's ``inference.batch_size``).
 
     Returns:
@@ -54,8 +54,8 @@ def score_images(images: DataFrame, params: dict[str, Any]) -> DataFrame:
     uri = params["model_uri"]
     model = describe_model(uri)
     column = probability_column(params["positive_class"])
-    # each Python worker runs one task at a time: torch gets the cores Spark gives a task
-    threads = params["torch_threads"] or int(images.sparkSession.conf.get("spark.task.cpus", "1"))
+    # each Python worker runs one task at a time: the runtime gets the cores Spark gives a task
+    threads = params["threads"] or int(images.sparkSession.conf.get("spark.task.cpus", "1"))
     predict = mlflow.pyfunc.spark_udf(
         images.sparkSession,
         uri,
@@ -64,15 +64,17 @@ def score_images(images: DataFrame, params: dict[str, Any]) -> DataFrame:
         # the threads, and the batch that is fastest on them (docs/batch-inference.md)
         extra_env={"OMP_NUM_THREADS": str(threads)},
         params={"batch_size": params["batch_size"]} if params["batch_size"] else None,
+        model_config={"runtime": params["runtime"]},
     )
     root = re.escape(source_root(params["source"]))
     logger.info(
-        "Scoring the image files of %s with %s (model %s version %s, run %s) in Spark",
+        "Scoring the image files of %s with %s (model %s version %s, run %s) in Spark, on %s",
         params["source"],
         uri,
         model["model_name"],
         model["model_version"],
         model["model_run_id"],
+        params["runtime"],
     )
     files = with_empty_files(images)
     name = F.regexp_extract("path", r"([^/]*)$", 1)
@@ -194,7 +196,7 @@ def served_model(uri: str):
 
     from malaria_pipeline.pipelines.inference.served_model import ServedModel
 
-    model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    model = mlflow.pyfunc.load_model(uri, model_config={"runtime": "onnx"}).unwrap_python_model()
     if not isinstance(model, ServedModel):
         raise ValueError(
             f"batch_inference.model_uri {uri} is a model of an older training run ({type(model).__name__}), "

@@ -1,4 +1,8 @@
-"""Nodes of the inference pipeline and of the MLflow model that each training run logs."""
+"""Nodes of the inference pipeline and of the MLflow model that each training run logs.
+
+Importing this module imports no torch: on ONNX Runtime (``inference.runtime: onnx``) the served model
+and Spark's workers answer without it; the torch paths import it where they start.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,10 @@ import binascii
 import logging
 import re
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from malaria_pipeline.assess.columns import probability_column
 from malaria_pipeline.assess.patients import (
@@ -28,11 +31,13 @@ from malaria_pipeline.cells.archive import (
     image_members,
     patient_id,
 )
-from malaria_pipeline.ml.device import pick_device
-from malaria_pipeline.ml.explain import grad_cam
 from malaria_pipeline.ml.images import ImageLimits, UnreadableImageError, decode_cell_image, one_line
-from malaria_pipeline.ml.model_io import CellClassifier, load_model
-from malaria_pipeline.ml.packing import pack_images
+from malaria_pipeline.ml.onnx_runtime import GRAPH_KEYS, OnnxClassifier, check_runtime
+
+if TYPE_CHECKING:
+    import torch
+
+    from malaria_pipeline.ml.model_io import CellClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ def predict_images(
         the overlay of each explained cell; ``explanation_overlays``: those overlays as PNG pixels
         (none unless ``explain``).
     """
+    from malaria_pipeline.ml.packing import pack_images
+
     check_source(params.get("source"), inference_images, "inference.source", "inference_source")
     classifier = _classifier(inference_model, params)
     threshold = operating_threshold(inference_model, params)
@@ -92,11 +99,18 @@ def predict_images(
         "fraction_parasitized": float((labels == params["positive_class"]).mean()),
         "skipped": [{"path": member, "reason": reason} for member, reason in skipped],
     }
-    overlays, summary["explanations"] = explain_positives(classifier, packed.images, predictions, params)
+    summary["runtime"] = _runtime_name(classifier)
+    overlays, summary["explanations"] = explain_positives(
+        _torch_classifier(inference_model, params) if params["explain"] else None,
+        packed.images,
+        predictions,
+        params,
+    )
     logger.info(
-        "Classified %d images of %s: %s; %.1f%% parasitized; skipped %d files",
+        "Classified %d images of %s on %s: %s; %.1f%% parasitized; skipped %d files",
         len(predictions),
         inference_images.source,
+        summary["runtime"],
         summary["per_class"],
         100 * summary["fraction_parasitized"],
         len(skipped),
@@ -208,7 +222,7 @@ def patients_of_files(files: pd.Series, group_by: str) -> pd.Series:
 
 
 def explain_positives(
-    classifier: CellClassifier, images: torch.Tensor, predictions: pd.DataFrame, params: dict[str, Any]
+    classifier: CellClassifier | None, images: torch.Tensor, predictions: pd.DataFrame, params: dict[str, Any]
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]] | None]:
     """With ``params["explain"]``: the Grad-CAM heatmap of Parasitized over each cell predicted
     Parasitized, the most confident first, at most ``explain_max`` (null: all), as a PNG of the cell and
@@ -224,6 +238,8 @@ def explain_positives(
     chosen = predictions[predictions["label"] == positive].sort_values(column, ascending=False, kind="stable")
     if params["explain_max"] is not None:
         chosen = chosen.head(params["explain_max"])
+    import torch  # Grad-CAM needs the network's gradients: torch, whatever inference.runtime
+
     rows = torch.as_tensor(chosen.index.to_numpy(copy=True))
     pictures = explained_cells(
         classifier, images[rows], positive, params["batch_size"], params["explain_scale"]
@@ -252,6 +268,7 @@ def explained_cells(
     from malaria_pipeline.assess.plots import (
         cell_and_overlay,  # matplotlib: not among the served model's requirements
     )
+    from malaria_pipeline.ml.explain import grad_cam
 
     if not len(images):
         return []
@@ -268,7 +285,10 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def predict_encoded_images(
-    served_images: pd.DataFrame, model: dict[str, Any], params: dict[str, Any]
+    served_images: pd.DataFrame,
+    model: dict[str, Any],
+    params: dict[str, Any],
+    classifier: CellClassifier | OnnxClassifier | None = None,
 ) -> pd.DataFrame:
     """The MLflow model's answer per cell: image files encoded in base64 in, one answer per row out.
 
@@ -283,9 +303,11 @@ def predict_encoded_images(
 
     Args:
         served_images: a column ``image`` of base64-encoded PNG or JPEG files, one cell per row.
-        model: the bundle of the training run that logged the MLflow model.
+        model: the bundle of the training run that logged the MLflow model (or, on ONNX Runtime, the
+            bundle less its weights that its graph carries).
         params: ``inference``'s ``threshold`` (a number, or ``auto``), ``tta``, ``batch_size``, ``device``,
-            ``image_limits`` and ``max_rows``.
+            ``runtime``, ``image_limits`` and ``max_rows``.
+        classifier: what answers (None: the one ``params["runtime"]`` asks of ``model``).
 
     Returns:
         A table with the index of ``served_images`` and the columns ``label`` (``Parasitized`` or
@@ -305,7 +327,7 @@ def predict_encoded_images(
     if _served():
         _check_rows(len(served_images), params["max_rows"])
     limits = ImageLimits.from_params(params["image_limits"], "inference.image_limits")
-    classifier = _classifier(model, params)
+    classifier = classifier or _classifier(model, params)
     threshold = operating_threshold(model, params)
     labels = np.full(len(served_images), None, dtype=object)
     p_positive = np.full(len(served_images), np.nan)
@@ -315,9 +337,7 @@ def predict_encoded_images(
         chunk = values.iloc[start : start + params["batch_size"]]
         images, decoded = _decode_rows(chunk, start, classifier.image_size, limits, errors)
         if images:
-            p_positive[decoded], labels[decoded] = _classify(
-                classifier, torch.stack(images), threshold, params
-            )
+            p_positive[decoded], labels[decoded] = _classify(classifier, np.stack(images), threshold, params)
     for message in errors.values():
         logger.warning("Not classified: %s", message)
     return _answer_table(
@@ -371,7 +391,7 @@ def served_patients(
 
 def _decode_rows(
     chunk: pd.Series, start: int, size: int, limits: ImageLimits, errors: dict[int, str]
-) -> tuple[list[torch.Tensor], list[int]]:
+) -> tuple[list[np.ndarray], list[int]]:
     """The decoded images of a chunk of base64 rows that begins at position ``start``, with their
     positions; each row that can't be decoded gets its reason in ``errors`` at its position."""
     images, decoded = [], []
@@ -443,18 +463,22 @@ def _base64_bytes(value: Any, limits: ImageLimits) -> bytes:
         raise UnreadableImageError(f"not base64-encoded ({error})") from error
 
 
-# The served model calls its node once a request with the same bundle: the classifier rebuilt from a
-# bundle is kept, per bundle object and device (the bundle is held too, so that its id stays its own).
-_CLASSIFIERS: dict[tuple[int, str], tuple[dict[str, Any], CellClassifier]] = {}
+# The served model calls its node once a request with the same bundle: the classifier made from a
+# bundle is kept, per bundle object, runtime and device (the bundle is held too, so that its id stays its own).
+_CLASSIFIERS: dict[tuple[int, str, str], tuple[dict[str, Any], Any]] = {}
 
 
-def _classifier(bundle: dict[str, Any], params: dict[str, Any]) -> CellClassifier:
-    device = pick_device(params["device"])
-    cached = _CLASSIFIERS.get((id(bundle), str(device)))
+def _classifier(bundle: dict[str, Any], params: dict[str, Any]) -> CellClassifier | OnnxClassifier:
+    """What answers for ``params["runtime"]``: the bundle's ONNX graph on ONNX Runtime (``onnx``; ``onnx_int8``
+    its int8 graph, else the float32 one), or the torch network on ``params["device"]``. A bundle without
+    the graph asked for (a model trained before models were exported) falls back, with one INFO line."""
+    runtime = check_runtime(params.get("runtime", "onnx"))
+    key = (id(bundle), runtime, str(params["device"]))
+    cached = _CLASSIFIERS.get(key)
     if cached is None or cached[0] is not bundle:
         if len(_CLASSIFIERS) >= 4:
             _CLASSIFIERS.clear()
-        cached = _CLASSIFIERS[(id(bundle), str(device))] = (bundle, load_model(bundle, device=device))
+        cached = _CLASSIFIERS[key] = (bundle, _make_classifier(bundle, runtime, params))
     classifier = cached[1]
     positive = params["positive_class"]
     if positive not in classifier.class_names or len(classifier.class_names) != 2:
@@ -462,6 +486,58 @@ def _classifier(bundle: dict[str, Any], params: dict[str, Any]) -> CellClassifie
             f"The model's classes are {classifier.class_names}: inference needs {positive} and one other"
         )
     return classifier
+
+
+def _make_classifier(
+    bundle: dict[str, Any], runtime: str, params: dict[str, Any]
+) -> CellClassifier | OnnxClassifier:
+    which = bundle.get("source", "this model")
+    if (
+        runtime == "onnx_int8"
+        and bundle.get(GRAPH_KEYS["onnx_int8"]) is None
+        and bundle.get(GRAPH_KEYS["onnx"])
+    ):
+        logger.info(
+            "inference.runtime is onnx_int8, but %s keeps no int8 graph (its training run kept none: not faster, "
+            "or not as accurate as float32; see its onnx_int8_check): answering with its float32 ONNX graph",
+            which,
+        )
+        runtime = "onnx"
+    if runtime != "torch":
+        graph = bundle.get(GRAPH_KEYS[runtime])
+        if graph is not None:
+            path = bundle.get(f"{GRAPH_KEYS[runtime]}_source", which)
+            classifier = OnnxClassifier(graph, path=path, run=which, runtime=runtime)
+            if "state_dict" in bundle:  # the bundle's own weights are at hand: the graph must be theirs
+                from malaria_pipeline.ml.model_io import weights_sha256
+
+                classifier.check_model(bundle, weights_sha256(bundle))
+            return classifier
+        logger.info(
+            "inference.runtime is %s, but %s has no ONNX graph (it was trained before models were exported): "
+            "answering with PyTorch",
+            runtime,
+            which,
+        )
+    if "state_dict" not in bundle:
+        raise ValueError(
+            f"{which} is an ONNX graph alone: PyTorch (inference.runtime=torch, inference.explain) needs the "
+            "model bundle, model.pt"
+        )
+    from malaria_pipeline.ml.device import pick_device
+    from malaria_pipeline.ml.model_io import load_model
+
+    return load_model(bundle, device=pick_device(params["device"]))
+
+
+def _torch_classifier(bundle: dict[str, Any], params: dict[str, Any]) -> CellClassifier:
+    """The bundle's network on ``params["device"]`` (kept per bundle, as :func:`_classifier` keeps its own)."""
+    return _classifier(bundle, {**params, "runtime": "torch"})
+
+
+def _runtime_name(classifier: CellClassifier | OnnxClassifier) -> str:
+    """``onnx``, ``onnx_int8`` or ``torch``: what answered."""
+    return classifier.runtime if isinstance(classifier, OnnxClassifier) else "torch"
 
 
 def operating_threshold(bundle: dict[str, Any], params: dict[str, Any]) -> float:
@@ -512,11 +588,21 @@ def operating_threshold(bundle: dict[str, Any], params: dict[str, Any]) -> float
 
 
 def _classify(
-    classifier: CellClassifier, images: torch.Tensor, threshold: float, params: dict[str, Any]
+    classifier: CellClassifier | OnnxClassifier,
+    images: torch.Tensor | np.ndarray,
+    threshold: float,
+    params: dict[str, Any],
 ) -> tuple[np.ndarray, np.ndarray]:
     """P(positive class) of ``uint8, N×3×S×S`` images (with ``params["tta"]``), and the label at ``threshold``."""
     positive = params["positive_class"]
-    probabilities = classifier.predict_proba(images, batch_size=params["batch_size"], tta=params["tta"])
-    p_positive = probabilities[:, classifier.class_names.index(positive)].numpy().astype(np.float64)
+    if isinstance(classifier, OnnxClassifier):
+        probabilities = classifier.predict_proba(np.asarray(images), params["batch_size"], params["tta"])
+    else:
+        import torch
+
+        probabilities = classifier.predict_proba(
+            torch.as_tensor(images), batch_size=params["batch_size"], tta=params["tta"]
+        ).numpy()
+    p_positive = probabilities[:, classifier.class_names.index(positive)].astype(np.float64)
     negative = next(name for name in classifier.class_names if name != positive)
     return p_positive, np.where(p_positive >= threshold, positive, negative)
