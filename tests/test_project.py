@@ -217,6 +217,7 @@ def test_a_training_run_is_tracked_in_mlflow_with_history_metrics_figures_and_mo
     assert torch.allclose(model.predict_proba(images), expected, atol=1e-5)
 
 
+@pytest.mark.slow  # kedro viz build of the whole project (about 12 s)
 def test_kedro_viz_build_works_offline_and_shows_every_training_node_in_the_group_of_its_stage(kedro_project):
     import json
     import subprocess

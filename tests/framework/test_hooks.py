@@ -115,6 +115,7 @@ with KedroSession.create(project_path=sys.argv[1], runtime_params={"ingestion": 
 """
 
 
+@pytest.mark.slow  # a kedro process interrupted mid-training (about 13 s)
 def test_ctrl_c_ends_the_run_as_killed_when_kedro_exits(kedro_project, cell_folder):
     # A process of its own, not KedroProject.run: what is tested is what happens when that process exits.
     done = subprocess.run(

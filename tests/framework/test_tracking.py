@@ -21,6 +21,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow  # a whole training run in a thread (about 20 s)
 def test_each_epoch_is_in_mlflow_while_the_run_still_trains(kedro_project, cell_folder, monkeypatch):
     seen = []
     log_epoch = tracking.log_epoch

@@ -85,6 +85,7 @@ def test_without_batch_norm_two_processes_on_halves_compute_one_process_on_the_w
         assert row["train_loss"] == pytest.approx(alone["train_loss"], rel=1e-4), row["epoch"]
 
 
+@pytest.mark.slow  # two launches of two processes (about 20 s)
 def test_a_failing_process_ends_the_run_with_its_error_and_the_run_resumes_where_it_stopped(tmp_path):
     data, config = tiny_data(count=96), train_config(epochs=3, batch_size=12)
     checkpoint = CheckpointStore(tmp_path / "checkpoint")

@@ -24,7 +24,9 @@ TINY_SPLIT_AND_TRAINING = {
 }
 
 
-@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
+@pytest.mark.parametrize(
+    "as_zip", [pytest.param(False, marks=pytest.mark.slow), True], ids=["folder", "zip"]
+)  # the folder: end to end again, slow (make test-slow)
 def test_training_pipeline_runs_on_real_pngs_some_broken(kedro_project, cell_folder, tmp_path, as_zip):
     broken = add_bad_files(cell_folder)
     source = zip_folder(cell_folder, tmp_path / "cells.zip") if as_zip else cell_folder
