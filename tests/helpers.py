@@ -221,7 +221,11 @@ TRAIN_PARAMS = {
     "resume": False,
     "exclude_label_issues": False,
     "calibrate": True,
-    "onnx": {"tolerance": 1e-4, "check_cells": 2048},
+    "onnx": {
+        "tolerance": 1e-4,
+        "check_cells": 2048,
+        "int8": {"quantize": True, "calibration_cells": 512, "max_loss": 0.002, "timing_rounds": 3},
+    },
     "distributed": {
         "nproc_per_node": 1,
         "nnodes": 1,

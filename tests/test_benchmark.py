@@ -95,8 +95,10 @@ def test_the_benchmark_command_measures_everything_and_reports_it(kedro_project,
     assert ratios == ["training.resnet9.ours_to_baseline_ratio", "training.resnet18.ours_to_baseline_ratio"]
     tta = results["time_to_accuracy"]
     assert tta["reached"] and tta["epoch"] == 1 and 0 < tta["seconds"] < tta["run_seconds"]
-    assert (
-        results["inference"]["pipeline_images_per_second"] > 0 and results["inference"]["pyfunc_images"] == 20
+    assert all(
+        results["inference"][runtime]["pipeline_images_per_second"] > 0
+        and results["inference"][runtime]["pyfunc_images"] == 20
+        for runtime in ("torch", "onnx", "onnx_int8")
     )
     assert results["peak_memory_gb"]["this_process"] > 0
     assert md_file.read_text() == markdown(results) and "ours / baseline" in md_file.read_text()

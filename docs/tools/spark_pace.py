@@ -3,12 +3,14 @@ side in one run, and prints the table of docs/batch-inference.md: wall time of t
 cells/s and the peak of the summed resident memory of every process (``peak_rss.sh``).
 
     python docs/tools/spark_pace.py /work/cells_all models:/malaria-cell-classifier@champion \\
-        [--variant "label=batch_inference.batch_size=null" ...] [--spark "label=spark.task.cpus:1" ...]
+        [--variant "label=batch_inference.batch_size=null" ...] [--spark "label=spark.task.cpus:1" ...] \\
+        [--runtimes torch,onnx,onnx_int8]
 
 Run from the project root with MLFLOW_TRACKING_URI=sqlite:///mlflow.db, nothing else running. Each
 ``--variant "label=params"`` adds one more ``batch_inference`` run with those ``--params``, each
 ``--spark "label=key:value,..."`` one with those Spark settings (written to conf/local/spark.yml for
-that run).
+that run). ``--runtimes`` runs both pipelines on each ``inference.runtime`` in turn (the first is the
+reference of the "against" columns).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main() -> None:
         default=[],
         help="label=key:value,key:value: another batch run with these Spark settings (conf/local/spark.yml)",
     )
+    parser.add_argument("--runtimes", default="", help="torch,onnx,onnx_int8: both pipelines on each runtime")
     args = parser.parse_args()
     cells = sum(1 for p in Path(args.cells).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     runs = [
@@ -76,6 +79,17 @@ def main() -> None:
             {},
         ),
     ]
+    if args.runtimes:
+        runs = [
+            (
+                f"`{pipeline}`{' on `local[*]`' if pipeline == 'batch_inference' else ''}, {runtime}",
+                pipeline,
+                f"{params},{pipeline}.runtime={runtime}",
+                {},
+            )
+            for runtime in args.runtimes.split(",")
+            for _, pipeline, params, _ in runs[:2]
+        ]
     for variant in args.variant:
         label, params = variant.split("=", 1)
         runs.append((f"`batch_inference`, {label}", "batch_inference", f"{runs[1][2]},{params}", {}))

@@ -85,13 +85,21 @@ def _run_rows(results: dict[str, Any]) -> Rows:
             )
         )
     inference = results.get("inference", {})
-    if "pipeline_images_per_second" in inference:
-        rows.append(("inference pipeline", f"{inference['pipeline_images_per_second']:,.0f} images/s"))
-    if "pyfunc_images_per_second" in inference:
+    runtimes = [name for name in inference if "pipeline_images_per_second" in inference[name]]
+    if runtimes:
         rows.append(
             (
-                f"pyfunc model, requests of {inference['pyfunc_request_size']}",
-                f"{inference['pyfunc_images_per_second']:,.0f} images/s",
+                f"inference pipeline, {' / '.join(runtimes)}",
+                " / ".join(f"{inference[r]['pipeline_images_per_second']:,.0f}" for r in runtimes)
+                + " images/s",
+            )
+        )
+    if runtimes and "pyfunc_images_per_second" in inference[runtimes[0]]:
+        rows.append(
+            (
+                f"pyfunc model, requests of {inference[runtimes[0]]['pyfunc_request_size']}, {' / '.join(runtimes)}",
+                " / ".join(f"{inference[r]['pyfunc_images_per_second']:,.0f}" for r in runtimes)
+                + " images/s",
             )
         )
     memory = results["peak_memory_gb"]

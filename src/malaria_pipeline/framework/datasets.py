@@ -195,7 +195,7 @@ class TorchDataset(AbstractVersionedDataset[Any, Any]):
 
 
 class BytesDataset(AbstractVersionedDataset[bytes, bytes]):
-    """A versioned file of bytes, as they are (an ONNX graph).
+    """A versioned file of bytes, as they are (an ONNX graph). No bytes write no file.
 
     Example ``catalog.yml`` entry:
 
@@ -223,6 +223,8 @@ class BytesDataset(AbstractVersionedDataset[bytes, bytes]):
         return Path(kedro_private.load_path(self)).read_bytes()
 
     def save(self, data: bytes) -> None:
+        if not data:  # nothing to keep this run (an int8 graph that does not pay): no file, no version
+            return
         path = Path(kedro_private.save_path(self))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)

@@ -10,6 +10,7 @@ from typing import Any
 
 import mlflow
 from kedro.framework.hooks import hook_impl
+from kedro.io.core import AbstractVersionedDataset
 
 from malaria_pipeline.framework import kedro_private, registry, tracking
 from malaria_pipeline.framework.parameters import remember_folds, training_config
@@ -234,8 +235,12 @@ class LogArtifactsToMlflow:
         folder, tag = metadata.get("mlflow_artifact_path"), metadata.get("mlflow_tag")
         if folder is None and tag is None:
             return
-        # The load path of a versioned dataset is its latest version: the one just saved.
+        # The load path of a versioned dataset is its latest version: the one just saved, unless the
+        # dataset wrote nothing this run (BytesDataset of no bytes): then an older one, not logged.
         path = kedro_private.load_path(dataset)
+        version = kedro_private.version(dataset) if isinstance(dataset, AbstractVersionedDataset) else None
+        if version is not None and version.save and Path(path).parent.name != version.save:
+            return
         if tag is not None:  # too large to copy (batch_predictions): where it is
             mlflow.set_tag(tag, str(Path(path).resolve()))
         if folder is not None:

@@ -16,7 +16,7 @@ from malaria_pipeline.ml.config import TrainConfig
 # exclude_label_issues: the training nodes leave the label audit's suspects out of the training images.
 # calibrate: calibrate_model (and each cross-validation fold) fits temperature scaling after training.
 # distributed: train_model starts malaria_pipeline.ml.distributed (DistributedConfig) for more than one process.
-# onnx: export_onnx_model's check of the exported graph (tolerance, check_cells).
+# onnx: export_onnx_model's check of the exported graph (tolerance, check_cells) and quantize_onnx_model's int8.
 PIPELINE_SWITCHES = ("exclude_label_issues", "calibrate", "distributed", "onnx")
 
 

@@ -86,7 +86,7 @@ class OnnxClassifier:
         self, graph: bytes, *, path: str, run: str, runtime: str = "onnx", threads: int | None = None
     ) -> None:
         onnxruntime = import_onnxruntime(runtime)
-        self.path, self.run, self.runtime = path, run, runtime
+        self.path, self.run, self.runtime, self.graph = path, run, runtime, graph
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: its warnings are for graph authors, not users
         threads = threads or _omp_threads()

@@ -388,3 +388,61 @@ def test_the_onnx_export_is_checked_on_the_validation_cells_or_the_training_ones
         bundle, images, index, every_image, {"onnx": {"tolerance": 1e-4, "check_cells": 100}}
     )
     assert (report["cells"], report["checked_on"]) == (18, "train (no validation images)")
+
+
+def _int8_params(**int8) -> dict:
+    return {
+        "onnx": {
+            "int8": {"quantize": True, "calibration_cells": 6, "max_loss": 0.002, "timing_rounds": 1, **int8}
+        }
+    }
+
+
+def test_the_int8_graph_is_kept_only_where_it_is_faster_and_as_accurate(monkeypatch):
+    """The decision, on a real quantized graph, its speed measured by hand-set figures: kept when faster
+    and within max_loss; not written (no bytes) when slower, or when less accurate than allowed."""
+    from sklearn.metrics import roc_auc_score
+
+    from malaria_pipeline.ml import onnx_quantize
+    from malaria_pipeline.ml.onnx_runtime import OnnxClassifier
+    from malaria_pipeline.pipelines.model_training.nodes import quantize_onnx_model
+    from tests.helpers import tiny_bundle, with_onnx_graph
+
+    images, index, split, _ = tiny_tables()  # 12 train, 6 validation, 6 test
+    graph = with_onnx_graph(tiny_bundle())["onnx_graph"]
+    evaluation = {"positive_class": "Parasitized", "threshold": 0.5}
+    speeds = {"onnx": 100.0, "onnx_int8": 150.0}
+    monkeypatch.setattr(onnx_quantize, "cells_per_second", lambda graphs, *a, **k: dict(speeds))
+
+    kept, report = quantize_onnx_model(graph, images, index, split, _int8_params(max_loss=1.0), evaluation)
+    assert report["kept"] and kept and report["compared_on"] == "test" and report["cells"] == 6
+    int8 = OnnxClassifier(kept, path="int8", run="r", runtime="onnx_int8")
+    assert int8.model == OnnxClassifier(graph, path="fp32", run="r").model  # the model description kept
+    test = split["subset"].to_numpy() == "test"
+    truth = index["label"].to_numpy()[test] == "Parasitized"
+    p = int8.predict_proba(images.numpy()[test])[:, 0]
+    assert report["onnx_int8"]["accuracy"] == ((p >= 0.5) == truth).mean()
+    assert report["onnx_int8"]["roc_auc"] == pytest.approx(roc_auc_score(truth, p))
+    assert report["onnx_int8"]["cells_per_second"] == 150.0
+
+    speeds["onnx_int8"] = 90.0
+    nothing, report = quantize_onnx_model(graph, images, index, split, _int8_params(max_loss=1.0), evaluation)
+    assert nothing == b"" and not report["kept"] and report["why"] == "not faster than float32"
+
+    # by hand: 0.3 points less accurate is refused at max_loss 0.002, 0.15 points is kept; so is the AUC
+    from malaria_pipeline.pipelines.model_training.nodes import _int8_pays
+
+    def pays(accuracy: float, roc_auc: float) -> tuple[bool, str]:
+        fp32 = {"cells_per_second": 1.0, "accuracy": 0.96, "roc_auc": 0.99}
+        int8 = {"cells_per_second": 2.0, "accuracy": accuracy, "roc_auc": roc_auc}
+        return _int8_pays({"onnx": fp32, "onnx_int8": int8}, 0.002)
+
+    below = "is more than training.onnx.int8.max_loss (0.002) below float32's"
+    assert pays(0.957, 0.99) == (False, f"its accuracy {below}")
+    assert pays(0.96, 0.987) == (False, f"its roc_auc {below}")
+    assert pays(0.9585, 0.9885)[0]
+
+    nothing, report = quantize_onnx_model(
+        graph, images, index, split, _int8_params(quantize=False), evaluation
+    )
+    assert nothing == b"" and report == {"kept": False, "why": "training.onnx.int8.quantize is false"}

@@ -10,6 +10,7 @@ import base64
 import binascii
 import logging
 import re
+import time
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +80,9 @@ def predict_images(
         raise ArchiveError(
             f"{inference_images.source} holds no decodable PNG or JPEG image ({len(skipped)} files skipped)"
         )
+    started = time.perf_counter()
     p_positive, labels = _classify(classifier, packed.images, threshold, params)
+    seconds = time.perf_counter() - started
     predictions = pd.DataFrame(
         {"file": packed.members, "label": labels, probability_column(params["positive_class"]): p_positive}
     )
@@ -100,6 +103,7 @@ def predict_images(
         "skipped": [{"path": member, "reason": reason} for member, reason in skipped],
     }
     summary["runtime"] = _runtime_name(classifier)
+    summary["classify_seconds"] = round(seconds, 3)
     overlays, summary["explanations"] = explain_positives(
         _torch_classifier(inference_model, params) if params["explain"] else None,
         packed.images,
@@ -107,10 +111,12 @@ def predict_images(
         params,
     )
     logger.info(
-        "Classified %d images of %s on %s: %s; %.1f%% parasitized; skipped %d files",
+        "Classified %d images of %s on %s in %.1f s (%.0f cells/s): %s; %.1f%% parasitized; skipped %d files",
         len(predictions),
         inference_images.source,
         summary["runtime"],
+        seconds,
+        len(predictions) / max(seconds, 1e-9),
         summary["per_class"],
         100 * summary["fraction_parasitized"],
         len(skipped),

@@ -47,6 +47,9 @@ MODEL_NAME = "model"
 # The artifacts of the MLflow model: the bundle keeps this name, which TrainedModelDataset reads.
 BUNDLE_ARTIFACT = "model"
 PARAMETERS_ARTIFACT = "parameters"
+# Chooses the runtime where the model is loaded, over its model_config: for `mlflow models serve`, whose
+# command line takes no model configuration (MALARIA_PIPELINE_RUNTIME=torch mlflow models serve ...).
+RUNTIME_VARIABLE = "MALARIA_PIPELINE_RUNTIME"
 # The ONNX graphs, by runtime: the artifacts keep the runtime's name.
 GRAPH_ARTIFACTS = tuple(GRAPH_KEYS)
 
@@ -96,7 +99,10 @@ class ServedModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.params = json.loads(Path(context.artifacts[PARAMETERS_ARTIFACT]).read_text())
         config = getattr(context, "model_config", None) or {}
-        runtime = check_runtime(config.get("runtime") or self.params.get("runtime", "onnx"))
+        runtime = check_runtime(
+            os.environ.get(RUNTIME_VARIABLE) or config.get("runtime") or self.params.get("runtime", "onnx"),
+            RUNTIME_VARIABLE if os.environ.get(RUNTIME_VARIABLE) else "inference.runtime",
+        )
         run = f"MLflow run {self.params.get('run_id', '(unknown)')}"
         if runtime == "onnx_int8" and "onnx_int8" not in context.artifacts:
             logger.info(

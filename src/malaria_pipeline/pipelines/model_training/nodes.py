@@ -344,3 +344,96 @@ def export_onnx_model(
     )
     tracking.log_metrics({"onnx.max_abs_difference": report["max_abs_difference"]})
     return graph, report
+
+
+def quantize_onnx_model(
+    onnx_model: bytes,
+    image_tensors: torch.Tensor,
+    image_index: pd.DataFrame,
+    data_split: pd.DataFrame,
+    training_params: dict[str, Any],
+    evaluation_params: dict[str, Any],
+) -> tuple[bytes, dict[str, Any]]:
+    """The ONNX graph quantized to int8 (:func:`~malaria_pipeline.ml.onnx_quantize.quantize_int8`), its
+    activations calibrated on at most ``training.onnx.int8.calibration_cells`` validation cells, kept only
+    where it pays: faster than the float32 graph on the test cells (side by side, the best of
+    ``timing_rounds``) and, there, an accuracy (at ``evaluation.threshold``) and a ROC AUC at most
+    ``max_loss`` below float32's.
+
+    Returns:
+        ``onnx_int8_model``: the int8 graph, or no bytes (nothing is written) where it does not pay;
+        ``onnx_int8_check``: both graphs' cells/s, accuracy and AUC, and whether int8 was kept and why.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from malaria_pipeline.ml.onnx_quantize import cells_per_second, quantize_int8
+    from malaria_pipeline.ml.onnx_runtime import OnnxClassifier
+
+    settings = training_params["onnx"]["int8"]
+    if not settings["quantize"]:
+        logger.info("training.onnx.int8.quantize is false: no int8 graph")
+        return b"", {"kept": False, "why": "training.onnx.int8.quantize is false"}
+    n_images = len(image_tensors)
+    calibration = subset_rows(image_index, data_split, "validation", n_images=n_images)
+    compared_on = next(
+        (name for name in ("test", "validation", "train") if len(subset_rows(image_index, data_split, name))),
+        "train",
+    )
+    if not len(calibration):
+        calibration = subset_rows(image_index, data_split, "train")
+    images = image_tensors.numpy()
+    rows = subset_rows(image_index, data_split, compared_on, n_images=n_images)
+    fp32 = OnnxClassifier(onnx_model, path="onnx_model", run="this training run")
+    int8 = OnnxClassifier(
+        quantize_int8(onnx_model, images[calibration[: settings["calibration_cells"]]]),
+        path="onnx_int8_model",
+        run="this training run",
+        runtime="onnx_int8",
+    )
+    graphs = {"onnx": fp32, "onnx_int8": int8}
+    speed = cells_per_second(graphs, images[rows], rounds=settings["timing_rounds"])
+    positive = evaluation_params["positive_class"]
+    truth = image_index["label"].to_numpy()[rows] == positive
+    report: dict[str, Any] = {"compared_on": compared_on, "cells": int(len(rows))}
+    for name, graph in graphs.items():
+        p = graph.predict_proba(images[rows])[:, graph.class_names.index(positive)]
+        report[name] = {
+            "cells_per_second": round(speed[name], 1),
+            "accuracy": float(((p >= evaluation_params["threshold"]) == truth).mean()),
+            "roc_auc": float(roc_auc_score(truth, p)) if 0 < truth.sum() < len(truth) else None,
+        }
+    report["bytes"] = {"onnx": len(onnx_model), "onnx_int8": len(int8.graph)}
+    report["kept"], report["why"] = _int8_pays(report, settings["max_loss"])
+    logger.info(
+        "int8 ONNX graph %s (%s): on %d %s cells, %.0f against %.0f cells/s, accuracy %.4f against %.4f, AUC %s against %s",
+        "kept" if report["kept"] else "not kept",
+        report["why"],
+        report["cells"],
+        compared_on,
+        report["onnx_int8"]["cells_per_second"],
+        report["onnx"]["cells_per_second"],
+        report["onnx_int8"]["accuracy"],
+        report["onnx"]["accuracy"],
+        report["onnx_int8"]["roc_auc"],
+        report["onnx"]["roc_auc"],
+    )
+    tracking.log_metrics(
+        {
+            f"onnx.{name}.{key}": report[name][key]
+            for name in graphs
+            for key in ("cells_per_second", "accuracy", "roc_auc")
+            if report[name][key] is not None
+        }
+    )
+    return (int8.graph if report["kept"] else b""), report
+
+
+def _int8_pays(report: dict[str, Any], max_loss: float) -> tuple[bool, str]:
+    """Whether the int8 graph is kept: faster, and its accuracy and AUC at most ``max_loss`` below float32's."""
+    fp32, int8 = report["onnx"], report["onnx_int8"]
+    if int8["cells_per_second"] <= fp32["cells_per_second"]:
+        return False, "not faster than float32"
+    for key in ("accuracy", "roc_auc"):
+        if fp32[key] is not None and int8[key] < fp32[key] - max_loss:
+            return False, f"its {key} is more than training.onnx.int8.max_loss ({max_loss}) below float32's"
+    return True, f"faster, and within training.onnx.int8.max_loss ({max_loss}) of float32's accuracy and AUC"

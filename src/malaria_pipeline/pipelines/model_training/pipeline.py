@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import calibrate_model, export_onnx_model, train_model
+from .nodes import calibrate_model, export_onnx_model, quantize_onnx_model, train_model
 
 # The group that kedro-viz draws these nodes in (node names become f"{NAMESPACE}.{name}"); the
 # datasets and parameters keep their catalog names (prefix_datasets_with_namespace=False).
@@ -45,6 +45,19 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["model", "image_tensors", "image_index", "data_split", "params:training"],
                 outputs=["onnx_model", "onnx_check"],
                 name="export_onnx_model_node",
+            ),
+            Node(
+                func=quantize_onnx_model,
+                inputs=[
+                    "onnx_model",
+                    "image_tensors",
+                    "image_index",
+                    "data_split",
+                    "params:training",
+                    "params:evaluation",
+                ],
+                outputs=["onnx_int8_model", "onnx_int8_check"],
+                name="quantize_onnx_model_node",
             ),
         ],
         namespace=NAMESPACE,
