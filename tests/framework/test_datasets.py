@@ -13,6 +13,7 @@ from PIL import Image
 
 from malaria_pipeline.cells.archive import ImageArchive
 from malaria_pipeline.framework.datasets import (
+    BytesDataset,
     CellImageSourceDataset,
     CheckpointStoreDataset,
     CrossValidationArtifactDataset,
@@ -90,6 +91,24 @@ def test_the_model_is_the_latest_version_unless_one_is_named_and_a_missing_one_l
         TrainedModelDataset(filepath=path, load_version="2000-01-01T00.00.00.000Z").load()
     with pytest.raises(DatasetError, match="read-only"):
         TrainedModelDataset(filepath=path).save({"a": 1})
+
+
+def test_the_model_comes_with_the_graphs_of_its_own_version_and_an_empty_one_is_none(tmp_path):
+    path, graphs, int8 = (str(tmp_path / name) for name in ("model.pt", "model.onnx", "model_int8.onnx"))
+    for version in (OLD, NEW):
+        TorchDataset(filepath=path, version=Version(None, version)).save({"saved": version})
+        BytesDataset(filepath=graphs, version=Version(None, version)).save(f"graph of {version}".encode())
+    BytesDataset(filepath=int8, version=Version(None, OLD)).save(b"int8 of old")
+    BytesDataset(filepath=int8, version=Version(None, NEW)).save(b"")  # this run kept no int8 graph
+    load = TrainedModelDataset(filepath=path, onnx_filepath=graphs, onnx_int8_filepath=int8).load
+    latest = load()
+    assert latest["onnx_graph"] == f"graph of {NEW}".encode() and "onnx_int8_graph" not in latest
+    assert latest["onnx_graph_source"] == str(tmp_path / "model.onnx" / NEW / "model.onnx")
+    old = TrainedModelDataset(
+        filepath=path, load_version=OLD, onnx_filepath=graphs, onnx_int8_filepath=int8
+    ).load()
+    assert (old["onnx_graph"], old["onnx_int8_graph"]) == (f"graph of {OLD}".encode(), b"int8 of old")
+    assert "onnx_graph" not in TrainedModelDataset(filepath=path).load()  # no graph files named: none
 
 
 # CheckpointStoreDataset

@@ -195,7 +195,8 @@ class TorchDataset(AbstractVersionedDataset[Any, Any]):
 
 
 class BytesDataset(AbstractVersionedDataset[bytes, bytes]):
-    """A versioned file of bytes, as they are (an ONNX graph). No bytes write no file.
+    """A versioned file of bytes, as they are (an ONNX graph). No bytes write an empty file: the version
+    of a run that kept nothing (an int8 graph that did not pay), which readers take as no graph.
 
     Example ``catalog.yml`` entry:
 
@@ -223,8 +224,6 @@ class BytesDataset(AbstractVersionedDataset[bytes, bytes]):
         return Path(kedro_private.load_path(self)).read_bytes()
 
     def save(self, data: bytes) -> None:
-        if not data:  # nothing to keep this run (an int8 graph that does not pay): no file, no version
-            return
         path = Path(kedro_private.save_path(self))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -309,7 +308,7 @@ class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
             if folder is None:
                 continue
             graph = Path(folder) / path.parent.name / Path(folder).name
-            if graph.is_file():
+            if graph.is_file() and graph.stat().st_size:  # an empty file: the run kept no such graph
                 found[f"{GRAPH_KEYS[runtime]}"] = graph.read_bytes()
                 found[f"{GRAPH_KEYS[runtime]}_source"] = str(graph)
         return found

@@ -10,7 +10,6 @@ from typing import Any
 
 import mlflow
 from kedro.framework.hooks import hook_impl
-from kedro.io.core import AbstractVersionedDataset
 
 from malaria_pipeline.framework import kedro_private, registry, tracking
 from malaria_pipeline.framework.parameters import remember_folds, training_config
@@ -235,15 +234,11 @@ class LogArtifactsToMlflow:
         folder, tag = metadata.get("mlflow_artifact_path"), metadata.get("mlflow_tag")
         if folder is None and tag is None:
             return
-        # The load path of a versioned dataset is its latest version: the one just saved, unless the
-        # dataset wrote nothing this run (BytesDataset of no bytes): then an older one, not logged.
+        # The load path of a versioned dataset is its latest version: the one just saved.
         path = kedro_private.load_path(dataset)
-        version = kedro_private.version(dataset) if isinstance(dataset, AbstractVersionedDataset) else None
-        if version is not None and version.save and Path(path).parent.name != version.save:
-            return
         if tag is not None:  # too large to copy (batch_predictions): where it is
             mlflow.set_tag(tag, str(Path(path).resolve()))
-        if folder is not None:
+        if folder is not None and Path(path).stat().st_size:  # an empty file says nothing was kept
             mlflow.log_artifact(str(path), folder or None)
 
 
@@ -279,6 +274,7 @@ class LogServedModel:
             for runtime, name in self.GRAPHS.items()
             if name in catalog and catalog.get(name).exists()
         }
+        graphs = {runtime: path for runtime, path in graphs.items() if Path(path).stat().st_size}
         self._log_model(bundle, catalog.load("params:inference"), graphs)
         logger.info("Logged the MLflow model 'model' of this run, with %s", bundle)
 

@@ -361,7 +361,7 @@ def quantize_onnx_model(
     ``max_loss`` below float32's.
 
     Returns:
-        ``onnx_int8_model``: the int8 graph, or no bytes (nothing is written) where it does not pay;
+        ``onnx_int8_model``: the int8 graph, or no bytes (an empty file) where it does not pay;
         ``onnx_int8_check``: both graphs' cells/s, accuracy and AUC, and whether int8 was kept and why.
     """
     from sklearn.metrics import roc_auc_score
@@ -405,7 +405,7 @@ def quantize_onnx_model(
     report["bytes"] = {"onnx": len(onnx_model), "onnx_int8": len(int8.graph)}
     report["kept"], report["why"] = _int8_pays(report, settings["max_loss"])
     logger.info(
-        "int8 ONNX graph %s (%s): on %d %s cells, %.0f against %.0f cells/s, accuracy %.4f against %.4f, AUC %s against %s",
+        "int8 ONNX graph %s (%s): on %d %s cells, %.0f against %.0f cells/s (float32), accuracy %.4f against %.4f, AUC %s against %s",
         "kept" if report["kept"] else "not kept",
         report["why"],
         report["cells"],
@@ -414,8 +414,10 @@ def quantize_onnx_model(
         report["onnx"]["cells_per_second"],
         report["onnx_int8"]["accuracy"],
         report["onnx"]["accuracy"],
-        report["onnx_int8"]["roc_auc"],
-        report["onnx"]["roc_auc"],
+        *(
+            f"{report[name]['roc_auc']:.4f}" if report[name]["roc_auc"] is not None else "n/a"
+            for name in ("onnx_int8", "onnx")
+        ),
     )
     tracking.log_metrics(
         {
