@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import pandas as pd
@@ -194,7 +194,38 @@ class TorchDataset(AbstractVersionedDataset[Any, Any]):
         return self._fs.exists(path)
 
 
-class BytesDataset(AbstractVersionedDataset[bytes, bytes]):
+# What a dataset saves and what it loads.
+Saved, Loaded = TypeVar("Saved"), TypeVar("Loaded")
+
+
+class _LocalVersionedDataset(AbstractVersionedDataset[Saved, Loaded]):
+    """A versioned file or folder on the local file system: what :class:`BytesDataset` and
+    :class:`ImageFolderDataset` share (their path, description and existence of the latest version)."""
+
+    def __init__(
+        self, *, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None
+    ) -> None:
+        self.filesystem = fsspec.filesystem("file", auto_mkdir=True)
+        self.metadata = metadata
+        super().__init__(
+            filepath=PurePosixPath(filepath),
+            version=version,
+            exists_function=self.filesystem.exists,
+            glob_function=self.filesystem.glob,
+        )
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": kedro_private.filepath(self), "version": kedro_private.version(self)}
+
+    def _latest_is(self, check) -> bool:
+        """``check(path)`` of the latest version's path; False without a version."""
+        try:
+            return check(str(kedro_private.load_path(self)))
+        except DatasetError:
+            return False
+
+
+class BytesDataset(_LocalVersionedDataset[bytes, bytes]):
     """A versioned file of bytes, as they are (an ONNX graph). No bytes write an empty file: the version
     of a run that kept nothing (an int8 graph that did not pay), which readers take as no graph.
 
@@ -208,18 +239,6 @@ class BytesDataset(AbstractVersionedDataset[bytes, bytes]):
           versioned: true
     """
 
-    def __init__(
-        self, *, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None
-    ) -> None:
-        self._fs = fsspec.filesystem("file", auto_mkdir=True)
-        self.metadata = metadata
-        super().__init__(
-            filepath=PurePosixPath(filepath),
-            version=version,
-            exists_function=self._fs.exists,
-            glob_function=self._fs.glob,
-        )
-
     def load(self) -> bytes:
         return Path(kedro_private.load_path(self)).read_bytes()
 
@@ -227,16 +246,10 @@ class BytesDataset(AbstractVersionedDataset[bytes, bytes]):
         path = Path(kedro_private.save_path(self))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        self._fs.invalidate_cache(str(path))
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": kedro_private.filepath(self), "version": kedro_private.version(self)}
+        self.filesystem.invalidate_cache(str(path))
 
     def _exists(self) -> bool:
-        try:
-            return self._fs.exists(str(kedro_private.load_path(self)))
-        except DatasetError:
-            return False
+        return self._latest_is(self.filesystem.exists)
 
 
 class TrainedModelDataset(AbstractDataset[None, dict[str, Any]]):
@@ -407,7 +420,7 @@ class CheckpointStoreDataset(AbstractDataset[None, CheckpointStore]):
         return True
 
 
-class ImageFolderDataset(AbstractVersionedDataset[dict[str, Any], dict[str, Any]]):
+class ImageFolderDataset(_LocalVersionedDataset[dict[str, Any], dict[str, Any]]):
     """A versioned folder of PNG files: saves ``{file name: uint8 H×W×3 array}``, loads the same.
 
     Each version is a folder ``<filepath>/<version>/<folder name>/``; the names are plain file names (no
@@ -422,18 +435,6 @@ class ImageFolderDataset(AbstractVersionedDataset[dict[str, Any], dict[str, Any]
           filepath: data/08_reporting/explanations
           versioned: true
     """
-
-    def __init__(
-        self, *, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None
-    ) -> None:
-        self._fs = fsspec.filesystem("file", auto_mkdir=True)
-        self.metadata = metadata
-        super().__init__(
-            filepath=PurePosixPath(filepath),
-            version=version,
-            exists_function=self._fs.exists,
-            glob_function=self._fs.glob,
-        )
 
     def load(self) -> dict[str, Any]:
         import numpy as np
@@ -457,16 +458,10 @@ class ImageFolderDataset(AbstractVersionedDataset[dict[str, Any], dict[str, Any]
                     f"{name!r} is not a plain .png file name: {type(self).__name__} writes into {folder} only"
                 )
             Image.fromarray(pixels).save(folder / name)
-        self._fs.invalidate_cache(str(folder))
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": kedro_private.filepath(self), "version": kedro_private.version(self)}
+        self.filesystem.invalidate_cache(str(folder))
 
     def _exists(self) -> bool:
-        try:
-            return self._fs.isdir(str(kedro_private.load_path(self)))
-        except DatasetError:
-            return False
+        return self._latest_is(self.filesystem.isdir)
 
 
 class _EmptyWhileAbsent:

@@ -364,8 +364,6 @@ def quantize_onnx_model(
         ``onnx_int8_model``: the int8 graph, or no bytes (an empty file) where it does not pay;
         ``onnx_int8_check``: both graphs' cells/s, accuracy and AUC, and whether int8 was kept and why.
     """
-    from sklearn.metrics import roc_auc_score
-
     from malaria_pipeline.ml.onnx_quantize import cells_per_second, quantize_int8
     from malaria_pipeline.ml.onnx_runtime import OnnxClassifier
 
@@ -383,33 +381,50 @@ def quantize_onnx_model(
         calibration = subset_rows(image_index, data_split, "train")
     images = image_tensors.numpy()
     rows = subset_rows(image_index, data_split, compared_on, n_images=n_images)
-    fp32 = OnnxClassifier(onnx_model, path="onnx_model", run="this training run")
-    int8 = OnnxClassifier(
-        quantize_int8(onnx_model, images[calibration[: settings["calibration_cells"]]]),
-        path="onnx_int8_model",
-        run="this training run",
-        runtime="onnx_int8",
-    )
-    graphs = {"onnx": fp32, "onnx_int8": int8}
+    graphs = {
+        "onnx": OnnxClassifier(onnx_model, path="onnx_model", run="this training run"),
+        "onnx_int8": OnnxClassifier(
+            quantize_int8(onnx_model, images[calibration[: settings["calibration_cells"]]]),
+            path="onnx_int8_model",
+            run="this training run",
+            runtime="onnx_int8",
+        ),
+    }
     speed = cells_per_second(graphs, images[rows], rounds=settings["timing_rounds"])
-    positive = evaluation_params["positive_class"]
-    truth = image_index["label"].to_numpy()[rows] == positive
+    truth = image_index["label"].to_numpy()[rows] == evaluation_params["positive_class"]
     report: dict[str, Any] = {"compared_on": compared_on, "cells": int(len(rows))}
     for name, graph in graphs.items():
-        p = graph.predict_proba(images[rows])[:, graph.class_names.index(positive)]
         report[name] = {
             "cells_per_second": round(speed[name], 1),
-            "accuracy": float(((p >= evaluation_params["threshold"]) == truth).mean()),
-            "roc_auc": float(roc_auc_score(truth, p)) if 0 < truth.sum() < len(truth) else None,
+            **_scores(graph, images[rows], truth, evaluation_params),
         }
-    report["bytes"] = {"onnx": len(onnx_model), "onnx_int8": len(int8.graph)}
+    report["bytes"] = {name: len(graph.graph) for name, graph in graphs.items()}
     report["kept"], report["why"] = _int8_pays(report, settings["max_loss"])
+    _log_int8(report)
+    return (graphs["onnx_int8"].graph if report["kept"] else b""), report
+
+
+def _scores(
+    graph, images: np.ndarray, truth: np.ndarray, evaluation_params: dict[str, Any]
+) -> dict[str, Any]:
+    """Accuracy at ``evaluation.threshold`` and ROC AUC (None with one class) of ``graph`` on ``images``."""
+    from sklearn.metrics import roc_auc_score
+
+    p = graph.predict_proba(images)[:, graph.class_names.index(evaluation_params["positive_class"])]
+    return {
+        "accuracy": float(((p >= evaluation_params["threshold"]) == truth).mean()),
+        "roc_auc": float(roc_auc_score(truth, p)) if 0 < truth.sum() < len(truth) else None,
+    }
+
+
+def _log_int8(report: dict[str, Any]) -> None:
+    """One log line of the int8 decision, and both graphs' figures as MLflow metrics ``onnx.<runtime>.<key>``."""
     logger.info(
         "int8 ONNX graph %s (%s): on %d %s cells, %.0f against %.0f cells/s (float32), accuracy %.4f against %.4f, AUC %s against %s",
         "kept" if report["kept"] else "not kept",
         report["why"],
         report["cells"],
-        compared_on,
+        report["compared_on"],
         report["onnx_int8"]["cells_per_second"],
         report["onnx"]["cells_per_second"],
         report["onnx_int8"]["accuracy"],
@@ -422,12 +437,11 @@ def quantize_onnx_model(
     tracking.log_metrics(
         {
             f"onnx.{name}.{key}": report[name][key]
-            for name in graphs
+            for name in ("onnx", "onnx_int8")
             for key in ("cells_per_second", "accuracy", "roc_auc")
             if report[name][key] is not None
         }
     )
-    return (int8.graph if report["kept"] else b""), report
 
 
 def _int8_pays(report: dict[str, Any], max_loss: float) -> tuple[bool, str]:
