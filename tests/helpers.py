@@ -642,8 +642,8 @@ def patients_folder(folder: Path) -> list[Path]:
 
 
 def log_rated_model(project: KedroProject, folder: Path) -> str:
-    """The id of a new MLflow run of ``project``'s experiment whose served model is the project's latest
-    ``model`` with reference cells that tell the classes apart (Se and Sp about 0.83 at 0.5, by
+    """The id of a new MLflow run of ``project``'s experiment whose served model (its bundle and ONNX graph)
+    is the project's latest ``model`` with reference cells that tell the classes apart (Se and Sp about 0.83 at 0.5, by
     construction): a tiny model's own validation cells give Se + Sp <= 1, which leaves the corrected
     fraction missing. MLflow's tracking URI must point at the project's store."""
     import mlflow
@@ -660,9 +660,13 @@ def log_rated_model(project: KedroProject, folder: Path) -> str:
     )
     bundle = {**project.load("model"), "reference_cells": reference.as_dict(), "count_threshold": 0.5}
     torch.save(bundle, folder / "model.pt")
+    # exported again, as a training run exports its model: the graph carries the reference cells
+    (folder / "model.onnx").write_bytes(with_onnx_graph(bundle)["onnx_graph"])
     experiment = mlflow.MlflowClient().get_experiment_by_name("malaria-pipeline").experiment_id
     with mlflow.start_run(experiment_id=experiment) as run:
-        log_served_model(folder / "model.pt", project.context().params["inference"])
+        log_served_model(
+            folder / "model.pt", project.context().params["inference"], {"onnx": folder / "model.onnx"}
+        )
     return run.info.run_id
 
 
