@@ -20,7 +20,6 @@ from kedro.io.core import (
     AbstractVersionedDataset,
     DatasetError,
     Version,
-    get_filepath_str,
     get_protocol_and_path,
 )
 from kedro_datasets.json import JSONDataset
@@ -137,7 +136,39 @@ class ClassifiedImagesDataset(AbstractDataset[None, ImageArchive]):
         return self._summary.exists()
 
 
-class TorchDataset(AbstractVersionedDataset[Any, Any]):
+# What a dataset saves and what it loads.
+Saved, Loaded = TypeVar("Saved"), TypeVar("Loaded")
+
+
+class _LocalVersionedDataset(AbstractVersionedDataset[Saved, Loaded]):
+    """A versioned file or folder on the local file system: what :class:`TorchDataset`,
+    :class:`BytesDataset` and :class:`ImageFolderDataset` share (their path, description and existence
+    of the latest version)."""
+
+    def __init__(
+        self, *, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None
+    ) -> None:
+        self.filesystem = fsspec.filesystem("file", auto_mkdir=True)
+        self.metadata = metadata
+        super().__init__(
+            filepath=PurePosixPath(filepath),
+            version=version,
+            exists_function=self.filesystem.exists,
+            glob_function=self.filesystem.glob,
+        )
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": kedro_private.filepath(self), "version": kedro_private.version(self)}
+
+    def _latest_is(self, check) -> bool:
+        """``check(path)`` of the latest version's path; False without a version."""
+        try:
+            return check(str(kedro_private.load_path(self)))
+        except DatasetError:
+            return False
+
+
+class TorchDataset(_LocalVersionedDataset[Any, Any]):
     """A ``torch.save`` file of tensors, or of dicts and lists of tensors, strings and numbers.
 
     Loaded safely (``weights_only=True``: no code runs) and memory-mapped, so a large tensor is paged
@@ -163,66 +194,19 @@ class TorchDataset(AbstractVersionedDataset[Any, Any]):
         protocol, path = get_protocol_and_path(filepath, version)
         if protocol != "file":
             raise DatasetError(f"TorchDataset reads local files only, not {filepath!r}")
-        self._protocol = protocol
-        self._fs = fsspec.filesystem(protocol, auto_mkdir=True)
-        self.metadata = metadata
-        super().__init__(
-            filepath=PurePosixPath(path),
-            version=version,
-            exists_function=self._fs.exists,
-            glob_function=self._fs.glob,
-        )
+        super().__init__(filepath=path, version=version, metadata=metadata)
 
     def load(self) -> Any:
-        path = get_filepath_str(kedro_private.load_path(self), self._protocol)
-        return torch.load(path, weights_only=True, mmap=True)
+        return torch.load(str(kedro_private.load_path(self)), weights_only=True, mmap=True)
 
     def save(self, data: Any) -> None:
-        path = Path(get_filepath_str(kedro_private.save_path(self), self._protocol))
+        path = Path(kedro_private.save_path(self))
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(data.contiguous() if isinstance(data, torch.Tensor) else data, path)
-        self._fs.invalidate_cache(str(path))
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": kedro_private.filepath(self), "version": kedro_private.version(self)}
+        self.filesystem.invalidate_cache(str(path))
 
     def _exists(self) -> bool:
-        try:
-            path = get_filepath_str(kedro_private.load_path(self), self._protocol)
-        except DatasetError:
-            return False
-        return self._fs.exists(path)
-
-
-# What a dataset saves and what it loads.
-Saved, Loaded = TypeVar("Saved"), TypeVar("Loaded")
-
-
-class _LocalVersionedDataset(AbstractVersionedDataset[Saved, Loaded]):
-    """A versioned file or folder on the local file system: what :class:`BytesDataset` and
-    :class:`ImageFolderDataset` share (their path, description and existence of the latest version)."""
-
-    def __init__(
-        self, *, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None
-    ) -> None:
-        self.filesystem = fsspec.filesystem("file", auto_mkdir=True)
-        self.metadata = metadata
-        super().__init__(
-            filepath=PurePosixPath(filepath),
-            version=version,
-            exists_function=self.filesystem.exists,
-            glob_function=self.filesystem.glob,
-        )
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": kedro_private.filepath(self), "version": kedro_private.version(self)}
-
-    def _latest_is(self, check) -> bool:
-        """``check(path)`` of the latest version's path; False without a version."""
-        try:
-            return check(str(kedro_private.load_path(self)))
-        except DatasetError:
-            return False
+        return self._latest_is(self.filesystem.exists)
 
 
 class BytesDataset(_LocalVersionedDataset[bytes, bytes]):
