@@ -498,33 +498,13 @@ def _make_classifier(
     bundle: dict[str, Any], runtime: str, params: dict[str, Any]
 ) -> CellClassifier | OnnxClassifier:
     which = bundle.get("source", "this model")
-    if (
-        runtime == "onnx_int8"
-        and bundle.get(GRAPH_KEYS["onnx_int8"]) is None
-        and bundle.get(GRAPH_KEYS["onnx"])
-    ):
-        logger.info(
-            "inference.runtime is onnx_int8, but %s keeps no int8 graph (its training run kept none: not faster, "
-            "or not as accurate as float32; see its onnx_int8_check): answering with its float32 ONNX graph",
-            which,
-        )
-        runtime = "onnx"
-    if runtime != "torch":
-        graph = bundle.get(GRAPH_KEYS[runtime])
-        if graph is not None:
-            path = bundle.get(f"{GRAPH_KEYS[runtime]}_source", which)
-            classifier = OnnxClassifier(graph, path=path, run=which, runtime=runtime)
-            if "state_dict" in bundle:  # the bundle's own weights are at hand: the graph must be theirs
-                from malaria_pipeline.ml.model_io import weights_sha256
+    classifier = onnx_classifier(bundle, runtime, which)
+    if classifier is not None:
+        if "state_dict" in bundle:  # the bundle's own weights are at hand: the graph must be theirs
+            from malaria_pipeline.ml.model_io import weights_sha256
 
-                classifier.check_model(bundle, weights_sha256(bundle))
-            return classifier
-        logger.info(
-            "inference.runtime is %s, but %s has no ONNX graph (it was trained before models were exported): "
-            "answering with PyTorch",
-            runtime,
-            which,
-        )
+            classifier.check_model(bundle, weights_sha256(bundle))
+        return classifier
     if "state_dict" not in bundle:
         raise ValueError(
             f"{which} is an ONNX graph alone: PyTorch (inference.runtime=torch, inference.explain) needs the "
@@ -534,6 +514,37 @@ def _make_classifier(
     from malaria_pipeline.ml.model_io import load_model
 
     return load_model(bundle, device=pick_device(params["device"]))
+
+
+def onnx_classifier(graphs: dict[str, Any], runtime: str, which: str) -> OnnxClassifier | None:
+    """The graph that ``runtime`` asks for among ``graphs`` (the keys of :data:`GRAPH_KEYS`' values, and
+    ``<key>_source`` for their files) on ONNX Runtime; None for ``torch``, or where there is no graph (a
+    model trained before models were exported), with one INFO line. ``onnx_int8`` without an int8 graph
+    answers with the float32 one, with one INFO line. ``which`` names the model in both."""
+    if (
+        runtime == "onnx_int8"
+        and graphs.get(GRAPH_KEYS["onnx_int8"]) is None
+        and graphs.get(GRAPH_KEYS["onnx"])
+    ):
+        logger.info(
+            "inference.runtime is onnx_int8, but %s keeps no int8 graph (its training run kept none: not faster, "
+            "or not as accurate as float32; see its onnx_int8_check): answering with its float32 ONNX graph",
+            which,
+        )
+        runtime = "onnx"
+    if runtime == "torch":
+        return None
+    graph = graphs.get(GRAPH_KEYS[runtime])
+    if graph is None:
+        logger.info(
+            "inference.runtime is %s, but %s has no ONNX graph (it was trained before models were exported): "
+            "answering with PyTorch",
+            runtime,
+            which,
+        )
+        return None
+    path = graphs.get(f"{GRAPH_KEYS[runtime]}_source", which)
+    return OnnxClassifier(graph, path=path, run=which, runtime=runtime)
 
 
 def _torch_classifier(bundle: dict[str, Any], params: dict[str, Any]) -> CellClassifier:

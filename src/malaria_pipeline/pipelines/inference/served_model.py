@@ -37,9 +37,16 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 import malaria_pipeline
 from malaria_pipeline.assess.columns import probability_column
 from malaria_pipeline.assess.patients import PatientSettings
-from malaria_pipeline.ml.onnx_runtime import GRAPH_KEYS, OnnxClassifier, check_runtime
+from malaria_pipeline.ml.onnx_runtime import GRAPH_KEYS, check_runtime
 
-from .nodes import PER, operating_threshold, predict_encoded_images, served_patients, served_settings
+from .nodes import (
+    PER,
+    onnx_classifier,
+    operating_threshold,
+    predict_encoded_images,
+    served_patients,
+    served_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -104,22 +111,16 @@ class ServedModel(mlflow.pyfunc.PythonModel):
             RUNTIME_VARIABLE if os.environ.get(RUNTIME_VARIABLE) else "inference.runtime",
         )
         run = f"MLflow run {self.params.get('run_id', '(unknown)')}"
-        if runtime == "onnx_int8" and "onnx_int8" not in context.artifacts:
-            logger.info(
-                "inference.runtime is onnx_int8, but %s kept no int8 graph: answering with float32", run
-            )
-            runtime = "onnx"
-        self.classifier: OnnxClassifier | None = None
-        if runtime != "torch" and runtime in context.artifacts:
-            path = context.artifacts[runtime]
-            self.classifier = OnnxClassifier(Path(path).read_bytes(), path=path, run=run, runtime=runtime)
-            self.bundle = {**self.classifier.model, "source": path}
-            self.params = {**self.params, "runtime": runtime}
+        graphs = {}  # the graphs the model carries, keyed as inference_model keys them
+        for name, key in GRAPH_KEYS.items():
+            if name in context.artifacts and runtime != "torch":
+                path = context.artifacts[name]
+                graphs.update({key: Path(path).read_bytes(), f"{key}_source": path})
+        self.classifier = onnx_classifier(graphs, runtime, run)
+        if self.classifier is not None:
+            self.bundle = {**self.classifier.model, "source": self.classifier.path}
+            self.params = {**self.params, "runtime": self.classifier.runtime}
             return
-        if runtime != "torch":
-            logger.info(
-                "inference.runtime is %s, but %s has no ONNX graph: answering with PyTorch", runtime, run
-            )
         import torch
 
         # Spark's Python workers are started once and reused, torch already imported: the threads that
