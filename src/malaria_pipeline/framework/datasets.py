@@ -1,8 +1,12 @@
-"""Kedro datasets of this project: the image source, versioned torch files, the model to classify
-with, the training checkpoint.
+"""Kedro datasets of this project: the image source, versioned torch files and bytes (ONNX graphs), the
+model to classify with and its graphs, the training checkpoint.
 
 In ``catalog.yml`` they are named by their full import path, e.g.
 ``type: malaria_pipeline.framework.datasets.TorchDataset``.
+
+Over 500 lines, one module still: every dataset the catalog names by a path of this package, in one
+place the catalog's ``type:`` lines point to, as kedro-datasets keeps a family of datasets together;
+the versioned local files share one base (``_LocalVersionedDataset``).
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 Importing this module imports no torch: on ONNX Runtime (``inference.runtime: onnx``) the served model
 and Spark's workers answer without it; the torch paths import it where they start.
+
+One concern over 500 lines: how a cell gets its answer. The pipeline's nodes and the served model's
+per-cell and per-patient answers share the decoding, the choice of runtime, the threshold and the patient
+table, and every path calls them here so that they cannot drift apart.
 """
 
 from __future__ import annotations
