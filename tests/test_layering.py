@@ -4,7 +4,9 @@
 - ``cells``: reading and splitting the images; ``assess``: judging predictions (neither imports Kedro or MLflow);
 - ``framework``: what Kedro and MLflow call by name; ``pipelines``: the Kedro nodes; ``benchmark``: a command over all.
 
-A module may import its own group and the groups below it, never one above.
+A module may import its own group and the groups below it, never one above. Above them all, at the package
+root, the modules Kedro reads (``settings``, ``pipeline_registry``, ``__main__``) may import any layer, and no
+layer imports them.
 """
 
 import ast
@@ -19,6 +21,8 @@ import malaria_pipeline
 PACKAGE = Path(malaria_pipeline.__file__).parent
 LAYERS = ["ml", "cells", "assess", "framework", "pipelines", "benchmark"]
 RANK = {"ml": 0, "cells": 1, "assess": 2, "framework": 3, "pipelines": 4, "benchmark": 5}
+# The package root's modules that Kedro reads, above every layer.
+TOP = {"settings", "pipeline_registry", "__main__"}
 KEDRO = {"kedro", "kedro_datasets", "kedro_mlflow", "kedro_viz"}
 FORBIDDEN = {
     "ml": KEDRO | {"pandas", "mlflow"},
@@ -54,7 +58,7 @@ def test_a_lower_layer_pulls_in_no_framework(group):
 
 
 def imported_layers(path: Path) -> set[str]:
-    """The package's layers that a file imports, at the top or inside a function."""
+    """The package's layers (and :data:`TOP` modules) that a file imports, at the top or inside a function."""
     layers = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -65,7 +69,7 @@ def imported_layers(path: Path) -> set[str]:
             continue
         for name in names:
             parts = name.split(".")
-            if parts[0] == "malaria_pipeline" and len(parts) > 1 and parts[1] in RANK:
+            if parts[0] == "malaria_pipeline" and len(parts) > 1 and (parts[1] in RANK or parts[1] in TOP):
                 layers.add(parts[1])
     return layers
 
@@ -75,7 +79,7 @@ def upward_imports(package: Path) -> list[str]:
     for group in LAYERS:
         for path in sorted((package / group).rglob("*.py")):
             for layer in imported_layers(path):
-                if RANK[layer] > RANK[group]:
+                if layer in TOP or RANK[layer] > RANK[group]:
                     found.append(f"{path.relative_to(package)} imports malaria_pipeline.{layer}")
     return found
 
@@ -95,3 +99,19 @@ def test_the_upward_import_check_sees_a_function_level_import(tmp_path):
     for group in LAYERS[2:]:
         (tmp_path / group).mkdir()
     assert upward_imports(tmp_path) == ["ml/loop.py imports malaria_pipeline.framework"]
+
+
+@pytest.mark.parametrize(
+    ("statement", "name"),
+    [
+        ("from malaria_pipeline import settings", "settings"),
+        ("from malaria_pipeline.settings import CONFIG_LOADER_ARGS", "settings"),
+        ("import malaria_pipeline.pipeline_registry", "pipeline_registry"),
+    ],
+)
+def test_the_upward_import_check_sees_a_layer_reach_up_to_the_package_root(tmp_path, statement, name):
+    # Kedro's settings.py sits above every layer: framework/ reading it made the package's one circle.
+    for group in LAYERS:
+        (tmp_path / group).mkdir()
+    (tmp_path / "framework" / "loader.py").write_text(f"def f():\n    {statement}\n")
+    assert upward_imports(tmp_path) == [f"framework/loader.py imports malaria_pipeline.{name}"]

@@ -21,7 +21,6 @@ from malaria_pipeline.framework.hooks import (  # noqa: E402 - after the warning
     StartCheckpointsAfresh,
     TagAccuracyClaim,
 )
-from malaria_pipeline.framework.profiles import by_profile  # noqa: E402
 from malaria_pipeline.framework.spark import SparkHooks  # noqa: E402
 from malaria_pipeline.pipelines.inference.served_model import log_served_model  # noqa: E402
 
@@ -63,18 +62,9 @@ HOOKS = (
 
 # CONFIG_LOADER_CLASS = OmegaConfigLoader
 
-# Keyword arguments to pass to the `CONFIG_LOADER_CLASS` constructor.
-CONFIG_LOADER_ARGS = {
-    "base_env": "base",
-    "default_run_env": "local",
-    # An environment (conf/local) overrides single keys of base, not whole top-level groups.
-    "merge_strategy": {"parameters": "soft", "globals": "soft"},
-    # ${by_profile:<gpu value>, <cpu value>} in the parameters: the value of the hardware profile
-    # (malaria_pipeline.framework.profiles).
-    "custom_resolvers": {"by_profile": by_profile},
-    # conf/<env>/spark.yml: the Spark session of batch_inference (malaria_pipeline.framework.spark)
-    "config_patterns": {"spark": ["spark*", "spark*/**"]},
-}
+# Keyword arguments to pass to the `CONFIG_LOADER_CLASS` constructor. Defined in framework/, where the
+# project's own config loaders read conf/ with the same; settings.py imports, and is imported by nothing.
+from malaria_pipeline.framework.config_loader import CONFIG_LOADER_ARGS  # noqa: E402, F401 - read by Kedro
 
 # Class that manages Kedro's library components.
 # from kedro.framework.context import KedroContext

@@ -36,7 +36,7 @@ OFFLINE = {
 def credentials(project: Path, env: str = "local") -> dict[str, Any]:
     """The ``label_studio`` credentials as the project's pipelines read them (Kedro's config loader, with
     ``conf/<env>`` over ``conf/base``)."""
-    from malaria_pipeline.framework.parameters import config_loader
+    from malaria_pipeline.framework.config_loader import config_loader
 
     loader = config_loader(
         project / "conf", default_run_env=env if (project / "conf" / env).is_dir() else "base"

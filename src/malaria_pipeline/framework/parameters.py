@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from malaria_pipeline.framework.config_loader import config_loader
 from malaria_pipeline.ml.config import TrainConfig
 
 # exclude_label_issues: the training nodes leave the label audit's suspects out of the training images.
@@ -57,17 +58,6 @@ def _project_conf() -> Path | None:
 
     project = find_kedro_project(Path.cwd())
     return None if project is None else Path(project) / "conf"
-
-
-def config_loader(conf: Path, **overrides: Any):
-    """Kedro's ``OmegaConfigLoader`` of ``conf`` with the project's settings (``settings.CONFIG_LOADER_ARGS``:
-    the soft merge of an environment, ``${by_profile:…}``), also where Kedro has not configured them, and
-    ``overrides``."""
-    from kedro.config import OmegaConfigLoader
-
-    from malaria_pipeline import settings
-
-    return OmegaConfigLoader(str(conf), **{**settings.CONFIG_LOADER_ARGS, **overrides})
 
 
 def _dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
