@@ -196,14 +196,14 @@ def test_base64_as_tools_write_it_is_read_wrapped_unpadded_or_as_a_data_url(bund
 
 
 def test_the_served_node_rebuilds_the_classifier_once_per_bundle_and_device(bundle, monkeypatch):
-    from malaria_pipeline.pipelines.inference import nodes
+    from malaria_pipeline.pipelines.inference import classifiers
 
     built = []
-    real_make = nodes._make_classifier
+    real_make = classifiers.make_classifier
     monkeypatch.setattr(
-        nodes, "_make_classifier", lambda *args, **kwargs: built.append(1) or real_make(*args, **kwargs)
+        classifiers, "make_classifier", lambda *args, **kwargs: built.append(1) or real_make(*args, **kwargs)
     )
-    monkeypatch.setattr(nodes, "_CLASSIFIERS", {})
+    monkeypatch.setattr(classifiers, "_CLASSIFIERS", {})
     rows = pd.DataFrame({"image": [b64(image_bytes(20, 20))]})
     first = predict_encoded_images(rows, bundle, params())
     for _ in range(3):

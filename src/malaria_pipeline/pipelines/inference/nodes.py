@@ -4,8 +4,8 @@ Importing this module imports no torch: on ONNX Runtime (``inference.runtime: on
 and Spark's workers answer without it; the torch paths import it where they start.
 
 One concern over 500 lines: how a cell gets its answer. The pipeline's nodes and the served model's
-per-cell and per-patient answers share the decoding, the choice of runtime, the threshold and the patient
-table, and every path calls them here so that they cannot drift apart.
+per-cell and per-patient answers share the decoding, the threshold and the patient table, and every path
+calls them here so that they cannot drift apart; which classifier answers is :mod:`.classifiers`'.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ from malaria_pipeline.cells.archive import (
     patient_id,
 )
 from malaria_pipeline.ml.images import ImageLimits, UnreadableImageError, decode_cell_image, one_line
-from malaria_pipeline.ml.onnx_runtime import GRAPH_KEYS, OnnxClassifier, check_runtime
+from malaria_pipeline.ml.onnx_runtime import OnnxClassifier
+
+from .classifiers import classifier_for, classify, runtime_name, torch_classifier
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +76,7 @@ def predict_images(
     from malaria_pipeline.ml.packing import pack_images
 
     check_source(params.get("source"), inference_images, "inference.source", "inference_source")
-    classifier = _classifier(inference_model, params)
+    classifier = classifier_for(inference_model, params)
     threshold = operating_threshold(inference_model, params)
     candidates, skipped = image_members(inference_images.members())
     limits = ImageLimits.from_params(params["image_limits"], "inference.image_limits")
@@ -85,7 +87,7 @@ def predict_images(
             f"{inference_images.source} holds no decodable PNG or JPEG image ({len(skipped)} files skipped)"
         )
     started = time.perf_counter()
-    p_positive, labels = _classify(classifier, packed.images, threshold, params)
+    p_positive, labels = classify(classifier, packed.images, threshold, params)
     seconds = time.perf_counter() - started
     predictions = pd.DataFrame(
         {"file": packed.members, "label": labels, probability_column(params["positive_class"]): p_positive}
@@ -106,10 +108,10 @@ def predict_images(
         "fraction_parasitized": float((labels == params["positive_class"]).mean()),
         "skipped": [{"path": member, "reason": reason} for member, reason in skipped],
     }
-    summary["runtime"] = _runtime_name(classifier)
+    summary["runtime"] = runtime_name(classifier)
     summary["classify_seconds"] = round(seconds, 3)
     overlays, summary["explanations"] = explain_positives(
-        _torch_classifier(inference_model, params) if params["explain"] else None,
+        torch_classifier(inference_model, params) if params["explain"] else None,
         packed.images,
         predictions,
         params,
@@ -337,7 +339,7 @@ def predict_encoded_images(
     if _served():
         _check_rows(len(served_images), params["max_rows"])
     limits = ImageLimits.from_params(params["image_limits"], "inference.image_limits")
-    classifier = classifier or _classifier(model, params)
+    classifier = classifier or classifier_for(model, params)
     threshold = operating_threshold(model, params)
     labels = np.full(len(served_images), None, dtype=object)
     p_positive = np.full(len(served_images), np.nan)
@@ -347,7 +349,7 @@ def predict_encoded_images(
         chunk = values.iloc[start : start + params["batch_size"]]
         images, decoded = _decode_rows(chunk, start, classifier.image_size, limits, errors)
         if images:
-            p_positive[decoded], labels[decoded] = _classify(classifier, np.stack(images), threshold, params)
+            p_positive[decoded], labels[decoded] = classify(classifier, np.stack(images), threshold, params)
     for message in errors.values():
         logger.warning("Not classified: %s", message)
     return _answer_table(
@@ -473,94 +475,6 @@ def _base64_bytes(value: Any, limits: ImageLimits) -> bytes:
         raise UnreadableImageError(f"not base64-encoded ({error})") from error
 
 
-# The served model calls its node once a request with the same bundle: the classifier made from a
-# bundle is kept, per bundle object, runtime and device (the bundle is held too, so that its id stays its own).
-_CLASSIFIERS: dict[tuple[int, str, str], tuple[dict[str, Any], Any]] = {}
-
-
-def _classifier(bundle: dict[str, Any], params: dict[str, Any]) -> CellClassifier | OnnxClassifier:
-    """What answers for ``params["runtime"]``: the bundle's ONNX graph on ONNX Runtime (``onnx``; ``onnx_int8``
-    its int8 graph, else the float32 one), or the torch network on ``params["device"]``. A bundle without
-    the graph asked for (a model trained before models were exported) falls back, with one INFO line."""
-    runtime = check_runtime(params.get("runtime", "onnx"))
-    key = (id(bundle), runtime, str(params["device"]))
-    cached = _CLASSIFIERS.get(key)
-    if cached is None or cached[0] is not bundle:
-        if len(_CLASSIFIERS) >= 4:
-            _CLASSIFIERS.clear()
-        cached = _CLASSIFIERS[key] = (bundle, _make_classifier(bundle, runtime, params))
-    classifier = cached[1]
-    positive = params["positive_class"]
-    if positive not in classifier.class_names or len(classifier.class_names) != 2:
-        raise ValueError(
-            f"The model's classes are {classifier.class_names}: inference needs {positive} and one other"
-        )
-    return classifier
-
-
-def _make_classifier(
-    bundle: dict[str, Any], runtime: str, params: dict[str, Any]
-) -> CellClassifier | OnnxClassifier:
-    which = bundle.get("source", "this model")
-    classifier = onnx_classifier(bundle, runtime, which)
-    if classifier is not None:
-        if "state_dict" in bundle:  # the bundle's own weights are at hand: the graph must be theirs
-            from malaria_pipeline.ml.model_io import weights_sha256
-
-            classifier.check_model(bundle, weights_sha256(bundle))
-        return classifier
-    if "state_dict" not in bundle:
-        raise ValueError(
-            f"{which} is an ONNX graph alone: PyTorch (inference.runtime=torch, inference.explain) needs the "
-            "model bundle, model.pt"
-        )
-    from malaria_pipeline.ml.device import pick_device
-    from malaria_pipeline.ml.model_io import load_model
-
-    return load_model(bundle, device=pick_device(params["device"]))
-
-
-def onnx_classifier(graphs: dict[str, Any], runtime: str, which: str) -> OnnxClassifier | None:
-    """The graph that ``runtime`` asks for among ``graphs`` (the keys of :data:`GRAPH_KEYS`' values, and
-    ``<key>_source`` for their files) on ONNX Runtime; None for ``torch``, or where there is no graph (a
-    model trained before models were exported), with one INFO line. ``onnx_int8`` without an int8 graph
-    answers with the float32 one, with one INFO line. ``which`` names the model in both."""
-    if (
-        runtime == "onnx_int8"
-        and graphs.get(GRAPH_KEYS["onnx_int8"]) is None
-        and graphs.get(GRAPH_KEYS["onnx"])
-    ):
-        logger.info(
-            "inference.runtime is onnx_int8, but %s keeps no int8 graph (its training run kept none: not faster, "
-            "or not as accurate as float32; see its onnx_int8_check): answering with its float32 ONNX graph",
-            which,
-        )
-        runtime = "onnx"
-    if runtime == "torch":
-        return None
-    graph = graphs.get(GRAPH_KEYS[runtime])
-    if graph is None:
-        logger.info(
-            "inference.runtime is %s, but %s has no ONNX graph (it was trained before models were exported): "
-            "answering with PyTorch",
-            runtime,
-            which,
-        )
-        return None
-    path = graphs.get(f"{GRAPH_KEYS[runtime]}_source", which)
-    return OnnxClassifier(graph, path=path, run=which, runtime=runtime)
-
-
-def _torch_classifier(bundle: dict[str, Any], params: dict[str, Any]) -> CellClassifier:
-    """The bundle's network on ``params["device"]`` (kept per bundle, as :func:`_classifier` keeps its own)."""
-    return _classifier(bundle, {**params, "runtime": "torch"})
-
-
-def _runtime_name(classifier: CellClassifier | OnnxClassifier) -> str:
-    """``onnx``, ``onnx_int8`` or ``torch``: what answered."""
-    return classifier.runtime if isinstance(classifier, OnnxClassifier) else "torch"
-
-
 def operating_threshold(bundle: dict[str, Any], params: dict[str, Any]) -> float:
     """The threshold on P(positive class): ``params["threshold"]`` when it is a number, else (``auto``)
     the one stored in the model, chosen on its validation subset for ``evaluation.target_sensitivity``
@@ -606,24 +520,3 @@ def operating_threshold(bundle: dict[str, Any], params: dict[str, Any]) -> float
             target,
         )
     return float(point["threshold"])
-
-
-def _classify(
-    classifier: CellClassifier | OnnxClassifier,
-    images: torch.Tensor | np.ndarray,
-    threshold: float,
-    params: dict[str, Any],
-) -> tuple[np.ndarray, np.ndarray]:
-    """P(positive class) of ``uint8, N×3×S×S`` images (with ``params["tta"]``), and the label at ``threshold``."""
-    positive = params["positive_class"]
-    if isinstance(classifier, OnnxClassifier):
-        probabilities = classifier.predict_proba(np.asarray(images), params["batch_size"], params["tta"])
-    else:
-        import torch
-
-        probabilities = classifier.predict_proba(
-            torch.as_tensor(images), batch_size=params["batch_size"], tta=params["tta"]
-        ).numpy()
-    p_positive = probabilities[:, classifier.class_names.index(positive)].astype(np.float64)
-    negative = next(name for name in classifier.class_names if name != positive)
-    return p_positive, np.where(p_positive >= threshold, positive, negative)

@@ -39,9 +39,9 @@ from malaria_pipeline.assess.columns import probability_column
 from malaria_pipeline.assess.patients import PatientSettings
 from malaria_pipeline.ml.onnx_runtime import GRAPH_KEYS, check_runtime
 
+from .classifiers import onnx_classifier
 from .nodes import (
     PER,
-    onnx_classifier,
     operating_threshold,
     predict_encoded_images,
     served_patients,

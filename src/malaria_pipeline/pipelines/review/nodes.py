@@ -18,9 +18,9 @@ from malaria_pipeline.cells.archive import ImageArchive
 from malaria_pipeline.framework import label_studio
 from malaria_pipeline.ml.images import ImageLimits, UnreadableImageError, decode_cell_image, one_line
 from malaria_pipeline.pipelines.batch_inference.nodes import source_root
+from malaria_pipeline.pipelines.inference.classifiers import torch_classifier
 from malaria_pipeline.pipelines.inference.nodes import (
     NO_PREFIX,
-    _torch_classifier,
     explained_cells,
     overlay_name,
     patients_of_files,
@@ -147,7 +147,7 @@ def _queue(
         len(queue),
         params["cells_per_patient"],
     )
-    classifier = _torch_classifier(model, params)
+    classifier = torch_classifier(model, params)
     queue, stacked, files = _read_cells(queue, images, classifier.image_size, params)
     pictures = explained_cells(
         classifier, stacked, params["positive_class"], params["batch_size"], params["overlay_scale"]
@@ -227,7 +227,7 @@ def queue_label_issues(
             "archive of the cross-validation run"
         )
     suspects, rows = _suspects(label_issues, image_index, params["label_issues_max"])
-    classifier = _torch_classifier(inference_model, params)
+    classifier = torch_classifier(inference_model, params)
     images = image_tensors[torch.from_numpy(rows.copy())]
     if images.shape[-1] != classifier.image_size:
         raise ValueError(
