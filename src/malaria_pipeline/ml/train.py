@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from malaria_pipeline.ml.averaging import make_average, update_average
-from malaria_pipeline.ml.checkpoint import CheckpointStore
+from malaria_pipeline.ml.checkpoint import CheckpointStore, random_states, restore_random_states
 from malaria_pipeline.ml.config import TrainConfig
 from malaria_pipeline.ml.device import pick_device, set_determinism, use_bf16
 from malaria_pipeline.ml.loader import BatchLoader
@@ -393,46 +393,9 @@ def _snapshot(run: _Run, optimizer, scheduler, generator: torch.Generator) -> No
             "model": _cpu_state(run.classifier),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            **_random_states(generator),
+            **random_states(generator),
             "average": None if run.average is None else _cpu_state(run.average),
         }
-    )
-
-
-def _random_states(generator: torch.Generator) -> dict[str, Any]:
-    """The states of every random generator the training draws from, with the device type they belong to.
-
-    The batch generator lives on the training device; dropout draws from the CPU's or the CUDA
-    device's global generator.
-    """
-    states = {
-        "generator": generator.get_state(),
-        "generator_device": generator.device.type,
-        "torch_rng": torch.get_rng_state(),
-    }
-    if generator.device.type == "cuda":
-        states["cuda_rng"] = torch.cuda.get_rng_state(generator.device)
-    return states
-
-
-def _restore_random_states(saved: dict[str, Any], generator: torch.Generator, seed: int) -> None:
-    """Restores :func:`_random_states`; a checkpoint of another device type re-seeds, with a warning."""
-    torch.set_rng_state(saved["torch_rng"])
-    same_device = saved.get("generator_device", "cpu") == generator.device.type
-    if same_device and saved["generator"].numel() == generator.get_state().numel():
-        generator.set_state(saved["generator"])
-        if "cuda_rng" in saved:
-            torch.cuda.set_rng_state(saved["cuda_rng"], generator.device)
-        return
-    generator.manual_seed(seed + saved["epoch"])
-    if generator.device.type == "cuda":
-        torch.cuda.manual_seed(seed + saved["epoch"])
-    logger.warning(
-        "The checkpoint's random states belong to a %s device and this run is on %s: the batches and augmentations "
-        "of the remaining epochs are drawn afresh (seed %d), so they differ from an uninterrupted run's",
-        saved.get("generator_device", "cpu"),
-        generator.device.type,
-        seed + saved["epoch"],
     )
 
 
@@ -461,7 +424,7 @@ def _restore(run: _Run, generator: torch.Generator) -> dict[str, Any] | None:
     if run.average is not None:
         run.average.load_state_dict(saved["average"])
     run.progress = Progress(saved["epoch"], saved["history"], saved["best"])
-    _restore_random_states(saved, generator, run.config.seed)
+    restore_random_states(saved, generator, run.config.seed)
     total = sum(row["epochs"] for row in run.fingerprint["stages"])
     logger.info("Resuming from epoch %d of %d (%s)", saved["epoch"], total, run.checkpoint.path)
     return saved
