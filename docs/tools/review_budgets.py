@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from malaria_pipeline.assess.out_of_fold import call_out_of_fold, choose_rule
-from malaria_pipeline.assess.patients import PatientCall
+from malaria_pipeline.assess.patient_call import PatientCall
 from malaria_pipeline.assess.review import review_workload, with_first_ranks
 from malaria_pipeline.pipelines.cross_validation.nodes import call_grid
 

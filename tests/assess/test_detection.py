@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from malaria_pipeline.assess.detection import detection_limits, judge_smears, plain_sentence, simulate_smears
-from malaria_pipeline.assess.patients import CellRates, PatientCall, corrected_fraction
+from malaria_pipeline.assess.patient_call import PatientCall
+from malaria_pipeline.assess.patients import CellRates, corrected_fraction
 
 
 def _smears(parasitemia, fractions, calls, lows=None, highs=None):

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from malaria_pipeline.assess.out_of_fold import pooled_patient_settings
-from malaria_pipeline.assess.patients import PatientCall
+from malaria_pipeline.assess.patient_call import PatientCall
 
 RULE = PatientCall(healthy_below=0.0001, negative_below=0.03, min_cells=1)
 

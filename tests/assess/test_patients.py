@@ -6,17 +6,15 @@ import pytest
 from scipy.stats import betabinom, binom
 
 from malaria_pipeline.assess.out_of_fold import call_out_of_fold, cross_validated_patients
+from malaria_pipeline.assess.patient_call import PatientCall, choose_call, patient_metrics
 from malaria_pipeline.assess.patients import (
     CellRates,
-    PatientCall,
     ReferenceCells,
-    choose_call,
     corrected_fraction,
     count_thresholds,
     fit_patient_settings,
     judge_patients,
     model_patient_settings,
-    patient_metrics,
     patient_table,
     rates_of,
 )

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from malaria_pipeline.assess.columns import probability_column
-from malaria_pipeline.assess.patients import CellRates, PatientCall, PatientSettings, table_of_counts
+from malaria_pipeline.assess.patient_call import PatientCall
+from malaria_pipeline.assess.patients import CellRates, PatientSettings, table_of_counts
 from malaria_pipeline.assess.spread import PatientSpread
 
 LOB_PERCENTILE = 95

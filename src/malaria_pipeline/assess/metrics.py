@@ -22,6 +22,7 @@ from sklearn.metrics import (
 )
 
 from malaria_pipeline.assess.columns import probability_column
+from malaria_pipeline.assess.text import number
 
 
 def sensitivity_specificity(
@@ -187,9 +188,6 @@ def at_specificity_name(target_specificity: float) -> str:
 
 def at_specificity_phrase(rows: list[dict[str, Any]]) -> str:
     """``sensitivity 0.6390 at specificity 0.999 (threshold 0.9876); …`` of :func:`sensitivity_at_specificity` rows."""
-
-    def number(value, digits=4):
-        return "n/a" if value is None else f"{value:.{digits}f}"
 
     return "; ".join(
         f"sensitivity {number(row['sensitivity'])} at specificity {row['target_specificity']:g} "

@@ -14,7 +14,8 @@ from typing import Any
 import malaria_pipeline
 from malaria_pipeline.assess.metrics import at_specificity_phrase
 from malaria_pipeline.assess.operating_point import operating_point_doubts, rate_interval
-from malaria_pipeline.assess.patients import PATIENT_METRICS
+from malaria_pipeline.assess.patient_call import PATIENT_METRICS
+from malaria_pipeline.assess.text import number
 
 HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
@@ -346,7 +347,7 @@ def _or_none(value) -> str:
 
 def _patient_phrase(metrics) -> str:
     def shown(value):
-        return "n/a" if value is None else f"{value:.3f}"
+        return number(value, 3)
 
     return (
         f"review share {shown(metrics['review_share'])}, call sensitivity {shown(metrics['call_sensitivity'])} and "

@@ -12,17 +12,63 @@ import pandas as pd
 
 from malaria_pipeline.assess.columns import probability_column
 from malaria_pipeline.assess.detection import judge_smears, smears_of_cells
+from malaria_pipeline.assess.patient_call import PatientCall, choose_call
 from malaria_pipeline.assess.patients import (
     CellRates,
-    PatientCall,
-    choose_call,
     count_thresholds,
     fit_patient_settings,
     judge_patients,
     rates_of,
 )
-from malaria_pipeline.assess.review import choose_call_for_reviewer, with_first_ranks
+from malaria_pipeline.assess.review import choose_call_for_reviewer, with_first_ranks, workload_report
 from malaria_pipeline.assess.spread import PatientSpread
+
+BUDGETS = ("cells", "patients")
+
+
+def reviewer_budget(patients: dict[str, Any]) -> dict[str, Any] | None:
+    """The reviewer's budget of ``patients.budget`` (the ``patients`` parameters): ``patients.reviewer`` for
+    ``cells``, None for ``patients`` (the rule is then chosen within ``max_review``).
+
+    Raises:
+        ValueError: another budget.
+    """
+    budget = patients["budget"]
+    if budget not in BUDGETS:
+        raise ValueError(
+            f"patients.budget is {budget!r}: give cells (a reviewer reads the top-ranked cells of each review "
+            "patient: patients.reviewer.max_cells_per_patient) or patients (no reviewer: max_review)"
+        )
+    return patients["reviewer"] if budget == "cells" else None
+
+
+def call_grid(patients: dict[str, Any]) -> tuple:
+    """The grid that the call rule is chosen from, and what bounds it, of the ``patients`` parameters:
+    ``(healthy_below, negative_below, min_fraction, max_review, min_cells)`` (:func:`choose_rule`)."""
+    return (
+        patients["choose_from"]["healthy_below"],
+        patients["choose_from"]["negative_below"],
+        patients["min_fraction"],
+        patients["max_review"],
+        patients["call"]["min_cells"],
+    )
+
+
+def patient_call_args(patients: dict[str, Any], positive: str, count_at: Any = None) -> dict[str, Any]:
+    """The keyword arguments of :func:`cross_validated_patients` from the ``patients`` parameters, cells
+    counted at ``count_at`` (default: ``patients.count_at``)."""
+    return {
+        "positive": positive,
+        "count_at": patients["count_at"] if count_at is None else count_at,
+        "level": patients["level"],
+        "choose_from": patients["choose_from"],
+        "min_fraction": patients["min_fraction"],
+        "max_review": patients["max_review"],
+        "min_cells": patients["call"]["min_cells"],
+        "detection": patients["detection"],
+        "healthy_range": patients["healthy_range"],
+        "reviewer": reviewer_budget(patients),
+    }
 
 
 @dataclass(frozen=True)
@@ -100,7 +146,7 @@ def cross_validated_patients(
     - its patients are corrected with the sensitivity and specificity of the *other* folds' out-of-fold
       cells, and judged against the spread between the *other* folds' patients (the healthy range);
     - they are called by the rule that the other folds' patients (and, with ``detection``, the other
-      folds' simulated smears) choose (:func:`~malaria_pipeline.assess.patients.choose_call`; with
+      folds' simulated smears) choose (:func:`~malaria_pipeline.assess.patient_call.choose_call`; with
       ``reviewer``, ``cells_per_patient`` and ``max_cells_per_patient``, the rule for a reviewer within that
       budget of cells: :func:`~malaria_pipeline.assess.review.choose_call_for_reviewer`).
 
@@ -156,7 +202,7 @@ def choose_rule(
 ) -> tuple[PatientCall, dict[str, Any]]:
     """The rule of ``grid`` (``healthy_below``, ``negative_below``, ``min_fraction``, ``max_review``,
     ``min_cells``) that these patients choose: for a clinic without a reviewer, within ``max_review`` of
-    the patients in review (:func:`~malaria_pipeline.assess.patients.choose_call`); with ``reviewer``
+    the patients in review (:func:`~malaria_pipeline.assess.patient_call.choose_call`); with ``reviewer``
     (``cells_per_patient``, ``max_cells_per_patient``, and its own ``negative_below`` grid, if any), within
     that budget of cells looked at (:func:`~malaria_pipeline.assess.review.choose_call_for_reviewer`)."""
     if reviewer is None:
@@ -235,3 +281,53 @@ def pooled_patient_settings(
         healthy_range=healthy_range,
     )
     return {**settings, "patient_call": rule.as_dict()}
+
+
+def workload_by_budget(
+    table: pd.DataFrame, smears: pd.DataFrame, patients: dict[str, Any], k: list[int]
+) -> dict[str, Any]:
+    """What a reviewer of each review patient's top ``k`` cells gives and costs out of fold
+    (:func:`~malaria_pipeline.assess.review.workload_report`), for each budget the rule can be chosen under:
+    ``cells`` (a reviewer: at most ``patients.reviewer.max_cells_per_patient`` cells looked at per patient)
+    and ``patients`` (none: at most ``max_review`` of the patients in review). Each fold is called by the rule
+    the other folds chose under that budget; ``table`` (a :func:`cross_validated_patients` table) was called
+    under ``patients.budget`` already.
+
+    Returns:
+        ``budget``, ``k`` and ``by_budget``: per budget its bound, the rule of each fold, the rule all the
+        patients choose (``recommended_call``, and its figures ``recommended_call_on_all``) and the
+        ``out_of_fold`` workload.
+    """
+    grid = call_grid(patients)
+    report: dict[str, Any] = {"budget": patients["budget"], "k": list(k), "by_budget": {}}
+    for budget in BUDGETS:
+        reviewer = reviewer_budget({**patients, "budget": budget})
+        called = (
+            table
+            if budget == patients["budget"]
+            else call_out_of_fold(table, *grid, smears=smears, reviewer=reviewer)[0]
+        )
+        rule, chosen = choose_rule(called, grid, smears, reviewer)
+        report["by_budget"][budget] = {
+            "bound": {"max_cells_per_patient": reviewer["max_cells_per_patient"]}
+            if reviewer
+            else {"max_review": patients["max_review"]},
+            "per_fold_rules": fold_rules(called),
+            "recommended_call": rule.as_dict(),
+            "recommended_call_on_all": chosen,
+            "out_of_fold": workload_report(called, k, patients["min_fraction"]),
+        }
+    return report
+
+
+def fold_rules(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rule that called each fold of a :func:`call_out_of_fold` table (chosen on the other folds)."""
+    rules = table.groupby("fold")[["healthy_below", "negative_below"]].first().reset_index()
+    return [
+        {
+            "fold": int(row.fold),
+            "healthy_below": float(row.healthy_below),
+            "negative_below": float(row.negative_below),
+        }
+        for row in rules.itertuples()
+    ]

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from malaria_pipeline.assess.patients import PatientCall, patient_metrics
+from malaria_pipeline.assess.patient_call import PatientCall, patient_metrics
+from malaria_pipeline.assess.text import number
 
 VERDICTS = ("Parasitized", "Uninfected", "Unsure")
 POSITIVE_VERDICT, NEGATIVE_VERDICT, UNSURE = VERDICTS
@@ -256,7 +257,7 @@ def choose_call_for_reviewer(
     cost at most ``max_cells_per_patient`` cells looked at per patient overall (a reviewer reading each
     review patient's top ``cells_per_patient`` cells, up to the first parasitized one), the one that leaves
     the fewest infected patients negative after the review, whatever their fraction; then the most cautious
-    the budget allows, as :func:`~malaria_pipeline.assess.patients.choose_call` takes it: the lowest
+    the budget allows, as :func:`~malaria_pipeline.assess.patient_call.choose_call` takes it: the lowest
     ``healthy_below`` (the fewest positive calls), then the lowest ``negative_below`` (the most review; 0:
     every patient not called positive goes to the reviewer). Not the one of fewest cells: a rule chosen
     at the edge of the choosing patients errs on the next patient just past it.
@@ -265,7 +266,7 @@ def choose_call_for_reviewer(
     the fewest cells over the budget, then the same order.
 
     Returns:
-        The rule, and its :func:`~malaria_pipeline.assess.patients.patient_metrics` before review with the
+        The rule, and its :func:`~malaria_pipeline.assess.patient_call.patient_metrics` before review with the
         figures after it (``after_review``: :func:`review_workload` at ``cells_per_patient``),
         ``healthy_smears_positive`` and ``meets``.
     """
@@ -382,7 +383,7 @@ WORKLOAD_FIGURES = (
 
 def workload_report(table: pd.DataFrame, ks: list[int], min_fraction: float) -> dict[str, Any]:
     """The review of a called patient table with the truth and :data:`FIRST_RANK`, for the docs and MLflow:
-    its figures before review (:func:`~malaria_pipeline.assess.patients.patient_metrics`), after a review
+    its figures before review (:func:`~malaria_pipeline.assess.patient_call.patient_metrics`), after a review
     of the top ``k`` cells for each of ``ks`` (:func:`review_workload`), and each review patient's first
     parasitized rank (:func:`review_ranks`)."""
     return {
@@ -408,11 +409,11 @@ def workload_lines(name: str, report: dict[str, Any]) -> list[str]:
     ]
     for row in report["after_review"]:
         lines.append(
-            f"  top {row['k']} cells reviewed: call sensitivity {_text(row['call_sensitivity'])}, specificity "
-            f"{_text(row['call_specificity'])}, {row['undecided']} undecided, {row['missed']} infected called "
+            f"  top {row['k']} cells reviewed: call sensitivity {number(row['call_sensitivity'], 3)}, specificity "
+            f"{number(row['call_specificity'], 3)}, {row['undecided']} undecided, {row['missed']} infected called "
             f"negative, {row['false_positives']} uninfected called positive; cells looked at per patient "
-            f"{_text(row['cells_read_per_patient'], 2)} (all {row['k']} read: "
-            f"{_text(row['cells_shown_per_patient'], 2)}), against {_text(row['manual_cells_per_patient'], 0)} "
+            f"{number(row['cells_read_per_patient'], 2)} (all {row['k']} read: "
+            f"{number(row['cells_shown_per_patient'], 2)}), against {number(row['manual_cells_per_patient'], 0)} "
             "read by manual microscopy"
         )
     return lines
@@ -424,7 +425,3 @@ def workload_scores(prefix: str, report: dict[str, Any]) -> dict[str, Any]:
     for row in report["after_review"]:
         scores.update({f"{prefix}.k{row['k']}.{name}": row[name] for name in WORKLOAD_FIGURES})
     return scores
-
-
-def _text(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
+from malaria_pipeline.assess.cv_table import format_table
+from malaria_pipeline.assess.folds import OPERATING_POINT_COLUMNS
 from malaria_pipeline.pipelines.cross_validation import nodes
 from malaria_pipeline.pipelines.model_training import nodes as training_nodes
 from tests.helpers import TRAIN_PARAMS
@@ -383,56 +385,6 @@ def test_each_fold_calibrates_on_its_own_validation_patients_and_predicts_its_he
     )
 
 
-def test_the_calibration_error_of_each_fold_is_the_binned_gap_worked_out_by_hand():
-    # One fold of 4 cells in the bins of 10: confidences 0.95, 0.95 (bin 10), 0.65 (bin 7), 0.55 (bin 6).
-    cells = pd.DataFrame(
-        {
-            "label": ["Parasitized", "Uninfected", "Parasitized", "Uninfected"],
-            "p_parasitized": [0.95, 0.95, 0.65, 0.45],
-            "p_parasitized_uncalibrated": [0.99, 0.99, 0.99, 0.01],
-            "operating_threshold": 0.6,
-            "temperature": 2.0,
-            "fold": 1,
-            "path": list("abcd"),
-            "patient_id": "P",
-        }
-    )
-    metrics = nodes._fold_metrics(cells, CV_PARAMS)
-    # bin 10: 2 cells, accuracy 1/2, confidence 0.95; bin 7: accuracy 1, 0.65; bin 6: accuracy 1, 0.55.
-    assert metrics["ece"] == pytest.approx(2 / 4 * 0.45 + 1 / 4 * 0.35 + 1 / 4 * 0.45)
-    # uncalibrated: bin 10 holds all four, accuracy 3/4, confidence 0.99.
-    assert metrics["ece_uncalibrated"] == pytest.approx(0.24)
-    # at 0.6: called a, b, c: sensitivity 2/2, specificity 1/2 (d passed), accuracy 3/4.
-    assert (
-        metrics["sensitivity_at_operating_point"],
-        metrics["specificity_at_operating_point"],
-        metrics["accuracy_at_operating_point"],
-    ) == pytest.approx((1.0, 0.5, 0.75))
-    no_point = nodes._fold_metrics(cells.assign(operating_threshold=np.nan), CV_PARAMS)
-    assert no_point["sensitivity_at_operating_point"] is None and no_point["ece"] == metrics["ece"]
-
-
-def test_a_fold_without_an_operating_threshold_is_left_out_of_the_targets_means():
-    # As cv_operating_points reads back from its CSV: fold 3's validation patients were of one class (NaN).
-    points = pd.DataFrame(
-        {
-            "fold": [1, 2, 3],
-            "tta": [False] * 3,
-            "target_sensitivity": [0.96] * 3,
-            "threshold": [0.3, 0.5, np.nan],
-            "sensitivity": [0.95, 0.97, np.nan],
-            "specificity": [0.94, 0.90, np.nan],
-        }
-    )
-    (row,) = nodes._by_target(points)
-    assert row["sensitivity"] == {
-        "mean": pytest.approx(0.96),
-        "std": pytest.approx(np.std([0.95, 0.97], ddof=1)),
-        "folds": 2,
-    }
-    assert row["specificity"]["mean"] == pytest.approx(0.92) and row["median_threshold"] == pytest.approx(0.4)
-
-
 def _brute_force_at_specificity(truth, p, target):
     """Every score tried as the threshold: the highest sensitivity whose specificity is at least ``target``."""
     best = 0.0  # calling nothing positive always meets the target
@@ -476,7 +428,7 @@ def test_the_sensitivity_at_each_specificity_is_read_per_fold_and_pooled():
         )
     predictions = pd.concat(rows, ignore_index=True)
     history = pd.DataFrame({"epoch": [1, 1, 1], "kept": [True] * 3})
-    points = pd.DataFrame(columns=nodes.OPERATING_POINT_COLUMNS)
+    points = pd.DataFrame(columns=OPERATING_POINT_COLUMNS)
     report, scores = summarize_all(predictions, history, points, CV_PARAMS)
 
     def by_hand(cells, target):
@@ -516,7 +468,7 @@ def _noisy_predictions(seed=11, folds=3, patients_per_fold=6, cells=80):
 
 def test_the_smears_of_each_fold_are_judged_by_its_rule_and_the_report_holds_the_limits_and_comparisons():
     from malaria_pipeline.assess.detection import detection_limits
-    from malaria_pipeline.assess.patients import PatientCall
+    from malaria_pipeline.assess.patient_call import PatientCall
 
     predictions = _noisy_predictions()
     patients, smears = nodes.judge_patients_out_of_fold(predictions, CV_PARAMS)
@@ -533,7 +485,7 @@ def test_the_smears_of_each_fold_are_judged_by_its_rule_and_the_report_holds_the
     report, scores = nodes.summarize(
         predictions,
         pd.DataFrame({"epoch": [1] * 3, "kept": [True] * 3}),
-        pd.DataFrame(columns=nodes.OPERATING_POINT_COLUMNS),
+        pd.DataFrame(columns=OPERATING_POINT_COLUMNS),
         patients,
         smears,
         methods,
@@ -548,7 +500,7 @@ def test_the_smears_of_each_fold_are_judged_by_its_rule_and_the_report_holds_the
     assert scores["cv.pooled.detection.lob"]["value"] == detection_limits(smears)["lob"]
     assert [row["count_at"] for row in methods["thresholds"]] == [0.5, {"specificity": 0.9}]
     assert [row["method"] for row in methods["quantifiers"]] == ["ACC", "PACC"]
-    lines = nodes.format_table(report)
+    lines = format_table(report)
     assert any(line.startswith("lob ") for line in lines) and detection["sentence"] in lines
     assert any(line.startswith("PACC ") for line in lines)
 

@@ -460,7 +460,7 @@ def test_a_model_without_reference_cells_estimates_no_fraction_and_sends_every_p
 
 def test_the_test_patients_smears_are_judged_with_the_models_counting_threshold_spread_and_rule():
     from malaria_pipeline.assess.detection import detection_limits, judge_smears, simulate_smears
-    from malaria_pipeline.assess.patients import PatientCall
+    from malaria_pipeline.assess.patient_call import PatientCall
     from malaria_pipeline.assess.spread import PatientSpread, RateSpread
 
     spread = PatientSpread(

@@ -13,7 +13,9 @@ import torch
 from malaria_pipeline.assess.columns import probability_column
 from malaria_pipeline.assess.label_audit import excluded_paths
 from malaria_pipeline.assess.operating_point import calibrate, operating_point_doubts
-from malaria_pipeline.assess.patients import PatientCall, ReferenceCells, fit_patient_settings
+from malaria_pipeline.assess.patient_call import PatientCall
+from malaria_pipeline.assess.patients import ReferenceCells, fit_patient_settings
+from malaria_pipeline.assess.text import number
 from malaria_pipeline.cells.splitting import subset_rows
 from malaria_pipeline.cells.tensors import class_codes, train_data
 from malaria_pipeline.framework import tracking
@@ -429,10 +431,7 @@ def _log_int8(report: dict[str, Any]) -> None:
         report["onnx"]["cells_per_second"],
         report["onnx_int8"]["accuracy"],
         report["onnx"]["accuracy"],
-        *(
-            f"{report[name]['roc_auc']:.4f}" if report[name]["roc_auc"] is not None else "n/a"
-            for name in ("onnx_int8", "onnx")
-        ),
+        *(number(report[name]["roc_auc"]) for name in ("onnx_int8", "onnx")),
     )
     tracking.log_metrics(
         {
