@@ -29,6 +29,13 @@ COMPARED = (
     "lod",
 )
 QUANTIFIER_FIGURES = ("fraction_mae", "interval_coverage", "patient_roc_auc")
+# A quantifier's estimates, bounds and labelled fractions are rounded to this many decimals before they are
+# ranked (the patient ROC AUC) or compared (the coverage): a fraction of a patient's cells moves in steps of
+# 1e-6 at the finest (a million cells), while the methods' floating-point noise (a fraction clipped to 0 that
+# comes out as 1.7e-16, a bound of 5.6e-17) would otherwise break ties, and move the AUC and the coverage
+# between two runs whose estimates differ in the 16th digit.
+DIGITS = 10
+ROUNDED = ("fraction", "fraction_low", "fraction_high", "labelled_fraction")
 
 
 def compare_patient_methods(
@@ -100,7 +107,9 @@ def quantifier_figures(estimates: pd.DataFrame) -> dict[str, Any]:
     """:data:`QUANTIFIER_FIGURES` of one quantifier's estimates (rows of
     :func:`~malaria_pipeline.assess.quantifiers.compare_quantifiers`), per fold, mean ± std and pooled: the
     mean absolute error of the fraction, the share of patients whose labelled fraction lies in the interval,
-    and the patient ROC AUC (infected against uninfected, ranked by the estimate)."""
+    and the patient ROC AUC (infected against uninfected, ranked by the estimate), all of the estimates
+    rounded to :data:`DIGITS` decimals."""
+    estimates = estimates.assign(**{name: estimates[name].round(DIGITS) for name in ROUNDED})
 
     def figures(rows: pd.DataFrame) -> dict[str, float | None]:
         both = rows["infected"].any() and (~rows["infected"]).any()
