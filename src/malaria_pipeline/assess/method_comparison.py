@@ -50,7 +50,7 @@ def compare_patient_methods(
     for i, count_at in enumerate(compare["count_at"], start=1):
         logger.info("Counting threshold %d of %d: %s", i, len(compare["count_at"]), count_at)
         try:
-            table, smears, _ = cross_validated_patients(
+            table, smears = cross_validated_patients(
                 cv_predictions, **patient_call_args(patients, positive, count_at)
             )
         except ValueError as error:

@@ -139,7 +139,7 @@ def cross_validated_patients(
     detection: dict[str, Any] | None = None,
     healthy_range: str = "all",
     reviewer: dict[str, Any] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame | None, PatientCall]:
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The patient table of out-of-fold predictions (``fold``, ``patient_id``, ``label``, the probability
     column and ``operating_threshold``), each fold held out twice over:
 
@@ -157,7 +157,8 @@ def cross_validated_patients(
         The :func:`~malaria_pipeline.assess.patients.with_truth` table with ``fold``, ``healthy_below`` and
         ``negative_below`` (the rule that called each fold) and the rank of each patient's first
         parasitized cell (:data:`~malaria_pipeline.assess.review.FIRST_RANK`); the judged smears with ``fold`` (None without
-        ``detection``); and the rule that all the patients (and smears) choose, the one to store in a model.
+        ``detection``). The rule that all the patients (and smears) choose, the one to store in a model, is
+        :func:`choose_rule` of these two (cross-validation's report, ``patients.recommended_call``).
     """
     placeholder = PatientCall(healthy_below=0.0, negative_below=0.0)  # every call is made below
     tables, smears = [], []
@@ -193,8 +194,7 @@ def cross_validated_patients(
     table, judged = call_out_of_fold(
         table, *grid, smears=pd.concat(smears, ignore_index=True) if smears else None, reviewer=reviewer
     )
-    recommended, _ = choose_rule(table, grid, judged, reviewer)
-    return table, judged, recommended
+    return table, judged
 
 
 def choose_rule(

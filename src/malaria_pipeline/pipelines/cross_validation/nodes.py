@@ -190,7 +190,7 @@ def judge_patients_out_of_fold(
         ``cv_patients`` and ``cv_smears``.
     """
     detection = params["patients"]["detection"]
-    table, smears, _ = cross_validated_patients(
+    table, smears = cross_validated_patients(
         cv_predictions, **patient_call_args(params["patients"], params["positive_class"])
     )
     logger.info(
