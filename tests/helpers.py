@@ -621,7 +621,8 @@ def interval_by_hand(called, cells, se, sp, level, between_se=0.0, between_sp=0.
         + (1 - centre) ** 2 * (sp_ * (1 - sp_) / n_sp + between_sp)
     )
     half = z * variance**0.5 / (se_ + sp_ - 1)
-    return max(centre + shift - half, 0.0), min(centre + shift + half, 1.0)
+    low, high = centre + shift - half, centre + shift + half
+    return min(max(low, 0.0), 1.0), min(max(high, 0.0), 1.0)  # both clipped to [0, 1]
 
 
 def patients_folder(folder: Path) -> list[Path]:
