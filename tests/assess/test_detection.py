@@ -5,9 +5,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from malaria_pipeline.assess.detection import detection_limits, judge_smears, plain_sentence, simulate_smears
+from malaria_pipeline.assess.detection import (
+    detection_limits,
+    detection_of_cells,
+    judge_smears,
+    plain_sentence,
+    simulate_smears,
+)
 from malaria_pipeline.assess.patient_call import PatientCall
-from malaria_pipeline.assess.patients import CellRates, corrected_fraction
+from malaria_pipeline.assess.patients import CellRates, PatientSettings, corrected_fraction
+from tests.helpers import interval_by_hand
 
 
 def _smears(parasitemia, fractions, calls, lows=None, highs=None):
@@ -111,3 +118,68 @@ def test_an_estimate_at_25_percent_of_the_truth_exactly_is_within_the_tolerance(
         )
     )
     assert limits["by_parasitemia"][1]["within_tolerance"] == pytest.approx(2 / 3)
+
+
+def test_every_smear_holds_the_cells_asked_for():
+    # every cell called: a smear's count of called cells is the number of cells it drew. H, a control of 30
+    # uninfected cells; I, infected, 6 parasitized and 50 uninfected; K, infected, 1 parasitized cell only.
+    patients = np.array(["H"] * 30 + ["I"] * 56 + ["K"])
+    positive = np.r_[np.zeros(30, bool), np.ones(6, bool), np.zeros(50, bool), True]
+    smears = simulate_smears(
+        patients,
+        positive,
+        np.ones(len(patients), bool),
+        parasitemia=[0.0, 0.1, 0.5],
+        cells=20,
+        smears=30,
+        seed=1,
+    )
+    assert (smears["called"] == 20).all() and (smears["cells"] == 20).all()
+    assert sorted(smears["parasitemia"].unique()) == [0.0, 0.1, 0.5] and len(smears) == 90
+
+
+def test_the_test_patients_smears_are_judged_at_the_configured_level():
+    # Three controls (1, 2 and 0 false alarms in 60) and three infected patients (20 parasitized cells, 17
+    # to 19 called, and 40 uninfected); cells called at P 0.9, the others at 0.1.
+    rows = []
+    for patient, parasitized, found, alarms in (
+        ("H1", 0, 0, 1),
+        ("H2", 0, 0, 2),
+        ("H3", 0, 0, 0),
+        ("I1", 20, 19, 1),
+        ("I2", 20, 17, 0),
+        ("I3", 20, 18, 2),
+    ):
+        uninfected = 60 - parasitized
+        labels = ["Parasitized"] * parasitized + ["Uninfected"] * uninfected
+        p = [0.9] * found + [0.1] * (parasitized - found) + [0.9] * alarms + [0.1] * (uninfected - alarms)
+        rows.append(pd.DataFrame({"patient_id": patient, "label": labels, "p_parasitized": p}))
+    cells = pd.concat(rows, ignore_index=True)
+    rates = CellRates(threshold=0.5, positives=200, found=180, negatives=200, passed=190, source="hand")
+    settings = PatientSettings(
+        threshold=0.5, rates=rates, spread=None, rule=PatientCall(healthy_below=0.001, negative_below=0.02)
+    )
+    detection = {"cells": 50, "parasitemia": [0.0, 0.02, 0.1, 0.3], "smears": 25, "seed": 3}
+    # the same smears (simulate_smears is seeded), each interval written out by hand at the level asked
+    smears = simulate_smears(
+        cells["patient_id"].to_numpy(),
+        (cells["label"] == "Parasitized").to_numpy(),
+        cells["p_parasitized"].to_numpy() >= 0.5,
+        parasitemia=detection["parasitemia"],
+        cells=50,
+        smears=25,
+        seed=3,
+    )
+    for level in (0.8, 0.99):
+        intervals = [interval_by_hand(k, 50, (180, 200), (190, 200), level) for k in smears["called"]]
+        covered = [
+            low <= truth <= high for (low, high), truth in zip(intervals, smears["parasitemia"], strict=True)
+        ]
+        limits = detection_of_cells(cells, settings, positive="Parasitized", level=level, detection=detection)
+        assert limits["coverage"] == pytest.approx(np.mean(covered))
+    assert (
+        np.mean(covered)
+        > detection_of_cells(cells, settings, positive="Parasitized", level=0.8, detection=detection)[
+            "coverage"
+        ]
+    )

@@ -587,3 +587,125 @@ def test_each_folds_smears_are_called_by_the_rule_the_other_folds_patients_and_s
     assert called.groupby("fold")["healthy_below"].first().tolist() == [0.01, 0.001, 0.001]
     assert judged["call"].tolist() == ["positive", "negative", "negative"]
     assert judged["healthy_below"].tolist() == [0.01, 0.001, 0.001]
+
+
+def _fold_cells(patient, fold, labelled, called_pos, uninfected, called_neg):
+    """``labelled`` parasitized cells (``called_pos`` of them called) and ``uninfected`` ones (``called_neg``
+    of them false alarms) of one patient of one fold."""
+    truth = [True] * labelled + [False] * uninfected
+    p = (
+        [0.9] * called_pos
+        + [0.1] * (labelled - called_pos)
+        + [0.9] * called_neg
+        + [0.1] * (uninfected - called_neg)
+    )
+    return pd.DataFrame(
+        {
+            "patient_id": patient,
+            "fold": fold,
+            "label": np.where(truth, "Parasitized", "Uninfected"),
+            "p_parasitized": p,
+        }
+    )
+
+
+# Fold 1: A (10 parasitized, 9 called; 20 uninfected, 1 alarm) and control B (20, none). Fold 2: C (5
+# parasitized, 4 called; 20 uninfected, none) and control D (20, 2 alarms).
+TWO_FOLDS = pd.concat(
+    [
+        _fold_cells("A", 1, 10, 9, 20, 1),
+        _fold_cells("B", 1, 0, 0, 20, 0),
+        _fold_cells("C", 2, 5, 4, 20, 0),
+        _fold_cells("D", 2, 0, 0, 20, 2),
+    ],
+    ignore_index=True,
+)
+SMEARS = {"cells": 40, "parasitemia": [0.0, 0.1], "smears": 6, "seed": 0}
+
+
+def _two_folds(**changes):
+    args = {
+        "positive": "Parasitized",
+        "count_at": 0.5,
+        "level": 0.9,
+        "choose_from": {"healthy_below": [0.001], "negative_below": [0.05, 0.2]},
+        "min_fraction": 0.05,
+        "max_review": 1.0,
+        "min_cells": 10,
+        "detection": SMEARS,
+    }
+    return cross_validated_patients(TWO_FOLDS, **{**args, **changes})
+
+
+def test_out_of_fold_smears_are_judged_with_the_other_folds_spread_at_the_configured_level():
+    _, smears = _two_folds()
+    # fold 1's smears take fold 2's rates (Se 4/5, Sp 38/40) and the spread between fold 2's patients
+    false_alarm = fit_rate_spread(np.array([0, 2]), np.array([20, 20]))
+    detection = fit_rate_spread(np.array([4]), np.array([5]))
+    fold_1 = smears[smears["fold"] == 1]
+    assert len(fold_1) == 12 and (fold_1["cells"] == 40).all()
+    for smear in fold_1.itertuples():
+        low, high = interval_by_hand(
+            smear.called, 40, (4, 5), (38, 40), 0.9, detection.between_variance, false_alarm.between_variance
+        )
+        assert (smear.fraction_low, smear.fraction_high) == pytest.approx((low, high), abs=1e-12)
+        assert smear.healthy_chance == pytest.approx(
+            betabinom.sf(smear.called - 1, 40, false_alarm.a, false_alarm.b), rel=1e-9
+        )
+
+
+def test_out_of_fold_patients_and_smears_are_called_with_the_configured_min_cells():
+    table, smears = _two_folds()
+    # every patient has 20 to 30 cells and every smear 40, all at least min_cells 10: A's 10 called of 30
+    # is no healthy patient's count, a positive; control B's none of 20 a fraction of 0, negative
+    calls = table.set_index("patient")["call"]
+    assert (calls["A"], calls["B"]) == ("positive", "negative")
+    assert (smears["call"] != "review").any()
+    # at min_cells 50, every patient and smear has too few cells: review
+    table, smears = _two_folds(min_cells=50)
+    assert (table["call"] == "review").all() and (smears["call"] == "review").all()
+
+
+def test_the_chosen_rule_keeps_min_cells_and_its_review_share_counts_it():
+    # four patients of 20 cells, each decided by any rule of the grid were it not for min_cells
+    # (healthy_below 0.001, negative_below 0.02): P0 and P3 positive, P1 and P2 negative
+    table = _truth_table(
+        [0.3, 0.0, 0.0, 0.25], [0.2, 0.0, 0.0, 0.2], [0.3, 0.0, 0.0, 0.25], chances=[1e-6, 0.9, 0.8, 1e-5]
+    ).assign(cells=20)
+    rule, metrics = choose_call(table, [0.001], [0.02], min_fraction=0.05, max_review=1.0, min_cells=10)
+    assert rule.min_cells == 10 and metrics["review_share"] == 0.0
+    rule, metrics = choose_call(table, [0.001], [0.02], min_fraction=0.05, max_review=1.0, min_cells=25)
+    assert rule.min_cells == 25 and metrics["review_share"] == 1.0
+
+
+def test_a_labelled_fraction_on_the_intervals_lower_bound_is_covered():
+    # a control with no cell called: fraction 0, its interval clipped to start at 0, and 0 labelled
+    cells = _fold_cells("B", 1, 0, 0, 40, 0)
+    rates = CellRates(threshold=0.5, positives=100, found=90, negatives=100, passed=95, source="hand")
+    (row,) = judge_patients(
+        cells,
+        positive="Parasitized",
+        threshold=0.5,
+        rates=rates,
+        rule=PatientCall(healthy_below=0.001, negative_below=0.02),
+        level=0.95,
+    ).to_dict(orient="records")
+    assert row["fraction_low"] == 0.0 == row["labelled_fraction"] and row["covered"]
+
+
+def test_healthy_range_controls_reaches_the_out_of_fold_and_the_stored_spreads():
+    # fold 1 is judged against fold 2's controls alone: D, 2 alarms in 20 (not C's 20 uninfected cells too)
+    table, _ = _two_folds(healthy_range="controls")
+    d_alone = fit_rate_spread(np.array([2]), np.array([20]))
+    a = table.set_index("patient").loc["A"]
+    assert a["healthy_chance"] == pytest.approx(betabinom.sf(9, 30, d_alone.a, d_alone.b), rel=1e-9)
+    # a training run stores the spread of its reference cells' controls: B and D, 40 cells, 2 alarms
+    stored = fit_patient_settings(
+        TWO_FOLDS,
+        positive="Parasitized",
+        count_at=0.5,
+        quantifier="ACC",
+        source="hand",
+        healthy_range="controls",
+    )["patient_spread"]["false_alarm"]
+    assert (stored["patients"], stored["cells"], stored["events"]) == (2, 40, 2)

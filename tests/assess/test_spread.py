@@ -88,3 +88,59 @@ def test_counts_out_of_range_or_no_patient_get_a_clear_message():
         fit_rate_spread(np.array([0]), np.array([0]))
     with pytest.raises(ValueError, match="0 <= events <= cells"):
         fit_rate_spread(np.array([5]), np.array([3]))
+
+
+def _grid_maximum(events: np.ndarray, cells: np.ndarray) -> tuple[float, float, float]:
+    """The (mean, rho) of largest beta-binomial log-likelihood (SciPy's ``betabinom.logpmf``) on a grid over
+    the fit's bounds, and that log-likelihood: a second maximisation, by brute force."""
+    total = cells.sum()
+    means = np.geomspace(0.5 / total, 0.5, 400)
+    rhos = np.geomspace(1e-7, 0.5, 400)
+    m, r = np.meshgrid(means, rhos, indexing="ij")
+    scale = 1 / r - 1
+    loglik = sum(
+        stats.betabinom.logpmf(k, n, m * scale, (1 - m) * scale) for k, n in zip(events, cells, strict=True)
+    )
+    i, j = np.unravel_index(np.argmax(loglik), loglik.shape)
+    return float(means[i]), float(rhos[j]), float(loglik[i, j])
+
+
+def _loglik(spread: RateSpread, events: np.ndarray, cells: np.ndarray) -> float:
+    return float(stats.betabinom.logpmf(events, cells, spread.a, spread.b).sum())
+
+
+def test_without_false_alarms_the_fit_reaches_the_likelihoods_maximum_not_the_nearest_start():
+    # No patient's uninfected cell called parasitized: the likelihood climbs to the largest spread (rho
+    # 0.5), where one start from a small spread stays stuck on the flat.
+    cells = np.array([40, 55, 70, 90, 120, 35, 60, 80, 100, 45])
+    events = np.zeros_like(cells)
+    fitted = fit_rate_spread(events, cells)
+    mean, rho, best = _grid_maximum(events, cells)
+    assert fitted.rho == pytest.approx(rho, rel=1e-6) and rho == pytest.approx(0.5)
+    assert fitted.mean == pytest.approx(mean, rel=1e-6)
+    assert _loglik(fitted, events, cells) >= best - 1e-9
+
+
+def test_healthy_range_controls_fits_the_false_alarms_of_the_uninfected_patients_alone():
+    # P1 is infected (10 parasitized cells) and its 30 uninfected cells show 9 false alarms; the controls
+    # C1 to C4 show 0, 1, 2 and 1 in 40 each.
+    alarms = {"P1": (9, 30), "C1": (0, 40), "C2": (1, 40), "C3": (2, 40), "C4": (1, 40)}
+    patients, positive, called = [], [], []
+    for patient, (k, n) in alarms.items():
+        patients += [patient] * n
+        positive += [False] * n
+        called += [True] * k + [False] * (n - k)
+    patients += ["P1"] * 10
+    positive += [True] * 10
+    called += [True] * 8 + [False] * 2
+    spread = PatientSpread.of(
+        np.array(patients), np.array(positive), np.array(called), 0.5, "hand", "controls"
+    )
+    controls = np.array([0, 1, 2, 1]), np.array([40, 40, 40, 40])
+    assert (spread.false_alarm.patients, spread.false_alarm.cells, spread.false_alarm.events) == (4, 160, 4)
+    mean, rho, best = _grid_maximum(*controls)
+    assert spread.false_alarm.mean == pytest.approx(mean, rel=0.02)
+    # the likelihood is flat in rho near 0 here: the optimiser stops within 1e-3 of the grid's maximum
+    assert _loglik(spread.false_alarm, *controls) >= best - 1e-3
+    everyone = PatientSpread.of(np.array(patients), np.array(positive), np.array(called), 0.5, "hand", "all")
+    assert everyone.false_alarm.patients == 5 and everyone.false_alarm.mean > 2 * spread.false_alarm.mean

@@ -7,7 +7,7 @@ import re
 import pandas as pd
 import pytest
 import torch
-from scipy.stats import binom
+from scipy.stats import betabinom, binom
 
 from malaria_pipeline.cells.archive import ImageArchive
 from malaria_pipeline.pipelines.inference.nodes import (
@@ -575,3 +575,38 @@ def test_the_served_answer_per_patient_without_a_patient_column_is_one_patient_a
     assert (row["patient"], row["cells"], row["parasitized"], row["errors"]) == ("(all rows)", 50, 10, 1)
     # a model without rates: no fraction, as None (valid JSON), and review
     assert row["fraction"] is None and row["fraction_low"] is None and row["call"] == "review"
+
+
+# A spread between patients fitted at the counting threshold 0.5, as a training run stores it.
+HAND_SPREAD = {
+    "threshold": 0.5,
+    "false_alarm": {"mean": 0.05, "rho": 0.02, "patients": 30, "cells": 3000, "events": 150},
+    "detection": {"mean": 0.9, "rho": 0.01, "patients": 30, "cells": 3000, "events": 2700},
+    "source": "hand",
+}
+
+
+def test_the_served_answer_per_patient_counts_a_cell_at_the_threshold_and_judges_with_the_spread():
+    # P1: 10 cells exactly at the counting threshold 0.5 and 40 below it; the model keeps a spread
+    p = [0.5] * 10 + [0.1] * 40
+    request = pd.DataFrame({"image": ["..."] * 50, "patient": ["P1"] * 50})
+    model = {
+        "reference_cells": REFERENCE,
+        "patient_spread": HAND_SPREAD,
+        "patient_call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 40},
+    }
+    params = {
+        "threshold": 0.5,
+        "positive_class": "Parasitized",
+        "patients": {"level": 0.9, "call": {"healthy_below": 0.5, "negative_below": 0.5, "min_cells": 50}},
+    }
+    (row,) = served_patients(request, _served_cells(p), model, params).to_dict(orient="records")
+    assert (row["cells"], row["parasitized"]) == (50, 10)  # P >= threshold counts
+    # Se 90/100, Sp 95/100, each rate's between-patient variance mean (1 - mean) rho added
+    assert [row["fraction_low"], row["fraction_high"]] == pytest.approx(
+        interval_by_hand(10, 50, (90, 100), (95, 100), 0.9, 0.9 * 0.1 * 0.01, 0.05 * 0.95 * 0.02), abs=1e-12
+    )
+    # the healthy range is the false alarms' beta-binomial: a = mean (1/rho - 1), b = (1 - mean) (1/rho - 1)
+    assert row["healthy_chance"] == pytest.approx(betabinom.sf(9, 50, 0.05 * 49, 0.95 * 49), rel=1e-9)
+    # 10 of 50 is likely enough for a healthy patient of that spread (0.0088 >= 0.001): not positive
+    assert row["healthy_chance"] > 0.001 and row["call"] == "review"
