@@ -346,14 +346,11 @@ def _or_none(value) -> str:
 
 
 def _patient_phrase(metrics) -> str:
-    def shown(value):
-        return number(value, 3)
-
     return (
-        f"review share {shown(metrics['review_share'])}, call sensitivity {shown(metrics['call_sensitivity'])} and "
-        f"specificity {shown(metrics['call_specificity'])} on the others, patient ROC AUC {shown(metrics['patient_roc_auc'])}, "
-        f"mean absolute error of the fraction {shown(metrics['fraction_mae'])}, interval coverage "
-        f"{shown(metrics['interval_coverage'])}"
+        f"review share {number(metrics['review_share'], 3)}, call sensitivity {number(metrics['call_sensitivity'], 3)} and "
+        f"specificity {number(metrics['call_specificity'], 3)} on the others, patient ROC AUC {number(metrics['patient_roc_auc'], 3)}, "
+        f"mean absolute error of the fraction {number(metrics['fraction_mae'], 3)}, interval coverage "
+        f"{number(metrics['interval_coverage'], 3)}"
     )
 
 

@@ -131,7 +131,8 @@ def score_fold(
     """
     positive = params["positive_class"]
     out_of_fold = fold_figures.held_out_predictions(evaluation_predictions, model, positive, fold)
-    metrics = {**fold_figures.fold_metrics(out_of_fold, params), **fold_figures.fold_choices(out_of_fold)}
+    chosen = fold_figures.fold_choices(out_of_fold)
+    metrics = {**fold_figures.fold_metrics(out_of_fold, params), **chosen}
     names = fold_figures.metric_names(params["specificity_targets"])
     tracking.log_metrics({f"test.{name}": metrics[name] for name in names})
     logger.info(
@@ -142,7 +143,7 @@ def score_fold(
     choices = {
         "fold": fold,
         "kept_epoch": model.get("best_epoch"),
-        **fold_figures.fold_choices(out_of_fold),
+        **chosen,
         "operating_points": fold_figures.operating_points(
             evaluation_predictions[subset == "validation"],
             evaluation_predictions[subset == "test"],
