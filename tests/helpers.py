@@ -767,3 +767,23 @@ def label_studio_sdk(server: dict, code: str, request: dict):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
+
+
+# A model's reference cells that found 90 of 100 parasitized cells and passed 95 of 100 uninfected ones at
+# every threshold in (0.1, 0.9], as a bundle keeps them (``reference_cells``).
+REFERENCE_CELLS = {
+    "thresholds": [0.9, 0.1],
+    "found": [90, 100],
+    "false_alarms": [5, 100],
+    "positives": 100,
+    "negatives": 100,
+    "source": "the validation subset",
+}
+# A spread between patients fitted at the counting threshold 0.5, as a bundle keeps it (``patient_spread``):
+# between-patient variances 0.9 · 0.1 · 0.01 (detection) and 0.05 · 0.95 · 0.02 (false alarms).
+HAND_SPREAD = {
+    "threshold": 0.5,
+    "false_alarm": {"mean": 0.05, "rho": 0.02, "patients": 30, "cells": 3000, "events": 150},
+    "detection": {"mean": 0.9, "rho": 0.01, "patients": 30, "cells": 3000, "events": 2700},
+    "source": "hand",
+}

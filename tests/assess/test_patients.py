@@ -262,28 +262,35 @@ def test_where_no_rule_meets_the_fewest_errors_then_the_lowest_negative_below_th
     assert metrics["false_positives"] == 1 and metrics["review_share"] == pytest.approx(3 / 7)
 
 
+def _fold_cells(patient, fold, labelled, called_pos, uninfected, called_neg):
+    """``labelled`` parasitized cells (``called_pos`` of them called) and ``uninfected`` ones (``called_neg``
+    of them false alarms) of one patient of one fold."""
+    truth = [True] * labelled + [False] * uninfected
+    p = (
+        [0.9] * called_pos
+        + [0.1] * (labelled - called_pos)
+        + [0.9] * called_neg
+        + [0.1] * (uninfected - called_neg)
+    )
+    return pd.DataFrame(
+        {
+            "patient_id": patient,
+            "fold": fold,
+            "label": np.where(truth, "Parasitized", "Uninfected"),
+            "p_parasitized": p,
+        }
+    )
+
+
 def test_out_of_fold_each_folds_patients_use_the_other_folds_rates_and_rule():
     # Fold 1: patient A (20 cells, labelled 50%), control B (20 cells). Fold 2: C (20, 25%), control D (20).
-    def cells(patient, fold, labelled, called_pos, called_neg):
-        """``labelled`` parasitized cells, ``called_pos`` of them called; ``called_neg`` false alarms."""
-        truth = [True] * labelled + [False] * (20 - labelled)
-        p = (
-            [0.9] * called_pos
-            + [0.1] * (labelled - called_pos)
-            + [0.9] * called_neg
-            + [0.1] * (20 - labelled - called_neg)
-        )
-        return pd.DataFrame(
-            {
-                "patient_id": patient,
-                "fold": fold,
-                "label": np.where(truth, "Parasitized", "Uninfected"),
-                "p_parasitized": p,
-            }
-        )
-
     predictions = pd.concat(
-        [cells("A", 1, 10, 9, 1), cells("B", 1, 0, 0, 0), cells("C", 2, 5, 4, 0), cells("D", 2, 0, 0, 2)]
+        [
+            _fold_cells("A", 1, 10, 9, 10, 1),
+            _fold_cells("B", 1, 0, 0, 20, 0),
+            _fold_cells("C", 2, 5, 4, 15, 0),
+            _fold_cells("D", 2, 0, 0, 20, 2),
+        ]
     )
     table, smears = cross_validated_patients(
         predictions,
@@ -587,26 +594,6 @@ def test_each_folds_smears_are_called_by_the_rule_the_other_folds_patients_and_s
     assert called.groupby("fold")["healthy_below"].first().tolist() == [0.01, 0.001, 0.001]
     assert judged["call"].tolist() == ["positive", "negative", "negative"]
     assert judged["healthy_below"].tolist() == [0.01, 0.001, 0.001]
-
-
-def _fold_cells(patient, fold, labelled, called_pos, uninfected, called_neg):
-    """``labelled`` parasitized cells (``called_pos`` of them called) and ``uninfected`` ones (``called_neg``
-    of them false alarms) of one patient of one fold."""
-    truth = [True] * labelled + [False] * uninfected
-    p = (
-        [0.9] * called_pos
-        + [0.1] * (labelled - called_pos)
-        + [0.9] * called_neg
-        + [0.1] * (uninfected - called_neg)
-    )
-    return pd.DataFrame(
-        {
-            "patient_id": patient,
-            "fold": fold,
-            "label": np.where(truth, "Parasitized", "Uninfected"),
-            "p_parasitized": p,
-        }
-    )
 
 
 # Fold 1: A (10 parasitized, 9 called; 20 uninfected, 1 alarm) and control B (20, none). Fold 2: C (5

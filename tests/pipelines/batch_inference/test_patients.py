@@ -11,26 +11,11 @@ from scipy.stats import betabinom
 
 from malaria_pipeline.pipelines.batch_inference import nodes
 from malaria_pipeline.pipelines.inference.served_model import ServedModel
-from tests.helpers import interval_by_hand
+from tests.helpers import HAND_SPREAD, REFERENCE_CELLS, interval_by_hand
 
 pytest.importorskip("pyspark")
 if shutil.which("java") is None:
     pytest.skip("Spark needs Java: no java on the PATH", allow_module_level=True)
-
-REFERENCE = {  # Se 90/100 and Sp 95/100 at every threshold in (0.1, 0.9]
-    "thresholds": [0.9, 0.1],
-    "found": [90, 100],
-    "false_alarms": [5, 100],
-    "positives": 100,
-    "negatives": 100,
-    "source": "the validation subset",
-}
-SPREAD = {
-    "threshold": 0.5,
-    "false_alarm": {"mean": 0.05, "rho": 0.02, "patients": 30, "cells": 3000, "events": 150},
-    "detection": {"mean": 0.9, "rho": 0.01, "patients": 30, "cells": 3000, "events": 2700},
-    "source": "hand",
-}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +42,7 @@ def served(monkeypatch):
     """The served model of a bundle that keeps rates and a spread but no call rule; its training run's
     inference parameters call with another rule (at least 60 cells) than batch_inference's."""
     model = ServedModel()
-    model.bundle = {"reference_cells": REFERENCE, "patient_spread": SPREAD}
+    model.bundle = {"reference_cells": REFERENCE_CELLS, "patient_spread": HAND_SPREAD}
     model.params = {
         "threshold": 0.5,
         "positive_class": "Parasitized",

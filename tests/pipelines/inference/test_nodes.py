@@ -17,6 +17,8 @@ from malaria_pipeline.pipelines.inference.nodes import (
     served_patients,
 )
 from tests.helpers import (
+    HAND_SPREAD,
+    REFERENCE_CELLS,
     base_image_limits,
     bomb_png,
     changed,
@@ -425,17 +427,6 @@ def test_explain_writes_the_most_confident_parasitized_cells_beside_their_grad_c
     assert overlays == {} and summary["explanations"] is None
 
 
-# At 0.5 the model's reference cells found 90 of 100 parasitized cells and passed 95 of 100 uninfected ones.
-REFERENCE = {
-    "thresholds": [0.9, 0.1],
-    "found": [90, 100],
-    "false_alarms": [5, 100],
-    "positives": 100,
-    "negatives": 100,
-    "source": "the validation subset",
-}
-
-
 def _patient_run(group_by, model=None, level=0.95):
     files = [f"smear_a/P1_IMG_{i}.png" for i in range(50)] + [f"smear_b/P2_IMG_{i}.png" for i in range(40)]
     labels = ["Parasitized"] * 10 + ["Uninfected"] * 40 + ["Parasitized"] + ["Uninfected"] * 39
@@ -450,7 +441,7 @@ def _patient_run(group_by, model=None, level=0.95):
     }
     model = (
         {
-            "reference_cells": REFERENCE,
+            "reference_cells": REFERENCE_CELLS,
             "patient_call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 40},
         }
         if model is None
@@ -496,7 +487,7 @@ def test_the_configured_level_reaches_the_patient_table():
 def test_cells_are_counted_at_the_models_counting_threshold_not_at_their_label():
     # five of P1's ten cells labelled Parasitized at 0.5 reach 0.95; the rates are read there too
     model = {
-        "reference_cells": REFERENCE,
+        "reference_cells": REFERENCE_CELLS,
         "patient_call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 40},
         "count_threshold": 0.95,
     }
@@ -532,23 +523,26 @@ def _served_cells(p_positive: list[float | None]) -> pd.DataFrame:
     )
 
 
+# The served model's inference parameters: its call rule is not the model's (a bundle's own rule wins).
+SERVED_PARAMS = {
+    "threshold": 0.5,
+    "positive_class": "Parasitized",
+    "patients": {"level": 0.9, "call": {"healthy_below": 0.5, "negative_below": 0.5, "min_cells": 50}},
+}
+
+
 def test_the_served_answer_per_patient_counts_each_patients_cells_and_errors_and_corrects_by_hand():
     # P1: 10 of 50 at or above 0.5; P2: 1 of 40, and one row that could not be classified
     p = [0.6] * 5 + [0.97] * 5 + [0.1] * 40 + [0.6] + [0.1] * 39 + [None]
     request = pd.DataFrame({"image": ["..."] * 91, "patient": ["P1"] * 50 + ["P2"] * 41})
     model = {
-        "reference_cells": REFERENCE,
+        "reference_cells": REFERENCE_CELLS,
         "patient_call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 40},
     }
-    params = {
-        "threshold": 0.5,
-        "positive_class": "Parasitized",
-        "patients": {"level": 0.9, "call": {"healthy_below": 0.5, "negative_below": 0.5, "min_cells": 50}},
-    }
-    table = served_patients(request, _served_cells(p), model, params).set_index("patient")
+    table = served_patients(request, _served_cells(p), model, SERVED_PARAMS).set_index("patient")
     assert table["cells"].tolist() == [50, 40] and table["parasitized"].tolist() == [10, 1]
     assert table["errors"].tolist() == [0, 1]
-    # Se 90/100 and Sp 95/100 at 0.5 (REFERENCE): Rogan-Gladen (0.2 + 0.95 - 1) / (0.9 + 0.95 - 1)
+    # Se 90/100 and Sp 95/100 at 0.5 (REFERENCE_CELLS): Rogan-Gladen (0.2 + 0.95 - 1) / (0.9 + 0.95 - 1)
     assert table.loc["P1", "fraction"] == pytest.approx(0.15 / 0.85, abs=1e-12)
     assert [table.loc["P1", "fraction_low"], table.loc["P1", "fraction_high"]] == pytest.approx(
         interval_by_hand(10, 50, (90, 100), (95, 100), 0.9), abs=1e-12
@@ -577,30 +571,16 @@ def test_the_served_answer_per_patient_without_a_patient_column_is_one_patient_a
     assert row["fraction"] is None and row["fraction_low"] is None and row["call"] == "review"
 
 
-# A spread between patients fitted at the counting threshold 0.5, as a training run stores it.
-HAND_SPREAD = {
-    "threshold": 0.5,
-    "false_alarm": {"mean": 0.05, "rho": 0.02, "patients": 30, "cells": 3000, "events": 150},
-    "detection": {"mean": 0.9, "rho": 0.01, "patients": 30, "cells": 3000, "events": 2700},
-    "source": "hand",
-}
-
-
 def test_the_served_answer_per_patient_counts_a_cell_at_the_threshold_and_judges_with_the_spread():
     # P1: 10 cells exactly at the counting threshold 0.5 and 40 below it; the model keeps a spread
     p = [0.5] * 10 + [0.1] * 40
     request = pd.DataFrame({"image": ["..."] * 50, "patient": ["P1"] * 50})
     model = {
-        "reference_cells": REFERENCE,
+        "reference_cells": REFERENCE_CELLS,
         "patient_spread": HAND_SPREAD,
         "patient_call": {"healthy_below": 0.001, "negative_below": 0.02, "min_cells": 40},
     }
-    params = {
-        "threshold": 0.5,
-        "positive_class": "Parasitized",
-        "patients": {"level": 0.9, "call": {"healthy_below": 0.5, "negative_below": 0.5, "min_cells": 50}},
-    }
-    (row,) = served_patients(request, _served_cells(p), model, params).to_dict(orient="records")
+    (row,) = served_patients(request, _served_cells(p), model, SERVED_PARAMS).to_dict(orient="records")
     assert (row["cells"], row["parasitized"]) == (50, 10)  # P >= threshold counts
     # Se 90/100, Sp 95/100, each rate's between-patient variance mean (1 - mean) rho added
     assert [row["fraction_low"], row["fraction_high"]] == pytest.approx(
